@@ -1,0 +1,39 @@
+# The README's two commands: `make run` (demo pipeline) and `make test`.
+# Both create .venv and install the project into it when needed.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+CORES ?= 2
+HOST ?= 127.0.0.1
+PORT ?= 5000
+
+.PHONY: run test lint ui clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+## run: the whole pipeline on the synthetic demo corpus, on the CPU
+run: $(STAMP)
+	$(BIN)/snakemake --configfile config/demo.yaml --cores $(CORES)
+	@echo "Results: results/aggregate/summary.md, results/aggregate/valid_ppl.png; MLflow runs: make ui"
+
+## test: lint, then the whole test suite (the end-to-end tests run the real workflow)
+test: $(STAMP) lint
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks workflow/scripts
+	$(BIN)/snakemake --lint --configfile config/demo.yaml
+
+## ui: the MLflow UI on the local store, on loopback only
+ui: $(STAMP)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///results/mlflow.db \
+		--default-artifact-root results/mlartifacts --host $(HOST) --port $(PORT)
+
+clean:
+	rm -rf results logs .snakemake

@@ -1,0 +1,42 @@
+# mosbench: download -> tokenise -> train -> evaluate -> aggregate.
+# `make run` runs config/demo.yaml on the CPU; `snakemake --profile profiles/slurm`
+# runs the paper's grid (config/config.yaml) on a cluster. README.md says more.
+
+import os
+
+from snakemake.utils import min_version, validate
+
+from mosbench.config import SCHEMA_PATH, check_consistency
+
+min_version("9.0")
+
+
+configfile: os.path.join(workflow.basedir, "config", "config.yaml")
+
+
+# The package's schema, shared with the `mosbench` command: one definition of a valid config.
+validate(config, str(SCHEMA_PATH))
+check_consistency(config)
+
+
+include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    dataset=alternation(config["datasets"]),
+    model=alternation(model_names()),
+    seed=r"\d+",
+    gpus=r"\d+",
+
+
+include: "workflow/rules/download.smk"
+include: "workflow/rules/tokenise.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/aggregate.smk"
+
+
+rule all:
+    input:
+        all_outputs(),
+    default_target: True

@@ -1,0 +1,135 @@
+"""The ``mosbench`` command: every pipeline stage, runnable without Snakemake.
+
+``mosbench download|tokenise|train|evaluate|aggregate``; each reads the same
+config file as the workflow and writes where the workflow would
+(:mod:`mosbench.paths`). User errors print one clear line and exit with 2.
+"""
+
+import argparse
+import glob
+import sys
+from pathlib import Path
+
+from mosbench import paths
+from mosbench.config import load_config, preset, source_of
+from mosbench.errors import MosbenchError
+
+
+def _download(args, config):
+    from mosbench.data.download import download_corpus
+    from mosbench.data.synthetic import generate_synthetic
+
+    if args.source not in config["sources"]:
+        allowed = sorted(config["sources"])
+        raise MosbenchError(f"unknown source '{args.source}'; allowed: {allowed}")
+    source = config["sources"][args.source]
+    raw_dir = paths.RAW.format(source=args.source)
+    if source["kind"] == "synthetic":
+        meta = generate_synthetic(args.source, source, raw_dir)
+        print(f"best achievable perplexity of {args.source}: {meta['optimal_ppl']:.3f}")
+    else:
+        cache_dir = paths.DOWNLOAD_CACHE.format(source=args.source)
+        download_corpus(args.source, source, raw_dir, cache_dir)
+    print(f"wrote {raw_dir}")
+
+
+def _tokenise(args, config):
+    from mosbench.data.tokenise import tokenise
+
+    source, _ = source_of(config, args.dataset)
+    out = paths.DATA.format(dataset=args.dataset)
+    subset = config["datasets"][args.dataset]["subset"]
+    meta = tokenise(paths.RAW.format(source=source), out, subset)
+    print(f"wrote {out}: tokens {meta['tokens']}, vocabulary {meta['vocab_size']}")
+
+
+def _run_dirs(args):
+    run = dict(dataset=args.dataset, model=args.model, seed=args.seed, gpus=args.gpus)
+    return paths.TRAIN.format(**run), paths.EVALUATE.format(**run)
+
+
+def _train(args, config):
+    from mosbench.training.train import train
+
+    train_dir, _ = _run_dirs(args)
+    summary = train(paths.DATA.format(dataset=args.dataset), train_dir, dataset=args.dataset,
+                    model_name=args.model, seed=args.seed, gpus=args.gpus,
+                    hparams=preset(config, args.dataset, args.model),
+                    experiment=config["mlflow"]["experiment"], threads=config["threads"],
+                    config_snapshot=config)
+    print(f"wrote {train_dir}; best valid loss {summary['best_valid_loss']:.4f}")
+
+
+def _evaluate(args, config):
+    from mosbench.evaluation.evaluate import evaluate
+
+    train_dir, eval_dir = _run_dirs(args)
+    metrics = evaluate(paths.DATA.format(dataset=args.dataset), train_dir,
+                       f"{eval_dir}/metrics.json", model_name=args.model,
+                       hparams=preset(config, args.dataset, args.model),
+                       experiment=config["mlflow"]["experiment"], gpus=args.gpus,
+                       threads=config["threads"])
+    print(f"valid ppl {metrics['valid_ppl']:.2f}, test ppl {metrics['test_ppl']:.2f}")
+
+
+def _aggregate(args, config):
+    from mosbench.reporting.aggregate import aggregate
+
+    train_files = sorted(glob.glob("results/train/*/*/*/train.json"))
+    metrics_files = sorted(glob.glob("results/evaluate/*/*/*/metrics.json"))
+    written = aggregate(train_files, metrics_files, paths.AGGREGATE)
+    for path in written.values():
+        print(f"wrote {path}")
+
+
+def _nonnegative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got '{text}'") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="mosbench", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="config/config.yaml", type=Path,
+                        help="config file (default: %(default)s)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("download", help="download and check (or generate) a raw corpus")
+    p.add_argument("source")
+    p.set_defaults(func=_download)
+
+    p = sub.add_parser("tokenise", help="tokenise a data set to Parquet")
+    p.add_argument("dataset")
+    p.set_defaults(func=_tokenise)
+
+    for name, func, text in (("train", _train, "train one model"),
+                             ("evaluate", _evaluate, "evaluate one trained model")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("dataset")
+        p.add_argument("model")
+        p.add_argument("--seed", type=_nonnegative_int, required=True)
+        p.add_argument("--gpus", type=_nonnegative_int, default=0)
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("aggregate", help="tables and plots over every evaluated run")
+    p.set_defaults(func=_aggregate)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+        args.func(args, config)
+    except MosbenchError as exc:
+        print(f"mosbench: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

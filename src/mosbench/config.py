@@ -1,0 +1,122 @@
+"""One path for configuration: YAML -> JSON schema (defaults filled) -> checks.
+
+The Snakefile validates with Snakemake's ``validate`` against the same schema
+file (:data:`SCHEMA_PATH`) and then calls :func:`check_consistency`; the
+``mosbench`` command calls :func:`load_config`, which does both. Errors name
+the key and what was allowed.
+"""
+
+import copy
+from pathlib import Path
+
+import jsonschema
+import yaml
+
+from mosbench.errors import MosbenchError
+
+SCHEMA_PATH = Path(__file__).with_name("config.schema.yaml")
+SPLITS = ("train", "valid", "test")
+
+
+def _schema():
+    return yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))
+
+
+def _validator_with_defaults():
+    """A validator that also fills in schema defaults (the jsonschema FAQ recipe)."""
+    base = jsonschema.Draft202012Validator
+    validate_properties = base.VALIDATORS["properties"]
+
+    def set_defaults(validator, properties, instance, schema):
+        for key, subschema in properties.items():
+            if isinstance(instance, dict) and "default" in subschema:
+                instance.setdefault(key, copy.deepcopy(subschema["default"]))
+        yield from validate_properties(validator, properties, instance, schema)
+
+    return jsonschema.validators.extend(base, {"properties": set_defaults})
+
+
+def key_path(parts):
+    """``['run', 'models', 0]`` -> ``run.models[0]``."""
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "<top level>"
+
+
+def validate_config(config, origin="config"):
+    """Validate ``config`` in place against the schema and the cross-key rules."""
+    if not isinstance(config, dict):
+        raise MosbenchError(f"{origin}: expected a YAML mapping at the top level")
+    error = jsonschema.exceptions.best_match(
+        _validator_with_defaults()(_schema()).iter_errors(config)
+    )
+    if error is not None:
+        key = key_path(error.absolute_path)
+        raise MosbenchError(f"{origin}: config key '{key}': {error.message}")
+    check_consistency(config)
+    return config
+
+
+def check_consistency(config):
+    """Rules a schema cannot express: names that must refer to other entries."""
+    sources, datasets, presets = config["sources"], config["datasets"], config["presets"]
+    for name, dataset in datasets.items():
+        if dataset["source"] not in sources:
+            raise MosbenchError(
+                f"config key 'datasets.{name}.source': '{dataset['source']}' is not a source; "
+                f"allowed: {sorted(sources)}"
+            )
+    for i, name in enumerate(config["run"]["datasets"]):
+        if name not in datasets:
+            raise MosbenchError(
+                f"config key 'run.datasets[{i}]': '{name}' is not a dataset; "
+                f"allowed: {sorted(datasets)}"
+            )
+        for model in config["run"]["models"]:
+            if model not in presets.get(name, {}):
+                raise MosbenchError(
+                    f"config key 'presets.{name}.{model}' is missing: every dataset x model "
+                    "in `run` needs hyperparameters"
+                )
+    for dataset, models in presets.items():
+        for model, preset in models.items():
+            if preset.get("tie_weights", True) and preset["emsize"] != preset["nhid"]:
+                raise MosbenchError(
+                    f"config key 'presets.{dataset}.{model}': tie_weights needs emsize == nhid "
+                    f"(got {preset['emsize']} and {preset['nhid']})"
+                )
+
+
+def load_config(path):
+    """Read, validate and complete a config file."""
+    path = Path(path)
+    try:
+        config = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise MosbenchError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise MosbenchError(f"config file {path} is not valid YAML: {exc}") from exc
+    return validate_config(config, origin=str(path))
+
+
+def preset(config, dataset, model):
+    """The hyperparameters of one (dataset, model) pair."""
+    try:
+        return dict(config["presets"][dataset][model])
+    except KeyError:
+        raise MosbenchError(
+            f"config has no preset presets.{dataset}.{model}; "
+            f"datasets with presets: {sorted(config['presets'])}"
+        ) from None
+
+
+def source_of(config, dataset):
+    """Name and config of the source a dataset is tokenised from."""
+    try:
+        name = config["datasets"][dataset]["source"]
+    except KeyError:
+        raise MosbenchError(
+            f"unknown dataset '{dataset}'; allowed: {sorted(config['datasets'])}"
+        ) from None
+    return name, config["sources"][name]

@@ -1,0 +1,79 @@
+"""The *evaluate* stage: valid/test perplexity of the best checkpoint, and speed.
+
+Valid perplexity uses ``eval_batch_size`` and test perplexity
+``test_batch_size`` (the reference uses 10 and 1). Results go to a metrics
+file and into the training job's MLflow run.
+"""
+
+import time
+from pathlib import Path
+
+import tensorflow as tf
+
+from mosbench.data.tokenise import load_split
+from mosbench.errors import MosbenchError
+from mosbench.evaluation.perplexity import (
+    evaluate_loss,
+    make_eval_step,
+    next_word_latency,
+    perplexity,
+)
+from mosbench.io import read_json, write_json
+from mosbench.models import build_model
+from mosbench.tracking import mlflow_run
+from mosbench.training.devices import configure_devices
+from mosbench.training.train import SUMMARY, WEIGHTS
+
+
+def load_trained(train_dir, model_name, vocab_size, hparams):
+    """Rebuild the model and load its best weights, with a clear error on a mismatch."""
+    model = build_model(model_name, vocab_size, hparams)
+    path = Path(train_dir) / WEIGHTS
+    try:
+        model.load_weights(path)
+    except (ValueError, OSError) as exc:
+        raise MosbenchError(
+            f"{path}: cannot load these weights into {model_name} with the configured "
+            f"hyperparameters ({exc})"
+        ) from None
+    return model
+
+
+def evaluate(data_dir, train_dir, out_path, *, model_name, hparams, experiment, gpus=0,
+             threads=None):
+    """Score the trained model; write and return the metrics."""
+    device = configure_devices(min(gpus, 1), threads)  # evaluation uses one device
+    trained = read_json(Path(train_dir) / SUMMARY)
+    valid_ids, meta = load_split(data_dir, "valid")
+    test_ids, _ = load_split(data_dir, "test")
+    with tf.device(device):
+        model = load_trained(train_dir, model_name, meta["vocab_size"], hparams)
+        step = make_eval_step(model)
+        valid_loss = evaluate_loss(model, valid_ids, hparams["eval_batch_size"],
+                                   hparams["bptt"], step)
+        start = time.perf_counter()
+        test_loss = evaluate_loss(model, test_ids, hparams["test_batch_size"], hparams["bptt"])
+        test_time = time.perf_counter() - start
+        latency_median, latency_p95 = next_word_latency(model, test_ids)
+
+    metrics = {key: trained[key] for key in ("dataset", "model", "seed", "gpus", "run_id")}
+    metrics.update({
+        "valid_loss": valid_loss, "valid_ppl": perplexity(valid_loss),
+        "test_loss": test_loss, "test_ppl": perplexity(test_loss),
+        "eval_tokens_per_s": len(test_ids) / test_time,
+        "latency_ms_median": latency_median, "latency_ms_p95": latency_p95,
+        "optimal_ppl": meta.get("optimal_ppl"),
+    })
+    write_json(out_path, metrics)
+
+    mlflow = mlflow_run.connect(experiment)
+    with mlflow.start_run(run_id=trained["run_id"]):
+        mlflow.log_metrics({
+            "final/valid_ppl": metrics["valid_ppl"], "test/ppl": metrics["test_ppl"],
+            "test/loss": test_loss, "speed/eval_tokens_per_s": metrics["eval_tokens_per_s"],
+            "latency/median_ms": latency_median, "latency/p95_ms": latency_p95,
+        })
+        if metrics["optimal_ppl"] is not None:
+            mlflow.log_metric("data/optimal_ppl", metrics["optimal_ppl"])
+        mlflow.log_artifact(str(out_path))
+    return metrics

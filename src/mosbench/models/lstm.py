@@ -1,0 +1,95 @@
+"""Plain LSTM language model: the baseline of the study.
+
+Embedding -> dropout -> ``nlayers`` LSTM layers, each followed by dropout ->
+softmax decoder, tied to the embedding by default (Press & Wolf 2017; Inan et
+al. 2017). With 650 units and dropout 0.5 this is Zaremba et al.'s (2014)
+"medium" model. Dropout here is ordinary (a fresh mask per time step, on the
+non-recurrent connections only, as Zaremba et al.); the AWD models add the
+variational kinds.
+
+Initialisation follows PyTorch's defaults as the reference uses them: LSTM
+weights and biases uniform(+-1/sqrt(nhid)), embedding uniform(+-init_range),
+decoder bias zero.
+"""
+
+import math
+
+import keras
+from keras import ops
+
+
+class LSTMLanguageModel(keras.Model):
+    """Next-word model whose recurrent state the caller carries between windows.
+
+    Args:
+        vocab_size: number of word types.
+        emsize: embedding size (equal to ``nhid`` when tied).
+        nhid: hidden units of every LSTM layer.
+        nlayers: number of stacked LSTM layers.
+        dropout: drop rate on the embedding output and after every layer.
+        tie_weights: decode with the transposed embedding matrix.
+        init_range: embedding initialised uniform(-init_range, init_range).
+
+    Call arguments:
+        tokens: int tensor ``(batch, time)``.
+        states: list of ``(h, c)`` per layer, each ``(batch, nhid)``; see
+            :meth:`initial_state`.
+        training: whether dropout is active.
+
+    Returns:
+        ``(logits, new_states)`` with logits ``(batch, time, vocab_size)``.
+    """
+
+    def __init__(self, vocab_size, emsize, nhid, nlayers, dropout=0.5, tie_weights=True,
+                 init_range=0.1, **kwargs):
+        super().__init__(**kwargs)
+        # --- layers ---
+        self.vocab_size, self.nhid, self.nlayers = vocab_size, nhid, nlayers
+        self.embedding = keras.layers.Embedding(
+            vocab_size, emsize,
+            embeddings_initializer=keras.initializers.RandomUniform(-init_range, init_range),
+        )
+        self.drop = keras.layers.Dropout(dropout)
+        bound = 1.0 / math.sqrt(nhid)
+        self.rnns = [
+            keras.layers.LSTM(
+                nhid, return_sequences=True, return_state=True,
+                kernel_initializer=keras.initializers.RandomUniform(-bound, bound),
+                recurrent_initializer=keras.initializers.RandomUniform(-bound, bound),
+                bias_initializer=keras.initializers.RandomUniform(-bound, bound),
+                unit_forget_bias=False,
+            )
+            for _ in range(nlayers)
+        ]
+        self.tie_weights = tie_weights
+        self.decoder = None if tie_weights else keras.layers.Dense(vocab_size, use_bias=False)
+        self.decoder_bias = self.add_weight(shape=(vocab_size,), initializer="zeros",
+                                            name="decoder_bias")
+        # --- config ---
+        self._config = dict(vocab_size=vocab_size, emsize=emsize, nhid=nhid, nlayers=nlayers,
+                            dropout=dropout, tie_weights=tie_weights, init_range=init_range)
+
+    def initial_state(self, batch_size):
+        zeros = ops.zeros((batch_size, self.nhid))
+        return [(zeros, zeros) for _ in range(self.nlayers)]
+
+    def call(self, tokens, states, training=False):
+        x = self.drop(self.embedding(tokens), training=training)  # (B, T, E)
+        new_states = []
+        for rnn, (h, c) in zip(self.rnns, states, strict=True):
+            x, h, c = rnn(x, initial_state=[h, c], training=training)  # x: (B, T, H)
+            new_states.append((h, c))
+            x = self.drop(x, training=training)
+        if self.tie_weights:
+            logits = ops.matmul(x, ops.transpose(self.embedding.embeddings))  # (B, T, V)
+        else:
+            logits = self.decoder(x)
+        return logits + self.decoder_bias, new_states
+
+    def build_for(self, batch_size=1):
+        """Create the weights by one call on a dummy batch."""
+        self(ops.zeros((batch_size, 1), dtype="int32"), self.initial_state(batch_size))
+        return self
+
+    def get_config(self):
+        return {**super().get_config(), **self._config}

@@ -1,0 +1,79 @@
+"""MLflow in one place: where runs go, how they are named, what they carry.
+
+The tracking URI comes from ``MLFLOW_TRACKING_URI`` and otherwise is the
+embedded SQLite store ``results/mlflow.db`` with artefacts beside it in
+``results/mlartifacts``. It is never a Snakemake param, so moving to a
+tracking server reruns nothing.
+"""
+
+import os
+import subprocess
+from pathlib import Path
+
+DEFAULT_STORE = Path("results") / "mlflow.db"
+
+
+def tracking_uri():
+    """``MLFLOW_TRACKING_URI`` if set, else the local SQLite store under results/."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    return uri if uri else f"sqlite:///{DEFAULT_STORE.resolve()}"
+
+
+def _artifact_location(uri):
+    """For a local SQLite store keep artefacts next to the database, not in the cwd."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+    return None  # a tracking server decides where artefacts go
+
+
+def git_commit():
+    """The commit of the code that ran, marked ``-dirty`` with uncommitted changes."""
+    here = Path(__file__).resolve().parent
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def flatten(params, prefix=""):
+    """Nested dict -> ``{"a.b": value}``, the shape MLflow params take."""
+    flat = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, prefix=f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def connect(experiment):
+    """Point MLflow at the tracking store and select ``experiment``, creating it if needed."""
+    import mlflow
+
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    if mlflow.get_experiment_by_name(experiment) is None:
+        try:
+            mlflow.create_experiment(experiment, artifact_location=_artifact_location(uri))
+        except mlflow.exceptions.MlflowException:
+            pass  # another job created it first
+    mlflow.set_experiment(experiment)
+    return mlflow
+
+
+def run_tags(dataset, model, seed, gpus):
+    return {"dataset": dataset, "model": model, "seed": str(seed), "gpus": str(gpus),
+            "framework": "tensorflow", "git_commit": git_commit()}
+
+
+def run_name(dataset, model, seed, gpus):
+    return f"{dataset}-{model}-seed{seed}-gpus{gpus}"

@@ -1,0 +1,16 @@
+# Text -> int32 ids in Parquet, one file per split plus the vocabulary.
+
+
+rule tokenise:
+    input:
+        unpack(raw_files),
+    output:
+        multiext(f"{paths.DATA}/", *(f"{s}.parquet" for s in SPLITS), "vocab.parquet"),
+    params:
+        subset=lambda wildcards: config["datasets"][wildcards.dataset]["subset"],
+    log:
+        "logs/tokenise/{dataset}.log",
+    conda:
+        "../../envs/mosbench.yaml"
+    script:
+        "../scripts/tokenise.py"
