@@ -6,6 +6,8 @@ embedded SQLite store ``results/mlflow.db`` with artefacts beside it in
 tracking server reruns nothing.
 """
 
+import contextlib
+import fcntl
 import os
 import subprocess
 from pathlib import Path
@@ -58,16 +60,32 @@ def connect(experiment):
     import mlflow
 
     uri = tracking_uri()
-    if uri.startswith("sqlite:///"):
-        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
-    if mlflow.get_experiment_by_name(experiment) is None:
-        try:
+    with _store_lock(uri):
+        if mlflow.get_experiment_by_name(experiment) is None:
             mlflow.create_experiment(experiment, artifact_location=_artifact_location(uri))
-        except mlflow.exceptions.MlflowException:
-            pass  # another job created it first
     mlflow.set_experiment(experiment)
     return mlflow
+
+
+@contextlib.contextmanager
+def _store_lock(uri):
+    """Serialise creating a local SQLite store and its experiment between jobs.
+
+    Two jobs that start together would otherwise both run MLflow's schema
+    migrations on a new database, and one of them fails.
+    """
+    if not uri.startswith("sqlite:///"):
+        yield  # a tracking server serialises for us
+        return
+    db = Path(uri.removeprefix("sqlite:///"))
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def run_tags(dataset, model, seed, gpus):

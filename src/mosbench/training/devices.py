@@ -1,22 +1,37 @@
 """Placing a job on the devices its ``{gpus}`` wildcard names."""
 
+import warnings
+
 from mosbench.errors import MosbenchError
+
+
+def _before_first_op(setter, *args):
+    """Apply a TensorFlow runtime setting, which only works before TF's first op.
+
+    A process that already ran TensorFlow (a notebook, the test suite) keeps
+    its settings, with a warning; a pipeline job always starts fresh.
+    """
+    try:
+        setter(*args)
+    except RuntimeError as exc:
+        warnings.warn(f"TensorFlow already initialised, keeping its settings: {exc}",
+                      stacklevel=3)
 
 
 def configure_devices(gpus, threads=None):
     """Limit TensorFlow to ``gpus`` GPUs (0: CPU only) and ``threads`` CPU threads.
 
-    Returns the device string to place the model on. Must run before
-    TensorFlow executes its first op.
+    Returns the device string to place the model on.
     """
     import tensorflow as tf
 
     if threads:
-        tf.config.threading.set_intra_op_parallelism_threads(threads)
-        tf.config.threading.set_inter_op_parallelism_threads(threads)
+        _before_first_op(tf.config.threading.set_intra_op_parallelism_threads, threads)
+        _before_first_op(tf.config.threading.set_inter_op_parallelism_threads, threads)
     available = tf.config.list_physical_devices("GPU")
     if gpus == 0:
-        tf.config.set_visible_devices([], "GPU")
+        if available:
+            _before_first_op(tf.config.set_visible_devices, [], "GPU")
         return "/CPU:0"
     if gpus > len(available):
         raise MosbenchError(
@@ -28,5 +43,5 @@ def configure_devices(gpus, threads=None):
             f"gpus={gpus}: multi-GPU data-parallel training is not implemented yet; "
             "use gpus 0 or 1"
         )
-    tf.config.set_visible_devices(available[:gpus], "GPU")
+    _before_first_op(tf.config.set_visible_devices, available[:gpus], "GPU")
     return "/GPU:0"

@@ -1,0 +1,38 @@
+"""Shared fixtures: a tiny tokenised synthetic corpus and an isolated MLflow store."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mosbench.config import validate_config
+from mosbench.data.synthetic import generate_synthetic
+from mosbench.data.tokenise import tokenise
+
+TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
+TINY_CONFIG = TESTS / "config" / "tiny.yaml"
+
+
+@pytest.fixture
+def tiny_config():
+    """The tiny test config, validated and with defaults filled in."""
+    return validate_config(yaml.safe_load(TINY_CONFIG.read_text()))
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """A tokenised synthetic corpus (shared, read-only) from tests/config/tiny.yaml."""
+    config = validate_config(yaml.safe_load(TINY_CONFIG.read_text()))
+    root = tmp_path_factory.mktemp("tiny")
+    generate_synthetic("tiny", config["sources"]["tiny"], root / "raw")
+    tokenise(root / "raw", root / "data")
+    return root / "data"
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch):
+    """A fresh SQLite MLflow store for one test, through MLFLOW_TRACKING_URI."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri

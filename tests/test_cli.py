@@ -1,0 +1,52 @@
+"""The `mosbench` command runs every stage outside Snakemake, with clear errors."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY_CONFIG
+from mosbench import paths
+from mosbench.cli import main
+
+
+@pytest.mark.slow
+def test_every_stage_from_the_command_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    config = shutil.copy(TINY_CONFIG, tmp_path / "tiny.yaml")
+    run = dict(dataset="tiny", model="lstm", seed=1, gpus=0)
+    for argv in (["download", "tiny"], ["tokenise", "tiny"],
+                 ["train", "tiny", "lstm", "--seed", "1"],
+                 ["evaluate", "tiny", "lstm", "--seed", "1", "--gpus", "0"], ["aggregate"]):
+        assert main(["--config", str(config), *argv]) == 0, argv
+    assert "best achievable perplexity of tiny" in capsys.readouterr().out
+    assert (Path(paths.TRAIN.format(**run)) / "model.weights.h5").exists()
+    assert (Path(paths.EVALUATE.format(**run)) / "metrics.json").exists()
+    assert (Path(paths.AGGREGATE) / "summary.md").exists()
+    assert (tmp_path / "results" / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["train", "nowhere", "lstm", "--seed", "1"], "no preset presets.nowhere.lstm"),
+        (["download", "nowhere"], "unknown source 'nowhere'; allowed: ['tiny']"),
+        (["tokenise", "nowhere"], "unknown dataset 'nowhere'; allowed: ['tiny']"),
+        (["train", "tiny", "gru", "--seed", "1"], "no preset presets.tiny.gru"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(argv, message, capsys):
+    assert main(["--config", str(TINY_CONFIG), *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mosbench: error: ") and message in err
+
+
+def test_installed_command_rejects_a_negative_seed():
+    mosbench = Path(sys.executable).with_name("mosbench")
+    done = subprocess.run([str(mosbench), "--config", str(TINY_CONFIG), "train", "tiny", "lstm",
+                           "--seed", "-3"], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "expected a non-negative integer" in done.stderr

@@ -1,0 +1,73 @@
+"""Config validation: the shipped configs are valid; bad ones name the key."""
+
+import copy
+
+import pytest
+import yaml
+
+from conftest import REPO, TINY_CONFIG
+from mosbench.config import load_config, validate_config
+from mosbench.errors import MosbenchError
+
+
+def test_shipped_configs_are_valid():
+    demo = load_config(REPO / "config" / "demo.yaml")
+    grid = load_config(REPO / "config" / "config.yaml")
+    assert demo["run"]["gpus"] == [0] and len(demo["run"]["seeds"]) == 2
+    assert grid["run"]["gpus"] == [1, 2, 4, 8] and len(grid["run"]["seeds"]) == 10
+    assert set(grid["run"]["datasets"]) == {"ptb", "wikitext2"}
+    # defaults from the schema are filled in
+    assert demo["presets"]["synthetic"]["lstm"]["tie_weights"] is True
+    assert grid["sources"]["ptb"]["members"]["train"]["sha256"].startswith("fcea919f")
+
+
+def _broken(edit):
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    edit(config)
+    return config
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda c: c["run"].update(models=["transformer"]), "run.models[0]"),
+        (lambda c: c["run"].update(seeds=[-1]), "run.seeds[0]"),
+        (lambda c: c["run"].update(seeds=[1.5]), "run.seeds[0]"),
+        (lambda c: c["run"].update(gpus=["two"]), "run.gpus[0]"),
+        (lambda c: c["run"].pop("seeds"), "'seeds' is a required property"),
+        (lambda c: c["presets"]["tiny"]["lstm"].update(lr="fast"), "presets.tiny.lstm.lr"),
+        (lambda c: c["presets"]["tiny"]["lstm"].update(dropout=1.5), "presets.tiny.lstm.dropout"),
+        (lambda c: c["presets"]["tiny"]["lstm"].update(bptt_len=3), "presets.tiny.lstm"),
+        (lambda c: c["sources"]["tiny"].update(kind="torrent"), "sources.tiny.kind"),
+        (lambda c: c["sources"]["tiny"].update(vocab_size=2), "sources.tiny.vocab_size"),
+        (lambda c: c["run"].update(datasets=["ptb"]), "run.datasets[0]"),
+        (lambda c: c["datasets"]["tiny"].update(source="nowhere"), "datasets.tiny.source"),
+        (lambda c: c["presets"].pop("tiny"), "presets.tiny.lstm"),
+        (lambda c: c["presets"]["tiny"]["lstm"].update(emsize=8), "tie_weights"),
+    ],
+)
+def test_bad_config_names_the_key(edit, expected):
+    with pytest.raises(MosbenchError) as info:
+        validate_config(_broken(edit))
+    assert expected in str(info.value)
+
+
+def test_allowed_values_are_listed():
+    with pytest.raises(MosbenchError, match=r"is not one of \['lstm'\]"):
+        validate_config(_broken(lambda c: c["run"].update(models=["gpt"])))
+
+
+def test_validation_does_not_share_defaults_between_presets():
+    config = validate_config(_broken(lambda c: c["presets"].update(other=copy.deepcopy(
+        c["presets"]["tiny"]))))
+    config["presets"]["tiny"]["lstm"]["clip"] = 9.0
+    assert config["presets"]["other"]["lstm"]["clip"] == 0.25
+
+
+def test_unreadable_config_file(tmp_path):
+    with pytest.raises(MosbenchError, match="cannot read config file"):
+        load_config(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("run: [unclosed\n")
+    with pytest.raises(MosbenchError, match="not valid YAML"):
+        load_config(bad)

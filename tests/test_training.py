@@ -1,0 +1,68 @@
+"""Train and evaluate for real on a tiny corpus, tracked in a real MLflow store."""
+
+import json
+
+import mlflow
+import pytest
+
+from mosbench.errors import MosbenchError
+from mosbench.evaluation.evaluate import evaluate, load_trained
+from mosbench.training.train import train
+
+
+def _train(tiny_config, data, out, **overrides):
+    hparams = dict(tiny_config["presets"]["tiny"]["lstm"], **overrides)
+    return train(data, out, dataset="tiny", model_name="lstm", seed=3, gpus=0,
+                 hparams=hparams, experiment="unit", config_snapshot=tiny_config)
+
+
+def test_train_then_evaluate_into_the_same_run(tiny_config, tiny_data, tmp_path, mlflow_store):
+    summary = _train(tiny_config, tiny_data, tmp_path / "train")
+    assert [r["epoch"] for r in summary["history"]] == [1, 2]
+    ppls = [r["valid_ppl"] for r in summary["history"]]
+    assert ppls[-1] < 40  # better than a uniform guess over the 40-word vocabulary
+    assert json.loads((tmp_path / "train" / "train.json").read_text()) == summary
+
+    metrics = evaluate(tiny_data, tmp_path / "train", tmp_path / "eval" / "metrics.json",
+                       model_name="lstm", hparams=tiny_config["presets"]["tiny"]["lstm"],
+                       experiment="unit")
+    assert metrics["run_id"] == summary["run_id"]
+    # the best checkpoint is what evaluate scores
+    assert metrics["valid_ppl"] == pytest.approx(min(ppls), rel=1e-4)
+    assert 1 < metrics["optimal_ppl"] < metrics["test_ppl"]
+    assert metrics["latency_ms_p95"] >= metrics["latency_ms_median"] > 0
+
+    runs = mlflow.search_runs(experiment_names=["unit"])
+    assert len(runs) == 1
+    run = runs.iloc[0]
+    assert run["run_id"] == summary["run_id"] and run["status"] == "FINISHED"
+    assert run["tags.mlflow.runName"] == "tiny-lstm-seed3-gpus0"
+    assert run["tags.framework"] == "tensorflow" and run["tags.seed"] == "3"
+    assert run["params.n_params"] == str(summary["n_params"])
+    assert run["params.bptt"] == "20"
+    assert run["metrics.test/ppl"] == pytest.approx(metrics["test_ppl"])
+    history = mlflow.MlflowClient().get_metric_history(summary["run_id"], "valid/ppl")
+    assert [m.step for m in history] == [1, 2]
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(summary["run_id"])}
+    assert {"config.yaml", "train.json", "metrics.json"} <= artifacts
+
+
+def test_divergence_stops_with_a_failed_run(tiny_config, tiny_data, tmp_path, mlflow_store):
+    with pytest.raises(MosbenchError, match="training diverged"):
+        _train(tiny_config, tiny_data, tmp_path / "train", init_range=3e38, epochs=1)
+    runs = mlflow.search_runs(experiment_names=["unit"])
+    assert runs["status"].tolist() == ["FAILED"]
+    assert not (tmp_path / "train" / "train.json").exists()
+
+
+def test_more_gpus_than_the_machine_has(tiny_config, tiny_data, tmp_path, mlflow_store):
+    with pytest.raises(MosbenchError, match="gpus=64 was asked for"):
+        train(tiny_data, tmp_path, dataset="tiny", model_name="lstm", seed=1, gpus=64,
+              hparams=tiny_config["presets"]["tiny"]["lstm"], experiment="unit")
+
+
+def test_checkpoint_of_another_model_is_refused(tiny_config, tiny_data, tmp_path, mlflow_store):
+    _train(tiny_config, tiny_data, tmp_path / "train", epochs=1)
+    bigger = dict(tiny_config["presets"]["tiny"]["lstm"], emsize=24, nhid=24)
+    with pytest.raises(MosbenchError, match="cannot load these weights"):
+        load_trained(tmp_path / "train", "lstm", 40, bigger)
