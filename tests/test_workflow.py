@@ -63,3 +63,14 @@ def test_bad_config_is_refused_before_any_job(tmp_path):
     assert done.returncode != 0
     assert "'gpt' is not one of ['lstm']" in done.stdout + done.stderr
     assert not (tmp_path / "results").exists()
+
+
+def test_demo_and_grid_configs_plan_the_expected_jobs(tmp_path):
+    for configfile, trains in ((REPO / "config" / "demo.yaml", 2),
+                               (REPO / "config" / "config.yaml", 2 * 1 * 10 * 4)):
+        done = snakemake(tmp_path, "--dry-run", configfile=configfile)
+        assert done.returncode == 0, done.stderr[-2000:]
+        counts = dict(line.split()[:2] for line in done.stdout.splitlines()
+                      if len(line.split()) == 2 and line.split()[1].isdigit())
+        assert int(counts["train"]) == trains and int(counts["evaluate"]) == trains
+        assert int(counts["aggregate"]) == 1
