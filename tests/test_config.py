@@ -43,7 +43,7 @@ def _broken(edit):
         (lambda c: c["run"].update(datasets=["ptb"]), "run.datasets[0]"),
         (lambda c: c["datasets"]["tiny"].update(source="nowhere"), "datasets.tiny.source"),
         (lambda c: c["presets"].pop("tiny"), "presets.tiny.lstm"),
-        (lambda c: c["presets"]["tiny"]["lstm"].update(emsize=8), "tie_weights"),
+        (lambda c: c["presets"]["tiny"]["lstm"].update(emsize=8), "needs emsize == nhid"),
     ],
 )
 def test_bad_config_names_the_key(edit, expected):
@@ -53,7 +53,8 @@ def test_bad_config_names_the_key(edit, expected):
 
 
 def test_allowed_values_are_listed():
-    with pytest.raises(MosbenchError, match=r"is not one of \['lstm'\]"):
+    allowed = r"\['lstm', 'awd-lstm', 'awd-lstm-moc', 'awd-lstm-mos'\]"
+    with pytest.raises(MosbenchError, match=r"is not one of " + allowed):
         validate_config(_broken(lambda c: c["run"].update(models=["gpt"])))
 
 

@@ -20,9 +20,9 @@ def test_parameter_count_of_a_tied_model():
 def test_carried_state_equals_one_long_window():
     model = build_model("lstm", 30, HP)
     tokens = np.random.default_rng(0).integers(0, 30, size=(3, 10)).astype("int32")
-    whole, _ = model(tokens, model.initial_state(3), training=False)
-    first, states = model(tokens[:, :6], model.initial_state(3), training=False)
-    second, _ = model(tokens[:, 6:], states, training=False)
+    whole, _, _ = model(tokens, model.initial_state(3), training=False)
+    first, states, _ = model(tokens[:, :6], model.initial_state(3), training=False)
+    second, _, _ = model(tokens[:, 6:], states, training=False)
     np.testing.assert_allclose(np.concatenate([first, second], axis=1), whole, atol=1e-5)
 
 
@@ -30,11 +30,11 @@ def test_dropout_only_in_training():
     model = build_model("lstm", 30, HP)
     tokens = np.ones((2, 5), dtype="int32")
     state = model.initial_state(2)
-    eval_a, _ = model(tokens, state, training=False)
-    eval_b, _ = model(tokens, state, training=False)
+    eval_a, _, _ = model(tokens, state, training=False)
+    eval_b, _, _ = model(tokens, state, training=False)
     np.testing.assert_array_equal(eval_a, eval_b)
-    train_a, _ = model(tokens, state, training=True)
-    train_b, _ = model(tokens, state, training=True)
+    train_a, _, _ = model(tokens, state, training=True)
+    train_b, _, _ = model(tokens, state, training=True)
     assert not np.allclose(train_a, train_b)
 
 
@@ -48,5 +48,5 @@ def test_initialisation_ranges():
 
 
 def test_unknown_model_name():
-    with pytest.raises(MosbenchError, match=r"unknown model 'gru'; allowed: \['lstm'\]"):
+    with pytest.raises(MosbenchError, match=r"unknown model 'gru'; allowed: \['lstm', 'awd-lstm'"):
         build_model("gru", 10, HP)

@@ -34,19 +34,26 @@ def test_pipeline_runs_end_to_end_and_tracks_every_run(tmp_path):
         assert (tmp_path / "logs" / f"{rule}.log").exists()
 
     runs = pd.read_csv(results / "aggregate" / "runs.csv")
-    assert runs["seed"].tolist() == [1, 2] and set(runs["model"]) == {"lstm"}
+    assert runs["model"].tolist() == ["awd-lstm-mos"] * 2 + ["lstm"] * 2
+    assert runs["seed"].tolist() == [1, 2, 1, 2]
     assert (runs["test_ppl"] > runs["optimal_ppl"]).all()
-    assert (runs["valid_ppl"] < 40).all()  # learnt something: uniform guessing scores 40
-    assert "± " in (results / "aggregate" / "summary.md").read_text()
+    lstm, mos = runs[runs["model"] == "lstm"], runs[runs["model"] == "awd-lstm-mos"]
+    assert (lstm["valid_ppl"] < 40).all()  # learnt something: uniform guessing scores 40
+    # the softmax bottleneck: a 16-dimensional softmax stays within rank 18, MoS does not
+    assert (lstm["logprob_rank"] <= lstm["rank_bound"]).all() and (lstm["rank_bound"] == 18).all()
+    assert (mos["logprob_rank"] > 8 + 2).all()
+    summary = (results / "aggregate" / "summary.md").read_text()
+    assert "± " in summary and "log-prob rank" in summary
 
     # the default store is results/mlflow.db in the working directory, artefacts beside it
     mlflow.set_tracking_uri(f"sqlite:///{results / 'mlflow.db'}")
     tracked = mlflow.search_runs(experiment_names=["mosbench-test"])
-    assert len(tracked) == 2 and set(tracked["status"]) == {"FINISHED"}
+    assert len(tracked) == 4 and set(tracked["status"]) == {"FINISHED"}
     assert set(tracked["tags.framework"]) == {"tensorflow"}
     assert set(tracked["tags.dataset"]) == {"tiny"}
-    assert sorted(tracked["tags.mlflow.runName"]) == ["tiny-lstm-seed1-gpus0",
-                                                      "tiny-lstm-seed2-gpus0"]
+    assert sorted(tracked["tags.mlflow.runName"]) == [
+        f"tiny-{model}-seed{seed}-gpus0" for model in ("awd-lstm-mos", "lstm") for seed in (1, 2)]
+    assert set(tracked["params.n_params"].astype(int)) == set(runs["n_params"])
     tracked = tracked.set_index("run_id").loc[runs["run_id"]]
     assert tracked["metrics.test/ppl"].tolist() == pytest.approx(runs["test_ppl"].tolist())
     assert tracked["tags.git_commit"].str.len().min() >= 7
@@ -61,13 +68,13 @@ def test_bad_config_is_refused_before_any_job(tmp_path):
     bad.write_text(TINY_CONFIG.read_text().replace("models: [lstm]", "models: [gpt]"))
     done = snakemake(tmp_path, "--dry-run", configfile=bad)
     assert done.returncode != 0
-    assert "'gpt' is not one of ['lstm']" in done.stdout + done.stderr
+    assert "'gpt' is not one of ['lstm', 'awd-lstm'," in done.stdout + done.stderr
     assert not (tmp_path / "results").exists()
 
 
 def test_demo_and_grid_configs_plan_the_expected_jobs(tmp_path):
-    for configfile, trains in ((REPO / "config" / "demo.yaml", 2),
-                               (REPO / "config" / "config.yaml", 2 * 1 * 10 * 4)):
+    for configfile, trains in ((REPO / "config" / "demo.yaml", 4 * 2),
+                               (REPO / "config" / "config.yaml", 2 * 4 * 10 * 4)):
         done = snakemake(tmp_path, "--dry-run", configfile=configfile)
         assert done.returncode == 0, done.stderr[-2000:]
         counts = dict(line.split()[:2] for line in done.stdout.splitlines()

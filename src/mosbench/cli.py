@@ -1,6 +1,7 @@
 """The ``mosbench`` command: every pipeline stage, runnable without Snakemake.
 
-``mosbench download|tokenise|train|evaluate|aggregate``; each reads the same
+``mosbench download|tokenise|train|evaluate|aggregate``, plus ``params`` (a
+preset's parameter count) and ``rank`` (the softmax-bottleneck analysis); each reads the same
 config file as the workflow and writes where the workflow would
 (:mod:`mosbench.paths`). User errors print one clear line and exit with 2.
 """
@@ -38,9 +39,50 @@ def _tokenise(args, config):
 
     source, _ = source_of(config, args.dataset)
     out = paths.DATA.format(dataset=args.dataset)
-    subset = config["datasets"][args.dataset]["subset"]
-    meta = tokenise(paths.RAW.format(source=source), out, subset)
+    dataset = config["datasets"][args.dataset]
+    meta = tokenise(paths.RAW.format(source=source), out, dataset["subset"], dataset["vocab_size"])
     print(f"wrote {out}: tokens {meta['tokens']}, vocabulary {meta['vocab_size']}")
+
+
+def _vocab_size(config, dataset):
+    """From the tokenised data when it exists, else from the config's expectation."""
+    from mosbench.data.tokenise import read_metadata
+
+    vocab = Path(paths.DATA.format(dataset=dataset)) / "vocab.parquet"
+    if vocab.exists():
+        return read_metadata(vocab)["vocab_size"]
+    source_of(config, dataset)  # a clear error for an unknown dataset
+    expected = config["datasets"][dataset]["vocab_size"]
+    if expected is None:
+        raise MosbenchError(f"no vocabulary size for '{dataset}': tokenise it first "
+                            f"(mosbench tokenise {dataset}) or set datasets.{dataset}.vocab_size")
+    return expected
+
+
+def _params(args, config):
+    from mosbench.models import build_model
+
+    vocab_size = _vocab_size(config, args.dataset)
+    model = build_model(args.model, vocab_size, preset(config, args.dataset, args.model))
+    print(f"{args.model} on {args.dataset} (vocabulary {vocab_size:,}): "
+          f"{model.count_params():,} parameters")
+    for weight in model.weights:
+        print(f"  {weight.path:60s} {str(tuple(weight.shape)):>16s}")
+    print(model.count_params())
+
+
+def _rank(args, config):
+    from mosbench.data.tokenise import load_split
+    from mosbench.evaluation.evaluate import load_trained
+    from mosbench.evaluation.rank import logprob_rank
+
+    train_dir, _ = _run_dirs(args)
+    hparams = preset(config, args.dataset, args.model)
+    ids, meta = load_split(paths.DATA.format(dataset=args.dataset), "test")
+    model = load_trained(train_dir, args.model, meta["vocab_size"], hparams)
+    contexts = args.contexts or hparams["rank_contexts"]
+    rank, rows = logprob_rank(model, ids, contexts, hparams["eval_batch_size"], hparams["bptt"])
+    print(f"rank of the {rows} x {meta['vocab_size']} log-probability matrix: {rank}")
 
 
 def _run_dirs(args):
@@ -114,6 +156,20 @@ def build_parser():
         p.add_argument("--seed", type=_nonnegative_int, required=True)
         p.add_argument("--gpus", type=_nonnegative_int, default=0)
         p.set_defaults(func=func)
+
+    p = sub.add_parser("params", help="build a preset and print its parameter count")
+    p.add_argument("dataset")
+    p.add_argument("model")
+    p.set_defaults(func=_params)
+
+    p = sub.add_parser("rank", help="rank of a trained model's log-probability matrix")
+    p.add_argument("dataset")
+    p.add_argument("model")
+    p.add_argument("--seed", type=_nonnegative_int, required=True)
+    p.add_argument("--gpus", type=_nonnegative_int, default=0)
+    p.add_argument("--contexts", type=_nonnegative_int, default=None,
+                   help="rows of the matrix (default: the preset's rank_contexts)")
+    p.set_defaults(func=_rank)
 
     p = sub.add_parser("aggregate", help="tables and plots over every evaluated run")
     p.set_defaults(func=_aggregate)

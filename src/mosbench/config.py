@@ -79,12 +79,15 @@ def check_consistency(config):
                     f"config key 'presets.{name}.{model}' is missing: every dataset x model "
                     "in `run` needs hyperparameters"
                 )
+    # The decoder of a tied softmax is the transposed embedding: the last hidden size must fit.
+    tied_sizes = {"lstm": "nhid", "awd-lstm": "nhidlast"}
     for dataset, models in presets.items():
-        for model, preset in models.items():
-            if preset.get("tie_weights", True) and preset["emsize"] != preset["nhid"]:
+        for model, values in models.items():
+            last = tied_sizes.get(model)
+            if last and values.get("tie_weights", True) and values["emsize"] != values[last]:
                 raise MosbenchError(
-                    f"config key 'presets.{dataset}.{model}': tie_weights needs emsize == nhid "
-                    f"(got {preset['emsize']} and {preset['nhid']})"
+                    f"config key 'presets.{dataset}.{model}': a tied softmax needs emsize == "
+                    f"{last} (got {values['emsize']} and {values[last]})"
                 )
 
 

@@ -8,6 +8,7 @@ rule tokenise:
         multiext(f"{paths.DATA}/", *(f"{s}.parquet" for s in SPLITS), "vocab.parquet"),
     params:
         subset=lambda wildcards: config["datasets"][wildcards.dataset]["subset"],
+        vocab_size=lambda wildcards: config["datasets"][wildcards.dataset]["vocab_size"],
     log:
         "logs/tokenise/{dataset}.log",
     conda:

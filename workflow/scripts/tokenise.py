@@ -9,5 +9,5 @@ redirect_output(snakemake.log[0])
 from mosbench.data.tokenise import tokenise  # noqa: E402
 
 meta = tokenise(Path(snakemake.input.source_json).parent, Path(snakemake.output[0]).parent,
-                subset=snakemake.params.subset)
+                subset=snakemake.params.subset, expected_vocab=snakemake.params.vocab_size)
 print(f"tokens {meta['tokens']}, vocabulary {meta['vocab_size']}")

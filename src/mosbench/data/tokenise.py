@@ -60,11 +60,12 @@ def build_vocab(splits):
     return vocab
 
 
-def tokenise(raw_dir, out_dir, subset=None):
+def tokenise(raw_dir, out_dir, subset=None, expected_vocab=None):
     """Tokenise ``raw_dir/{train,valid,test}.txt`` into ``out_dir``; return the metadata.
 
     ``raw_dir/source.json`` (written by the download or synthetic stage) is
-    carried into the metadata. ``subset`` keeps the first N tokens per split.
+    carried into the metadata. ``subset`` keeps the first N tokens per split;
+    ``expected_vocab``, when given, must equal the vocabulary size found.
     """
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     source = json.loads((raw_dir / "source.json").read_text(encoding="utf-8"))
@@ -75,6 +76,11 @@ def tokenise(raw_dir, out_dir, subset=None):
             raise MosbenchError(f"{raw_dir / f'{split}.txt'}: the {split} split has no words")
         splits[split] = tokens
     vocab = build_vocab(splits[s] for s in SPLITS)
+    if expected_vocab is not None and len(vocab) != expected_vocab:
+        raise MosbenchError(
+            f"{raw_dir}: the vocabulary has {len(vocab)} words, the config expects "
+            f"{expected_vocab} (datasets.<name>.vocab_size); are these the right files?"
+        )
     ids = {s: np.fromiter((vocab[w] for w in splits[s]), np.int32, len(splits[s])) for s in SPLITS}
 
     meta = {

@@ -18,8 +18,9 @@ from mosbench.evaluation.perplexity import (
     next_word_latency,
     perplexity,
 )
+from mosbench.evaluation.rank import logprob_rank
 from mosbench.io import read_json, write_json
-from mosbench.models import build_model
+from mosbench.models import build_model, head_dimension
 from mosbench.tracking import mlflow_run
 from mosbench.training.devices import configure_devices
 from mosbench.training.train import SUMMARY, WEIGHTS
@@ -39,6 +40,13 @@ def load_trained(train_dir, model_name, vocab_size, hparams):
     return model
 
 
+def _rank_bound(model_name, hparams, vocab_size, contexts):
+    """The most the rank can be: d+2 for a softmax on d dimensions, else the matrix size."""
+    full = min(vocab_size, contexts)
+    dim = head_dimension(model_name, hparams)
+    return full if dim is None else min(dim + 2, full)
+
+
 def evaluate(data_dir, train_dir, out_path, *, model_name, hparams, experiment, gpus=0,
              threads=None):
     """Score the trained model; write and return the metrics."""
@@ -55,6 +63,8 @@ def evaluate(data_dir, train_dir, out_path, *, model_name, hparams, experiment, 
         test_loss = evaluate_loss(model, test_ids, hparams["test_batch_size"], hparams["bptt"])
         test_time = time.perf_counter() - start
         latency_median, latency_p95 = next_word_latency(model, test_ids)
+        rank, contexts = logprob_rank(model, test_ids, hparams["rank_contexts"],
+                                      hparams["eval_batch_size"], hparams["bptt"])
 
     metrics = {key: trained[key] for key in ("dataset", "model", "seed", "gpus", "run_id")}
     metrics.update({
@@ -63,6 +73,9 @@ def evaluate(data_dir, train_dir, out_path, *, model_name, hparams, experiment, 
         "eval_tokens_per_s": len(test_ids) / test_time,
         "latency_ms_median": latency_median, "latency_ms_p95": latency_p95,
         "optimal_ppl": meta.get("optimal_ppl"),
+        "logprob_rank": rank, "rank_contexts": contexts,
+        "rank_bound": _rank_bound(model_name, hparams, meta["vocab_size"], contexts),
+        "source_logprob_rank": meta["source"].get("logprob_rank"),
     })
     write_json(out_path, metrics)
 
@@ -72,6 +85,7 @@ def evaluate(data_dir, train_dir, out_path, *, model_name, hparams, experiment, 
             "final/valid_ppl": metrics["valid_ppl"], "test/ppl": metrics["test_ppl"],
             "test/loss": test_loss, "speed/eval_tokens_per_s": metrics["eval_tokens_per_s"],
             "latency/median_ms": latency_median, "latency/p95_ms": latency_p95,
+            "rank/logprob": rank, "rank/contexts": contexts,
         })
         if metrics["optimal_ppl"] is not None:
             mlflow.log_metric("data/optimal_ppl", metrics["optimal_ppl"])

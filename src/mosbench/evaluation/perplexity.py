@@ -8,6 +8,11 @@ import tensorflow as tf
 from mosbench.data.batching import batchify, windows
 
 
+def token_nll(log_probs, targets):
+    """Negative log-likelihood of each target token: ``(batch, time)``."""
+    return -tf.squeeze(tf.gather(log_probs, targets[..., None], batch_dims=2), -1)
+
+
 def make_eval_step(model):
     """A compiled step returning the summed loss of a window and the next state.
 
@@ -17,9 +22,8 @@ def make_eval_step(model):
 
     @tf.function(reduce_retracing=True)
     def step(inputs, targets, states):
-        logits, states = model(inputs, states, training=False)
-        nll = tf.nn.sparse_softmax_cross_entropy_with_logits(targets, logits)
-        return tf.reduce_sum(nll), states
+        log_probs, states, _ = model(inputs, states, training=False)
+        return tf.reduce_sum(token_nll(log_probs, targets)), states
 
     return step
 
@@ -52,8 +56,8 @@ def next_word_latency(model, ids, warmup=10, samples=100):
 
     @tf.function
     def predict(token, states):
-        logits, states = model(token, states, training=False)
-        return tf.argmax(logits[:, -1], axis=-1), states
+        log_probs, states, _ = model(token, states, training=False)
+        return tf.argmax(log_probs[:, -1], axis=-1), states
 
     states = model.initial_state(1)
     times = []

@@ -37,7 +37,9 @@ class LSTMLanguageModel(keras.Model):
         training: whether dropout is active.
 
     Returns:
-        ``(logits, new_states)`` with logits ``(batch, time, vocab_size)``.
+        ``(log_probs, new_states, (raw_last, dropped_last))``: log-probabilities
+        ``(batch, time, vocab_size)``, the states to carry on, and the last
+        layer's output before and after dropout (the interface of every model).
     """
 
     def __init__(self, vocab_size, emsize, nhid, nlayers, dropout=0.5, tie_weights=True,
@@ -77,14 +79,15 @@ class LSTMLanguageModel(keras.Model):
         x = self.drop(self.embedding(tokens), training=training)  # (B, T, E)
         new_states = []
         for rnn, (h, c) in zip(self.rnns, states, strict=True):
-            x, h, c = rnn(x, initial_state=[h, c], training=training)  # x: (B, T, H)
+            raw, h, c = rnn(x, initial_state=[h, c], training=training)  # (B, T, H)
             new_states.append((h, c))
-            x = self.drop(x, training=training)
+            x = self.drop(raw, training=training)
         if self.tie_weights:
             logits = ops.matmul(x, ops.transpose(self.embedding.embeddings))  # (B, T, V)
         else:
             logits = self.decoder(x)
-        return logits + self.decoder_bias, new_states
+        log_probs = ops.log_softmax(ops.cast(logits + self.decoder_bias, "float32"), axis=-1)
+        return log_probs, new_states, (raw, x)
 
     def build_for(self, batch_size=1):
         """Create the weights by one call on a dummy batch."""

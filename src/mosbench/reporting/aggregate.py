@@ -39,6 +39,15 @@ SUMMARY_METRICS = {
     "tokens_per_s": ("train tokens/s", "sig"),
     "latency_ms_median": ("median latency (ms)", "sig"),
     "n_params": ("params", "int"),
+    "logprob_rank": ("log-prob rank", "int"),
+}
+RANK_NOTE = ("; log-prob rank is the rank of the model's log-probability matrix over test "
+             "contexts, rank bound the most it can be: d+2 for a softmax or MoC head on d "
+             "dimensions (the softmax bottleneck), the matrix size for MoS")
+# Properties of the group rather than of a run: shown once, as a value, when known.
+GROUP_VALUES = {
+    "rank_bound": ("rank bound", "int"),
+    "optimal_ppl": ("optimal ppl", "ppl"),
 }
 
 
@@ -161,14 +170,15 @@ def build_runs_table(train, metrics):
 
 def summarize(runs):
     """Per (dataset, model, gpus): n_seeds, mean/std of the summary metrics, optimal_ppl."""
-    wanted = list(SUMMARY_METRICS) + ["optimal_ppl"]
+    wanted = list(SUMMARY_METRICS) + list(GROUP_VALUES)
     runs = runs.reindex(columns=list(runs.columns) + [c for c in wanted if c not in runs])
     grouped = runs.groupby(GROUP_KEY, sort=True)
     table = grouped.size().rename("n_seeds").to_frame()
     for name in SUMMARY_METRICS:
         table[f"{name}_mean"] = grouped[name].mean()
         table[f"{name}_std"] = grouped[name].std(ddof=1)
-    table["optimal_ppl"] = grouped["optimal_ppl"].first()  # first non-null value
+    for name in GROUP_VALUES:
+        table[name] = grouped[name].first()  # first non-null value
     return table.reset_index()
 
 
@@ -188,16 +198,17 @@ def _format(value, style):
 def summary_markdown(summary):
     """A Markdown table with "mean ± std" cells; all-empty metric columns are left out."""
     metrics = [m for m in SUMMARY_METRICS if summary[f"{m}_mean"].notna().any()]
-    show_optimal = summary["optimal_ppl"].notna().any()
+    values = [v for v in GROUP_VALUES if summary[v].notna().any()]
+    show_optimal = "optimal_ppl" in values
     header = ["dataset", "model", "gpus", "seeds"] + [SUMMARY_METRICS[m][0] for m in metrics]
-    if show_optimal:
-        header.append("optimal ppl")
+    header += [GROUP_VALUES[v][0] for v in values]
     lines = [
         "# Language-model benchmark summary",
         "",
         "Cells are mean ± sample standard deviation over seeds (– where a single seed ran); "
         "perplexities are on the validation and test sets, epoch time and tokens/s are "
         "per training epoch"
+        + (RANK_NOTE if "rank_bound" in values else "")
         + ("; optimal ppl is the best achievable perplexity of the synthetic source." if
            show_optimal else "."),
         "",
@@ -210,8 +221,7 @@ def summary_markdown(summary):
         for m in metrics:
             style = SUMMARY_METRICS[m][1]
             cells.append(f"{_format(row[f'{m}_mean'], style)} ± {_format(row[f'{m}_std'], style)}")
-        if show_optimal:
-            cells.append(_format(row["optimal_ppl"], "ppl"))
+        cells += [_format(row[v], GROUP_VALUES[v][1]) for v in values]
         lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(lines) + "\n"
 

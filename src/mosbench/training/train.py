@@ -17,9 +17,13 @@ import tensorflow as tf
 from mosbench.data.batching import batchify, windows
 from mosbench.data.tokenise import load_split
 from mosbench.errors import MosbenchError
-from mosbench.evaluation.perplexity import evaluate_loss, make_eval_step, perplexity
+from mosbench.evaluation.perplexity import evaluate_loss, make_eval_step, perplexity, token_nll
 from mosbench.io import atomic_path, write_json
 from mosbench.models import build_model
+from mosbench.models.activation_regularisation import (
+    activation_penalty,
+    temporal_activation_penalty,
+)
 from mosbench.tracking import mlflow_run
 from mosbench.training.devices import configure_devices
 
@@ -27,19 +31,28 @@ WEIGHTS = "model.weights.h5"
 SUMMARY = "train.json"
 
 
-def make_train_step(model, optimizer, clip):
-    """One SGD step on a window; returns the mean loss and the state to carry on."""
+def make_train_step(model, optimizer, clip, alpha=0.0, beta=0.0):
+    """One SGD step on a window; returns the mean NLL and the state to carry on.
+
+    The minimised loss adds AR (``alpha``) and TAR (``beta``) to the NLL; the
+    returned and logged loss is the NLL alone, as in the reference.
+    """
 
     @tf.function(reduce_retracing=True)
     def step(inputs, targets, states):
         with tf.GradientTape() as tape:
-            logits, states = model(inputs, states, training=True)
-            loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(targets, logits))
+            log_probs, states, (raw, dropped) = model(inputs, states, training=True)
+            nll = tf.reduce_mean(token_nll(log_probs, targets))
+            loss = nll
+            if alpha:
+                loss += activation_penalty(dropped, alpha)
+            if beta:
+                loss += temporal_activation_penalty(raw, beta)
         grads = tape.gradient(loss, model.trainable_variables)
         # Clip the norm of all gradients together, as torch.nn.utils.clip_grad_norm_.
         grads, _ = tf.clip_by_global_norm(grads, clip)
         optimizer.apply(grads, model.trainable_variables)
-        return loss, states
+        return nll, states
 
     return step
 
@@ -74,8 +87,11 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
     with tf.device(device):
         model = build_model(model_name, meta["vocab_size"], hparams)
         lr = hparams["lr"]
-        optimizer = keras.optimizers.SGD(learning_rate=lr)
-        step = make_train_step(model, optimizer, hparams["clip"])
+        # Keras' decoupled decay equals PyTorch's coupled weight_decay for plain SGD.
+        optimizer = keras.optimizers.SGD(learning_rate=lr,
+                                         weight_decay=hparams.get("wdecay") or None)
+        step = make_train_step(model, optimizer, hparams["clip"], hparams.get("alpha", 0.0),
+                               hparams.get("beta", 0.0))
         eval_step = make_eval_step(model)
     n_params = int(model.count_params())
 

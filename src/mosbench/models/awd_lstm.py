@@ -1,0 +1,115 @@
+"""AWD-LSTM language models with a softmax, MoC or MoS output layer.
+
+The architecture of salesforce/awd-lstm-lm (Merity et al. 2018) and its MoS
+extension zihangdai/mos (Yang et al. 2018): embedding dropout -> locked
+dropout -> ``nlayers`` weight-dropped LSTMs with locked dropout between them
+-> locked dropout -> output head tied to the embedding.
+"""
+
+import keras
+from keras import ops
+
+from mosbench.models.embedding_dropout import embedding_dropout
+from mosbench.models.locked_dropout import LockedDropout
+from mosbench.models.mixture_of_contexts import MixtureOfContexts
+from mosbench.models.mixture_of_softmaxes import MixtureOfSoftmaxes
+from mosbench.models.tied_softmax import TiedSoftmax
+from mosbench.models.weight_drop_lstm import WeightDropLSTM
+
+HEADS = ("softmax", "moc", "mos")
+
+
+class AWDLanguageModel(keras.Model):
+    """AWD-LSTM with a tied softmax, Mixture-of-Contexts or Mixture-of-Softmaxes head.
+
+    Args:
+        vocab_size: number of word types.
+        emsize: embedding size (the reference's ``emsize``).
+        nhid: hidden size of every LSTM layer but the last.
+        nhidlast: hidden size of the last LSTM layer; must equal ``emsize``
+            for the softmax head, whose decoder is the transposed embedding.
+        nlayers: number of LSTM layers.
+        dropout: locked dropout on the last LSTM output.
+        dropouth: locked dropout between LSTM layers.
+        dropouti: locked dropout on the embedded input.
+        dropoute: embedding (word-type) dropout.
+        wdrop: DropConnect rate on every hidden-to-hidden matrix.
+        head: ``"softmax"``, ``"moc"`` or ``"mos"``.
+        n_experts: K, for MoC and MoS.
+        dropoutl: locked dropout on the K latent contexts (MoC, MoS).
+        init_range: embedding initialised uniform(-init_range, init_range).
+        use_cudnn: passed to every :class:`WeightDropLSTM`.
+
+    Call arguments:
+        tokens: int ``(batch, time)``.
+        states: list of ``(h, c)`` per layer (see :meth:`initial_state`).
+        training: whether the dropouts are active.
+
+    Returns:
+        ``(log_probs, new_states, (raw_last, dropped_last))``: log-probabilities
+        ``(batch, time, vocab)``, the states to carry on, and the last layer's
+        output before and after its dropout (for TAR and AR).
+    """
+
+    def __init__(self, vocab_size, emsize, nhid, nhidlast, nlayers, dropout=0.4, dropouth=0.25,
+                 dropouti=0.4, dropoute=0.1, wdrop=0.5, head="softmax", n_experts=1,
+                 dropoutl=0.0, init_range=0.1, use_cudnn="auto", **kwargs):
+        super().__init__(**kwargs)
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        if head == "softmax" and nhidlast != emsize:
+            raise ValueError(f"a tied softmax needs nhidlast == emsize, got {nhidlast} "
+                             f"and {emsize}")
+        # --- layers ---
+        self.embedding = keras.layers.Embedding(
+            vocab_size, emsize,
+            embeddings_initializer=keras.initializers.RandomUniform(-init_range, init_range))
+        self.embedding_seed = keras.random.SeedGenerator()
+        self.dropoute = dropoute
+        self.input_drop = LockedDropout(dropouti)
+        self.hidden_drops = [LockedDropout(dropouth) for _ in range(nlayers - 1)]
+        self.output_drop = LockedDropout(dropout)
+        self.sizes = [nhid] * (nlayers - 1) + [nhidlast]
+        self.rnns = [WeightDropLSTM(units, wdrop, use_cudnn=use_cudnn) for units in self.sizes]
+        if head == "softmax":
+            self.head = TiedSoftmax(vocab_size)
+        else:
+            mixture = MixtureOfSoftmaxes if head == "mos" else MixtureOfContexts
+            self.head = mixture(vocab_size, n_experts, emsize, dropoutl)
+        # --- config ---
+        self._config = dict(vocab_size=vocab_size, emsize=emsize, nhid=nhid, nhidlast=nhidlast,
+                            nlayers=nlayers, dropout=dropout, dropouth=dropouth,
+                            dropouti=dropouti, dropoute=dropoute, wdrop=wdrop, head=head,
+                            n_experts=n_experts, dropoutl=dropoutl, init_range=init_range,
+                            use_cudnn=use_cudnn)
+
+    def build(self, tokens_shape, states_shape=None):
+        # The embedding matrix is read directly (for embedding dropout), so build it first;
+        # everything else builds on the first call.
+        self.embedding.build(tokens_shape)
+
+    def initial_state(self, batch_size):
+        return [(ops.zeros((batch_size, units)), ops.zeros((batch_size, units)))
+                for units in self.sizes]
+
+    def call(self, tokens, states, training=False):
+        x = embedding_dropout(self.embedding.embeddings, tokens, self.dropoute,
+                              self.embedding_seed, training)  # (B, T, E)
+        x = self.input_drop(x, training=training)
+        new_states = []
+        for layer, (rnn, state) in enumerate(zip(self.rnns, states, strict=True)):
+            raw, state = rnn(x, state, training=training)  # (B, T, H_layer)
+            new_states.append(state)
+            if layer < len(self.rnns) - 1:
+                x = self.hidden_drops[layer](raw, training=training)
+        dropped = self.output_drop(raw, training=training)
+        log_probs = self.head(dropped, self.embedding.embeddings, training=training)
+        return log_probs, new_states, (raw, dropped)
+
+    def build_for(self, batch_size=1):
+        """Create the weights by one call on a dummy batch."""
+        self(ops.zeros((batch_size, 2), dtype="int32"), self.initial_state(batch_size))
+        return self
+
+    def get_config(self):
+        return {**super().get_config(), **self._config}
