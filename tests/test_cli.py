@@ -1,5 +1,6 @@
 """The `mosbench` command runs every stage outside Snakemake, with clear errors."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TINY_CONFIG
+from conftest import REPO, TINY_CONFIG
 from mosbench import paths
 from mosbench.cli import main
 
@@ -23,6 +24,13 @@ def test_every_stage_from_the_command_line(tmp_path, monkeypatch, capsys):
                  ["evaluate", "tiny", "lstm", "--seed", "1", "--gpus", "0"], ["aggregate"]):
         assert main(["--config", str(config), *argv]) == 0, argv
     assert "best achievable perplexity of tiny" in capsys.readouterr().out
+    assert main(["--config", str(config), "params", "tiny", "lstm"]) == 0
+    summary = json.loads((Path(paths.TRAIN.format(**run)) / "train.json").read_text())
+    assert capsys.readouterr().out.splitlines()[-1] == str(summary["n_params"])
+    assert main(["--config", str(config), "rank", "tiny", "lstm", "--seed", "1",
+                 "--contexts", "60"]) == 0
+    rank = int(capsys.readouterr().out.split(":")[-1])
+    assert 2 <= rank <= 16 + 2  # a 16-dimensional softmax
     assert (Path(paths.TRAIN.format(**run)) / "model.weights.h5").exists()
     assert (Path(paths.EVALUATE.format(**run)) / "metrics.json").exists()
     assert (Path(paths.AGGREGATE) / "summary.md").exists()
@@ -42,6 +50,13 @@ def test_user_errors_exit_2_with_one_line(argv, message, capsys):
     assert main(["--config", str(TINY_CONFIG), *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("mosbench: error: ") and message in err
+
+
+def test_params_of_the_reference_presets_without_data(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # nothing tokenised here: vocabulary sizes come from the config
+    assert main(["--config", str(REPO / "config" / "config.yaml"), "params", "ptb",
+                 "awd-lstm-mos"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "21500620"
 
 
 def test_installed_command_rejects_a_negative_seed():

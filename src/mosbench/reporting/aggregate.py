@@ -271,7 +271,8 @@ def plot_valid_ppl(curves, runs, path):
             ax.set(title=str(dataset), xlabel="epoch", ylabel="validation perplexity")
             ax.grid(alpha=0.3)
             ax.legend(fontsize="small")
-        fig.suptitle("Validation perplexity per epoch (mean over seeds, band: min–max)")
+        fig.suptitle("Validation perplexity per epoch\n(mean over seeds, band: min–max)",
+                     fontsize="medium")
         fig.tight_layout()
         fig.savefig(path, format="png", dpi=100)
     finally:
