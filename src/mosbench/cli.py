@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mosbench import paths
 from mosbench.config import load_config, preset, source_of
-from mosbench.errors import MosbenchError
+from mosbench.errors import PAUSED_EXIT_CODE, MosbenchError, TrainingPaused
 
 
 def _download(args, config):
@@ -184,6 +184,9 @@ def main(argv=None):
     except MosbenchError as exc:
         print(f"mosbench: error: {exc}", file=sys.stderr)
         return 2
+    except TrainingPaused as exc:
+        print(f"mosbench: paused: {exc}", file=sys.stderr)
+        return PAUSED_EXIT_CODE
     return 0
 
 

@@ -9,3 +9,12 @@ instead of a traceback.
 
 class MosbenchError(Exception):
     """An error caused by the user's input, with a message meant for them."""
+
+
+# EX_TEMPFAIL from sysexits.h: "try again later". A paused training job exits
+# with it; running the same job again resumes from its checkpoint.
+PAUSED_EXIT_CODE = 75
+
+
+class TrainingPaused(Exception):  # noqa: N818 (a state, not a failure)
+    """Training stopped early (SIGTERM or wall-time budget) after writing a checkpoint."""

@@ -95,3 +95,30 @@ def run_tags(dataset, model, seed, gpus):
 
 def run_name(dataset, model, seed, gpus):
     return f"{dataset}-{model}-seed{seed}-gpus{gpus}"
+
+
+def epoch_metrics(record):
+    """The MLflow metrics of one epoch record of train.json, with namespaced keys."""
+    return {"train/loss": record["train_loss"], "valid/loss": record["valid_loss"],
+            "valid/ppl": record["valid_ppl"], "time/epoch_s": record["epoch_time_s"],
+            "speed/tokens_per_s": record["tokens_per_s"], "train/lr": record["lr"]}
+
+
+def log_missing_epochs(run_id, history):
+    """Log the epochs of ``history`` that the active run does not have yet.
+
+    After a resume, epochs logged before the interruption are not logged again
+    and epochs checkpointed but not yet logged are not lost.
+    """
+    import mlflow
+
+    logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "valid/ppl")}
+    for record in history:
+        if record["epoch"] not in logged:
+            mlflow.log_metrics(epoch_metrics(record), step=record["epoch"])
+
+
+def mark_paused(mlflow):
+    """End the active run as paused: KILLED, tagged so, and resumed by the next job."""
+    mlflow.set_tag("mosbench.state", "paused")
+    mlflow.end_run(status="KILLED")

@@ -1,22 +1,32 @@
-"""The *train* stage: truncated BPTT with SGD and global-norm clipping.
+"""The *train* stage: the reference training procedure, resumable, as one loop.
 
-Reads top to bottom: load data, build the model, then per epoch run the
-training windows (state carried across windows, reset at the epoch start),
-validate, keep the best weights, divide the learning rate when validation
-stalls, and log. Outputs: ``model.weights.h5`` (best by validation loss) and
-``train.json`` (the per-epoch history), both written atomically.
+Reads top to bottom: devices and seeds, data, model and optimiser, resume or
+start, then epochs of variable-length truncated BPTT (hidden state carried
+across windows, reset at each epoch start, gradients accumulated over
+``small_batch_size`` chunks, clipped by global norm, SGD with weight decay),
+validation, and the schedule: NT-ASGD (the AWD models) or dividing the
+learning rate when validation stalls (the plain LSTM). An optional finetune
+phase restarts from the best weights with averaging from the start (MoS).
+
+Every epoch end writes a checkpoint (:mod:`mosbench.training.checkpoint`);
+SIGTERM or the wall-time budget writes one mid-epoch and stops with
+:class:`TrainingPaused`, and the next run of the same job resumes from it
+into the same MLflow run. Outputs: ``model.weights.h5`` (best by validation,
+averaged weights once NT-ASGD has switched) and ``train.json``.
 """
 
 import math
+import signal
 import time
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
-from mosbench.data.batching import batchify, windows
+from mosbench.data.batching import batchify
 from mosbench.data.tokenise import load_split
-from mosbench.errors import MosbenchError
+from mosbench.errors import MosbenchError, TrainingPaused
 from mosbench.evaluation.perplexity import evaluate_loss, make_eval_step, perplexity, token_nll
 from mosbench.io import atomic_path, write_json
 from mosbench.models import build_model
@@ -25,121 +35,286 @@ from mosbench.models.activation_regularisation import (
     temporal_activation_penalty,
 )
 from mosbench.tracking import mlflow_run
+from mosbench.training import checkpoint
+from mosbench.training.bptt import epoch_windows, restore_rng, rng_state
 from mosbench.training.devices import configure_devices
+from mosbench.training.nt_asgd import IterateAverage, nonmono_triggered
 
 WEIGHTS = "model.weights.h5"
 SUMMARY = "train.json"
+def make_train_step(model, optimizer, batch_size, hparams, averager=None):
+    """A compiled step on one window: returns the mean NLL and the state to carry on.
 
-
-def make_train_step(model, optimizer, clip, alpha=0.0, beta=0.0):
-    """One SGD step on a window; returns the mean NLL and the state to carry on.
-
-    The minimised loss adds AR (``alpha``) and TAR (``beta``) to the NLL; the
-    returned and logged loss is the NLL alone, as in the reference.
+    The minimised loss adds AR and TAR to the NLL; the batch is processed in
+    ``small_batch_size`` chunks whose gradients are summed (each weighted by
+    its share of the batch, as the reference), then clipped by their global
+    norm. With ``averager`` the step also folds the new weights into the
+    NT-ASGD average.
     """
+    small = hparams["small_batch_size"] or batch_size
+    chunks = [(start, min(start + small, batch_size)) for start in range(0, batch_size, small)]
+    alpha, beta = hparams.get("alpha", 0.0), hparams.get("beta", 0.0)
+    variables = model.trainable_variables
+    states_spec = [tuple(tf.TensorSpec(s.shape, tf.float32) for s in layer)
+                   for layer in model.initial_state(batch_size)]
+    window = tf.TensorSpec((batch_size, None), tf.int32)  # any length: one trace
 
-    @tf.function(reduce_retracing=True)
-    def step(inputs, targets, states):
-        with tf.GradientTape() as tape:
-            log_probs, states, (raw, dropped) = model(inputs, states, training=True)
-            nll = tf.reduce_mean(token_nll(log_probs, targets))
-            loss = nll
-            if alpha:
-                loss += activation_penalty(dropped, alpha)
-            if beta:
-                loss += temporal_activation_penalty(raw, beta)
-        grads = tape.gradient(loss, model.trainable_variables)
+    @tf.function(input_signature=[window, window, states_spec, tf.TensorSpec((), tf.float32)])
+    def step(inputs, targets, states, lr):
+        optimizer.learning_rate.assign(lr)
+        grads = [tf.zeros_like(v) for v in variables]
+        total_nll, chunk_states = 0.0, []
+        for start, end in chunks:
+            share = (end - start) / batch_size
+            with tf.GradientTape() as tape:
+                sliced = [(h[start:end], c[start:end]) for h, c in states]
+                log_probs, new_states, (raw, dropped) = model(inputs[start:end], sliced,
+                                                             training=True)
+                nll = tf.reduce_mean(token_nll(log_probs, targets[start:end]))
+                loss = nll
+                if alpha:
+                    loss += activation_penalty(dropped, alpha)
+                if beta:
+                    loss += temporal_activation_penalty(raw, beta)
+                loss *= share
+            chunk_grads = tape.gradient(loss, variables)
+            grads = [g + tf.convert_to_tensor(c) for g, c in zip(grads, chunk_grads, strict=True)]
+            total_nll += nll * share
+            chunk_states.append(new_states)
         # Clip the norm of all gradients together, as torch.nn.utils.clip_grad_norm_.
-        grads, _ = tf.clip_by_global_norm(grads, clip)
-        optimizer.apply(grads, model.trainable_variables)
-        return nll, states
+        grads, _ = tf.clip_by_global_norm(grads, hparams["clip"])
+        optimizer.apply(grads, variables)
+        if averager is not None:
+            averager.update()
+        states = [tuple(tf.concat([s[layer][i] for s in chunk_states], 0) for i in range(2))
+                  for layer in range(len(states))]
+        return total_nll, states
 
     return step
 
 
-def run_epoch(model, step, streams, bptt):
-    """Train over the batchified stream once; mean loss per token and tokens seen."""
-    states = model.initial_state(streams.shape[0])  # reset at each epoch start
-    total, tokens = 0.0, 0
-    for inputs, targets in windows(streams, bptt):
-        loss, states = step(tf.constant(inputs), tf.constant(targets), states)
-        loss = float(loss)
-        if not math.isfinite(loss):
-            raise MosbenchError(f"training diverged: the loss became {loss}; lower lr or clip")
-        total += loss * targets.size
-        tokens += targets.size
-    return total / tokens, tokens
+class StopSignal:
+    """Remembers a SIGTERM (SLURM's warning before a time limit or preemption)."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.requested = True
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self._previous)
+
+
+def fresh_state(hparams, seed):
+    return {"phase": "train", "epoch": 0, "phase_epoch": 0, "position": 0,
+            "lr": hparams["lr"], "averaging": False, "val_losses": [],
+            "best_loss": math.inf, "best_epoch": 0, "history": [], "run_id": None,
+            "rng": rng_state(np.random.default_rng(seed)), "partial": [0.0, 0, 0.0],
+            "train_time_s": 0.0}
 
 
 def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experiment,
-          threads=None, config_snapshot=None):
+          threads=None, config_snapshot=None, wall_time_s=None):
     """Train one (dataset, model, seed, gpus) job; return the summary written to train.json."""
     out_dir = Path(out_dir)
     device = configure_devices(gpus, threads)
+    if hparams.get("deterministic"):
+        tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(seed)
+    started = time.monotonic()
 
     # --- data ---
     train_ids, meta = load_split(data_dir, "train")
     valid_ids, _ = load_split(data_dir, "valid")
-    streams = batchify(train_ids, hparams["batch_size"])
+    batch_size = hparams["batch_size"]
+    streams = batchify(train_ids, batch_size)
 
-    # --- model and optimiser ---
+    # --- model, optimiser, averaging ---
     with tf.device(device):
         model = build_model(model_name, meta["vocab_size"], hparams)
-        lr = hparams["lr"]
         # Keras' decoupled decay equals PyTorch's coupled weight_decay for plain SGD.
-        optimizer = keras.optimizers.SGD(learning_rate=lr,
+        optimizer = keras.optimizers.SGD(learning_rate=hparams["lr"],
                                          weight_decay=hparams.get("wdecay") or None)
-        step = make_train_step(model, optimizer, hparams["clip"], hparams.get("alpha", 0.0),
-                               hparams.get("beta", 0.0))
+        optimizer.build(model.trainable_variables)
+        averager = IterateAverage(model.trainable_variables)
+        sgd_step = make_train_step(model, optimizer, batch_size, hparams)
+        asgd_step = make_train_step(model, optimizer, batch_size, hparams, averager)
         eval_step = make_eval_step(model)
     n_params = int(model.count_params())
 
+    # --- resume or start ---
+    hidden = None
+    fingerprint = {"dataset": dataset, "model": model_name, "seed": seed, "gpus": gpus,
+                   "vocab_size": meta["vocab_size"], "hparams": hparams}
+    if checkpoint.exists(out_dir) and not checkpoint.same_job(out_dir, fingerprint):
+        print(f"{out_dir}: the checkpoint there is of other settings; starting afresh",
+              flush=True)
+        checkpoint.remove(out_dir)
+    if checkpoint.exists(out_dir):
+        state, averages, hidden = checkpoint.load(out_dir, model, optimizer)
+        if averages:
+            averager.restore(averages, state["average_count"])
+        print(f"resuming at epoch {state['epoch'] + 1}, window position {state['position']}",
+              flush=True)
+    else:
+        state = fresh_state(hparams, seed)
+        state["fingerprint"] = fingerprint
+    rng = restore_rng(state["rng"])
+
     # --- tracking ---
     mlflow = mlflow_run.connect(experiment)
-    params = {"dataset": dataset, "model": model_name, "seed": seed, "gpus": gpus,
-              "n_params": n_params, "vocab_size": meta["vocab_size"],
-              "train_tokens": meta["tokens"]["train"], **hparams}
-    with mlflow.start_run(run_name=mlflow_run.run_name(dataset, model_name, seed, gpus),
-                          tags=mlflow_run.run_tags(dataset, model_name, seed, gpus)) as run:
-        mlflow.log_params(mlflow_run.flatten(params))
+    if state["run_id"] is None:
+        run = mlflow.start_run(run_name=mlflow_run.run_name(dataset, model_name, seed, gpus),
+                               tags=mlflow_run.run_tags(dataset, model_name, seed, gpus))
+        state["run_id"] = run.info.run_id
+        mlflow.log_params(mlflow_run.flatten({
+            "dataset": dataset, "model": model_name, "seed": seed, "gpus": gpus,
+            "n_params": n_params, "vocab_size": meta["vocab_size"],
+            "train_tokens": meta["tokens"]["train"], **hparams}))
         if config_snapshot is not None:
             mlflow.log_dict(config_snapshot, "config.yaml")
+    else:
+        mlflow.start_run(run_id=state["run_id"])
+    mlflow_run.log_missing_epochs(state["run_id"], state["history"])
 
-        # --- epochs ---
-        history, best_loss, best_epoch = [], math.inf, 0
-        started = time.perf_counter()
-        for epoch in range(1, hparams["epochs"] + 1):
-            t0 = time.perf_counter()
-            with tf.device(device):
-                train_loss, tokens = run_epoch(model, step, streams, hparams["bptt"])
-                epoch_time = time.perf_counter() - t0
-                valid_loss = evaluate_loss(model, valid_ids, hparams["eval_batch_size"],
-                                           hparams["bptt"], eval_step)
-            record = {"epoch": epoch, "train_loss": train_loss, "valid_loss": valid_loss,
+    def save(position, hidden_states=None):
+        averages, count = averager.state() if state["averaging"] else (None, 0)
+        state.update(position=position, rng=rng_state(rng), average_count=count)
+        checkpoint.save(out_dir, model, optimizer, state, averages, hidden_states)
+
+    def validate():
+        with tf.device(device):
+            if state["averaging"]:
+                with averager.swapped_in():
+                    return evaluate_loss(model, valid_ids, hparams["eval_batch_size"],
+                                         hparams["bptt"], eval_step), averager
+            return evaluate_loss(model, valid_ids, hparams["eval_batch_size"],
+                                 hparams["bptt"], eval_step), None
+
+    stop = StopSignal()
+    try:
+        while state["phase"] != "done":
+            # --- one epoch (or the rest of an interrupted one) ---
+            t0 = time.monotonic()
+            loss_sum, tokens, epoch_time = state["partial"]
+            states = ([tuple(tf.constant(h) for h in hidden[i:i + 2])
+                       for i in range(0, len(hidden), 2)] if hidden
+                      else model.initial_state(batch_size))  # reset at each epoch start
+            hidden = None
+            step = asgd_step if state["averaging"] else sgd_step
+            for start, length, scale in epoch_windows(
+                    rng, streams.shape[1], hparams["bptt"], hparams["variable_bptt"],
+                    hparams.get("max_seq_len_delta"), start=state["position"]):
+                window = streams[:, start:start + length + 1]
+                with tf.device(device):
+                    nll, states = step(tf.constant(window[:, :-1]), tf.constant(window[:, 1:]),
+                                       states, tf.constant(state["lr"] * scale, tf.float32))
+                nll = float(nll)
+                if not math.isfinite(nll):
+                    raise MosbenchError(f"training diverged: the loss became {nll} at epoch "
+                                        f"{state['epoch'] + 1}; lower lr or clip")
+                loss_sum += nll * length * batch_size
+                tokens += length * batch_size
+                # Checked after the step, before the next window's length is drawn, so the
+                # saved RNG state redraws exactly the windows that are left.
+                if stop.requested or _out_of_time(wall_time_s, started):
+                    state["partial"] = [loss_sum, tokens, epoch_time + time.monotonic() - t0]
+                    save(start + length, [x.numpy() for layer in states for x in layer])
+                    raise TrainingPaused(f"stopped in epoch {state['epoch'] + 1} at window "
+                                         f"position {start + length}; run the job again to "
+                                         "resume")
+            epoch_time += time.monotonic() - t0
+            state["train_time_s"] += epoch_time
+
+            # --- validate, keep the best, apply the schedule ---
+            valid_loss, _ = validate()
+            state["epoch"] += 1
+            state["phase_epoch"] += 1
+            record = {"epoch": state["epoch"], "phase": state["phase"],
+                      "train_loss": loss_sum / tokens, "valid_loss": valid_loss,
                       "valid_ppl": perplexity(valid_loss), "epoch_time_s": epoch_time,
-                      "tokens_per_s": tokens / epoch_time, "lr": lr}
-            history.append(record)
-            mlflow.log_metrics({"train/loss": train_loss, "train/ppl": perplexity(train_loss),
-                                "valid/loss": valid_loss, "valid/ppl": record["valid_ppl"],
-                                "time/epoch_s": epoch_time, "speed/tokens_per_s":
-                                record["tokens_per_s"], "train/lr": lr}, step=epoch)
-            print(f"epoch {epoch:3d} | train ppl {perplexity(train_loss):9.2f} | valid ppl "
-                  f"{record['valid_ppl']:9.2f} | {epoch_time:6.1f} s | lr {lr:g}", flush=True)
-            if valid_loss < best_loss:
-                best_loss, best_epoch = valid_loss, epoch
-                with atomic_path(out_dir / WEIGHTS, suffix=".weights.h5") as tmp:
-                    model.save_weights(tmp)
-            else:  # anneal when validation stalls, as PyTorch's word_language_model
-                lr /= hparams["lr_decay"]
-                optimizer.learning_rate.assign(lr)
+                      "tokens_per_s": tokens / epoch_time, "lr": state["lr"],
+                      "averaging": state["averaging"]}
+            state["history"].append(record)
+            print(f"epoch {record['epoch']:3d} {state['phase']:8s} | train ppl "
+                  f"{perplexity(record['train_loss']):9.2f} | valid ppl {record['valid_ppl']:9.2f}"
+                  f" | {epoch_time:6.1f} s | lr {state['lr']:g}"
+                  f"{' | averaged' if state['averaging'] else ''}", flush=True)
+            if valid_loss < state["best_loss"]:
+                state["best_loss"], state["best_epoch"] = valid_loss, state["epoch"]
+                _save_best(model, averager if state["averaging"] else None, out_dir)
+            _schedule(state, valid_loss, hparams, averager, model, out_dir)
+            state["partial"] = [0.0, 0, 0.0]
+            save(0)
+            mlflow_run.log_missing_epochs(state["run_id"], state["history"])
+    except TrainingPaused:
+        mlflow_run.mark_paused(mlflow)
+        raise
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    finally:
+        stop.restore()
 
-        summary = {"dataset": dataset, "model": model_name, "seed": seed, "gpus": gpus,
-                   "run_id": run.info.run_id, "n_params": n_params,
-                   "vocab_size": meta["vocab_size"], "history": history,
-                   "best_epoch": best_epoch, "best_valid_loss": best_loss,
-                   "train_time_s": time.perf_counter() - started}
-        mlflow.log_metrics({"best/valid_loss": best_loss, "best/epoch": best_epoch})
-        write_json(out_dir / SUMMARY, summary)
-        mlflow.log_artifact(str(out_dir / SUMMARY))
+    summary = {"dataset": dataset, "model": model_name, "seed": seed, "gpus": gpus,
+               "run_id": state["run_id"], "n_params": n_params,
+               "vocab_size": meta["vocab_size"], "history": state["history"],
+               "best_epoch": state["best_epoch"], "best_valid_loss": state["best_loss"],
+               "train_time_s": state["train_time_s"]}
+    mlflow.log_metrics({"best/valid_loss": state["best_loss"], "best/epoch": state["best_epoch"]})
+    write_json(out_dir / SUMMARY, summary)
+    mlflow.log_artifact(str(out_dir / SUMMARY))
+    mlflow.set_tag("mosbench.state", "finished")
+    mlflow.end_run(status="FINISHED")
+    checkpoint.remove(out_dir)  # done: a forced rerun must train afresh, not resume
     return summary
+
+
+def _out_of_time(wall_time_s, started):
+    """Whether this job has used its wall-time budget (None: no budget)."""
+    return bool(wall_time_s) and time.monotonic() - started > wall_time_s
+
+
+def _save_best(model, averager, out_dir):
+    """The best weights so far, averaged ones while NT-ASGD averages."""
+    with atomic_path(out_dir / WEIGHTS, suffix=".weights.h5") as tmp:
+        if averager is None:
+            model.save_weights(tmp)
+        else:
+            with averager.swapped_in():
+                model.save_weights(tmp)
+
+
+def _schedule(state, valid_loss, hparams, averager, model, out_dir):
+    """After an epoch: anneal, switch to averaging, move to finetune, or finish."""
+    previous = state["val_losses"]
+    phase_over = state["phase_epoch"] >= (hparams["epochs"] if state["phase"] == "train"
+                                          else hparams["finetune_epochs"])
+    if hparams["schedule"] == "plateau-decay":
+        if previous and valid_loss >= min(previous):
+            state["lr"] /= hparams["lr_decay"]
+    elif state["phase"] == "train" and not state["averaging"]:
+        if nonmono_triggered(previous, valid_loss, hparams["nonmono"]):
+            print("switching to averaged SGD", flush=True)
+            state["averaging"] = True
+            averager.restore([v.numpy() for v in model.trainable_variables], 0)
+    elif state["phase"] == "finetune" and nonmono_triggered(previous, valid_loss,
+                                                            hparams["nonmono"]):
+        phase_over = True  # the finetune script's stopping rule
+    previous.append(valid_loss)
+    if phase_over:
+        _next_phase(state, hparams, averager, model, out_dir)
+
+
+def _next_phase(state, hparams, averager, model, out_dir):
+    """Finetune (MoS): restart from the best weights, averaging from the first step."""
+    if state["phase"] == "train" and hparams.get("finetune_epochs"):
+        model.load_weights(out_dir / WEIGHTS)
+        averager.restore([v.numpy() for v in model.trainable_variables], 0)
+        state.update(phase="finetune", phase_epoch=0, averaging=True, val_losses=[],
+                     lr=hparams["finetune_lr"] or hparams["lr"])
+        print("finetuning from the best weights", flush=True)
+    else:
+        state["phase"] = "done"

@@ -1,0 +1,209 @@
+"""The reference training procedure: BPTT windows, NT-ASGD, checkpoints, resume."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import tensorflow as tf
+import yaml
+
+from conftest import TINY_CONFIG
+from mosbench.errors import PAUSED_EXIT_CODE, MosbenchError
+from mosbench.models import build_model
+from mosbench.training import checkpoint
+from mosbench.training.bptt import epoch_windows, sample_seq_len
+from mosbench.training.nt_asgd import IterateAverage, nonmono_triggered
+
+MOSBENCH = Path(sys.executable).with_name("mosbench")
+
+
+# --- variable-length BPTT -------------------------------------------------------------------
+
+def test_windows_cover_the_stream_once_with_reference_lengths():
+    rng = np.random.default_rng(0)
+    windows = list(epoch_windows(rng, 5000, 70, variable=True, max_seq_len_delta=40))
+    starts = [s for s, _, _ in windows]
+    lengths = [n for _, n, _ in windows]
+    assert starts[0] == 0
+    assert all(a + n == b for a, n, b in zip(starts, lengths, starts[1:], strict=False))
+    assert starts[-1] + lengths[-1] == 4999  # every position but the last is an input once
+    assert min(lengths[:-1]) >= 5 and max(lengths) <= 110
+    assert all(scale == pytest.approx(n / 70) for _, n, scale in windows[:-1])
+    fixed = list(epoch_windows(rng, 1000, 35, variable=False))
+    assert {n for _, n, _ in fixed[:-1]} == {35} and {s for _, _, s in fixed} == {1.0}
+
+
+def test_sequence_length_distribution():
+    rng = np.random.default_rng(1)
+    lengths = np.array([sample_seq_len(rng, 70) for _ in range(20000)])
+    halves = (lengths < 52).mean()  # base bptt/2 = 35 with probability 0.05
+    assert 0.04 < halves < 0.06
+    assert abs(np.median(lengths) - 70) <= 1 and lengths.min() >= 5
+    assert max(sample_seq_len(rng, 70, cap=72) for _ in range(2000)) == 72
+
+
+def test_resuming_an_epoch_draws_the_same_windows():
+    whole = list(epoch_windows(np.random.default_rng(3), 3000, 70))
+    rng = np.random.default_rng(3)
+    first = epoch_windows(rng, 3000, 70)
+    head = [next(first) for _ in range(10)]
+    resumed = rng.bit_generator.state  # what a checkpoint keeps
+    restored = np.random.default_rng()
+    restored.bit_generator.state = resumed
+    rest = list(epoch_windows(restored, 3000, 70, start=head[-1][0] + head[-1][1]))
+    assert head + rest == whole
+
+
+# --- NT-ASGD ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("previous", "loss", "fires"),
+    [
+        ([5.0, 4.0, 3.0], 3.5, False),  # not more than nonmono=3 losses before it
+        ([5.0, 4.0, 3.0, 2.9], 4.5, False),  # worse than 5.0? no: best of all but the last 3
+        ([5.0, 4.0, 3.0, 2.9], 5.1, True),
+        ([3.0, 4.0, 5.0, 6.0, 7.0], 3.5, True),  # min of the first two is 3.0
+        ([3.0, 4.0, 5.0, 6.0, 7.0], 2.9, False),
+    ],
+)
+def test_nonmono_trigger_follows_the_reference_rule(previous, loss, fires):
+    assert nonmono_triggered(previous, loss, nonmono=3) is fires
+
+
+def test_iterate_average_is_the_mean_of_the_iterates():
+    variable = tf.Variable([1.0, -2.0])
+    averager = IterateAverage([variable])
+    iterates = [np.array([1.0, 2.0]), np.array([3.0, -4.0]), np.array([8.0, 0.5])]
+    for value in iterates:
+        variable.assign(value)
+        averager.update()
+    np.testing.assert_allclose(averager.averages[0].numpy(), np.mean(iterates, axis=0))
+    with averager.swapped_in():
+        np.testing.assert_allclose(variable.numpy(), np.mean(iterates, axis=0))
+    np.testing.assert_array_equal(variable.numpy(), iterates[-1])  # the iterate comes back
+
+
+# --- checkpoints ----------------------------------------------------------------------------
+
+HP = dict(emsize=8, nhid=8, nlayers=1, dropout=0.0, tie_weights=True, init_range=0.1)
+
+
+def _model_and_optimizer(hparams=HP):
+    import keras
+
+    model = build_model("lstm", 20, hparams)
+    optimizer = keras.optimizers.SGD(1.0)
+    optimizer.build(model.trainable_variables)
+    return model, optimizer
+
+
+def test_checkpoint_round_trip_and_verification(tmp_path):
+    model, optimizer = _model_and_optimizer()
+    checkpoint.save(tmp_path, model, optimizer, {"epoch": 3}, hidden=[np.ones((2, 8))])
+    saved = [v.numpy().copy() for v in model.variables]
+    for v in model.trainable_variables:
+        v.assign(tf.zeros_like(v))
+    state, averages, hidden = checkpoint.load(tmp_path, model, optimizer)
+    assert state["epoch"] == 3 and averages == [] and hidden[0].shape == (2, 8)
+    for v, value in zip(model.variables, saved, strict=True):
+        np.testing.assert_array_equal(v.numpy(), value)
+
+    raw = (tmp_path / checkpoint.ARRAYS).read_bytes()
+    (tmp_path / checkpoint.ARRAYS).write_bytes(raw[: len(raw) // 2])  # a half-written file
+    with pytest.raises(MosbenchError, match="does not match its checksum"):
+        checkpoint.load(tmp_path, model, optimizer)
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path):
+    model, optimizer = _model_and_optimizer()
+    checkpoint.save(tmp_path, model, optimizer, {"epoch": 1})
+    other, other_optimizer = _model_and_optimizer(dict(HP, emsize=12, nhid=12))
+    with pytest.raises(MosbenchError, match="different model or preset"):
+        checkpoint.load(tmp_path, other, other_optimizer)
+
+
+# --- whole jobs: interrupted and resumed ------------------------------------------------------
+
+def _config(tmp_path):
+    """The tiny MoS preset, deterministic, with NT-ASGD switching and a finetune phase."""
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    config["presets"]["tiny"]["awd-lstm-mos"].update(
+        epochs=4, nonmono=1, finetune_epochs=1, small_batch_size=4, max_seq_len_delta=10,
+        deterministic=True)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _job(workdir, config, *stages, kill_after=None, sig=signal.SIGKILL):
+    """Run mosbench stages in ``workdir``; optionally kill training when a line appears."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{workdir / 'mlflow.db'}"}
+    for stage in stages:
+        argv = [str(MOSBENCH), "--config", str(config), *stage]
+        if kill_after is None or stage[0] != "train":
+            done = subprocess.run(argv, cwd=workdir, env=env, capture_output=True, text=True,
+                                  timeout=600)
+            assert done.returncode == 0, done.stderr[-2000:]
+            continue
+        process = subprocess.Popen(argv, cwd=workdir, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True)
+        for line in process.stdout:
+            if line.startswith(kill_after):
+                process.send_signal(sig)
+                break
+        process.stdout.read()
+        return process.wait(timeout=600)
+    return 0
+
+
+TRAIN = ("train", "tiny", "awd-lstm-mos", "--seed", "1")
+RUN_DIR = Path("results/train/tiny/awd-lstm-mos/seed1-gpus0")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("whole")
+    config = _config(workdir)
+    _job(workdir, config, ("download", "tiny"), ("tokenise", "tiny"), TRAIN)
+    return workdir, config
+
+
+def _losses(workdir):
+    summary = json.loads((workdir / RUN_DIR / "train.json").read_text())
+    return [(r["epoch"], r["phase"], r["train_loss"], r["valid_loss"], r["averaging"])
+            for r in summary["history"]], summary
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("kill_after", "sig", "exit_code"), [
+    ("epoch   2", signal.SIGKILL, -signal.SIGKILL),  # killed hard after epoch 2 ended
+    ("epoch   1", signal.SIGTERM, PAUSED_EXIT_CODE),  # SLURM's warning: pause mid-epoch
+])
+def test_interrupted_job_resumes_to_the_same_result(uninterrupted, tmp_path, kill_after, sig,
+                                                     exit_code):
+    whole_dir, config = uninterrupted
+    shutil.copytree(whole_dir / "results" / "data", tmp_path / "results" / "data")
+    assert _job(tmp_path, config, TRAIN, kill_after=kill_after, sig=sig) == exit_code
+    assert checkpoint.exists(tmp_path / RUN_DIR)
+    assert not (tmp_path / RUN_DIR / "train.json").exists()
+    _job(tmp_path, config, TRAIN)
+
+    expected, whole = _losses(whole_dir)
+    resumed, summary = _losses(tmp_path)
+    assert resumed == expected  # bit-identical: op determinism, every RNG state checkpointed
+    assert {phase for _, phase, *_ in expected} == {"train", "finetune"}
+    assert not checkpoint.exists(tmp_path / RUN_DIR)  # removed once the job is done
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["mosbench-test"])
+    assert len(runs) == 1 and runs["status"].tolist() == ["FINISHED"]
+    steps = [m.step for m in mlflow.MlflowClient().get_metric_history(summary["run_id"],
+                                                                       "valid/ppl")]
+    assert steps == list(range(1, len(expected) + 1))  # each epoch once, none missing
