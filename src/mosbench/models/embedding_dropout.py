@@ -6,8 +6,9 @@ zero wherever it appears in the batch, and the surviving rows are scaled by
 embedding keeps the full one, as in the reference.
 """
 
-import keras
 from keras import ops
+
+from mosbench.models.replica_dropout import dropout_mask
 
 
 def embedding_dropout(embeddings, tokens, rate, seed_generator, training):
@@ -25,8 +26,8 @@ def embedding_dropout(embeddings, tokens, rate, seed_generator, training):
         word type is all zeros and the rest are scaled by 1/(1-rate).
     """
     if training and rate > 0:
-        keep = keras.random.dropout(ops.ones((ops.shape(embeddings)[0], 1),
-                                             dtype=embeddings.dtype),
-                                    rate, seed=seed_generator)  # (vocab, 1): one draw per row
+        # (vocab, 1): one draw per word type; replicas draw their own.
+        keep = dropout_mask((ops.shape(embeddings)[0], 1), rate, seed_generator,
+                            embeddings.dtype)
         embeddings = embeddings * keep
     return ops.take(embeddings, tokens, axis=0)

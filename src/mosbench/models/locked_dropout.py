@@ -8,6 +8,8 @@ it on the embeddings, between LSTM layers and on the output.
 import keras
 from keras import ops
 
+from mosbench.models.replica_dropout import dropout_mask
+
 
 class LockedDropout(keras.layers.Layer):
     """Dropout whose mask is constant along the time axis.
@@ -15,7 +17,8 @@ class LockedDropout(keras.layers.Layer):
     Semantics: for inputs ``(batch, time, features)`` a mask of shape
     ``(batch, 1, features)`` is drawn per call, so each sequence in the batch
     has its own mask, applied unchanged at every time step; kept units are
-    scaled by 1/(1-rate). Identity outside training.
+    scaled by 1/(1-rate). Identity outside training. Data-parallel replicas
+    draw different masks (:mod:`mosbench.models.replica_dropout`).
 
     Args:
         rate: fraction of units to drop.
@@ -38,8 +41,7 @@ class LockedDropout(keras.layers.Layer):
         if not training or self.rate == 0:
             return inputs
         batch, features = ops.shape(inputs)[0], ops.shape(inputs)[-1]
-        mask = keras.random.dropout(ops.ones((batch, 1, features), dtype=inputs.dtype),
-                                    self.rate, seed=self.seed_generator)
+        mask = dropout_mask((batch, 1, features), self.rate, self.seed_generator, inputs.dtype)
         return inputs * mask
 
     def get_config(self):

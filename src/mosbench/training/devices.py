@@ -38,10 +38,5 @@ def configure_devices(gpus, threads=None):
             f"gpus={gpus} was asked for, but this machine shows {len(available)} GPU(s) to "
             "TensorFlow; use gpus: [0] to train on the CPU"
         )
-    if gpus > 1:
-        raise MosbenchError(
-            f"gpus={gpus}: multi-GPU data-parallel training is not implemented yet; "
-            "use gpus 0 or 1"
-        )
     _before_first_op(tf.config.set_visible_devices, available[:gpus], "GPU")
     return "/GPU:0"

@@ -31,8 +31,11 @@ class IterateAverage:
 
     def __init__(self, variables):
         self.variables = list(variables)
-        self.averages = [tf.Variable(v, trainable=False) for v in self.variables]
-        self.count = tf.Variable(0, dtype=tf.int64, trainable=False)
+        # Updated in every replica with the same values: keep the first replica's.
+        once = tf.VariableAggregation.ONLY_FIRST_REPLICA
+        self.averages = [tf.Variable(v, trainable=False, aggregation=once)
+                         for v in self.variables]
+        self.count = tf.Variable(0, dtype=tf.int64, trainable=False, aggregation=once)
 
     def update(self):
         """Fold the current weights into the average (call after each optimiser step)."""

@@ -42,55 +42,80 @@ from mosbench.training.nt_asgd import IterateAverage, nonmono_triggered
 
 WEIGHTS = "model.weights.h5"
 SUMMARY = "train.json"
-def make_train_step(model, optimizer, batch_size, hparams, averager=None):
+def make_train_step(model, optimizer, batch_size, hparams, averager=None, strategy=None):
     """A compiled step on one window: returns the mean NLL and the state to carry on.
 
-    The minimised loss adds AR and TAR to the NLL; the batch is processed in
-    ``small_batch_size`` chunks whose gradients are summed (each weighted by
-    its share of the batch, as the reference), then clipped by their global
-    norm. With ``averager`` the step also folds the new weights into the
-    NT-ASGD average.
+    Inputs, targets and states are global (the whole batch); with N replicas
+    each takes its 1/N of the rows. The minimised loss adds AR and TAR to the
+    NLL; each replica processes its rows in ``small_batch_size`` chunks whose
+    gradients are summed (each weighted by its share of the global batch, as
+    the reference), the replicas' gradients are all-reduced, and only then
+    clipped by their global norm, so N devices make exactly the update one
+    device makes on the same global batch (Keras' ``clipnorm`` would clip
+    each replica's part before the sum). With ``averager`` the step also folds
+    the new weights into the NT-ASGD average.
     """
-    small = hparams["small_batch_size"] or batch_size
-    chunks = [(start, min(start + small, batch_size)) for start in range(0, batch_size, small)]
+    strategy = strategy or tf.distribute.get_strategy()
+    replicas = strategy.num_replicas_in_sync
+    if batch_size % replicas:
+        raise MosbenchError(f"batch_size {batch_size} does not split over {replicas} devices")
+    local = batch_size // replicas
+    small = min(hparams["small_batch_size"] or local, local)
+    chunks = [(start, min(start + small, local)) for start in range(0, local, small)]
     alpha, beta = hparams.get("alpha", 0.0), hparams.get("beta", 0.0)
     variables = model.trainable_variables
-    states_spec = [tuple(tf.TensorSpec(s.shape, tf.float32) for s in layer)
-                   for layer in model.initial_state(batch_size)]
-    window = tf.TensorSpec((batch_size, None), tf.int32)  # any length: one trace
 
-    @tf.function(input_signature=[window, window, states_spec, tf.TensorSpec((), tf.float32)])
-    def step(inputs, targets, states, lr):
-        optimizer.learning_rate.assign(lr)
+    def replica_step(inputs, targets, states):
+        context = tf.distribute.get_replica_context()
+        first = context.replica_id_in_sync_group * local  # this replica's rows
         grads = [tf.zeros_like(v) for v in variables]
         total_nll, chunk_states = 0.0, []
         for start, end in chunks:
-            share = (end - start) / batch_size
+            rows = slice(first + start, first + end)
             with tf.GradientTape() as tape:
-                sliced = [(h[start:end], c[start:end]) for h, c in states]
-                log_probs, new_states, (raw, dropped) = model(inputs[start:end], sliced,
+                sliced = [(h[rows], c[rows]) for h, c in states]
+                log_probs, new_states, (raw, dropped) = model(inputs[rows], sliced,
                                                              training=True)
-                nll = tf.reduce_mean(token_nll(log_probs, targets[start:end]))
+                nll = tf.reduce_mean(token_nll(log_probs, targets[rows]))
                 loss = nll
                 if alpha:
                     loss += activation_penalty(dropped, alpha)
                 if beta:
                     loss += temporal_activation_penalty(raw, beta)
-                loss *= share
+                loss *= (end - start) / batch_size
             chunk_grads = tape.gradient(loss, variables)
             grads = [g + tf.convert_to_tensor(c) for g, c in zip(grads, chunk_grads, strict=True)]
-            total_nll += nll * share
+            total_nll += nll * (end - start) / batch_size
             chunk_states.append(new_states)
+        grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)  # the global gradient
         # Clip the norm of all gradients together, as torch.nn.utils.clip_grad_norm_.
         grads, _ = tf.clip_by_global_norm(grads, hparams["clip"])
-        optimizer.apply(grads, variables)
+        # Keras sums the replicas' gradients again inside apply(): give it each one's share.
+        optimizer.apply([g / replicas for g in grads], variables)
         if averager is not None:
             averager.update()
-        states = [tuple(tf.concat([s[layer][i] for s in chunk_states], 0) for i in range(2))
-                  for layer in range(len(states))]
-        return total_nll, states
+        local_states = [tuple(tf.concat([s[layer][i] for s in chunk_states], 0)
+                              for i in range(2)) for layer in range(len(states))]
+        return (context.all_reduce(tf.distribute.ReduceOp.SUM, total_nll),
+                context.all_gather(local_states, axis=0))
+
+    @tf.function(reduce_retracing=True)
+    def step(inputs, targets, states, lr):
+        optimizer.learning_rate.assign(lr)
+        nll, states = strategy.run(replica_step, args=(inputs, targets, states))
+        first = strategy.experimental_local_results  # every replica holds the same values
+        return first(nll)[0], tf.nest.map_structure(lambda x: first(x)[0], states)
 
     return step
+
+
+def make_strategy(gpus, devices=None):
+    """Data parallelism over ``devices`` (or ``gpus`` GPUs); one device otherwise."""
+    if devices:
+        return tf.distribute.MirroredStrategy(devices)
+    if gpus >= 1:
+        return tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(gpus)])
+    return tf.distribute.get_strategy()
 
 
 class StopSignal:
@@ -116,7 +141,7 @@ def fresh_state(hparams, seed):
 
 
 def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experiment,
-          threads=None, config_snapshot=None, wall_time_s=None):
+          threads=None, config_snapshot=None, wall_time_s=None, devices=None):
     """Train one (dataset, model, seed, gpus) job; return the summary written to train.json."""
     out_dir = Path(out_dir)
     device = configure_devices(gpus, threads)
@@ -131,17 +156,18 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
     batch_size = hparams["batch_size"]
     streams = batchify(train_ids, batch_size)
 
-    # --- model, optimiser, averaging ---
-    with tf.device(device):
+    # --- model, optimiser, averaging (mirrored over the devices) ---
+    strategy = make_strategy(gpus, devices)
+    with tf.device(device), strategy.scope():
         model = build_model(model_name, meta["vocab_size"], hparams)
         # Keras' decoupled decay equals PyTorch's coupled weight_decay for plain SGD.
         optimizer = keras.optimizers.SGD(learning_rate=hparams["lr"],
                                          weight_decay=hparams.get("wdecay") or None)
         optimizer.build(model.trainable_variables)
         averager = IterateAverage(model.trainable_variables)
-        sgd_step = make_train_step(model, optimizer, batch_size, hparams)
-        asgd_step = make_train_step(model, optimizer, batch_size, hparams, averager)
-        eval_step = make_eval_step(model)
+    sgd_step = make_train_step(model, optimizer, batch_size, hparams, strategy=strategy)
+    asgd_step = make_train_step(model, optimizer, batch_size, hparams, averager, strategy)
+    eval_step = make_eval_step(model)  # evaluation runs on one device
     n_params = int(model.count_params())
 
     # --- resume or start ---
