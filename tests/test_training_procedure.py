@@ -207,3 +207,27 @@ def test_interrupted_job_resumes_to_the_same_result(uninterrupted, tmp_path, kil
     steps = [m.step for m in mlflow.MlflowClient().get_metric_history(summary["run_id"],
                                                                        "valid/ppl")]
     assert steps == list(range(1, len(expected) + 1))  # each epoch once, none missing
+
+
+# --- dynamic evaluation -----------------------------------------------------------------------
+
+def test_dynamic_evaluation(tiny_data):
+    from mosbench.data.tokenise import load_split
+    from mosbench.evaluation.dynamic_eval import dynamic_evaluation
+    from mosbench.evaluation.perplexity import evaluate_loss
+
+    model = build_model("lstm", 40, dict(HP, init_range=0.5))
+    train_ids, _ = load_split(tiny_data, "train")
+    test_ids = load_split(tiny_data, "test")[0][:600]
+    trained = [v.numpy().copy() for v in model.trainable_variables]
+    static = evaluate_loss(model, test_ids, 1, 5)
+    frozen = dynamic_evaluation(model, train_ids, test_ids, lr=0.0, lamb=0.0, epsilon=1e-3,
+                                stat_max_batches=5)
+    assert frozen == pytest.approx(static, rel=1e-6)  # no step: the static score
+    # On text that repeats, adapting to what was just read must help.
+    repeated = np.tile(test_ids[:40], 15)
+    adapted = dynamic_evaluation(model, train_ids, repeated, lr=0.01, lamb=0.0, epsilon=1e-3,
+                                 stat_max_batches=5)
+    assert adapted < evaluate_loss(model, repeated, 1, 5)
+    for variable, value in zip(model.trainable_variables, trained, strict=True):
+        np.testing.assert_array_equal(variable.numpy(), value)  # trained weights restored

@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from mosbench.data.tokenise import load_split
 from mosbench.errors import MosbenchError
+from mosbench.evaluation.dynamic_eval import dynamic_evaluation
 from mosbench.evaluation.perplexity import (
     evaluate_loss,
     make_eval_step,
@@ -47,6 +48,18 @@ def _rank_bound(model_name, hparams, vocab_size, contexts):
     return full if dim is None else min(dim + 2, full)
 
 
+def _dynamic_evaluation(model, data_dir, valid_ids, test_ids, options):
+    """Valid and test perplexity under dynamic evaluation, when the preset asks for it."""
+    if not options:
+        return {}
+    train_ids, _ = load_split(data_dir, "train")
+    results = {}
+    for split, ids in (("valid", valid_ids), ("test", test_ids)):
+        loss = dynamic_evaluation(model, train_ids, ids, **options)
+        results.update({f"dynamic_{split}_loss": loss, f"dynamic_{split}_ppl": perplexity(loss)})
+    return results
+
+
 def evaluate(data_dir, train_dir, out_path, *, model_name, hparams, experiment, gpus=0,
              threads=None):
     """Score the trained model; write and return the metrics."""
@@ -65,6 +78,8 @@ def evaluate(data_dir, train_dir, out_path, *, model_name, hparams, experiment, 
         latency_median, latency_p95 = next_word_latency(model, test_ids)
         rank, contexts = logprob_rank(model, test_ids, hparams["rank_contexts"],
                                       hparams["eval_batch_size"], hparams["bptt"])
+        dynamic = _dynamic_evaluation(model, data_dir, valid_ids, test_ids,
+                                      hparams.get("dynamic_eval"))
 
     metrics = {key: trained[key] for key in ("dataset", "model", "seed", "gpus", "run_id")}
     metrics.update({
@@ -76,6 +91,7 @@ def evaluate(data_dir, train_dir, out_path, *, model_name, hparams, experiment, 
         "logprob_rank": rank, "rank_contexts": contexts,
         "rank_bound": _rank_bound(model_name, hparams, meta["vocab_size"], contexts),
         "source_logprob_rank": meta["source"].get("logprob_rank"),
+        **dynamic,
     })
     write_json(out_path, metrics)
 
@@ -87,6 +103,8 @@ def evaluate(data_dir, train_dir, out_path, *, model_name, hparams, experiment, 
             "latency/median_ms": latency_median, "latency/p95_ms": latency_p95,
             "rank/logprob": rank, "rank/contexts": contexts,
         })
+        mlflow.log_metrics({f"dynamic_eval/{k.removeprefix('dynamic_')}": v
+                            for k, v in dynamic.items()})
         if metrics["optimal_ppl"] is not None:
             mlflow.log_metric("data/optimal_ppl", metrics["optimal_ppl"])
         mlflow.log_artifact(str(out_path))
