@@ -8,8 +8,11 @@ STAMP := $(VENV)/.installed
 CORES ?= 2
 HOST ?= 127.0.0.1
 PORT ?= 5000
+MLFLOW_DIR ?= results
+MLFLOW_WORKERS ?= 4
+ALLOWED_HOSTS ?=
 
-.PHONY: run test lint ui clean
+.PHONY: run test lint ui mlflow-server clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +37,16 @@ lint: $(STAMP)
 ui: $(STAMP)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///results/mlflow.db \
 		--default-artifact-root results/mlartifacts --host $(HOST) --port $(PORT)
+
+## mlflow-server: a tracking server for jobs on other machines: results/mlflow.db and
+## results/mlartifacts behind HTTP, on loopback unless HOST is set; jobs find it through
+## MLFLOW_TRACKING_URI. To share it: HOST=0.0.0.0 ALLOWED_HOSTS=<this host's name>:$(PORT)
+mlflow-server: $(STAMP)
+	mkdir -p $(MLFLOW_DIR)
+	$(BIN)/mlflow server --backend-store-uri sqlite:///$(abspath $(MLFLOW_DIR))/mlflow.db \
+		--artifacts-destination $(abspath $(MLFLOW_DIR))/mlartifacts \
+		--host $(HOST) --port $(PORT) --workers $(MLFLOW_WORKERS) \
+		$(if $(ALLOWED_HOSTS),--allowed-hosts $(ALLOWED_HOSTS))
 
 clean:
 	rm -rf results logs .snakemake

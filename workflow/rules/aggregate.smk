@@ -10,6 +10,8 @@ rule aggregate:
         summary_csv=f"{paths.AGGREGATE}/summary.csv",
         summary_md=f"{paths.AGGREGATE}/summary.md",
         plot=f"{paths.AGGREGATE}/valid_ppl.png",
+    params:
+        code=code_hash("aggregate"),  # reruns on an edit of the code, not on a touch
     log:
         "logs/aggregate/aggregate.log",
     conda:

@@ -1,10 +1,21 @@
-# Helpers for the stage files: name patterns, input functions, the grid.
+# Helpers for the stage files: name patterns, input functions, the grid,
+# code hashes (params) and cluster resources.
 
 import itertools
+import os
 import re
 
 from mosbench import paths
+from mosbench.code_hash import code_hash
 from mosbench.config import SPLITS, preset
+
+# Light or network-bound steps run where Snakemake runs, even under a cluster
+# executor (compute nodes are often offline); train and evaluate are submitted.
+localrules:
+    download_corpus,
+    generate_synthetic_corpus,
+    tokenise,
+    aggregate,
 
 
 def alternation(names):
@@ -31,8 +42,19 @@ def data_files(wildcards):
     return {s: f"{data}/{s}.parquet" for s in SPLITS}
 
 
+def canonical(value):
+    """``value`` with mapping keys sorted at every level.
+
+    Snakemake compares params by their repr, so a param built this way does
+    not change, and reruns nothing, when keys are merely reordered in the YAML.
+    """
+    if isinstance(value, dict):
+        return {key: canonical(value[key]) for key in sorted(value)}
+    return value
+
+
 def hparams(wildcards):
-    return preset(config, wildcards.dataset, wildcards.model)
+    return canonical(preset(config, wildcards.dataset, wildcards.model))
 
 
 def grid():
@@ -53,3 +75,63 @@ def all_outputs():
         f"{paths.AGGREGATE}/{name}"
         for name in ("runs.csv", "summary.csv", "summary.md", "valid_ppl.png")
     ]
+
+
+# Cluster resources. Resources never trigger reruns, so moving to another
+# cluster, partition or time limit reruns nothing. `gpu` also limits local runs
+# (`--resources gpu=N`); mosbench.gpu_slots gives each local job its own devices.
+
+
+def slurm_placement():
+    """Partition and account: $SBATCH_PARTITION / $SBATCH_ACCOUNT, else `cluster:` in the config.
+
+    None leaves the choice to the plugin (the default partition, no account).
+    """
+    cluster = config["cluster"]
+    return dict(
+        slurm_partition=os.environ.get("SBATCH_PARTITION") or cluster["partition"],
+        slurm_account=os.environ.get("SBATCH_ACCOUNT") or cluster["account"],
+    )
+
+
+def train_limit(wildcards, key):
+    """cpus_per_gpu, mem_mb or runtime of one (dataset, model), from `cluster:`."""
+    cluster = config["cluster"]
+    override = cluster["overrides"].get(wildcards.dataset, {}).get(wildcards.model, {})
+    return override.get(key, cluster["train"][key])
+
+
+def wall_time_s(runtime_min):
+    """Seconds training may run under a `runtime` limit (minutes): it then checkpoints and ends.
+
+    The margin, 10 % of the limit but 5 to 30 minutes (and at most half),
+    covers the job's start-up and writing the checkpoint.
+    """
+    limit = 60 * runtime_min
+    return limit - min(max(limit // 10, 5 * 60), 30 * 60, limit // 2)
+
+
+def gpu_model(gpus):
+    """The GPU type to ask for (`cluster.gpu_model`), none for a CPU job."""
+    return config["cluster"]["gpu_model"] if int(gpus) else None
+
+
+def train_resources():
+    """SLURM resources of a training job besides `gpu`, as functions of its wildcards."""
+    return dict(
+        nodes=1,  # one process drives all of a job's GPUs: `--gpus=N` must not span nodes
+        gpu_model=lambda wildcards: gpu_model(wildcards.gpus),
+        cpus_per_gpu=lambda wildcards: (
+            train_limit(wildcards, "cpus_per_gpu") if int(wildcards.gpus) else None
+        ),
+        mem_mb=lambda wildcards: train_limit(wildcards, "mem_mb"),
+        runtime=lambda wildcards: train_limit(wildcards, "runtime"),
+        # read by workflow/scripts/train.py
+        wall_time_s=lambda wildcards: wall_time_s(train_limit(wildcards, "runtime")),
+        **slurm_placement(),
+    )
+
+
+def evaluate_resources():
+    """SLURM resources of an evaluation job besides `gpu`; time and memory: the profile's."""
+    return dict(gpu_model=lambda wildcards: gpu_model(wildcards.gpus), **slurm_placement())

@@ -5,7 +5,8 @@ rule download_corpus:
     output:
         multiext(f"{paths.RAW}/", "train.txt", "valid.txt", "test.txt", "source.json"),
     params:
-        source=lambda wildcards: config["sources"][wildcards.source],
+        source=lambda wildcards: canonical(config["sources"][wildcards.source]),
+        code=code_hash("download_corpus"),  # reruns on an edit of the code, not on a touch
     log:
         "logs/download/{source}.log",
     wildcard_constraints:
@@ -20,7 +21,8 @@ rule generate_synthetic_corpus:
     output:
         multiext(f"{paths.RAW}/", "train.txt", "valid.txt", "test.txt", "source.json"),
     params:
-        source=lambda wildcards: config["sources"][wildcards.source],
+        source=lambda wildcards: canonical(config["sources"][wildcards.source]),
+        code=code_hash("generate_synthetic_corpus"),
     log:
         "logs/synthetic/{source}.log",
     wildcard_constraints:

@@ -10,9 +10,11 @@ rule evaluate:
         metrics=f"{paths.EVALUATE}/metrics.json",
     params:
         hparams=hparams,
+        code=code_hash("evaluate"),  # reruns on an edit of the code, not on a touch
     threads: config["threads"]
     resources:
         gpu=lambda wildcards: min(int(wildcards.gpus), 1),
+        **evaluate_resources(),
     log:
         f"logs/evaluate/{paths.RUN}.log",
     benchmark:

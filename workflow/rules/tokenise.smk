@@ -9,6 +9,7 @@ rule tokenise:
     params:
         subset=lambda wildcards: config["datasets"][wildcards.dataset]["subset"],
         vocab_size=lambda wildcards: config["datasets"][wildcards.dataset]["vocab_size"],
+        code=code_hash("tokenise"),  # reruns on an edit of the code, not on a touch
     log:
         "logs/tokenise/{dataset}.log",
     conda:

@@ -2,9 +2,11 @@
 
 from pathlib import Path
 
+from mosbench.gpu_slots import assign_devices
 from mosbench.io import redirect_output
 
 redirect_output(snakemake.log[0])
+assign_devices(min(int(snakemake.wildcards.gpus), 1))  # one device, before TensorFlow loads
 
 from mosbench.evaluation.evaluate import evaluate  # noqa: E402
 

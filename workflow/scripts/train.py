@@ -4,16 +4,31 @@ Tracking settings (experiment name, the config snapshot) are read from
 ``snakemake.config`` rather than params on purpose: they must not trigger reruns.
 """
 
+import os
 from pathlib import Path
 
+from mosbench.gpu_slots import assign_devices
 from mosbench.io import redirect_output
 
 redirect_output(snakemake.log[0])
+assign_devices(int(snakemake.wildcards.gpus))  # this job's own GPUs, before TensorFlow loads
 
+import sys  # noqa: E402
+
+from mosbench.errors import PAUSED_EXIT_CODE, TrainingPaused  # noqa: E402
 from mosbench.training.train import train  # noqa: E402
 
+# Under SLURM, stop (with a checkpoint) before the time limit; locally nothing kills the job.
+# A resource, not a param: a new time limit reruns nothing.
+budget = snakemake.resources.get("wall_time_s") if "SLURM_JOB_ID" in os.environ else None
+
 w = snakemake.wildcards
-train(Path(snakemake.input.train).parent, Path(snakemake.output.summary).parent,
-      dataset=w.dataset, model_name=w.model, seed=int(w.seed), gpus=int(w.gpus),
-      hparams=snakemake.params.hparams, experiment=snakemake.config["mlflow"]["experiment"],
-      threads=snakemake.threads, config_snapshot=snakemake.config)
+try:
+    train(Path(snakemake.input.train).parent, Path(snakemake.output.summary).parent,
+          dataset=w.dataset, model_name=w.model, seed=int(w.seed), gpus=int(w.gpus),
+          hparams=snakemake.params.hparams, experiment=snakemake.config["mlflow"]["experiment"],
+          threads=snakemake.threads, config_snapshot=snakemake.config, wall_time_s=budget)
+except TrainingPaused as paused:
+    # Checkpointed: a retry (profiles/slurm sets `retries`) or the next run resumes.
+    print(f"paused: {paused}", file=sys.stderr)
+    sys.exit(PAUSED_EXIT_CODE)

@@ -63,7 +63,12 @@ def connect(experiment):
     mlflow.set_tracking_uri(uri)
     with _store_lock(uri):
         if mlflow.get_experiment_by_name(experiment) is None:
-            mlflow.create_experiment(experiment, artifact_location=_artifact_location(uri))
+            try:
+                mlflow.create_experiment(experiment, artifact_location=_artifact_location(uri))
+            except mlflow.exceptions.MlflowException as exc:
+                # On a tracking server another job may have created it just now.
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
     mlflow.set_experiment(experiment)
     return mlflow
 

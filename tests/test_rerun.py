@@ -1,0 +1,195 @@
+"""After a real run, a dry run plans exactly the jobs that a change invalidated.
+
+The run hashes a copy of the package (``MOSBENCH_CODE_ROOT``), so these tests
+edit the copy, never the sources. It logs to a real `make mlflow-server` on
+loopback, and the dry runs afterwards see no tracking URI: switching the
+tracking store reruns nothing.
+"""
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from types import SimpleNamespace
+
+import mlflow
+import pytest
+import yaml
+
+from conftest import REPO, TINY_CONFIG
+from mosbench.code_hash import PACKAGE_ROOT, ROOT_ENV
+
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+JOB = re.compile(r"^(?:local)?rule (\S+):$")
+
+
+def run_snakemake(workdir, *args, configfile=TINY_CONFIG, env=None, cwd=REPO):
+    """The real `snakemake` on the repository's Snakefile, in ``workdir``."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", ROOT_ENV)}
+    cmd = [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(configfile), *args]
+    return subprocess.run(cmd, env={**clean, **(env or {})}, cwd=cwd, capture_output=True,
+                          text=True, timeout=900)
+
+
+def _pairs(text):
+    return dict(item.split("=", 1) for item in text.split(", ") if "=" in item)
+
+
+def planned_jobs(output):
+    """Rule, wildcards and resources of every job a dry run lists (the `all` target aside)."""
+    jobs = []
+    for line in output.splitlines():
+        if match := JOB.match(line):
+            jobs.append(SimpleNamespace(rule=match[1], wildcards={}, resources={}))
+        elif jobs and line.startswith("    wildcards: "):
+            jobs[-1].wildcards = _pairs(line.removeprefix("    wildcards: "))
+        elif jobs and line.startswith("    resources: "):
+            jobs[-1].resources = _pairs(line.removeprefix("    resources: "))
+    return [job for job in jobs if job.rule != "all"]
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def mlflow_server(store):
+    """`make mlflow-server` on a free loopback port; yields its URI, stops it on exit."""
+    port = free_port()
+    # -o: never reinstall .venv from inside a test
+    cmd = ["make", "-o", ".venv/.installed", "mlflow-server", f"PORT={port}",
+           f"MLFLOW_DIR={store}", "MLFLOW_WORKERS=1"]
+    log = open(store.parent / "mlflow-server.log", "w")  # noqa: SIM115 (closed below)
+    server = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2).read()
+                break
+            except OSError:
+                assert server.poll() is None, (store.parent / "mlflow-server.log").read_text()
+                assert time.monotonic() < deadline, "mlflow server did not start in 120 s"
+                time.sleep(0.5)
+        yield uri
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # make, mlflow and its workers: one group
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One real run of the tiny workflow, shared by the tests below."""
+    root = tmp_path_factory.mktemp("rerun")
+    code = root / "mosbench"
+    shutil.copytree(PACKAGE_ROOT, code, ignore=shutil.ignore_patterns("__pycache__"))
+    work = root / "work"
+    with mlflow_server(root / "tracking") as uri:
+        # Jobs that start together race to create a missing experiment on a server
+        # (mlflow_run.connect locks only for SQLite); create it first, as the README says.
+        mlflow.set_tracking_uri(uri)
+        mlflow.create_experiment("mosbench-test")
+        done = run_snakemake(work, "--cores", "2",
+                             env={ROOT_ENV: str(code), "MLFLOW_TRACKING_URI": uri})
+        assert done.returncode == 0, done.stderr[-3000:]
+        yield SimpleNamespace(root=root, code=code, work=work, uri=uri)
+
+
+def dry_run(tiny_run, *args, configfile=TINY_CONFIG):
+    done = run_snakemake(tiny_run.work, "--dry-run", *args, configfile=configfile,
+                         env={ROOT_ENV: str(tiny_run.code)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout + done.stderr
+
+
+def counts(jobs):
+    out = {}
+    for job in jobs:
+        out[job.rule] = out.get(job.rule, 0) + 1
+    return out
+
+
+@contextlib.contextmanager
+def edited(path, edit):
+    """``path`` in the package copy with ``edit`` applied, restored afterwards."""
+    original = path.read_text()
+    path.write_text(edit(original))
+    try:
+        yield
+    finally:
+        path.write_text(original)
+
+
+@pytest.mark.slow
+def test_the_run_was_tracked_on_the_mlflow_server(tiny_run):
+    mlflow.set_tracking_uri(tiny_run.uri)
+    tracked = mlflow.search_runs(experiment_names=["mosbench-test"])
+    assert sorted(tracked["tags.mlflow.runName"]) == [
+        f"tiny-{model}-seed{seed}-gpus0" for model in ("awd-lstm-mos", "lstm") for seed in (1, 2)]
+    assert set(tracked["status"]) == {"FINISHED"}
+    assert tracked["metrics.test/ppl"].notna().all()  # evaluate logged into the same runs
+    assert (tiny_run.root / "tracking" / "mlflow.db").stat().st_size > 0
+    assert not (tiny_run.work / "results" / "mlflow.db").exists()  # nothing fell back to SQLite
+
+
+@pytest.mark.slow
+def test_another_tracking_store_and_a_touch_plan_nothing(tiny_run):
+    # no MLFLOW_TRACKING_URI now: the tracking store is not a param
+    assert "Nothing to be done" in dry_run(tiny_run)
+    future = time.time() + 3600
+    for path in tiny_run.code.rglob("*.py"):
+        os.utime(path, (future, future))
+    assert "Nothing to be done" in dry_run(tiny_run)
+
+
+@pytest.mark.slow
+def test_a_model_edit_plans_train_evaluate_aggregate_but_no_data_job(tiny_run):
+    lstm = tiny_run.code / "models" / "lstm.py"
+    with edited(lstm, lambda text: text + "\n# a real edit\n"):
+        assert counts(planned_jobs(dry_run(tiny_run))) == {
+            "train": 4, "evaluate": 4, "aggregate": 1}
+    # the same content again, with a newer mtime: the hash matches the recorded one
+    assert "Nothing to be done" in dry_run(tiny_run)
+
+
+@pytest.mark.slow
+def test_a_reporting_edit_plans_only_aggregate(tiny_run):
+    report = tiny_run.code / "reporting" / "aggregate.py"
+    with edited(report, lambda text: text.replace('"""', '"""Edited. ', 1)):
+        assert counts(planned_jobs(dry_run(tiny_run))) == {"aggregate": 1}
+
+
+@pytest.mark.slow
+def test_a_hyperparameter_change_plans_only_that_models_jobs(tiny_run):
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    config["presets"]["tiny"]["lstm"]["lr"] = 4.0
+    changed = tiny_run.root / "lstm-lr4.yaml"
+    changed.write_text(yaml.safe_dump(config))  # keys now sorted: a new order reruns nothing
+    jobs = planned_jobs(dry_run(tiny_run, configfile=changed))
+    assert counts(jobs) == {"train": 2, "evaluate": 2, "aggregate": 1}
+    assert {job.wildcards["model"] for job in jobs if job.rule != "aggregate"} == {"lstm"}
+
+    # The README's way to see which outputs a params change invalidates.
+    summary = dry_run(tiny_run, "--summary", configfile=changed).splitlines()
+    stale = {row.split("\t")[0] for row in summary if "\tparams changed\t" in row}
+    assert stale == {f"results/{stage}/tiny/lstm/seed{seed}-gpus0/{name}"
+                     for seed in (1, 2) for stage, names in (
+                         ("train", ("model.weights.h5", "train.json")),
+                         ("evaluate", ("metrics.json",))) for name in names}
