@@ -61,3 +61,22 @@ class ExpertContexts(keras.layers.Layer):
     def get_config(self):
         return {**super().get_config(), "n_experts": self.n_experts, "emsize": self.emsize,
                 "latent_dropout": self.latent_dropout, "seed": self.seed}
+
+
+class MixtureHead(keras.layers.Layer):
+    """What the MoS and MoC output layers share: K expert contexts and the decoder bias.
+
+    Subclasses implement ``call(hidden, embeddings, training)``, the mixing.
+    """
+
+    def __init__(self, vocab_size, n_experts, emsize, latent_dropout=0.0, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.vocab_size = vocab_size
+        self.contexts = ExpertContexts(n_experts, emsize, latent_dropout, seed=seed)
+        self.bias = self.add_weight(shape=(vocab_size,), initializer="zeros", name="bias")
+
+    def get_config(self):
+        c = self.contexts
+        return {**super().get_config(), "vocab_size": self.vocab_size,
+                "n_experts": c.n_experts, "emsize": c.emsize,
+                "latent_dropout": c.latent_dropout, "seed": c.seed}

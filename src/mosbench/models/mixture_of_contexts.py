@@ -1,12 +1,11 @@
 """Mixture of Contexts (MoC): the paper's low-rank ablation of MoS."""
 
-import keras
 from keras import ops
 
-from mosbench.models.expert_contexts import ExpertContexts
+from mosbench.models.expert_contexts import MixtureHead
 
 
-class MixtureOfContexts(keras.layers.Layer):
+class MixtureOfContexts(MixtureHead):
     """``p(w|h) = softmax(sum_k prior_k(h) (latent_k(h) E^T + b))(w)``.
 
     Semantics: the same K latent contexts and mixture weights as MoS, but
@@ -18,21 +17,9 @@ class MixtureOfContexts(keras.layers.Layer):
     Args, call arguments and returns: as :class:`MixtureOfSoftmaxes`.
     """
 
-    def __init__(self, vocab_size, n_experts, emsize, latent_dropout=0.0, seed=None, **kwargs):
-        super().__init__(**kwargs)
-        self.vocab_size = vocab_size
-        self.contexts = ExpertContexts(n_experts, emsize, latent_dropout, seed=seed)
-        self.bias = self.add_weight(shape=(vocab_size,), initializer="zeros", name="bias")
-
     def call(self, hidden, embeddings, training=False):
         log_prior, latent = self.contexts(hidden, training=training)  # (B,T,K), (B,T,K,E)
         prior = ops.exp(log_prior)
         mixed = ops.einsum("btk,btke->bte", ops.cast(prior, latent.dtype), latent)  # (B, T, E)
         logits = ops.matmul(mixed, ops.transpose(embeddings)) + self.bias  # (B, T, V)
         return ops.log_softmax(ops.cast(logits, "float32"), axis=-1)
-
-    def get_config(self):
-        c = self.contexts
-        return {**super().get_config(), "vocab_size": self.vocab_size,
-                "n_experts": c.n_experts, "emsize": c.emsize,
-                "latent_dropout": c.latent_dropout, "seed": c.seed}

@@ -1,9 +1,8 @@
 """Mixture of Softmaxes (MoS): the high-rank output layer of Yang et al. (2018)."""
 
-import keras
 from keras import ops
 
-from mosbench.models.expert_contexts import ExpertContexts
+from mosbench.models.expert_contexts import MixtureHead
 
 
 def mixture_log_probs(expert_logits, log_prior):
@@ -27,7 +26,7 @@ def mixture_log_probs(expert_logits, log_prior):
     return ops.logsumexp(weighted, axis=-2)
 
 
-class MixtureOfSoftmaxes(keras.layers.Layer):
+class MixtureOfSoftmaxes(MixtureHead):
     """``p(w|h) = sum_k prior_k(h) softmax(latent_k(h) E^T + b)(w)``.
 
     Semantics: K softmaxes over the tied embedding E, each on its own latent
@@ -53,19 +52,7 @@ class MixtureOfSoftmaxes(keras.layers.Layer):
     Bottleneck: A High-Rank RNN Language Model", ICLR 2018.
     """
 
-    def __init__(self, vocab_size, n_experts, emsize, latent_dropout=0.0, seed=None, **kwargs):
-        super().__init__(**kwargs)
-        self.vocab_size = vocab_size
-        self.contexts = ExpertContexts(n_experts, emsize, latent_dropout, seed=seed)
-        self.bias = self.add_weight(shape=(vocab_size,), initializer="zeros", name="bias")
-
     def call(self, hidden, embeddings, training=False):
         log_prior, latent = self.contexts(hidden, training=training)  # (B,T,K), (B,T,K,E)
         logits = ops.einsum("btke,ve->btkv", latent, embeddings) + self.bias  # (B, T, K, V)
         return mixture_log_probs(logits, log_prior)
-
-    def get_config(self):
-        c = self.contexts
-        return {**super().get_config(), "vocab_size": self.vocab_size,
-                "n_experts": c.n_experts, "emsize": c.emsize,
-                "latent_dropout": c.latent_dropout, "seed": c.seed}
