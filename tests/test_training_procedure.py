@@ -49,6 +49,22 @@ def test_sequence_length_distribution():
     assert max(sample_seq_len(rng, 70, cap=72) for _ in range(2000)) == 72
 
 
+def test_variable_windows_compile_once():
+    import keras
+
+    from mosbench.training.train import make_train_step
+
+    model = build_model("lstm", 20, HP)
+    optimizer = keras.optimizers.SGD(1.0)
+    step = make_train_step(model, optimizer, 4, dict(HP, clip=0.25, small_batch_size=None))
+    states = model.initial_state(4)
+    for length in (5, 9, 70, 3):
+        tokens = np.random.default_rng(length).integers(0, 20, (4, length + 1)).astype("int32")
+        _, states = step(tf.constant(tokens[:, :-1]), tf.constant(tokens[:, 1:]), states,
+                         tf.constant(1.0))
+    assert step.experimental_get_tracing_count() == 1
+
+
 def test_resuming_an_epoch_draws_the_same_windows():
     whole = list(epoch_windows(np.random.default_rng(3), 3000, 70))
     rng = np.random.default_rng(3)

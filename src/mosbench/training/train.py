@@ -99,7 +99,11 @@ def make_train_step(model, optimizer, batch_size, hparams, averager=None, strate
         return (context.all_reduce(tf.distribute.ReduceOp.SUM, total_nll),
                 context.all_gather(local_states, axis=0))
 
-    @tf.function(reduce_retracing=True)
+    states_spec = [tuple(tf.TensorSpec(s.shape, tf.float32) for s in layer)
+                   for layer in model.initial_state(batch_size)]
+    window = tf.TensorSpec((batch_size, None), tf.int32)  # any window length: one trace
+
+    @tf.function(input_signature=[window, window, states_spec, tf.TensorSpec((), tf.float32)])
     def step(inputs, targets, states, lr):
         optimizer.learning_rate.assign(lr)
         nll, states = strategy.run(replica_step, args=(inputs, targets, states))
