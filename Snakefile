@@ -14,6 +14,9 @@ min_version("9.0")
 configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
+report: "workflow/report/workflow.rst"
+
+
 # The package's schema, shared with the `mosbench` command: one definition of a valid config.
 validate(config, str(SCHEMA_PATH))
 check_consistency(config)
@@ -32,11 +35,12 @@ wildcard_constraints:
 include: "workflow/rules/download.smk"
 include: "workflow/rules/tokenise.smk"
 include: "workflow/rules/train.smk"
+include: "workflow/rules/scaling.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/aggregate.smk"
 
 
 rule all:
     input:
-        all_outputs(),
+        rules.aggregate.output,
     default_target: True

@@ -98,7 +98,8 @@ def _train(args, config):
                     model_name=args.model, seed=args.seed, gpus=args.gpus,
                     hparams=preset(config, args.dataset, args.model),
                     experiment=config["mlflow"]["experiment"], threads=config["threads"],
-                    config_snapshot=config)
+                    config_snapshot=config, prices=config["cost"],
+                    raw_dir=paths.RAW.format(source=config["datasets"][args.dataset]["source"]))
     print(f"wrote {train_dir}; best valid loss {summary['best_valid_loss']:.4f}")
 
 
@@ -119,7 +120,9 @@ def _aggregate(args, config):
 
     train_files = sorted(glob.glob("results/train/*/*/*/train.json"))
     metrics_files = sorted(glob.glob("results/evaluate/*/*/*/metrics.json"))
-    written = aggregate(train_files, metrics_files, paths.AGGREGATE)
+    written = aggregate(train_files, metrics_files, paths.AGGREGATE, prices=config["cost"],
+                        reference=config["reference"],
+                        probe_files=sorted(glob.glob("results/scaling/*/*/*/weak.json")))
     for path in written.values():
         print(f"wrote {path}")
 

@@ -23,13 +23,17 @@ from mosbench.errors import MosbenchError
 PACKAGE_ROOT = Path(__file__).resolve().parent
 ROOT_ENV = "MOSBENCH_CODE_ROOT"  # hash another copy of the package (the tests edit one)
 
+# validation perplexity picks the best weights and drives the learning-rate schedule
+TRAIN_CODE = ("models/*.py", "training/*.py", "data/batching.py", "evaluation/perplexity.py",
+              "measurement/*.py")
+
 # Rule name -> the package modules its outputs depend on (globs relative to the package).
 STAGES = {
     "download_corpus": ("data/download.py",),
     "generate_synthetic_corpus": ("data/synthetic.py",),
     "tokenise": ("data/tokenise.py",),
-    # validation perplexity picks the best weights and drives the learning-rate schedule
-    "train": ("models/*.py", "training/*.py", "data/batching.py", "evaluation/perplexity.py"),
+    "train": TRAIN_CODE,
+    "weak_scaling_probe": TRAIN_CODE,  # the probe times the train step
     "evaluate": ("evaluation/*.py",),
     "aggregate": ("reporting/*.py",),
 }
@@ -40,8 +44,9 @@ UPSTREAM = {
     "generate_synthetic_corpus": (),
     "tokenise": ("download_corpus", "generate_synthetic_corpus"),
     "train": ("tokenise",),
+    "weak_scaling_probe": ("tokenise",),
     "evaluate": ("train",),
-    "aggregate": ("evaluate",),
+    "aggregate": ("evaluate", "weak_scaling_probe"),
 }
 
 # Modules no stage hashes: paths, config parsing, file plumbing, tracking, the CLI.

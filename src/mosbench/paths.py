@@ -10,4 +10,5 @@ DATA = "results/data/{dataset}"  # {split}.parquet + vocab.parquet
 RUN = "{dataset}/{model}/seed{seed}-gpus{gpus}"
 TRAIN = "results/train/" + RUN  # model.weights.h5 + train.json
 EVALUATE = "results/evaluate/" + RUN  # metrics.json
+PROBE = "results/scaling/" + RUN  # weak.json: the weak-scaling probe (optional)
 AGGREGATE = "results/aggregate"

@@ -70,11 +70,21 @@ def all_runs(template):
     return [template.format(**job) for job in grid()]
 
 
-def all_outputs():
-    return [
-        f"{paths.AGGREGATE}/{name}"
-        for name in ("runs.csv", "summary.csv", "summary.md", "valid_ppl.png")
-    ]
+def weak_scaling_probes():
+    """The weak-scaling probe files the aggregate reads: none unless run.weak_scaling asks."""
+    if not config["run"]["weak_scaling"]["enabled"]:
+        return []
+    return [f"{paths.PROBE}/weak.json".format(**job) for job in grid() if job["gpus"] >= 1]
+
+
+def raw_source(wildcards):
+    """The raw corpus' source.json: train times preprocessing from the text beside it."""
+    return raw_files(wildcards)["source_json"]
+
+
+def reference_results():
+    """The published perplexities (config `reference`) of the data sets this run trains on."""
+    return {d: config["reference"][d] for d in config["run"]["datasets"] if d in config["reference"]}
 
 
 # Cluster resources. Resources never trigger reruns, so moving to another
@@ -130,6 +140,14 @@ def train_resources():
         wall_time_s=lambda wildcards: wall_time_s(train_limit(wildcards, "runtime")),
         **slurm_placement(),
     )
+
+
+def probe_resources():
+    """SLURM resources of a weak-scaling probe: a training job's GPUs, CPUs and memory; the
+    profile's time limit (a probe runs minutes)."""
+    resources = train_resources()
+    del resources["runtime"], resources["wall_time_s"]
+    return resources
 
 
 def evaluate_resources():

@@ -4,6 +4,7 @@
 rule train:
     input:
         unpack(data_files),
+        raw=raw_source,  # the text, to time preprocessing against loading the Parquet
     output:
         weights=f"{paths.TRAIN}/model.weights.h5",
         summary=f"{paths.TRAIN}/train.json",

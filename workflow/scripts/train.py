@@ -1,7 +1,8 @@
 """Snakemake wrapper: train one (dataset, model, seed, gpus) job.
 
-Tracking settings (experiment name, the config snapshot) are read from
-``snakemake.config`` rather than params on purpose: they must not trigger reruns.
+Tracking settings (experiment name, the config snapshot) and the prices are read
+from ``snakemake.config`` rather than params on purpose: they must not trigger
+reruns (aggregate prices every run again with the current prices).
 """
 
 import os
@@ -27,7 +28,8 @@ try:
     train(Path(snakemake.input.train).parent, Path(snakemake.output.summary).parent,
           dataset=w.dataset, model_name=w.model, seed=int(w.seed), gpus=int(w.gpus),
           hparams=snakemake.params.hparams, experiment=snakemake.config["mlflow"]["experiment"],
-          threads=snakemake.threads, config_snapshot=snakemake.config, wall_time_s=budget)
+          threads=snakemake.threads, config_snapshot=snakemake.config, wall_time_s=budget,
+          raw_dir=Path(snakemake.input.raw).parent, prices=snakemake.config["cost"])
 except TrainingPaused as paused:
     # Checkpointed: a retry (profiles/slurm sets `retries`) or the next run resumes.
     print(f"paused: {paused}", file=sys.stderr)

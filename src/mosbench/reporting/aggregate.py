@@ -1,61 +1,91 @@
-"""Combine the per-run train.json and metrics.json files into tables and a plot.
+"""Combine the per-run files into the tables and plots researchers read.
 
-Outputs (all written atomically into ``out_dir``):
+Inputs: each run's train.json (training facts and the job's measurements,
+with the reason for each figure absent on its machine) and metrics.json
+(evaluation). Outputs, all written atomically into ``out_dir`` (names in
+:data:`OUTPUTS`):
 
-* ``runs.csv``: one row per run, training facts followed by every numeric
-  key of metrics.json (new metrics show up here without code changes);
+* ``runs.csv``: one row per run, every figure;
 * ``summary.csv`` / ``summary.md``: mean and sample std over seeds per
   (dataset, model, gpus);
-* ``valid_ppl.png``: validation perplexity per epoch, mean over seeds with a
-  min-max band, one panel per data set.
+* ``scaling.csv`` / ``scaling.md``: speed-up and efficiency against GPUs;
+* ``published.csv`` / ``published.md``: our perplexities minus the published;
+* ``ease_of_use.csv`` / ``ease_of_use.md``: built in vs written, from the code;
+* ``valid_ppl.png``, ``scaling.png``, ``memory.png``, ``latency.png``.
 """
 
 import math
 from pathlib import Path
 
-import matplotlib
+import pandas as pd
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-
-from mosbench.errors import MosbenchError  # noqa: E402
-from mosbench.io import atomic_path, read_json  # noqa: E402
+from mosbench.errors import MosbenchError
+from mosbench.io import atomic_path, read_json
+from mosbench.measurement.cost import cost
+from mosbench.reporting import ease_of_use, plots
+from mosbench.reporting.published import compare_published
+from mosbench.reporting.scaling import scaling_table
+from mosbench.reporting.tables import format_value, markdown_table, mean_std
 
 RUN_KEY = ["dataset", "model", "seed", "gpus"]
 GROUP_KEY = ["dataset", "model", "gpus"]
 SORT_KEY = ["dataset", "model", "gpus", "seed"]
-TRAIN_COLUMNS = ["run_id", "n_params", "epochs", "best_epoch", "train_time_s",
-                 "epoch_time_s", "tokens_per_s"]
-
-# Metric -> (Markdown header, number style). Styles: "ppl" 2 decimals,
-# "sig" 3 significant figures, "int" whole number with thousands separators.
-SUMMARY_METRICS = {
-    "valid_ppl": ("valid ppl", "ppl"),
-    "test_ppl": ("test ppl", "ppl"),
-    "epoch_time_s": ("epoch time (s)", "sig"),
-    "tokens_per_s": ("train tokens/s", "sig"),
-    "latency_ms_median": ("median latency (ms)", "sig"),
-    "n_params": ("params", "int"),
-    "logprob_rank": ("log-prob rank", "int"),
+TRAIN_COLUMNS = ["run_id", "n_params", "epochs", "best_epoch", "train_time_s"]
+OUTPUTS = {
+    "runs": "runs.csv", "summary_csv": "summary.csv", "summary_md": "summary.md",
+    "scaling_csv": "scaling.csv", "scaling_md": "scaling.md",
+    "published_csv": "published.csv", "published_md": "published.md",
+    "ease_of_use_csv": "ease_of_use.csv", "ease_of_use_md": "ease_of_use.md",
+    "valid_ppl_png": "valid_ppl.png", "scaling_png": "scaling.png",
+    "memory_png": "memory.png", "latency_png": "latency.png",
 }
-RANK_NOTE = ("; log-prob rank is the rank of the model's log-probability matrix over test "
-             "contexts, rank bound the most it can be: d+2 for a softmax or MoC head on d "
-             "dimensions (the softmax bottleneck), the matrix size for MoS")
+
+# Summary sections: title -> {metric: (header, number style)}. Every metric is
+# given as mean ± std over seeds; columns no run has are left out of the Markdown.
+SECTIONS = {
+    "Perplexity": {
+        "valid_ppl": ("valid ppl", "ppl"), "test_ppl": ("test ppl", "ppl"),
+        "dynamic_test_ppl": ("test ppl, dynamic eval", "ppl"),
+        "logprob_rank": ("log-prob rank", "int"), "n_params": ("params", "int"),
+    },
+    "Training speed and cost": {
+        "epoch_time_s": ("epoch time (s)", "sig"), "tokens_per_s": ("tokens/s", "sig"),
+        "cost_per_epoch": ("cost per epoch", "sig"),
+        "step_time_median_s": ("step median (s)", "sig"),
+        "step_time_p95_s": ("step p95 (s)", "sig"),
+        "first_step_s": ("first step (s)", "sig"),
+    },
+    "Prediction": {
+        "latency_ms_median": ("latency median (ms)", "sig"),
+        "latency_ms_p95": ("latency p95 (ms)", "sig"),
+        "eval_tokens_per_s": ("batched eval tokens/s", "sig"),
+    },
+    "Hardware": {
+        "tf_allocator_peak_mb": ("device peak, allocator (MiB)", "sig"),
+        "gpu_memory_peak_mb": ("device peak, NVML (MiB)", "sig"),
+        "gpu_util_mean_pct": ("GPU util (%)", "pct"),
+        "gpu_power_mean_w": ("GPU power (W)", "sig"),
+        "host_rss_peak_mb": ("host peak RSS (MiB)", "sig"),
+    },
+    "Data loading": {
+        "data_preprocess_s": ("text -> ids (s)", "sig"),
+        "data_parquet_load_s": ("Parquet load (s)", "sig"),
+        "data_stream_tokens_per_s": ("streaming tokens/s", "sig"),
+        "data_cache_memory_tokens_per_s": ("memory cache tokens/s", "sig"),
+        "data_cache_file_tokens_per_s": ("file cache tokens/s", "sig"),
+    },
+}
+SUMMARY_METRICS = {m: spec for section in SECTIONS.values() for m, spec in section.items()}
 # Properties of the group rather than of a run: shown once, as a value, when known.
-GROUP_VALUES = {
-    "rank_bound": ("rank bound", "int"),
-    "optimal_ppl": ("optimal ppl", "ppl"),
-}
+GROUP_VALUES = {"rank_bound": ("rank bound", "int"), "optimal_ppl": ("best possible ppl", "ppl")}
 
 
-def aggregate(train_files, metrics_files, out_dir):
-    """Write runs.csv, summary.csv, summary.md and valid_ppl.png into ``out_dir``.
+def aggregate(train_files, metrics_files, out_dir, *, prices=None, reference=None,
+              probe_files=()):
+    """Write every file of :data:`OUTPUTS` into ``out_dir``; return {name: path}.
 
-    Returns a dict mapping ``"runs"``, ``"summary_csv"``, ``"summary_md"`` and
-    ``"valid_ppl_png"`` to the paths written.
+    ``prices`` (config key ``cost``) prices every run's epochs; ``reference``
+    holds the published perplexities; ``probe_files`` are weak-scaling probes.
     """
     train_files, metrics_files = list(train_files), list(metrics_files)
     if not train_files and not metrics_files:
@@ -64,26 +94,39 @@ def aggregate(train_files, metrics_files, out_dir):
     metrics = _load(metrics_files, "metrics.json")
     _check_pairs(train, metrics)
 
-    runs = build_runs_table(train, metrics)
+    runs = build_runs_table(train, metrics, prices)
+    absent = absent_reasons(train)
     summary = summarize(runs)
-    curves = _history_table(train)
+    probes = _probe_table(probe_files)
+    scaling = scaling_table(runs, probes)
+    published = compare_published(summary, reference)
+    currency = (prices or {}).get("currency")
 
-    out_dir = Path(out_dir)
-    paths = {
-        "runs": out_dir / "runs.csv",
-        "summary_csv": out_dir / "summary.csv",
-        "summary_md": out_dir / "summary.md",
-        "valid_ppl_png": out_dir / "valid_ppl.png",
+    out = {name: Path(out_dir) / filename for name, filename in OUTPUTS.items()}
+    texts = {
+        "summary_md": summary_markdown(summary, absent, currency),
+        "scaling_md": scaling_markdown(scaling),
+        "published_md": published_markdown(published),
     }
-    with atomic_path(paths["runs"]) as tmp:
-        runs.to_csv(tmp, index=False)
-    with atomic_path(paths["summary_csv"]) as tmp:
-        summary.to_csv(tmp, index=False)
-    with atomic_path(paths["summary_md"]) as tmp:
-        tmp.write_text(summary_markdown(summary), encoding="utf-8")
-    with atomic_path(paths["valid_ppl_png"]) as tmp:
-        plot_valid_ppl(curves, runs, tmp)
-    return paths
+    tables = {"runs": runs, "summary_csv": summary, "scaling_csv": scaling,
+              "published_csv": published}
+    for name, table in tables.items():
+        with atomic_path(out[name]) as tmp:
+            table.to_csv(tmp, index=False)
+    for name, text in texts.items():
+        with atomic_path(out[name]) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+    ease_of_use.write_inventory(out["ease_of_use_csv"], out["ease_of_use_md"])
+    figures = {
+        "valid_ppl_png": lambda p: plots.plot_valid_ppl(_history_table(train), runs, p),
+        "scaling_png": lambda p: plots.plot_scaling(runs, scaling, p),
+        "memory_png": lambda p: plots.plot_memory(runs, absent, p),
+        "latency_png": lambda p: plots.plot_latency(runs, p),
+    }
+    for name, draw in figures.items():
+        with atomic_path(out[name]) as tmp:
+            draw(tmp)
+    return out
 
 
 def _load(files, kind):
@@ -131,11 +174,11 @@ def _mean(values):
     return sum(numbers) / len(numbers) if numbers else math.nan
 
 
-def _metric_columns(metrics):
-    """Top-level metrics.json keys whose values are numbers (or null) in every file."""
+def _numeric_columns(records):
+    """Keys whose values are numbers (or null) in every record, in first-seen order."""
     columns, rejected = [], set(RUN_KEY) | {"run_id"}
-    for _, data in metrics.values():
-        for name, value in data.items():
+    for record in records:
+        for name, value in record.items():
             if value is not None and not _is_number(value):
                 rejected.add(name)
             elif name not in columns:
@@ -143,33 +186,55 @@ def _metric_columns(metrics):
     return [c for c in columns if c not in rejected]
 
 
-def build_runs_table(train, metrics):
-    """One row per run: identity, training facts, then the numeric evaluation metrics."""
-    metric_cols = [c for c in _metric_columns(metrics) if c not in TRAIN_COLUMNS]
+def _measurements(train_data):
+    """A run's measurements; runs from before they existed give epoch figures only."""
+    history = train_data.get("history") or []
+    measured = {"epoch_time_s": _mean(h.get("epoch_time_s") for h in history),
+                "tokens_per_s": _mean(h.get("tokens_per_s") for h in history)}
+    measured.update(train_data.get("measurements") or {})
+    return measured
+
+
+def build_runs_table(train, metrics, prices=None):
+    """One row per run: identity, training facts and measurements, evaluation metrics,
+    and why any figure is absent. With ``prices``, ``cost_per_epoch`` is recomputed."""
+    measured = {key: _measurements(tr) for key, (_, tr) in train.items()}
+    measure_cols = [c for c in _numeric_columns(measured.values()) if c not in TRAIN_COLUMNS]
+    metric_cols = [c for c in _numeric_columns(data for _, data in metrics.values())
+                   if c not in TRAIN_COLUMNS + measure_cols]
+    if prices and "cost_per_epoch" not in measure_cols:
+        measure_cols.append("cost_per_epoch")
     rows = []
     for key, (_, tr) in train.items():
         ev = metrics[key][1]
-        history = tr.get("history") or []
         row = dict(zip(RUN_KEY, key, strict=True))
-        row.update(
-            run_id=tr.get("run_id", ev.get("run_id")),
-            n_params=tr.get("n_params"),
-            epochs=len(history),
-            best_epoch=tr.get("best_epoch"),
-            train_time_s=tr.get("train_time_s"),
-            epoch_time_s=_mean(h.get("epoch_time_s") for h in history),
-            tokens_per_s=_mean(h.get("tokens_per_s") for h in history),
-        )
+        row.update(run_id=tr.get("run_id", ev.get("run_id")), n_params=tr.get("n_params"),
+                   epochs=len(tr.get("history") or []), best_epoch=tr.get("best_epoch"),
+                   train_time_s=tr.get("train_time_s"))
+        row.update((c, measured[key].get(c)) for c in measure_cols)
+        if prices and _is_number(row.get("epoch_time_s")):
+            row["cost_per_epoch"] = cost(row["epoch_time_s"], row["gpus"], prices)
         row.update((c, ev.get(c)) for c in metric_cols)
+        row["absent"] = "; ".join(f"{k}: {v}" for k, v in sorted((tr.get("absent") or {}).items()))
         rows.append(row)
-    runs = pd.DataFrame(rows, columns=RUN_KEY + TRAIN_COLUMNS + metric_cols)
-    numeric = [c for c in TRAIN_COLUMNS + metric_cols if c not in ("run_id", "epochs")]
+    columns = RUN_KEY + TRAIN_COLUMNS + measure_cols + metric_cols + ["absent"]
+    runs = pd.DataFrame(rows, columns=columns)
+    numeric = [c for c in columns if c not in RUN_KEY + ["run_id", "epochs", "absent"]]
     runs[numeric] = runs[numeric].apply(pd.to_numeric, errors="coerce")
     return runs.sort_values(SORT_KEY, kind="stable").reset_index(drop=True)
 
 
+def absent_reasons(train):
+    """{figure: why it is absent}, over all runs (the first reason met per figure)."""
+    reasons = {}
+    for _, tr in train.values():
+        for name, reason in (tr.get("absent") or {}).items():
+            reasons.setdefault(name, reason)
+    return reasons
+
+
 def summarize(runs):
-    """Per (dataset, model, gpus): n_seeds, mean/std of the summary metrics, optimal_ppl."""
+    """Per (dataset, model, gpus): n_seeds, mean/std of every summary metric, group values."""
     wanted = list(SUMMARY_METRICS) + list(GROUP_VALUES)
     runs = runs.reindex(columns=list(runs.columns) + [c for c in wanted if c not in runs])
     grouped = runs.groupby(GROUP_KEY, sort=True)
@@ -182,47 +247,75 @@ def summarize(runs):
     return table.reset_index()
 
 
-def _format(value, style):
-    if pd.isna(value):
-        return "–"
-    if style == "ppl":
-        return f"{value:.2f}"
-    if style == "int":
-        return f"{value:,.0f}"
-    if value == 0:
-        return "0"
-    decimals = 2 - math.floor(math.log10(abs(value)))
-    return f"{round(value, decimals):,.{max(decimals, 0)}f}"
-
-
-def summary_markdown(summary):
-    """A Markdown table with "mean ± std" cells; all-empty metric columns are left out."""
-    metrics = [m for m in SUMMARY_METRICS if summary[f"{m}_mean"].notna().any()]
-    values = [v for v in GROUP_VALUES if summary[v].notna().any()]
-    show_optimal = "optimal_ppl" in values
-    header = ["dataset", "model", "gpus", "seeds"] + [SUMMARY_METRICS[m][0] for m in metrics]
-    header += [GROUP_VALUES[v][0] for v in values]
+def summary_markdown(summary, absent=None, currency=None):
+    """Markdown: one table per section with "mean ± std" cells, then what is absent and why."""
+    absent = absent or {}
     lines = [
         "# Language-model benchmark summary",
         "",
-        "Cells are mean ± sample standard deviation over seeds (– where a single seed ran); "
-        "perplexities are on the validation and test sets, epoch time and tokens/s are "
-        "per training epoch"
-        + (RANK_NOTE if "rank_bound" in values else "")
-        + ("; optimal ppl is the best achievable perplexity of the synthetic source." if
-           show_optimal else "."),
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---"] * 3 + ["---:"] * (len(header) - 3)) + "|",
+        "Cells are mean ± sample standard deviation over seeds (– where a single seed ran "
+        "or the figure is absent). Per (dataset, model, gpus); times in seconds, memory in "
+        f"MiB{f', money in {currency}' if currency else ''}. Step times exclude the first "
+        "step, which traces and compiles (its time is 'first step'); latency is one next "
+        "word at batch size 1.",
     ]
-    for row in summary.itertuples(index=False):
-        row = row._asdict()
-        cells = [str(row["dataset"]), str(row["model"]), str(row["gpus"]), str(row["n_seeds"])]
-        for m in metrics:
-            style = SUMMARY_METRICS[m][1]
-            cells.append(f"{_format(row[f'{m}_mean'], style)} ± {_format(row[f'{m}_std'], style)}")
-        cells += [_format(row[v], GROUP_VALUES[v][1]) for v in values]
-        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    ident = ["dataset", "model", "gpus", "seeds"]
+    for title, section in SECTIONS.items():
+        metrics = [m for m in section if summary[f"{m}_mean"].notna().any()]
+        values = [v for v in GROUP_VALUES if title == "Perplexity" and summary[v].notna().any()]
+        gone = [m for m in section if m not in metrics and m in absent]
+        lines += ["", f"## {title}", ""]
+        if metrics:
+            header = ident + [section[m][0] for m in metrics] + [GROUP_VALUES[v][0] for v in values]
+            rows = [[r["dataset"], r["model"], r["gpus"], r["n_seeds"]]
+                    + [mean_std(r[f"{m}_mean"], r[f"{m}_std"], section[m][1]) for m in metrics]
+                    + [format_value(r[v], GROUP_VALUES[v][1]) for v in values]
+                    for r in (row._asdict() for row in summary.itertuples(index=False))]
+            lines += markdown_table(header, rows, text_columns=3)
+        else:
+            lines.append("No run recorded these figures.")
+        if gone:
+            lines.append("")
+            lines += [f"- *{section[m][0]}*: absent: {absent[m]}" for m in gone]
+        if values:
+            lines += ["", "Log-prob rank: the rank of the model's log-probability matrix over "
+                      "test contexts; rank bound: the most it can be (d+2 for a softmax or MoC "
+                      "head on d dimensions: the softmax bottleneck). Best possible ppl: the "
+                      "synthetic source's entropy rate, as a perplexity."]
+    return "\n".join(lines) + "\n"
+
+
+def scaling_markdown(scaling):
+    lines = ["# Multi-GPU scaling", "",
+             "Speed-up: training tokens/s over tokens/s at the smallest GPU count; efficiency: "
+             "speed-up over the ideal (GPUs / smallest GPU count). Strong scaling keeps the "
+             "global batch fixed, weak scaling the per-GPU batch.", ""]
+    if scaling.empty:
+        lines.append("No GPU runs in this grid (gpus = 0 only): nothing to scale.")
+        return "\n".join(lines) + "\n"
+    rows = [[r.dataset, r.model, r.scaling, r.gpus, r.n_seeds,
+             mean_std(r.tokens_per_s_mean, r.tokens_per_s_std, "sig"),
+             format_value(r.speedup, "sig"), format_value(100 * r.efficiency, "pct")]
+            for r in scaling.itertuples(index=False)]
+    lines += markdown_table(["dataset", "model", "scaling", "gpus", "seeds", "tokens/s",
+                             "speed-up", "efficiency (%)"], rows, text_columns=3)
+    return "\n".join(lines) + "\n"
+
+
+def published_markdown(published):
+    lines = ["# Our perplexities against the published ones", "",
+             "Difference: ours (mean over seeds) minus published; positive means ours is "
+             "worse. Published numbers come from the config's `reference` block.", ""]
+    if published.empty:
+        return "\n".join(lines + ["No published numbers for the data sets and models of this "
+                                  "run."]) + "\n"
+    rows = [[r.dataset, r.model, r.gpus, r.metric, r.n_seeds,
+             mean_std(r.ours_mean, r.ours_std, "ppl"), format_value(r.published, "ppl"),
+             f"{r.difference:+.2f}", f"{r.relative_pct:+.1f}", r.source]
+            for r in published.itertuples(index=False)]
+    lines += markdown_table(["dataset", "model", "gpus", "metric", "seeds", "ours",
+                             "published", "difference", "relative (%)", "source"], rows,
+                            text_columns=4)
     return "\n".join(lines) + "\n"
 
 
@@ -240,40 +333,7 @@ def _history_table(train):
     return curves.dropna(subset=["epoch", "valid_ppl"])
 
 
-def plot_valid_ppl(curves, runs, path):
-    """Mean validation perplexity per epoch with a min-max band over seeds, per data set."""
-    datasets = sorted(curves["dataset"].unique())
-    n_panels = max(len(datasets), 1)
-    fig, axes = plt.subplots(1, n_panels, figsize=(5.5 * n_panels, 4.2), squeeze=False)
-    try:
-        if not datasets:
-            axes[0, 0].text(0.5, 0.5, "no validation history", ha="center", va="center")
-            axes[0, 0].set_axis_off()
-        for ax, dataset in zip(axes[0], datasets, strict=False):  # one panel if none
-            subset = curves[curves["dataset"] == dataset]
-            stats = subset.groupby(["model", "gpus", "epoch"])["valid_ppl"].agg(
-                ["mean", "min", "max"])
-            for (model, gpus), group in stats.groupby(level=["model", "gpus"]):
-                epochs = group.index.get_level_values("epoch")
-                (line,) = ax.plot(epochs, group["mean"], marker="o", markersize=3,
-                                  label=f"{model} (gpus={gpus})")
-                ax.fill_between(epochs, group["min"], group["max"], color=line.get_color(),
-                                alpha=0.2, linewidth=0)
-            optimal = runs.loc[runs["dataset"] == dataset, "optimal_ppl"] if (
-                "optimal_ppl" in runs) else pd.Series(dtype=float)
-            for value in sorted(optimal.dropna().unique()):
-                ax.axhline(value, color="black", linestyle="--", linewidth=1,
-                           label=f"optimal ({value:.2f})")
-            values = pd.concat([subset["valid_ppl"], optimal.dropna()])
-            if values.min() > 0 and values.max() / values.min() > 20:
-                ax.set_yscale("log")
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.set(title=str(dataset), xlabel="epoch", ylabel="validation perplexity")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize="small")
-        fig.suptitle("Validation perplexity per epoch\n(mean over seeds, band: min–max)",
-                     fontsize="medium")
-        fig.tight_layout()
-        fig.savefig(path, format="png", dpi=100)
-    finally:
-        plt.close(fig)
+def _probe_table(files):
+    """Weak-scaling probe results (dataset, model, seed, gpus, tokens_per_s), if any."""
+    rows = [read_json(path) for path in files]
+    return pd.DataFrame(rows, columns=RUN_KEY + ["tokens_per_s"]) if rows else None

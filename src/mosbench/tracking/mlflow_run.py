@@ -104,9 +104,26 @@ def run_name(dataset, model, seed, gpus):
 
 def epoch_metrics(record):
     """The MLflow metrics of one epoch record of train.json, with namespaced keys."""
-    return {"train/loss": record["train_loss"], "valid/loss": record["valid_loss"],
-            "valid/ppl": record["valid_ppl"], "time/epoch_s": record["epoch_time_s"],
-            "speed/tokens_per_s": record["tokens_per_s"], "train/lr": record["lr"]}
+    metrics = {"train/loss": record["train_loss"], "valid/loss": record["valid_loss"],
+               "valid/ppl": record["valid_ppl"], "time/epoch_s": record["epoch_time_s"],
+               "speed/tokens_per_s": record["tokens_per_s"], "train/lr": record["lr"]}
+    optional = {"time/step_median_s": "step_time_median_s", "time/step_p95_s": "step_time_p95_s",
+                "cost/epoch": "cost_per_epoch"}
+    metrics.update((name, record[key]) for name, key in optional.items()
+                   if record.get(key) is not None)
+    return metrics
+
+
+def log_aggregate(experiment, files):
+    """A run named "aggregate" holding the aggregate's tables and plots as artefacts.
+
+    Each aggregation makes a new one, so earlier reports stay browsable.
+    """
+    mlflow = connect(experiment)
+    tags = {"mosbench.stage": "aggregate", "git_commit": git_commit()}
+    with mlflow.start_run(run_name="aggregate", tags=tags):
+        for path in files:
+            mlflow.log_artifact(str(path))
 
 
 def log_missing_epochs(run_id, history):

@@ -13,6 +13,12 @@ SIGTERM or the wall-time budget writes one mid-epoch and stops with
 :class:`TrainingPaused`, and the next run of the same job resumes from it
 into the same MLflow run. Outputs: ``model.weights.h5`` (best by validation,
 averaged weights once NT-ASGD has switched) and ``train.json``.
+
+Around the loop the job measures what the study compares
+(:mod:`mosbench.measurement`): data loading and the input pipeline, time to
+the first step, step times, epoch time and its cost, and the hardware
+(device and host memory, GPU utilisation and power; absent, with the reason,
+where there is no GPU).
 """
 
 import math
@@ -29,6 +35,10 @@ from mosbench.data.tokenise import load_split
 from mosbench.errors import MosbenchError, TrainingPaused
 from mosbench.evaluation.perplexity import evaluate_loss, make_eval_step, perplexity, token_nll
 from mosbench.io import atomic_path, write_json
+from mosbench.measurement.cost import cost
+from mosbench.measurement.data_pipeline import measure_data_pipeline
+from mosbench.measurement.hardware import HardwareMonitor, hardware_metrics
+from mosbench.measurement.timing import StepTimer
 from mosbench.models import build_model
 from mosbench.models.activation_regularisation import (
     activation_penalty,
@@ -145,8 +155,13 @@ def fresh_state(hparams, seed):
 
 
 def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experiment,
-          threads=None, config_snapshot=None, wall_time_s=None, devices=None):
-    """Train one (dataset, model, seed, gpus) job; return the summary written to train.json."""
+          threads=None, config_snapshot=None, wall_time_s=None, devices=None, raw_dir=None,
+          prices=None):
+    """Train one (dataset, model, seed, gpus) job; return the summary written to train.json.
+
+    ``raw_dir`` (the corpus' text files) lets the job time preprocessing from
+    text; ``prices`` (config key ``cost``) prices its epochs.
+    """
     out_dir = Path(out_dir)
     device = configure_devices(gpus, threads)
     if hparams.get("deterministic"):
@@ -192,12 +207,17 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
         state = fresh_state(hparams, seed)
         state["fingerprint"] = fingerprint
     rng = restore_rng(state["rng"])
+    if "data" not in state:  # measured once per job, not again on resume
+        began = time.monotonic()
+        state["data"], state["data_absent"] = _measure_data(raw_dir, data_dir, hparams, out_dir)
+        state["data_measure_s"] = time.monotonic() - began  # not part of a job's start-up
 
     # --- tracking ---
     mlflow = mlflow_run.connect(experiment)
     if state["run_id"] is None:
         run = mlflow.start_run(run_name=mlflow_run.run_name(dataset, model_name, seed, gpus),
-                               tags=mlflow_run.run_tags(dataset, model_name, seed, gpus))
+                               tags=mlflow_run.run_tags(dataset, model_name, seed, gpus),
+                               log_system_metrics=True)
         state["run_id"] = run.info.run_id
         mlflow.log_params(mlflow_run.flatten({
             "dataset": dataset, "model": model_name, "seed": seed, "gpus": gpus,
@@ -206,7 +226,7 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
         if config_snapshot is not None:
             mlflow.log_dict(config_snapshot, "config.yaml")
     else:
-        mlflow.start_run(run_id=state["run_id"])
+        mlflow.start_run(run_id=state["run_id"], log_system_metrics=True)
     mlflow_run.log_missing_epochs(state["run_id"], state["history"])
 
     def save(position, hidden_states=None):
@@ -223,7 +243,8 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
             return evaluate_loss(model, valid_ids, hparams["eval_batch_size"],
                                  hparams["bptt"], eval_step), None
 
-    stop = StopSignal()
+    stop, timer = StopSignal(), StepTimer()
+    monitor = HardwareMonitor(gpus=gpus).__enter__()  # left in the `finally` below
     try:
         while state["phase"] != "done":
             # --- one epoch (or the rest of an interrupted one) ---
@@ -233,15 +254,22 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
                        for i in range(0, len(hidden), 2)] if hidden
                       else model.initial_state(batch_size))  # reset at each epoch start
             hidden = None
-            step = asgd_step if state["averaging"] else sgd_step
+            step, step_name = ((asgd_step, "asgd") if state["averaging"]
+                               else (sgd_step, "sgd"))
             for start, length, scale in epoch_windows(
                     rng, streams.shape[1], hparams["bptt"], hparams["variable_bptt"],
                     hparams.get("max_seq_len_delta"), start=state["position"]):
                 window = streams[:, start:start + length + 1]
+                step_start = time.perf_counter()
                 with tf.device(device):
                     nll, states = step(tf.constant(window[:, :-1]), tf.constant(window[:, 1:]),
                                        states, tf.constant(state["lr"] * scale, tf.float32))
-                nll = float(nll)
+                nll = float(nll)  # also waits for the step to finish
+                timer.record(step_name, time.perf_counter() - step_start)
+                if "first_step_s" not in state:  # the job's first step: tracing, compiling
+                    state["first_step_s"] = time.perf_counter() - step_start
+                    state["time_to_first_step_s"] = (time.monotonic() - started
+                                                     - state["data_measure_s"])
                 if not math.isfinite(nll):
                     raise MosbenchError(f"training diverged: the loss became {nll} at epoch "
                                         f"{state['epoch'] + 1}; lower lr or clip")
@@ -266,7 +294,9 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
                       "train_loss": loss_sum / tokens, "valid_loss": valid_loss,
                       "valid_ppl": perplexity(valid_loss), "epoch_time_s": epoch_time,
                       "tokens_per_s": tokens / epoch_time, "lr": state["lr"],
-                      "averaging": state["averaging"]}
+                      "averaging": state["averaging"], **timer.epoch_summary()}
+            if prices:
+                record["cost_per_epoch"] = cost(epoch_time, gpus, prices)
             state["history"].append(record)
             print(f"epoch {record['epoch']:3d} {state['phase']:8s} | train ppl "
                   f"{perplexity(record['train_loss']):9.2f} | valid ppl {record['valid_ppl']:9.2f}"
@@ -287,19 +317,77 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
         raise
     finally:
         stop.restore()
+        monitor.__exit__(None, None, None)
 
     summary = {"dataset": dataset, "model": model_name, "seed": seed, "gpus": gpus,
                "run_id": state["run_id"], "n_params": n_params,
                "vocab_size": meta["vocab_size"], "history": state["history"],
                "best_epoch": state["best_epoch"], "best_valid_loss": state["best_loss"],
                "train_time_s": state["train_time_s"]}
+    summary["measurements"], summary["absent"] = _job_measurements(state, monitor, prices, gpus)
     mlflow.log_metrics({"best/valid_loss": state["best_loss"], "best/epoch": state["best_epoch"]})
+    mlflow.log_metrics({f"measure/{k}": v for k, v in summary["measurements"].items()
+                        if v is not None})
+    mlflow.set_tags({f"absent.{k}": reason for k, reason in summary["absent"].items()})
     write_json(out_dir / SUMMARY, summary)
     mlflow.log_artifact(str(out_dir / SUMMARY))
     mlflow.set_tag("mosbench.state", "finished")
     mlflow.end_run(status="FINISHED")
     checkpoint.remove(out_dir)  # done: a forced rerun must train afresh, not resume
     return summary
+
+
+DATA_FIGURES = ("data_preprocess_s", "data_parquet_load_s", "data_stream_tokens_per_s",
+                "data_cache_memory_tokens_per_s", "data_cache_file_tokens_per_s")
+
+
+def _measure_data(raw_dir, data_dir, hparams, out_dir):
+    """Data loading and input-pipeline figures, and why any is absent."""
+    if raw_dir is None:
+        return {}, {name: "the job was not given the raw text (raw_dir)" for name in DATA_FIGURES}
+    return measure_data_pipeline(raw_dir, data_dir, batch_size=hparams["batch_size"],
+                                 bptt=hparams["bptt"], scratch_dir=out_dir), {}
+
+
+def _job_measurements(state, monitor, prices, gpus):
+    """The job's figures for train.json and MLflow, and why any is absent.
+
+    Per-epoch figures are averaged over epochs (step-time percentiles: their
+    median over epochs); epoch time and tokens/s leave out the compiled steps'
+    first calls, which trace and compile (``first_step_s`` has the first one).
+    ``time_to_first_step_s`` runs from the job's start to the end of its first
+    step, without the data measurements. Hardware figures are those of the launch that
+    finished the job (the same model and batch as any earlier launch).
+    """
+    history = state["history"]
+
+    def over_epochs(key, reduce):
+        values = [h[key] for h in history if h.get(key) is not None]
+        return float(reduce(values)) if values else None
+
+    steady_time = sum(h["epoch_time_s"] - h.get("first_calls_s", 0.0) for h in history)
+    tokens = sum(h["tokens_per_s"] * h["epoch_time_s"] for h in history)
+    figures = {
+        # without the steps' first calls (tracing, compiling): reported as first_step_s
+        "epoch_time_s": steady_time / len(history) if history else None,
+        "tokens_per_s": tokens / steady_time if steady_time > 0 else None,
+        "step_time_median_s": over_epochs("step_time_median_s", np.median),
+        "step_time_p95_s": over_epochs("step_time_p95_s", np.median),
+        "first_step_s": state.get("first_step_s"),
+        "time_to_first_step_s": state.get("time_to_first_step_s"),
+        "cost_per_epoch": over_epochs("cost_per_epoch", np.mean),
+        **state["data"],
+    }
+    absent = dict(state["data_absent"])
+    if not prices:
+        absent["cost_per_epoch"] = "no prices configured (config key cost)"
+    hardware, hardware_absent = hardware_metrics(monitor, gpus)
+    figures.update(hardware)
+    absent.update(hardware_absent)
+    for name, value in figures.items():
+        if value is None:
+            absent.setdefault(name, "not measured in this job")
+    return figures, absent
 
 
 def _out_of_time(wall_time_s, started):

@@ -1,0 +1,1 @@
+"""Measurements of a run: hardware, data pipeline, timing."""

@@ -1,0 +1,152 @@
+"""What a training job pays to get its data ready, and streaming versus caching it.
+
+``measure_data_pipeline`` measures, in one call, the preprocessing a job would
+do without the Parquet files of the tokenise stage, the loading of those files,
+and the throughput of three ``tf.data`` pipelines over the train split that
+yield the training loop's ``(inputs, targets)`` windows: streamed from Parquet
+on every pass, cached in memory, and cached in a file on disk.
+"""
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import tensorflow as tf
+
+from mosbench.config import SPLITS
+from mosbench.data.batching import batchify
+from mosbench.data.tokenise import build_vocab, load_split, read_metadata, read_tokens
+from mosbench.errors import MosbenchError
+
+
+def preprocess(raw_dir, subset=None):
+    """Ids of each split from ``raw_dir/{split}.txt``, computed as the tokenise stage does."""
+    tokens = {s: read_tokens(Path(raw_dir) / f"{s}.txt", limit=subset) for s in SPLITS}
+    vocab = build_vocab(tokens[s] for s in SPLITS)
+    return {s: np.fromiter((vocab[w] for w in t), np.int32, len(t)) for s, t in tokens.items()}
+
+
+def read_ids(path):
+    """All ids of a tokenised Parquet file, read record batch by record batch."""
+    parquet = pq.ParquetFile(path)
+    ids = np.empty(parquet.metadata.num_rows, np.int32)
+    filled = 0
+    for batch in parquet.iter_batches(columns=["id"]):
+        chunk = batch.column(0).to_numpy()
+        ids[filled : filled + len(chunk)] = chunk
+        filled += len(chunk)
+    return ids
+
+
+def _cut_windows(streams, bptt):
+    """The windows of ``batching.windows`` as a dataset: bptt steps, the last one shorter."""
+    steps = tf.shape(streams, out_type=tf.int64)[1]
+
+    def cut(start):
+        end = tf.minimum(start + bptt, steps - 1)
+        return streams[:, start:end], streams[:, start + 1 : end + 1]
+
+    return tf.data.Dataset.range(0, steps - 1, bptt).map(cut)
+
+
+def train_datasets(train_path, batch_size, bptt, cache_file):
+    """Pipelines ``stream``, ``cache_memory``, ``cache_file`` over one split's Parquet file.
+
+    Each yields int32 ``(inputs, targets)`` of shape ``(batch_size, <= bptt)``
+    in the training loop's order. ``stream`` reads the Parquet file again on
+    every pass; the cached ones fill their cache on the first full pass.
+    """
+
+    # batchify lays contiguous streams side by side, so the first window already needs
+    # tokens from across the whole file: each pass reads it all and yields the streams
+    # once. TF ops cut the windows: a Python yield per window costs ~0.5 ms, more than
+    # reading PTB's train split.
+    def generate():
+        yield batchify(read_ids(train_path), batch_size)
+
+    streams = tf.TensorSpec((batch_size, None), tf.int32)
+    stream = tf.data.Dataset.from_generator(generate, output_signature=streams)
+    stream = stream.flat_map(lambda s: _cut_windows(s, bptt))
+    return {"stream": stream, "cache_memory": stream.cache(),
+            "cache_file": stream.cache(str(cache_file))}
+
+
+def _consume(dataset):
+    """Iterate ``dataset`` to its end; (input tokens, checksum of the ids, seconds)."""
+    def add(totals, window):
+        inputs, targets = window
+        return (totals[0] + tf.size(inputs, tf.int64),
+                totals[1] + tf.reduce_sum(tf.cast(targets, tf.int64)))
+
+    start = time.perf_counter()
+    tokens, checksum = dataset.reduce((tf.constant(0, tf.int64), tf.constant(0, tf.int64)), add)
+    seconds = time.perf_counter() - start
+    return int(tokens), int(checksum), seconds
+
+
+def measure_data_pipeline(raw_dir, data_dir, *, batch_size, bptt, scratch_dir, passes=2):
+    """Data measurements of a job (seconds, tokens/s), all taken in this call.
+
+    - ``data_preprocess_s``: read the raw train/valid/test text and turn it into
+      ids as the tokenise stage does (what a job would pay without the Parquet files);
+    - ``data_parquet_load_s``: load the three tokenised Parquet splits into memory;
+    - ``data_train_tokens``: input tokens one pass over the train windows yields,
+      ``batch_size * (len(train) // batch_size - 1)``: the numerator of the rates below;
+    - ``data_stream_tokens_per_s``: streamed from Parquet, best of ``passes`` passes;
+    - ``data_cache_{memory,file}_fill_tokens_per_s``: first pass, which fills the cache;
+    - ``data_cache_{memory,file}_tokens_per_s``: from the cache, best of ``passes - 1``.
+
+    The file cache lives in a fresh folder under ``scratch_dir``, removed afterwards.
+    """
+    if passes < 2:
+        raise ValueError("passes must be at least 2: the first fills the caches")
+    data_dir = Path(data_dir)
+    meta = read_metadata(data_dir / "train.parquet")
+
+    start = time.perf_counter()
+    ids = preprocess(raw_dir, meta["subset"])
+    preprocess_s = time.perf_counter() - start
+    if {s: len(ids[s]) for s in SPLITS} != meta["tokens"]:
+        raise MosbenchError(f"{raw_dir}: the raw text does not give the tokens of {data_dir}")
+
+    start = time.perf_counter()
+    for split in SPLITS:
+        load_split(data_dir, split)
+    load_s = time.perf_counter() - start
+
+    scratch_dir = Path(scratch_dir)
+    scratch_dir.mkdir(parents=True, exist_ok=True)
+    # A fresh folder per call: a killed run's lockfile or half-written cache cannot clash.
+    cache_dir = Path(tempfile.mkdtemp(prefix="mosbench-data-cache-", dir=scratch_dir))
+    try:
+        datasets = train_datasets(data_dir / "train.parquet", batch_size, bptt,
+                                  cache_dir / "train")
+        # Every pass must yield the windows' tokens of the ids computed from the raw text.
+        streams = batchify(ids["train"], batch_size)
+        tokens = int(streams[:, :-1].size)
+        expected = (tokens, int(streams[:, 1:].sum(dtype=np.int64)))
+        passes_s = {}
+        for name, dataset in datasets.items():
+            passes_s[name] = []
+            for _ in range(passes):
+                *got, seconds = _consume(dataset)
+                if tuple(got) != expected:
+                    raise MosbenchError(f"the {name} pipeline yielded {got[0]} tokens "
+                                        f"(checksum {got[1]}), expected {expected}")
+                passes_s[name].append(seconds)
+    finally:
+        shutil.rmtree(cache_dir, ignore_errors=True)
+
+    return {
+        "data_preprocess_s": preprocess_s,
+        "data_parquet_load_s": load_s,
+        "data_train_tokens": tokens,
+        "data_stream_tokens_per_s": tokens / min(passes_s["stream"]),
+        "data_cache_memory_fill_tokens_per_s": tokens / passes_s["cache_memory"][0],
+        "data_cache_memory_tokens_per_s": tokens / min(passes_s["cache_memory"][1:]),
+        "data_cache_file_fill_tokens_per_s": tokens / passes_s["cache_file"][0],
+        "data_cache_file_tokens_per_s": tokens / min(passes_s["cache_file"][1:]),
+    }

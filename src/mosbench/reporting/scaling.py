@@ -1,0 +1,38 @@
+"""Multi-GPU scaling: speed-up and parallel efficiency against the smallest GPU count.
+
+Strong scaling comes from the training runs themselves: the global batch is
+the preset's at every GPU count, so ideal throughput grows with the number of
+GPUs. Weak scaling comes from the optional throughput probes, which keep the
+per-GPU batch fixed (the global batch grows with the GPUs). In both, the
+speed-up is tokens/s over tokens/s at the smallest GPU count run, and the
+efficiency is the speed-up over the ideal one (GPUs over that smallest count).
+CPU runs (gpus = 0) are not part of either.
+"""
+
+import pandas as pd
+
+COLUMNS = ["dataset", "model", "scaling", "gpus", "n_seeds", "tokens_per_s_mean",
+           "tokens_per_s_std", "base_gpus", "speedup", "efficiency"]
+
+
+def scaling_table(runs, probes=None):
+    """Rows per (dataset, model, scaling, gpus); ``probes`` holds weak-scaling tokens/s."""
+    frames = [_scale(runs, "strong")]
+    if probes is not None and len(probes):
+        frames.append(_scale(probes, "weak"))
+    return pd.concat(frames, ignore_index=True)[COLUMNS]
+
+
+def _scale(table, mode):
+    gpu_runs = table[table["gpus"] >= 1]
+    stats = (gpu_runs.groupby(["dataset", "model", "gpus"])["tokens_per_s"]
+             .agg(n_seeds="count", tokens_per_s_mean="mean", tokens_per_s_std="std")
+             .reset_index())
+    stats.insert(2, "scaling", mode)
+    base = stats.loc[stats.groupby(["dataset", "model"])["gpus"].idxmin(),
+                     ["dataset", "model", "gpus", "tokens_per_s_mean"]]
+    base = base.rename(columns={"gpus": "base_gpus", "tokens_per_s_mean": "base_tokens_per_s"})
+    stats = stats.merge(base, on=["dataset", "model"], how="left")
+    stats["speedup"] = stats["tokens_per_s_mean"] / stats["base_tokens_per_s"]
+    stats["efficiency"] = stats["speedup"] / (stats["gpus"] / stats["base_gpus"])
+    return stats.reindex(columns=COLUMNS)

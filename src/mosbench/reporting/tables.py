@@ -1,0 +1,40 @@
+"""Numbers as researchers read them: rounding styles and Markdown tables."""
+
+import math
+
+import pandas as pd
+
+
+def format_value(value, style):
+    """One number as text; "–" when absent.
+
+    Styles: "ppl" 2 decimals, "int" whole with thousands separators, "pct" 1
+    decimal, "sig" 3 significant figures (scientific below 0.001).
+    """
+    if value is None or pd.isna(value):
+        return "–"
+    if style == "ppl":
+        return f"{value:.2f}"
+    if style == "int":
+        return f"{value:,.0f}"
+    if style == "pct":
+        return f"{value:.1f}"
+    if value == 0:
+        return "0"
+    if not 1e-3 <= abs(value) < 1e7:  # too small or large for fixed decimals to read well
+        return f"{value:.3g}"
+    decimals = 2 - math.floor(math.log10(abs(value)))
+    return f"{round(value, decimals):,.{max(decimals, 0)}f}"
+
+
+def mean_std(mean, std, style):
+    return f"{format_value(mean, style)} ± {format_value(std, style)}"
+
+
+def markdown_table(header, rows, text_columns):
+    """A Markdown table; the first ``text_columns`` columns are left-aligned, the rest right."""
+    align = ["---"] * text_columns + ["---:"] * (len(header) - text_columns)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    for cells in rows:
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
+    return lines

@@ -1,0 +1,102 @@
+"""Data measurements: every figure present and sane, pipelines yield the training windows."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from mosbench.data.batching import batchify, windows
+from mosbench.data.tokenise import load_split, tokenise
+from mosbench.errors import MosbenchError
+from mosbench.measurement import data_pipeline
+from mosbench.measurement.data_pipeline import measure_data_pipeline, preprocess, train_datasets
+
+BATCH, BPTT = 4, 7
+FIGURES = {
+    "data_preprocess_s", "data_parquet_load_s", "data_train_tokens", "data_stream_tokens_per_s",
+    "data_cache_memory_fill_tokens_per_s", "data_cache_memory_tokens_per_s",
+    "data_cache_file_fill_tokens_per_s", "data_cache_file_tokens_per_s",
+}
+
+
+def write_corpus(folder, seed, lines=(120, 20, 20)):
+    """Random lines of words (blank lines too) as raw train/valid/test text."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    for split, n in zip(("train", "valid", "test"), lines, strict=True):
+        text = "".join(" ".join(f"w{i}" for i in rng.integers(0, 40, rng.integers(0, 12))) + "\n"
+                       for _ in range(n))
+        (folder / f"{split}.txt").write_text(text, encoding="utf-8")
+    (folder / "source.json").write_text(json.dumps({"name": "t", "kind": "archive"}))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    raw = write_corpus(root / "raw", seed=0)
+    tokenise(raw, root / "data")
+    ids, _ = load_split(root / "data", "train")
+    steps = len(ids) // BATCH
+    # The interesting cases: a tail dropped by batchify and a short last window.
+    assert len(ids) % BATCH and (steps - 1) % BPTT
+    return raw, root / "data", ids
+
+
+def as_lists(dataset):
+    return [(x.numpy().tolist(), y.numpy().tolist()) for x, y in dataset]
+
+
+def test_every_figure_is_finite_positive_and_no_cache_is_left(corpus, tmp_path):
+    raw, data, ids = corpus
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    (scratch / "other.txt").write_text("not ours")
+    figures = measure_data_pipeline(raw, data, batch_size=BATCH, bptt=BPTT, scratch_dir=scratch,
+                                    passes=3)
+    assert set(figures) == FIGURES
+    for name, value in figures.items():
+        assert math.isfinite(value) and value > 0, name
+    assert figures["data_train_tokens"] == BATCH * (len(ids) // BATCH - 1)
+    assert [p.name for p in scratch.iterdir()] == ["other.txt"]
+
+
+def test_pipelines_yield_the_training_windows(corpus, tmp_path):
+    _, data, ids = corpus
+    expected = [(x.tolist(), y.tolist()) for x, y in windows(batchify(ids, BATCH), BPTT)]
+    steps = len(ids) // BATCH
+    assert len(expected) == math.ceil((steps - 1) / BPTT)
+    datasets = train_datasets(data / "train.parquet", BATCH, BPTT, tmp_path / "cache")
+    for name, dataset in datasets.items():
+        for _ in range(2):  # filling the cache, then reading it
+            assert as_lists(dataset) == expected, name
+    assert sum(np.size(x) for x, _ in expected) == BATCH * (steps - 1)
+    assert (tmp_path / "cache.index").exists()
+
+
+def test_caches_read_the_parquet_file_once(corpus, tmp_path, monkeypatch):
+    _, data, _ = corpus
+    reads = []
+    real_read_ids = data_pipeline.read_ids
+    monkeypatch.setattr(data_pipeline, "read_ids",
+                        lambda path: reads.append(path) or real_read_ids(path))
+    datasets = train_datasets(data / "train.parquet", BATCH, BPTT, tmp_path / "cache")
+    for name, dataset in datasets.items():
+        reads.clear()
+        for _ in range(3):
+            as_lists(dataset)
+        assert len(reads) == (3 if name == "stream" else 1), name
+
+
+def test_preprocess_gives_the_parquet_ids(corpus):
+    raw, data, _ = corpus
+    for split, ids in preprocess(raw).items():
+        np.testing.assert_array_equal(ids, load_split(data, split)[0])
+
+
+def test_raw_text_of_another_corpus_is_refused(corpus, tmp_path):
+    _, data, _ = corpus
+    other = write_corpus(tmp_path / "raw", seed=1, lines=(121, 20, 20))
+    with pytest.raises(MosbenchError, match="raw text does not give the tokens"):
+        measure_data_pipeline(other, data, batch_size=BATCH, bptt=BPTT, scratch_dir=tmp_path)
