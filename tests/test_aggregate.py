@@ -111,17 +111,24 @@ def test_summary_values(runs):
     assert math.isnan(ptb["optimal_ppl"])
 
 
+def _section(text, title):
+    """The table lines of one section of summary.md."""
+    part = text.split(f"## {title}\n")[1].split("\n## ")[0]
+    return [line for line in part.splitlines() if line.startswith("|")]
+
+
 def test_summary_markdown(runs):
     text = aggregate(*runs)["summary_md"].read_text(encoding="utf-8")
-    lines = text.splitlines()
-    assert lines[0].startswith("# ")
-    table = [line for line in lines if line.startswith("|")]
+    assert text.startswith("# ")
+    table = _section(text, "Perplexity")
     assert len(table) == 2 + 4  # header, separator, one line per group
-    assert "optimal ppl" in table[0]
+    assert "best possible ppl" in table[0]
     assert "| synthetic | lstm | 0 | 2 | 12.00 ± 2.83 | 13.00 ± 2.83 |" in text
     assert "| synthetic | lstm | 1 | 1 | 12.50 ± – |" in text
     assert "550.00 ± 70.71" in text
     assert "| 8.00 |" in text
+    speed = _section(text, "Training speed and cost")
+    assert len(speed) == 6 and "epoch time (s)" in speed[0]
 
 
 def test_markdown_without_optimal_column(runs):
@@ -129,28 +136,48 @@ def test_markdown_without_optimal_column(runs):
     ptb = [i for i, path in enumerate(train_files) if "ptb" in str(path)]
     paths = aggregate([train_files[i] for i in ptb], [metrics_files[i] for i in ptb], out_dir)
     text = paths["summary_md"].read_text(encoding="utf-8")
-    assert "optimal" not in text
+    assert "best possible" not in text
 
 
 def test_missing_optional_keys(tmp_path):
     train, metrics = make_run(tmp_path, "synthetic", "lstm", 1, 0, 10.0, 11.0, [10.0])
     data = pd.read_json(metrics, typ="series").to_dict()
-    for key in ("latency_ms_median", "latency_ms_p95", "optimal_ppl"):
+    for key in ("latency_ms_median", "latency_ms_p95", "optimal_ppl", "eval_tokens_per_s"):
         del data[key]
     write_json(metrics, data)
     paths = aggregate([train], [metrics], tmp_path / "out")
     summary = pd.read_csv(paths["summary_csv"])
     assert math.isnan(summary.loc[0, "latency_ms_median_mean"])
-    header = paths["summary_md"].read_text(encoding="utf-8").split("\n| ")[1]
-    assert header.startswith("dataset |") and "latency" not in header
+    text = paths["summary_md"].read_text(encoding="utf-8")
+    assert "## Prediction\n\nNo run recorded these figures." in text
+    assert "latency" not in "".join(_section(text, "Perplexity"))
 
 
-def test_plot_is_a_png(runs):
-    png = aggregate(*runs)["valid_ppl_png"]
-    data = png.read_bytes()
-    assert data.startswith(PNG_MAGIC) and len(data) > 1000
-    image = matplotlib.image.imread(png)
-    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 2 * image.shape[0]
+def test_every_figure_is_a_legible_png(runs):
+    paths = aggregate(*runs)
+    for name in ("valid_ppl_png", "scaling_png", "memory_png", "latency_png"):
+        data = paths[name].read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 1000, name
+        image = matplotlib.image.imread(paths[name])
+        assert image.ndim == 3 and image.shape[0] >= 400 and image.shape[1] >= 600, name
+        assert image[..., :3].std() > 0.01, name  # not a blank canvas
+
+
+def test_summary_mean_and_std_equal_pandas_on_runs_csv(runs):
+    paths = aggregate(*runs)
+    table = pd.read_csv(paths["runs"])
+    summary = pd.read_csv(paths["summary_csv"]).set_index(["dataset", "model", "gpus"])
+    stats = [c.removesuffix("_mean") for c in summary.columns if c.endswith("_mean")]
+    present = [s for s in stats if s in table.columns]
+    assert {"valid_ppl", "test_ppl", "epoch_time_s", "tokens_per_s", "latency_ms_median"} <= set(
+        present)
+    grouped = table.groupby(["dataset", "model", "gpus"])
+    for stat in present:
+        pd.testing.assert_series_equal(summary[f"{stat}_mean"], grouped[stat].mean(),
+                                       check_names=False)
+        pd.testing.assert_series_equal(summary[f"{stat}_std"], grouped[stat].std(),
+                                       check_names=False)
+    assert (summary["n_seeds"] == grouped.size()).all()
 
 
 def test_only_final_files_are_left(runs):
@@ -189,3 +216,62 @@ def test_unreadable_file(tmp_path):
     metrics.write_text("{not json", encoding="utf-8")
     with pytest.raises(MosbenchError, match="metrics.json"):
         aggregate([train], [metrics], tmp_path / "out")
+
+
+def test_measurements_and_absent_reasons_reach_the_tables(tmp_path):
+    train, metrics = make_run(tmp_path, "ptb", "lstm", 1, 2, 90.0, 85.0, [120.0, 90.0])
+    data = pd.read_json(train, typ="series").to_dict()
+    data["measurements"] = {"epoch_time_s": 1800.0, "tokens_per_s": 500.0, "first_step_s": 4.0,
+                            "host_rss_peak_mb": 900.0, "tf_allocator_peak_mb": None,
+                            "cost_per_epoch": 99.0}
+    data["absent"] = {"tf_allocator_peak_mb": "no GPU visible to TensorFlow"}
+    write_json(train, data)
+    prices = {"currency": "EUR", "gpu_hour": 3.0, "cpu_hour": 0.5}
+    paths = aggregate([train], [metrics], tmp_path / "out", prices=prices)
+    row = pd.read_csv(paths["runs"]).iloc[0]
+    assert row["epoch_time_s"] == 1800.0 and row["first_step_s"] == 4.0
+    assert row["cost_per_epoch"] == pytest.approx(0.5 * 2 * 3.0)  # priced again: 2 GPUs, 0.5 h
+    assert math.isnan(row["tf_allocator_peak_mb"])
+    assert row["absent"] == "tf_allocator_peak_mb: no GPU visible to TensorFlow"
+    text = paths["summary_md"].read_text(encoding="utf-8")
+    assert "money in EUR" in text
+    assert "*device peak, allocator (MiB)*: absent: no GPU visible to TensorFlow" in text
+    assert "| ptb | lstm | 2 | 1 | 900 ± – |" in text  # host RSS, the one hardware figure
+
+
+def test_scaling_table_from_gpu_runs_and_weak_probes(tmp_path):
+    pairs = [make_run(tmp_path / "runs", "ptb", "mos", seed, gpus, 60.0, 58.0, [70.0, 60.0])
+             for seed in (1, 2) for gpus in (0, 1, 2, 4)]
+    train_files, metrics_files = (list(files) for files in zip(*pairs, strict=True))
+    for path in train_files:  # tokens/s: 1000 per GPU, 75 % efficient at 4
+        data = pd.read_json(path, typ="series").to_dict()
+        gpus = data["gpus"]
+        data["measurements"] = {"tokens_per_s": {0: 100.0, 1: 1000.0, 2: 2000.0, 4: 3000.0}[gpus]}
+        write_json(path, data)
+    probes = []
+    for gpus, tps in ((1, 1000.0), (2, 1900.0)):
+        probes.append(tmp_path / f"probe{gpus}.json")
+        write_json(probes[-1], {"dataset": "ptb", "model": "mos", "seed": 1, "gpus": gpus,
+                                "tokens_per_s": tps})
+    paths = aggregate(train_files, metrics_files, tmp_path / "out", probe_files=probes)
+    scaling = pd.read_csv(paths["scaling_csv"]).set_index(["scaling", "gpus"])
+    assert list(scaling.loc["strong"].index) == [1, 2, 4]  # the CPU runs are not scaled
+    assert scaling.loc[("strong", 4), "speedup"] == pytest.approx(3.0)
+    assert scaling.loc[("strong", 4), "efficiency"] == pytest.approx(0.75)
+    assert scaling.loc[("strong", 2), "n_seeds"] == 2
+    assert scaling.loc[("weak", 2), "efficiency"] == pytest.approx(0.95)
+    text = paths["scaling_md"].read_text(encoding="utf-8")
+    assert "| ptb | mos | strong | 4 | 2 | 3,000 ± 0 | 3.00 | 75.0 |" in text
+
+
+def test_difference_to_published_perplexities(runs):
+    reference = {"ptb": {"lstm": {"valid_ppl": 500.0, "test_ppl": 600.0, "source": "paper"}},
+                 "wikitext2": {"lstm": {"test_ppl": 1.0, "source": "unused"}}}
+    paths = aggregate(*runs, reference=reference)
+    published = pd.read_csv(paths["published_csv"]).set_index("metric")
+    assert list(published.index) == ["valid_ppl", "test_ppl"]  # only what both sides have
+    assert published.loc["valid_ppl", "difference"] == pytest.approx(50.0)  # 550 - 500
+    assert published.loc["test_ppl", "difference"] == pytest.approx(-35.0)  # 565 - 600
+    assert published.loc["test_ppl", "relative_pct"] == pytest.approx(-35.0 / 6)
+    assert "| ptb | lstm | 0 | valid_ppl | 2 | 550.00 ± 70.71 | 500.00 | +50.00 | +10.0 |" in (
+        paths["published_md"].read_text(encoding="utf-8"))

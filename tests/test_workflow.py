@@ -1,11 +1,13 @@
 """The real workflow, end to end, through the real `snakemake` and a real MLflow store."""
 
+import base64
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -13,11 +15,17 @@ from conftest import REPO, TINY_CONFIG
 from mosbench.data.tokenise import read_metadata
 
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
-OUTPUTS = ("runs.csv", "summary.csv", "summary.md", "valid_ppl.png")
+OUTPUTS = ("runs.csv", "summary.csv", "summary.md", "scaling.csv", "scaling.md", "published.csv",
+           "published.md", "ease_of_use.csv", "ease_of_use.md", "valid_ppl.png", "scaling.png",
+           "memory.png", "latency.png")
+PLOTS = [name for name in OUTPUTS if name.endswith(".png")]
+GPU_FIGURES = ("tf_allocator_peak_mb", "gpu_memory_peak_mb", "gpu_util_mean_pct",
+               "gpu_power_mean_w")
 
 
 def snakemake(workdir, *args, configfile=TINY_CONFIG):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"] = "1"  # the tiny jobs last seconds
     cmd = [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(configfile), "--cores", "2", *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
@@ -46,10 +54,13 @@ def test_pipeline_runs_end_to_end_and_tracks_every_run(tmp_path):
     assert (mos["rank_bound"] == vocab).all()  # MoS: no bound below the vocabulary size
     summary = (results / "aggregate" / "summary.md").read_text()
     assert "± " in summary and "log-prob rank" in summary
+    check_measurements(runs)
+    assert "*GPU util (%)*: absent: gpus=0: a CPU job" in summary
 
     # the default store is results/mlflow.db in the working directory, artefacts beside it
     mlflow.set_tracking_uri(f"sqlite:///{results / 'mlflow.db'}")
-    tracked = mlflow.search_runs(experiment_names=["mosbench-test"])
+    tracked = mlflow.search_runs(experiment_names=["mosbench-test"],
+                                 filter_string="tags.framework = 'tensorflow'")
     assert len(tracked) == 4 and set(tracked["status"]) == {"FINISHED"}
     assert set(tracked["tags.framework"]) == {"tensorflow"}
     assert set(tracked["tags.dataset"]) == {"tiny"}
@@ -60,9 +71,50 @@ def test_pipeline_runs_end_to_end_and_tracks_every_run(tmp_path):
     assert tracked["metrics.test/ppl"].tolist() == pytest.approx(runs["test_ppl"].tolist())
     assert tracked["tags.git_commit"].str.len().min() >= 7
     assert any((results / "mlartifacts").rglob("metrics.json"))
+    one = mlflow.MlflowClient().get_run(runs["run_id"][0])
+    assert one.data.metrics["measure/first_step_s"] > 0
+    assert one.data.tags["absent.gpu_memory_peak_mb"] == "gpus=0: a CPU job"
+    assert any(name.startswith("system/") for name in one.data.metrics)  # system metrics on
+    board = mlflow.search_runs(experiment_names=["mosbench-test"],
+                               filter_string="tags.`mosbench.stage` = 'aggregate'")
+    assert len(board) == 1
+    artefacts = {a.path for a in mlflow.MlflowClient().list_artifacts(board["run_id"][0])}
+    assert artefacts == set(OUTPUTS)
+
+    # the HTML report embeds every plot, byte for byte
+    report = results / "report.html"
+    done = snakemake(tmp_path, "--report", str(report))
+    assert done.returncode == 0, done.stderr[-3000:]
+    html = report.read_text()
+    for name in PLOTS:
+        png = base64.b64encode((results / "aggregate" / name).read_bytes()).decode()
+        assert png in html, name
 
     again = snakemake(tmp_path, "--dry-run")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+
+def check_measurements(runs):
+    """Every per-run figure is there and plausible: positive, finite, units that agree."""
+    positive = ["epoch_time_s", "tokens_per_s", "step_time_median_s", "first_step_s",
+                "time_to_first_step_s", "cost_per_epoch", "latency_ms_median",
+                "eval_tokens_per_s", "test_tokens_per_s", "host_rss_peak_mb",
+                "data_preprocess_s", "data_parquet_load_s", "data_stream_tokens_per_s",
+                "data_cache_memory_tokens_per_s", "data_cache_file_tokens_per_s"]
+    values = runs[positive]
+    assert (values > 0).all().all() and np.isfinite(values).all().all(), values.T
+    assert (runs["step_time_p95_s"] >= runs["step_time_median_s"]).all()
+    assert (runs["latency_ms_p95"] >= runs["latency_ms_median"]).all()
+    assert (runs["time_to_first_step_s"] >= runs["first_step_s"]).all()
+    assert (runs["host_rss_peak_mb"] > 100).all()  # TensorFlow alone takes more
+    # one epoch's tokens, two ways: tokens/s x epoch time, and the input pipeline's count
+    assert (runs["tokens_per_s"] * runs["epoch_time_s"]).tolist() == pytest.approx(
+        runs["data_train_tokens"].tolist(), rel=1e-6)
+    assert runs["cost_per_epoch"].tolist() == pytest.approx(
+        (runs["epoch_time_s"] / 3600 * 0.1).tolist())  # tiny.yaml: cpu_hour 0.1
+    for figure in GPU_FIGURES:  # absent with the reason on a CPU run, never zero
+        assert runs[figure].isna().all(), figure
+        assert runs["absent"].str.contains(f"{figure}: gpus=0: a CPU job").all(), figure
 
 
 def test_bad_config_is_refused_before_any_job(tmp_path):

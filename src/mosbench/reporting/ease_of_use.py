@@ -12,6 +12,7 @@ writes ``results/aggregate/ease_of_use.csv`` and ``ease_of_use.md``.
 """
 
 import ast
+import functools
 import inspect
 import io
 import pkgutil
@@ -188,6 +189,11 @@ def _row(component, kind, objects, paths, models, note):
 
 def inventory():
     """One row per component: ``COLUMNS``, model components first, built-in before written."""
+    return _inventory().copy()
+
+
+@functools.cache  # builds every model: once per process is enough, the code does not change
+def _inventory():
     rows = []
     for cls, models in _layer_classes().items():
         path = _class_path(cls)
@@ -232,7 +238,3 @@ def write_inventory(csv_path, md_path):
     with atomic_path(md_path) as tmp:
         tmp.write_text(to_markdown(table), encoding="utf-8")
     return table
-
-
-if __name__ == "__main__":
-    write_inventory("results/aggregate/ease_of_use.csv", "results/aggregate/ease_of_use.md")

@@ -121,7 +121,8 @@ def _grouped_bars(ax, table, series, ylabel):
     ax.set_xticks(x, _labels(table), fontsize="small")
     ax.set_ylabel(ylabel)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize="small")
+    if present:
+        ax.legend(fontsize="small")
 
 
 def _means(runs, columns):
