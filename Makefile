@@ -10,9 +10,10 @@ HOST ?= 127.0.0.1
 PORT ?= 5000
 MLFLOW_DIR ?= results
 MLFLOW_WORKERS ?= 4
+CONFIG ?= config/config.yaml
 ALLOWED_HOSTS ?=
 
-.PHONY: run test lint ui mlflow-server clean
+.PHONY: run report test lint ui mlflow-server clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,10 +21,15 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $@
 
-## run: the whole pipeline on the synthetic demo corpus, on the CPU
+## run: the whole pipeline on the synthetic demo corpus, on the CPU, then its HTML report
 run: $(STAMP)
 	$(BIN)/snakemake --configfile config/demo.yaml --cores $(CORES)
-	@echo "Results: results/aggregate/summary.md, results/aggregate/valid_ppl.png; MLflow runs: make ui"
+	$(MAKE) report CONFIG=config/demo.yaml
+	@echo "Results: results/report.html (tables and plots), results/aggregate/summary.md; MLflow runs: make ui"
+
+## report: Snakemake's self-contained HTML report of the last run of CONFIG
+report: $(STAMP)
+	$(BIN)/snakemake --configfile $(CONFIG) --report results/report.html
 
 ## test: lint, then the whole test suite (the end-to-end tests run the real workflow)
 test: $(STAMP) lint

@@ -80,6 +80,22 @@ def test_a_gpu_model_is_asked_for_by_gpu_jobs_only(tmp_path):
             assert ("cpus_per_gpu" in job.resources) == (job.rule == "train" and gpus > 0)
 
 
+def test_weak_scaling_probes_are_planned_only_when_asked_and_only_for_gpu_counts(tmp_path):
+    config = yaml.safe_load(GRID.read_text())
+    config["run"].update(datasets=["ptb"], models=["awd-lstm-mos"], seeds=[1, 2], gpus=[0, 1, 4])
+    configfile = tmp_path / "weak.yaml"
+    for enabled, expected in ((False, set()), (True, {(s, g) for s in "12" for g in "14"})):
+        config["run"]["weak_scaling"] = {"enabled": enabled, "steps": 10}
+        configfile.write_text(yaml.safe_dump(config))
+        done = run_snakemake(tmp_path, "--dry-run", configfile=configfile)
+        assert done.returncode == 0, done.stderr[-3000:]
+        probes = [j for j in planned_jobs(done.stdout) if j.rule == "weak_scaling_probe"]
+        assert {(j.wildcards["seed"], j.wildcards["gpus"]) for j in probes} == expected
+        for job in probes:
+            assert job.resources["gpu"] == job.wildcards["gpus"]
+            assert "runtime" not in job.resources  # minutes: the profile's default limit
+
+
 # --- a real one-node SLURM -------------------------------------------------------
 
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo")

@@ -140,13 +140,17 @@ def edited(path, edit):
 @pytest.mark.slow
 def test_the_run_was_tracked_on_the_mlflow_server(tiny_run):
     mlflow.set_tracking_uri(tiny_run.uri)
-    tracked = mlflow.search_runs(experiment_names=["mosbench-test"])
+    tracked = mlflow.search_runs(experiment_names=["mosbench-test"],
+                                 filter_string="tags.framework = 'tensorflow'")
     assert sorted(tracked["tags.mlflow.runName"]) == [
         f"tiny-{model}-seed{seed}-gpus0" for model in ("awd-lstm-mos", "lstm") for seed in (1, 2)]
     assert set(tracked["status"]) == {"FINISHED"}
     assert tracked["metrics.test/ppl"].notna().all()  # evaluate logged into the same runs
     assert (tiny_run.root / "tracking" / "mlflow.db").stat().st_size > 0
     assert not (tiny_run.work / "results" / "mlflow.db").exists()  # nothing fell back to SQLite
+    board = mlflow.search_runs(experiment_names=["mosbench-test"],
+                               filter_string="tags.`mosbench.stage` = 'aggregate'")
+    assert len(board) >= 1  # the aggregate's run, on the server too
 
 
 @pytest.mark.slow
@@ -193,3 +197,12 @@ def test_a_hyperparameter_change_plans_only_that_models_jobs(tiny_run):
                      for seed in (1, 2) for stage, names in (
                          ("train", ("model.weights.h5", "train.json")),
                          ("evaluate", ("metrics.json",))) for name in names}
+
+
+@pytest.mark.slow
+def test_a_new_price_plans_only_aggregate(tiny_run):
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    config["cost"]["gpu_hour"] = 9.0
+    changed = tiny_run.root / "price.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    assert counts(planned_jobs(dry_run(tiny_run, configfile=changed))) == {"aggregate": 1}

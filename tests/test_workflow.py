@@ -12,12 +12,11 @@ import pandas as pd
 import pytest
 
 from conftest import REPO, TINY_CONFIG
+from mosbench import paths
 from mosbench.data.tokenise import read_metadata
 
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
-OUTPUTS = ("runs.csv", "summary.csv", "summary.md", "scaling.csv", "scaling.md", "published.csv",
-           "published.md", "ease_of_use.csv", "ease_of_use.md", "valid_ppl.png", "scaling.png",
-           "memory.png", "latency.png")
+OUTPUTS = tuple(paths.AGGREGATE_OUTPUTS.values())
 PLOTS = [name for name in OUTPUTS if name.endswith(".png")]
 GPU_FIGURES = ("tf_allocator_peak_mb", "gpu_memory_peak_mb", "gpu_util_mean_pct",
                "gpu_power_mean_w")
@@ -86,9 +85,9 @@ def test_pipeline_runs_end_to_end_and_tracks_every_run(tmp_path):
     done = snakemake(tmp_path, "--report", str(report))
     assert done.returncode == 0, done.stderr[-3000:]
     html = report.read_text()
-    for name in PLOTS:
-        png = base64.b64encode((results / "aggregate" / name).read_bytes()).decode()
-        assert png in html, name
+    for name in PLOTS + ["summary.html", "scaling.html", "published.html", "ease_of_use.html"]:
+        content = base64.b64encode((results / "aggregate" / name).read_bytes()).decode()
+        assert content in html, name
 
     again = snakemake(tmp_path, "--dry-run")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr

@@ -12,3 +12,14 @@ TRAIN = "results/train/" + RUN  # model.weights.h5 + train.json
 EVALUATE = "results/evaluate/" + RUN  # metrics.json
 PROBE = "results/scaling/" + RUN  # weak.json: the weak-scaling probe (optional)
 AGGREGATE = "results/aggregate"
+# The aggregate's files by name (the rule's named outputs).
+AGGREGATE_OUTPUTS = {
+    "runs": "runs.csv", "summary_csv": "summary.csv", "summary_md": "summary.md",
+    "summary_html": "summary.html", "scaling_csv": "scaling.csv", "scaling_md": "scaling.md",
+    "scaling_html": "scaling.html", "published_csv": "published.csv",
+    "published_md": "published.md", "published_html": "published.html",
+    "ease_of_use_csv": "ease_of_use.csv", "ease_of_use_md": "ease_of_use.md",
+    "ease_of_use_html": "ease_of_use.html",
+    "valid_ppl_png": "valid_ppl.png", "scaling_png": "scaling.png",
+    "memory_png": "memory.png", "latency_png": "latency.png",
+}

@@ -82,6 +82,33 @@ def raw_source(wildcards):
     return raw_files(wildcards)["source_json"]
 
 
+# Where each aggregate output goes in the HTML report (category, caption); others stay out.
+REPORTED = {
+    "summary_html": ("Tables", "summary"),
+    "scaling_html": ("Tables", "scaling"),
+    "published_html": ("Tables", "published"),
+    "ease_of_use_html": ("Ease of use", "ease_of_use"),
+    "valid_ppl_png": ("Plots", "valid_ppl"),
+    "scaling_png": ("Plots", "scaling_plot"),
+    "memory_png": ("Plots", "memory"),
+    "latency_png": ("Plots", "latency"),
+    "runs": ("Data (CSV)", "runs"),
+    "summary_csv": ("Data (CSV)", "summary_csv"),
+}
+
+
+def aggregate_outputs():
+    """The aggregate's files by name (paths.AGGREGATE_OUTPUTS), flagged for the report."""
+    outputs = {}
+    for name, filename in paths.AGGREGATE_OUTPUTS.items():
+        path = f"{paths.AGGREGATE}/{filename}"
+        if name in REPORTED:
+            category, caption = REPORTED[name]
+            path = report(path, caption=f"../report/{caption}.rst", category=category)
+        outputs[name] = path
+    return outputs
+
+
 def reference_results():
     """The published perplexities (config `reference`) of the data sets this run trains on."""
     return {d: config["reference"][d] for d in config["run"]["datasets"] if d in config["reference"]}

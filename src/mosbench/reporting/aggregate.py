@@ -6,11 +6,12 @@ with the reason for each figure absent on its machine) and metrics.json
 :data:`OUTPUTS`):
 
 * ``runs.csv``: one row per run, every figure;
-* ``summary.csv`` / ``summary.md``: mean and sample std over seeds per
-  (dataset, model, gpus);
-* ``scaling.csv`` / ``scaling.md``: speed-up and efficiency against GPUs;
-* ``published.csv`` / ``published.md``: our perplexities minus the published;
-* ``ease_of_use.csv`` / ``ease_of_use.md``: built in vs written, from the code;
+* ``summary.*``: mean and sample std over seeds per (dataset, model, gpus);
+* ``scaling.*``: speed-up and efficiency against GPUs;
+* ``published.*``: our perplexities minus the published;
+* ``ease_of_use.*``: built in vs written, from the code;
+
+each of these four as CSV (data), Markdown and HTML (to read; the report);
 * ``valid_ppl.png``, ``scaling.png``, ``memory.png``, ``latency.png``.
 """
 
@@ -19,10 +20,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from mosbench import paths
 from mosbench.errors import MosbenchError
 from mosbench.io import atomic_path, read_json
 from mosbench.measurement.cost import cost
 from mosbench.reporting import ease_of_use, plots
+from mosbench.reporting.html import markdown_to_html
 from mosbench.reporting.published import compare_published
 from mosbench.reporting.scaling import scaling_table
 from mosbench.reporting.tables import format_value, markdown_table, mean_std
@@ -31,14 +34,7 @@ RUN_KEY = ["dataset", "model", "seed", "gpus"]
 GROUP_KEY = ["dataset", "model", "gpus"]
 SORT_KEY = ["dataset", "model", "gpus", "seed"]
 TRAIN_COLUMNS = ["run_id", "n_params", "epochs", "best_epoch", "train_time_s"]
-OUTPUTS = {
-    "runs": "runs.csv", "summary_csv": "summary.csv", "summary_md": "summary.md",
-    "scaling_csv": "scaling.csv", "scaling_md": "scaling.md",
-    "published_csv": "published.csv", "published_md": "published.md",
-    "ease_of_use_csv": "ease_of_use.csv", "ease_of_use_md": "ease_of_use.md",
-    "valid_ppl_png": "valid_ppl.png", "scaling_png": "scaling.png",
-    "memory_png": "memory.png", "latency_png": "latency.png",
-}
+OUTPUTS = paths.AGGREGATE_OUTPUTS
 
 # Summary sections: title -> {metric: (header, number style)}. Every metric is
 # given as mean ± std over seeds; columns no run has are left out of the Markdown.
@@ -117,6 +113,10 @@ def aggregate(train_files, metrics_files, out_dir, *, prices=None, reference=Non
         with atomic_path(out[name]) as tmp:
             tmp.write_text(text, encoding="utf-8")
     ease_of_use.write_inventory(out["ease_of_use_csv"], out["ease_of_use_md"])
+    for page in ("summary", "scaling", "published", "ease_of_use"):
+        text = out[f"{page}_md"].read_text(encoding="utf-8")
+        with atomic_path(out[f"{page}_html"]) as tmp:
+            tmp.write_text(markdown_to_html(text, page.replace("_", " ")), encoding="utf-8")
     figures = {
         "valid_ppl_png": lambda p: plots.plot_valid_ppl(_history_table(train), runs, p),
         "scaling_png": lambda p: plots.plot_scaling(runs, scaling, p),

@@ -28,6 +28,9 @@ def format_value(value, style):
 
 
 def mean_std(mean, std, style):
+    """"mean ± std", or "–" alone when there is no mean."""
+    if mean is None or pd.isna(mean):
+        return "–"
     return f"{format_value(mean, style)} ± {format_value(std, style)}"
 
 
