@@ -131,10 +131,32 @@ def test_checkpoint_round_trip_and_verification(tmp_path):
     for v, value in zip(model.variables, saved, strict=True):
         np.testing.assert_array_equal(v.numpy(), value)
 
-    raw = (tmp_path / checkpoint.ARRAYS).read_bytes()
-    (tmp_path / checkpoint.ARRAYS).write_bytes(raw[: len(raw) // 2])  # a half-written file
+    arrays = tmp_path / json.loads((tmp_path / checkpoint.STATE).read_text())["arrays"]
+    raw = arrays.read_bytes()
+    arrays.write_bytes(raw[: len(raw) // 2])  # a half-written file
     with pytest.raises(MosbenchError, match="does not match its checksum"):
         checkpoint.load(tmp_path, model, optimizer)
+
+
+def test_a_newer_npz_without_its_json_is_ignored_then_cleaned(tmp_path):
+    """A job killed between writing the npz and the JSON: the previous checkpoint holds."""
+    model, optimizer = _model_and_optimizer()
+    state = {"epoch": 1}
+    checkpoint.save(tmp_path, model, optimizer, state)
+    named = json.loads((tmp_path / checkpoint.STATE).read_text())["arrays"]
+    (tmp_path / "checkpoint-99.npz").write_bytes(b"an interrupted write")
+    (tmp_path / "best-7.weights.h5").write_bytes(b"best weights of an epoch never checkpointed")
+    assert checkpoint.load(tmp_path, model, optimizer)[0]["epoch"] == 1
+    state.update(epoch=2, keep=["best-1.weights.h5"])
+    checkpoint.save(tmp_path, model, optimizer, state)
+    (tmp_path / "best-1.weights.h5").write_bytes(b"kept")
+    state["epoch"] = 3
+    checkpoint.save(tmp_path, model, optimizer, state)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == ["best-1.weights.h5", "checkpoint-3.npz", "checkpoint.json"]
+    assert named == "checkpoint-1.npz"
+    checkpoint.remove(tmp_path)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_checkpoint_of_another_model_is_refused(tmp_path):

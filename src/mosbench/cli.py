@@ -127,6 +127,12 @@ def _aggregate(args, config):
         print(f"wrote {path}")
 
 
+def _replay_tracking(args, config):
+    from mosbench.tracking.tracker import replay
+
+    replay(args.paths)
+
+
 def _nonnegative_int(text):
     try:
         value = int(text)
@@ -176,6 +182,12 @@ def build_parser():
 
     p = sub.add_parser("aggregate", help="tables and plots over every evaluated run")
     p.set_defaults(func=_aggregate)
+
+    p = sub.add_parser("replay-tracking", help="send MLflow calls that jobs kept while the "
+                       "tracking store was unreachable (idempotent)")
+    p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                   help="a train or evaluate job's folder, or its tracking-spool.jsonl")
+    p.set_defaults(func=_replay_tracking)
     return parser
 
 

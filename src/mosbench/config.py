@@ -54,13 +54,36 @@ def validate_config(config, origin="config"):
     if error is not None:
         key = key_path(error.absolute_path)
         raise MosbenchError(f"{origin}: config key '{key}': {error.message}")
-    check_consistency(config)
+    try:
+        check_consistency(config)
+    except MosbenchError as exc:
+        raise MosbenchError(f"{origin}: {exc}") from None
     return config
 
 
+def model_names():
+    """The models the schema allows, in its order."""
+    return list(_schema()["properties"]["run"]["properties"]["models"]["items"]["enum"])
+
+
+def check_gpus(config, gpus, where="--gpus"):
+    """Refuse a GPU count above ``cluster.max_gpus`` (the most one node of the partition has).
+
+    ``where`` names the input that asked for ``gpus`` in the message.
+    """
+    limit = (config.get("cluster") or {}).get("max_gpus")
+    if limit is not None and gpus > limit:
+        raise MosbenchError(
+            f"{where}: {gpus} GPUs is more than cluster.max_gpus = {limit}, the most one node "
+            f"of the partition has; expected at most {limit} (or raise cluster.max_gpus)"
+        )
+
+
 def check_consistency(config):
-    """Rules a schema cannot express: names that must refer to other entries."""
+    """Rules a schema cannot express: names that must refer to other entries, limits."""
     sources, datasets, presets = config["sources"], config["datasets"], config["presets"]
+    for i, gpus in enumerate(config["run"]["gpus"]):
+        check_gpus(config, gpus, f"config key 'run.gpus[{i}]'")
     for name, dataset in datasets.items():
         if dataset["source"] not in sources:
             raise MosbenchError(
@@ -105,13 +128,23 @@ def load_config(path):
 
 def preset(config, dataset, model):
     """The hyperparameters of one (dataset, model) pair."""
-    try:
-        return dict(config["presets"][dataset][model])
-    except KeyError:
+    presets = config["presets"]
+    if dataset not in presets:
         raise MosbenchError(
-            f"config has no preset presets.{dataset}.{model}; "
-            f"datasets with presets: {sorted(config['presets'])}"
-        ) from None
+            f"unknown dataset '{dataset}': config has no preset presets.{dataset}.{model}; "
+            f"datasets with presets: {sorted(presets)}"
+        )
+    if model not in model_names():
+        raise MosbenchError(
+            f"unknown model '{model}': config has no preset presets.{dataset}.{model}; "
+            f"allowed models: {model_names()}"
+        )
+    if model not in presets[dataset]:
+        raise MosbenchError(
+            f"config has no preset presets.{dataset}.{model}; models with a preset for "
+            f"{dataset}: {sorted(presets[dataset])}"
+        )
+    return dict(presets[dataset][model])
 
 
 def source_of(config, dataset):

@@ -11,6 +11,17 @@ class MosbenchError(Exception):
     """An error caused by the user's input, with a message meant for them."""
 
 
+class MissingInput(MosbenchError, FileNotFoundError):
+    """An input file that an earlier stage writes is not there.
+
+    Still a ``FileNotFoundError``, so code that handles a missing file goes on
+    handling it; the command line prints its message like any MosbenchError.
+    """
+
+    def __str__(self):
+        return self.args[0] if self.args else ""
+
+
 # EX_TEMPFAIL from sysexits.h: "try again later". A paused training job exits
 # with it; running the same job again resumes from its checkpoint.
 PAUSED_EXIT_CODE = 75

@@ -11,6 +11,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from mosbench.errors import MissingInput
+
 
 @contextlib.contextmanager
 def atomic_path(path, suffix=".tmp"):
@@ -30,14 +32,48 @@ def atomic_path(path, suffix=".tmp"):
             os.unlink(tmp)
 
 
+@contextlib.contextmanager
+def all_or_nothing(*paths):
+    """Delete a stage's outputs ``paths`` now, and again if the block raises.
+
+    For a stage that writes several files (each atomically, with
+    :func:`atomic_path`): a failed run, or a rerun that fails, leaves none of
+    them, rather than the previous run's files or a mix of old and new ones
+    that looks complete. Snakemake does the same before running a job; this
+    makes the ``mosbench`` command behave alike.
+    """
+    paths = [Path(p) for p in paths]
+    for path in paths:
+        path.unlink(missing_ok=True)
+    try:
+        yield
+    except BaseException:
+        for path in paths:
+            path.unlink(missing_ok=True)
+        raise
+
+
 def write_json(path, data):
     """Write ``data`` as indented JSON, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
+# Files one stage writes for the next: which stage to run when one is missing.
+_WRITTEN_BY = {"train.json": "train", "metrics.json": "evaluate", "source.json": "download",
+               "weak.json": "weak-scaling probe"}
+
+
 def read_json(path):
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+    """Read a JSON file; a missing one is a :class:`MissingInput` that says what writes it."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        stage = _WRITTEN_BY.get(path.name)
+        hint = f"run the {stage} stage for it first" if stage else "run the stage that writes it"
+        raise MissingInput(f"{path} is missing; {hint}") from None
+    return json.loads(text)
 
 
 def redirect_output(log_path):

@@ -8,12 +8,17 @@ the end of one window is the right start for the next.
 
 import numpy as np
 
+from mosbench.errors import MosbenchError
+
 
 def batchify(ids, batch_size):
     """``(N,)`` ids -> ``(batch_size, N // batch_size)``: row b is the b-th contiguous stream."""
     steps = len(ids) // batch_size
     if steps < 2:
-        raise ValueError(f"{len(ids)} tokens are too few for batch size {batch_size}")
+        raise MosbenchError(
+            f"{len(ids)} tokens are too few for batch size {batch_size}: expected at least "
+            f"{2 * batch_size} (two per stream); lower the preset's batch size or use more data"
+        )
     return np.ascontiguousarray(ids[: steps * batch_size].reshape(batch_size, steps))
 
 

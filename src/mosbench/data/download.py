@@ -4,7 +4,9 @@ The archive is cached under ``cache_dir`` so later runs (and machines without
 network access, where a user copied the archive by hand) never download again.
 Only the three configured members are read, as bytes; nothing is extracted to
 disk by name, so a hostile archive cannot write outside ``raw_dir``. Any archive
-that contains such a hostile member is rejected outright all the same.
+that contains such a hostile member is rejected outright all the same. A rejected
+archive is deleted from the cache unless it matched a configured sha256 (then the
+config's member entries are what is wrong); a failed run leaves no split files.
 """
 
 import hashlib
@@ -18,7 +20,7 @@ import zlib
 from pathlib import Path
 
 from mosbench.errors import MosbenchError
-from mosbench.io import atomic_path, write_json
+from mosbench.io import all_or_nothing, atomic_path, write_json
 
 SPLITS = ("train", "valid", "test")
 TIMEOUT_S = 60
@@ -62,10 +64,29 @@ def download_corpus(name: str, source: dict, raw_dir, cache_dir) -> dict:
         raise MosbenchError(f"sources.{name}.url {url!r} does not name an archive file")
 
     archive = cache_dir / basename
-    archive_sha = _fetch_cached(name, url, archive, _norm_hash(source.get("sha256")))
+    # A failed (re)run leaves no split files and no source.json, not the previous run's.
+    outputs = [raw_dir / f"{split}.txt" for split in SPLITS] + [raw_dir / "source.json"]
+    with all_or_nothing(*outputs):
+        verified = _norm_hash(source.get("sha256"))
+        archive_sha = _fetch_cached(name, url, archive, verified)
+        try:
+            data, files = _checked_members(name, archive, members)
+        except MosbenchError as exc:
+            if verified is None and archive.exists():
+                # Unverified and rejected: do not keep it, so the next run fetches afresh.
+                archive.unlink()
+                raise MosbenchError(f"{exc}; the cached archive was deleted") from None
+            raise
+        info = {"name": name, "kind": "archive", "url": url,
+                "archive_sha256": archive_sha, "files": files}
+        _write_outputs(raw_dir, data, info)
+    return info
+
+
+def _checked_members(name, archive, members):
+    """The split members' bytes (checked: sha256, UTF-8) and their description for source.json."""
     wanted = {split: members[split]["path"] for split in SPLITS}
     data = _read_members(archive, wanted)
-
     files = {}
     for split in SPLITS:
         member, blob = wanted[split], data[split]
@@ -73,7 +94,8 @@ def download_corpus(name: str, source: dict, raw_dir, cache_dir) -> dict:
         expected = _norm_hash(members[split].get("sha256"))
         if expected and actual != expected:
             raise MosbenchError(
-                f"member {member!r} of {archive} has sha256 {actual}; expected {expected}"
+                f"member {member!r} of {archive} has sha256 {actual}; expected {expected} "
+                f"(sources.{name}.members.{split}.sha256)"
             )
         try:
             blob.decode("utf-8")
@@ -83,11 +105,7 @@ def download_corpus(name: str, source: dict, raw_dir, cache_dir) -> dict:
                 f"(bad byte at offset {exc.start}); expected UTF-8 text"
             ) from None
         files[split] = {"sha256": actual, "bytes": len(blob), "member": member}
-
-    info = {"name": name, "kind": "archive", "url": url,
-            "archive_sha256": archive_sha, "files": files}
-    _write_outputs(raw_dir, data, info)
-    return info
+    return data, files
 
 
 def _norm_hash(value):
@@ -97,7 +115,13 @@ def _norm_hash(value):
 def _fetch_cached(name, url, archive, expected):
     """Return the sha256 of a verified archive at ``archive``, fetching it if needed."""
     if archive.exists():
-        actual = sha256_file(archive)
+        try:
+            actual = sha256_file(archive)
+        except OSError as exc:
+            raise MosbenchError(
+                f"cannot read the cached archive {archive} ({exc.strerror}); expected a readable "
+                "file: fix its permissions or delete it so that it is fetched again"
+            ) from None
         if expected is None or actual == expected:
             return actual
         # A stale or damaged copy: drop it so a failed re-fetch leaves nothing behind.
@@ -137,7 +161,8 @@ def _fetch(name, url, archive, expected):
         actual = digest.hexdigest()
         if expected and actual != expected:
             raise MosbenchError(
-                f"archive downloaded from {url} has sha256 {actual}; expected {expected}"
+                f"archive downloaded from {url} has sha256 {actual}; expected {expected} "
+                f"(sources.{name}.sha256); the download was discarded"
             )
     return actual
 
@@ -228,19 +253,8 @@ def _read_zip(archive, wanted):
 
 
 def _write_outputs(raw_dir, data, info):
-    """Write the split files, then source.json; on failure leave nothing that looks done."""
-    marker = raw_dir / "source.json"
-    marker.unlink(missing_ok=True)
-    written = []
-    try:
-        for split in SPLITS:
-            path = raw_dir / f"{split}.txt"
-            with atomic_path(path) as tmp:
-                tmp.write_bytes(data[split])
-            written.append(path)
-        write_json(marker, info)
-    except BaseException:
-        for path in written:
-            path.unlink(missing_ok=True)
-        raise
-
+    """Write the split files, then source.json: its presence means the splits are complete."""
+    for split in SPLITS:
+        with atomic_path(raw_dir / f"{split}.txt") as tmp:
+            tmp.write_bytes(data[split])
+    write_json(raw_dir / "source.json", info)

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from mosbench.errors import MosbenchError
-from mosbench.io import atomic_path, write_json
+from mosbench.io import all_or_nothing, atomic_path, write_json
 
 EOS = "<eos>"
 SPLITS = ("train", "valid", "test")
@@ -216,28 +216,31 @@ def generate_synthetic(name, params, raw_dir):
     splits = sample_splits(P, p["tokens"], p["seed"])
 
     raw_dir = Path(raw_dir)
-    logP = np.log(P)
-    files, oracle = {}, {}
-    prev = 0  # the chain starts after a virtual <eos>; each split ends with one
-    for split in SPLITS:
-        tokens = splits[split]
-        contexts = np.concatenate(([prev], tokens[:-1]))
-        oracle[split] = float(np.exp(-logP[contexts, tokens].mean()))
-        prev = tokens[-1]
-        data = _text(tokens, words).encode("utf-8")
-        with atomic_path(raw_dir / f"{split}.txt") as tmp:
-            tmp.write_bytes(data)
-        files[split] = {"sha256": hashlib.sha256(data).hexdigest(), "tokens": int(tokens.size)}
+    # A failed (re)run leaves none of the files, not old ones mixed with new ones.
+    outputs = [raw_dir / f"{split}.txt" for split in SPLITS] + [raw_dir / "source.json"]
+    with all_or_nothing(*outputs):
+        logP = np.log(P)
+        files, oracle = {}, {}
+        prev = 0  # the chain starts after a virtual <eos>; each split ends with one
+        for split in SPLITS:
+            tokens = splits[split]
+            contexts = np.concatenate(([prev], tokens[:-1]))
+            oracle[split] = float(np.exp(-logP[contexts, tokens].mean()))
+            prev = tokens[-1]
+            data = _text(tokens, words).encode("utf-8")
+            with atomic_path(raw_dir / f"{split}.txt") as tmp:
+                tmp.write_bytes(data)
+            files[split] = {"sha256": hashlib.sha256(data).hexdigest(), "tokens": int(tokens.size)}
 
-    info = {
-        "name": name,
-        "kind": "synthetic",
-        "params": p,
-        "entropy_rate_nats": H,
-        "optimal_ppl": math.exp(H),
-        "oracle_ppl": oracle,
-        "logprob_rank": int(np.linalg.matrix_rank(logP)),
-        "files": files,
-    }
-    write_json(raw_dir / "source.json", info)  # last: its presence means the files are complete
+        info = {
+            "name": name,
+            "kind": "synthetic",
+            "params": p,
+            "entropy_rate_nats": H,
+            "optimal_ppl": math.exp(H),
+            "oracle_ppl": oracle,
+            "logprob_rank": int(np.linalg.matrix_rank(logP)),
+            "files": files,
+        }
+        write_json(raw_dir / "source.json", info)  # last: its presence means the files are complete
     return info

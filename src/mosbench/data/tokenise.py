@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from mosbench.config import SPLITS
 from mosbench.errors import MosbenchError
-from mosbench.io import atomic_path
+from mosbench.io import all_or_nothing, atomic_path
 
 EOS = "<eos>"
 FORMAT_VERSION = 1
@@ -29,7 +29,13 @@ META_KEY = b"mosbench"
 
 def read_tokens(path, limit=None):
     """Tokens of a text file, ``<eos>`` after every line; at most ``limit`` tokens."""
-    raw = Path(path).read_bytes()
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as exc:
+        raise MosbenchError(
+            f"{path}: cannot read it ({exc.strerror}); expected the corpus text written by the "
+            "download stage (mosbench download <source>)"
+        ) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -68,12 +74,20 @@ def tokenise(raw_dir, out_dir, subset=None, expected_vocab=None):
     ``expected_vocab``, when given, must equal the vocabulary size found.
     """
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
-    source = json.loads((raw_dir / "source.json").read_text(encoding="utf-8"))
+    # A failed (re)run leaves no Parquet files, not the previous run's or a mix of both.
+    outputs = [out_dir / "vocab.parquet"] + [out_dir / f"{split}.parquet" for split in SPLITS]
+    with all_or_nothing(*outputs):
+        return _tokenise(raw_dir, out_dir, subset, expected_vocab)
+
+
+def _tokenise(raw_dir, out_dir, subset, expected_vocab):
+    source = _read_source(raw_dir)
     splits = {}
     for split in SPLITS:
         tokens = read_tokens(raw_dir / f"{split}.txt", limit=subset)
         if not any(t != EOS for t in tokens):
-            raise MosbenchError(f"{raw_dir / f'{split}.txt'}: the {split} split has no words")
+            raise MosbenchError(f"{raw_dir / f'{split}.txt'}: the {split} split has no words; "
+                                "expected a non-empty text file (one sentence per line)")
         splits[split] = tokens
     vocab = build_vocab(splits[s] for s in SPLITS)
     if expected_vocab is not None and len(vocab) != expected_vocab:
@@ -101,6 +115,24 @@ def tokenise(raw_dir, out_dir, subset=None, expected_vocab=None):
     return meta
 
 
+def _read_source(raw_dir):
+    """``raw_dir/source.json``, written last by the download stage once the splits are complete."""
+    path = raw_dir / "source.json"
+    try:
+        source = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise MosbenchError(
+            f"{path} is missing: the raw corpus in {raw_dir} is absent or incomplete; "
+            "run the download stage first (mosbench download <source>)"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise MosbenchError(f"{path}: not readable JSON ({exc}); expected the description "
+                            "the download stage writes: run it again") from None
+    if not isinstance(source, dict):
+        raise MosbenchError(f"{path}: expected a JSON object; run the download stage again")
+    return source
+
+
 def _write(path, columns, meta):
     table = pa.table(columns).replace_schema_metadata({META_KEY: json.dumps(meta)})
     with atomic_path(path) as tmp:
@@ -113,17 +145,27 @@ def _sha256(path):
 
 def read_metadata(path):
     """The mosbench metadata of a tokenised Parquet file, checked for format."""
+    if not Path(path).exists():
+        raise MosbenchError(f"{path} is missing; run the tokenise stage first "
+                            "(mosbench tokenise <dataset>)")
     try:
         schema_meta = pq.read_schema(path).metadata or {}
     except (OSError, pa.ArrowInvalid) as exc:
         raise MosbenchError(f"{path}: not a readable Parquet file ({exc})") from None
     if META_KEY not in schema_meta:
-        raise MosbenchError(f"{path}: no mosbench metadata; re-run the tokenise stage")
-    meta = json.loads(schema_meta[META_KEY])
+        raise MosbenchError(f"{path}: no mosbench metadata, so not written by the tokenise "
+                            "stage; re-run it (mosbench tokenise <dataset>)")
+    try:
+        meta = json.loads(schema_meta[META_KEY])
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise MosbenchError(f"{path}: its mosbench metadata is not a JSON object; re-run the "
+                            "tokenise stage (mosbench tokenise <dataset>)")
     if meta.get("format_version") != FORMAT_VERSION:
         raise MosbenchError(
             f"{path}: written in format {meta.get('format_version')}, this mosbench reads "
-            f"format {FORMAT_VERSION}; re-run the tokenise stage"
+            f"format {FORMAT_VERSION}; re-run the tokenise stage (mosbench tokenise <dataset>)"
         )
     return meta
 

@@ -23,7 +23,7 @@ from mosbench.evaluation.perplexity import (
 from mosbench.evaluation.rank import logprob_rank
 from mosbench.io import read_json, write_json
 from mosbench.models import build_model, head_dimension
-from mosbench.tracking import mlflow_run
+from mosbench.tracking.tracker import Tracker
 from mosbench.training.devices import configure_devices
 from mosbench.training.train import SUMMARY, WEIGHTS
 
@@ -99,18 +99,17 @@ def evaluate(data_dir, train_dir, out_path, *, model_name, hparams, experiment, 
     })
     write_json(out_path, metrics)
 
-    mlflow = mlflow_run.connect(experiment)
-    with mlflow.start_run(run_id=trained["run_id"]):
-        mlflow.log_metrics({
+    with Tracker(Path(out_path).parent, experiment).resume_run(trained["run_id"]) as tracker:
+        tracker.log_metrics({
             "final/valid_ppl": metrics["valid_ppl"], "test/ppl": metrics["test_ppl"],
             "test/loss": test_loss, "speed/eval_tokens_per_s": batched_tokens_per_s,
             "speed/test_tokens_per_s": metrics["test_tokens_per_s"],
             "latency/median_ms": latency_median, "latency/p95_ms": latency_p95,
             "rank/logprob": rank, "rank/contexts": contexts,
         })
-        mlflow.log_metrics({f"dynamic_eval/{k.removeprefix('dynamic_')}": v
-                            for k, v in dynamic.items()})
+        tracker.log_metrics({f"dynamic_eval/{k.removeprefix('dynamic_')}": v
+                             for k, v in dynamic.items()})
         if metrics["optimal_ppl"] is not None:
-            mlflow.log_metric("data/optimal_ppl", metrics["optimal_ppl"])
-        mlflow.log_artifact(str(out_path))
+            tracker.log_metrics({"data/optimal_ppl": metrics["optimal_ppl"]})
+        tracker.log_artifact(out_path)
     return metrics

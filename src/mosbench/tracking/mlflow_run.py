@@ -3,7 +3,9 @@
 The tracking URI comes from ``MLFLOW_TRACKING_URI`` and otherwise is the
 embedded SQLite store ``results/mlflow.db`` with artefacts beside it in
 ``results/mlartifacts``. It is never a Snakemake param, so moving to a
-tracking server reruns nothing.
+tracking server reruns nothing. Jobs make their calls through
+:class:`mosbench.tracking.tracker.Tracker`, which keeps what the store cannot
+take yet.
 """
 
 import contextlib
@@ -61,34 +63,87 @@ def connect(experiment):
 
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
-    with _store_lock(uri):
-        if mlflow.get_experiment_by_name(experiment) is None:
-            try:
-                mlflow.create_experiment(experiment, artifact_location=_artifact_location(uri))
-            except mlflow.exceptions.MlflowException as exc:
-                # On a tracking server another job may have created it just now.
-                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                    raise
+    experiment_id(open_store(uri), experiment, uri)
     mlflow.set_experiment(experiment)
     return mlflow
 
 
+def open_store(uri):
+    """An ``MlflowClient`` on ``uri``.
+
+    Opening a new SQLite store creates its tables (MLflow's schema
+    migrations): jobs do that one at a time, and the one that did it notes the
+    database file's inode in the lock file. A store so noted is opened without
+    waiting: opening a complete store only reads it, and it costs each job a
+    second or two (MLflow checks the schema version), which would otherwise
+    queue jobs that start together.
+    """
+    from mlflow import MlflowClient
+
+    if _complete(uri):
+        return MlflowClient(uri)
+    with store_lock(uri) as lock:
+        client = MlflowClient(uri)
+        if lock is not None:
+            lock.truncate(0)
+            lock.write(str(_sqlite_path(uri).stat().st_ino))
+            lock.flush()
+    return client
+
+
+def experiment_id(client, experiment, uri):
+    """The id of ``experiment`` in ``client``'s store, creating it if needed."""
+    from mlflow.exceptions import MlflowException
+
+    found = client.get_experiment_by_name(experiment)
+    if found is not None:
+        return found.experiment_id
+    with store_lock(uri):  # jobs that start together: one creates it, the others find it
+        found = client.get_experiment_by_name(experiment)
+        if found is not None:
+            return found.experiment_id
+        try:
+            return client.create_experiment(experiment,
+                                            artifact_location=_artifact_location(uri))
+        except MlflowException as exc:
+            # On a tracking server another job may have created it just now.
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        return client.get_experiment_by_name(experiment).experiment_id
+
+
+def _sqlite_path(uri):
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+def _complete(uri):
+    """Whether ``uri`` is a server, or an SQLite store that a job has fully created."""
+    db = _sqlite_path(uri)
+    if db is None:
+        return True
+    try:
+        return db.with_name(db.name + ".lock").read_text() == str(db.stat().st_ino)
+    except (FileNotFoundError, ValueError):
+        return False
+
+
 @contextlib.contextmanager
-def _store_lock(uri):
-    """Serialise creating a local SQLite store and its experiment between jobs.
+def store_lock(uri):
+    """Serialise creating a local SQLite store and its experiments between jobs.
 
     Two jobs that start together would otherwise both run MLflow's schema
-    migrations on a new database, and one of them fails.
+    migrations on a new database, and one of them fails. Yields the lock file
+    (None for a tracking server, which serialises for us).
     """
-    if not uri.startswith("sqlite:///"):
-        yield  # a tracking server serialises for us
+    db = _sqlite_path(uri)
+    if db is None:
+        yield None
         return
-    db = Path(uri.removeprefix("sqlite:///"))
     db.parent.mkdir(parents=True, exist_ok=True)
-    with open(db.with_name(db.name + ".lock"), "w") as lock:
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
-            yield
+            yield lock
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
@@ -124,23 +179,3 @@ def log_aggregate(experiment, files):
     with mlflow.start_run(run_name="aggregate", tags=tags):
         for path in files:
             mlflow.log_artifact(str(path))
-
-
-def log_missing_epochs(run_id, history):
-    """Log the epochs of ``history`` that the active run does not have yet.
-
-    After a resume, epochs logged before the interruption are not logged again
-    and epochs checkpointed but not yet logged are not lost.
-    """
-    import mlflow
-
-    logged = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "valid/ppl")}
-    for record in history:
-        if record["epoch"] not in logged:
-            mlflow.log_metrics(epoch_metrics(record), step=record["epoch"])
-
-
-def mark_paused(mlflow):
-    """End the active run as paused: KILLED, tagged so, and resumed by the next job."""
-    mlflow.set_tag("mosbench.state", "paused")
-    mlflow.end_run(status="KILLED")

@@ -1,13 +1,15 @@
 """Training checkpoints that are atomic, verified on load and complete enough to resume.
 
-A checkpoint is two files in the run's folder: ``checkpoint.npz`` with every
-array (all model variables, the dropout generators' seed states among them,
-the optimiser's variables, the iterate average and the carried hidden
-states) and ``checkpoint.json`` with the loop's state (epoch, position in the
-epoch, validation history, NT-ASGD switch, RNG state of the window lengths,
-MLflow run id) and the sha256 of the npz. Each is written to a temporary file
-and renamed; the JSON goes last, so a checkpoint without a matching JSON, or
-whose npz does not hash to what the JSON says, is never loaded.
+A checkpoint is two files in the run's folder: ``checkpoint-<generation>.npz``
+with every array (all model variables, the dropout generators' seed states
+among them, the optimiser's variables, the iterate average and the carried
+hidden states) and ``checkpoint.json`` with the loop's state (epoch, position
+in the epoch, validation history, NT-ASGD switch, RNG state of the window
+lengths, MLflow run id, the best weights' file) and the name and sha256 of
+its npz. Each file is written to a temporary file and renamed. The JSON goes
+last and older npz files are deleted only after it, so a job killed at any
+point leaves the previous checkpoint whole; an npz that does not hash to what
+the JSON says is never loaded.
 """
 
 import hashlib
@@ -16,32 +18,55 @@ from pathlib import Path
 
 import numpy as np
 
+from mosbench import faults
 from mosbench.errors import MosbenchError
 from mosbench.io import atomic_path, write_json
 
-ARRAYS = "checkpoint.npz"
 STATE = "checkpoint.json"
-FORMAT_VERSION = 1
+ARRAYS = "checkpoint-{generation}.npz"
+FORMAT_VERSION = 2
+# Temporary files (mosbench.io.atomic_path) a job killed mid-write leaves behind.
+TEMPORARIES = (".checkpoint*", ".best-*", ".model.weights.h5.*", ".train.json.*")
 
 
-def _signature(variables):
-    return [[v.path, list(v.shape)] for v in variables]
+def _signature(model):
+    """The model's class and its variables' names and shapes, in order.
+
+    Only a variable's own name counts, not its layers' names: Keras numbers
+    layers per process (``embedding_1``), so the same model built twice in
+    one process would otherwise not match its own checkpoint.
+    """
+    return [type(model).__name__] + [[v.path.rsplit("/", 1)[-1], list(v.shape)]
+                                     for v in model.variables]
 
 
 def save(folder, model, optimizer, state, averages=None, hidden=None):
-    """Write a checkpoint of ``model`` and ``optimizer`` with the loop ``state`` (a dict)."""
+    """Write a checkpoint of ``model`` and ``optimizer`` with the loop ``state`` (a dict).
+
+    Files in ``state["keep"]`` (the best weights) survive the clean-up of
+    files the previous checkpoints used.
+    """
     folder = Path(folder)
+    state["generation"] = state.get("generation", 0) + 1
+    arrays_name = ARRAYS.format(generation=state["generation"])
     arrays = {f"model/{i}": np.asarray(v) for i, v in enumerate(model.variables)}
     arrays.update({f"optimizer/{i}": np.asarray(v) for i, v in enumerate(optimizer.variables)})
     for i, value in enumerate(averages or []):
         arrays[f"average/{i}"] = value
     for i, value in enumerate(hidden or []):
         arrays[f"hidden/{i}"] = np.asarray(value)
-    with atomic_path(folder / ARRAYS, suffix=".npz") as tmp:
+    with atomic_path(folder / arrays_name, suffix=".npz") as tmp:
         np.savez(tmp, **arrays)
         digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+        faults.point("checkpoint-npz")  # written, not yet renamed
+    faults.point("checkpoint-arrays")  # renamed, the JSON still names the previous npz
     write_json(folder / STATE, {**state, "format_version": FORMAT_VERSION, "sha256": digest,
-                                "model_signature": _signature(model.variables)})
+                                "arrays": arrays_name,
+                                "model_signature": _signature(model)})
+    keep = {arrays_name, *state.get("keep", [])}
+    for stale in (*folder.glob("checkpoint-*.npz"), *folder.glob("best-*.weights.h5")):
+        if stale.name not in keep:
+            stale.unlink(missing_ok=True)
 
 
 def exists(folder):
@@ -58,17 +83,18 @@ def load(folder, model, optimizer):
     if state.get("format_version") != FORMAT_VERSION:
         raise MosbenchError(f"{folder / STATE}: checkpoint format {state.get('format_version')}, "
                             f"expected {FORMAT_VERSION}; delete the folder to start afresh")
+    arrays_path = folder / state["arrays"]
     try:
-        raw = (folder / ARRAYS).read_bytes()
+        raw = arrays_path.read_bytes()
     except OSError as exc:
-        raise MosbenchError(f"{folder / ARRAYS}: unreadable ({exc.strerror})") from None
+        raise MosbenchError(f"{arrays_path}: unreadable ({exc.strerror})") from None
     if hashlib.sha256(raw).hexdigest() != state["sha256"]:
-        raise MosbenchError(f"{folder / ARRAYS}: does not match its checksum in {STATE} "
+        raise MosbenchError(f"{arrays_path}: does not match its checksum in {STATE} "
                             "(a half-written or altered checkpoint); refusing to load it")
-    if state["model_signature"] != _signature(model.variables):
+    if state["model_signature"] != _signature(model):
         raise MosbenchError(f"{folder}: the checkpoint is of a different model or preset "
                             f"than '{model.name}' with the configured hyperparameters")
-    with np.load(folder / ARRAYS) as arrays:
+    with np.load(arrays_path) as arrays:
         for i, variable in enumerate(model.variables):
             variable.assign(arrays[f"model/{i}"])
         optimizer.build(model.trainable_variables)
@@ -93,6 +119,9 @@ def same_job(folder, fingerprint):
 
 
 def remove(folder):
-    """Delete a checkpoint (the JSON first, so a half-removed one is never loaded)."""
-    for name in (STATE, ARRAYS):
-        (Path(folder) / name).unlink(missing_ok=True)
+    """Delete a checkpoint and its files (the JSON first: a half-removed one is never loaded)."""
+    folder = Path(folder)
+    (folder / STATE).unlink(missing_ok=True)
+    for pattern in ("checkpoint-*.npz", "best-*.weights.h5", *TEMPORARIES):
+        for path in folder.glob(pattern):
+            path.unlink(missing_ok=True)

@@ -12,7 +12,8 @@ Every epoch end writes a checkpoint (:mod:`mosbench.training.checkpoint`);
 SIGTERM or the wall-time budget writes one mid-epoch and stops with
 :class:`TrainingPaused`, and the next run of the same job resumes from it
 into the same MLflow run. Outputs: ``model.weights.h5`` (best by validation,
-averaged weights once NT-ASGD has switched) and ``train.json``.
+averaged weights once NT-ASGD has switched) and ``train.json``, both written
+last.
 
 Around the loop the job measures what the study compares
 (:mod:`mosbench.measurement`): data loading and the input pipeline, time to
@@ -22,6 +23,7 @@ where there is no GPU).
 """
 
 import math
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -30,6 +32,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from mosbench import faults
 from mosbench.data.batching import batchify
 from mosbench.data.tokenise import load_split
 from mosbench.errors import MosbenchError, TrainingPaused
@@ -45,6 +48,7 @@ from mosbench.models.activation_regularisation import (
     temporal_activation_penalty,
 )
 from mosbench.tracking import mlflow_run
+from mosbench.tracking.tracker import Tracker
 from mosbench.training import checkpoint
 from mosbench.training.bptt import epoch_windows, restore_rng, rng_state
 from mosbench.training.devices import configure_devices
@@ -213,21 +217,19 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
         state["data_measure_s"] = time.monotonic() - began  # not part of a job's start-up
 
     # --- tracking ---
-    mlflow = mlflow_run.connect(experiment)
+    tracker = Tracker(out_dir, experiment, system_metrics=True)  # keeps what MLflow can't take
     if state["run_id"] is None:
-        run = mlflow.start_run(run_name=mlflow_run.run_name(dataset, model_name, seed, gpus),
-                               tags=mlflow_run.run_tags(dataset, model_name, seed, gpus),
-                               log_system_metrics=True)
-        state["run_id"] = run.info.run_id
-        mlflow.log_params(mlflow_run.flatten({
-            "dataset": dataset, "model": model_name, "seed": seed, "gpus": gpus,
-            "n_params": n_params, "vocab_size": meta["vocab_size"],
-            "train_tokens": meta["tokens"]["train"], **hparams}))
-        if config_snapshot is not None:
-            mlflow.log_dict(config_snapshot, "config.yaml")
+        state["run_id"] = tracker.create_run(
+            mlflow_run.run_name(dataset, model_name, seed, gpus),
+            tags=mlflow_run.run_tags(dataset, model_name, seed, gpus),
+            params=mlflow_run.flatten({
+                "dataset": dataset, "model": model_name, "seed": seed, "gpus": gpus,
+                "n_params": n_params, "vocab_size": meta["vocab_size"],
+                "train_tokens": meta["tokens"]["train"], **hparams}),
+            dicts=None if config_snapshot is None else {"config.yaml": config_snapshot})
     else:
-        mlflow.start_run(run_id=state["run_id"], log_system_metrics=True)
-    mlflow_run.log_missing_epochs(state["run_id"], state["history"])
+        tracker.resume_run(state["run_id"])
+    tracker.log_epochs(state["history"])
 
     def save(position, hidden_states=None):
         averages, count = averager.state() if state["averaging"] else (None, 0)
@@ -266,6 +268,7 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
                                        states, tf.constant(state["lr"] * scale, tf.float32))
                 nll = float(nll)  # also waits for the step to finish
                 timer.record(step_name, time.perf_counter() - step_start)
+                faults.point("train-step")
                 if "first_step_s" not in state:  # the job's first step: tracing, compiling
                     state["first_step_s"] = time.perf_counter() - step_start
                     state["time_to_first_step_s"] = (time.monotonic() - started
@@ -298,41 +301,48 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
             if prices:
                 record["cost_per_epoch"] = cost(epoch_time, gpus, prices)
             state["history"].append(record)
+            faults.point("epoch-end")
             print(f"epoch {record['epoch']:3d} {state['phase']:8s} | train ppl "
                   f"{perplexity(record['train_loss']):9.2f} | valid ppl {record['valid_ppl']:9.2f}"
                   f" | {epoch_time:6.1f} s | lr {state['lr']:g}"
                   f"{' | averaged' if state['averaging'] else ''}", flush=True)
             if valid_loss < state["best_loss"]:
                 state["best_loss"], state["best_epoch"] = valid_loss, state["epoch"]
-                _save_best(model, averager if state["averaging"] else None, out_dir)
+                state["best_file"] = _save_best(model, averager if state["averaging"] else None,
+                                                out_dir, state["epoch"])
+                state["keep"] = [state["best_file"]]  # not a checkpoint's to delete
             _schedule(state, valid_loss, hparams, averager, model, out_dir)
             state["partial"] = [0.0, 0, 0.0]
             save(0)
-            mlflow_run.log_missing_epochs(state["run_id"], state["history"])
+            tracker.log_epochs(state["history"])
     except TrainingPaused:
-        mlflow_run.mark_paused(mlflow)
+        tracker.set_tags({"mosbench.state": "paused"})  # KILLED, and resumed by the next job
+        tracker.end_run("KILLED")
         raise
     except BaseException:
-        mlflow.end_run(status="FAILED")
+        tracker.end_run("FAILED")
         raise
     finally:
         stop.restore()
         monitor.__exit__(None, None, None)
 
     summary = {"dataset": dataset, "model": model_name, "seed": seed, "gpus": gpus,
-               "run_id": state["run_id"], "n_params": n_params,
+               "run_id": tracker.run_id, "n_params": n_params,
                "vocab_size": meta["vocab_size"], "history": state["history"],
                "best_epoch": state["best_epoch"], "best_valid_loss": state["best_loss"],
                "train_time_s": state["train_time_s"]}
     summary["measurements"], summary["absent"] = _job_measurements(state, monitor, prices, gpus)
-    mlflow.log_metrics({"best/valid_loss": state["best_loss"], "best/epoch": state["best_epoch"]})
-    mlflow.log_metrics({f"measure/{k}": v for k, v in summary["measurements"].items()
-                        if v is not None})
-    mlflow.set_tags({f"absent.{k}": reason for k, reason in summary["absent"].items()})
+    tracker.log_metrics({"best/valid_loss": state["best_loss"], "best/epoch": state["best_epoch"]})
+    tracker.log_metrics({f"measure/{k}": v for k, v in summary["measurements"].items()
+                         if v is not None})
+    tracker.set_tags({f"absent.{k}": reason for k, reason in summary["absent"].items()})
+    with atomic_path(out_dir / WEIGHTS, suffix=".weights.h5") as tmp:
+        shutil.copyfile(out_dir / state["best_file"], tmp)
     write_json(out_dir / SUMMARY, summary)
-    mlflow.log_artifact(str(out_dir / SUMMARY))
-    mlflow.set_tag("mosbench.state", "finished")
-    mlflow.end_run(status="FINISHED")
+    faults.point("finished")
+    tracker.log_artifact(out_dir / SUMMARY)
+    tracker.set_tags({"mosbench.state": "finished"})
+    tracker.end_run("FINISHED")  # waits a while for calls the store could not take yet
     checkpoint.remove(out_dir)  # done: a forced rerun must train afresh, not resume
     return summary
 
@@ -345,8 +355,12 @@ def _measure_data(raw_dir, data_dir, hparams, out_dir):
     """Data loading and input-pipeline figures, and why any is absent."""
     if raw_dir is None:
         return {}, {name: "the job was not given the raw text (raw_dir)" for name in DATA_FIGURES}
-    return measure_data_pipeline(raw_dir, data_dir, batch_size=hparams["batch_size"],
-                                 bptt=hparams["bptt"], scratch_dir=out_dir), {}
+    try:
+        return measure_data_pipeline(raw_dir, data_dir, batch_size=hparams["batch_size"],
+                                     bptt=hparams["bptt"], scratch_dir=out_dir), {}
+    except MosbenchError as exc:  # a measurement, not the training's input: train anyway
+        print(f"data measurements skipped: {exc}", flush=True)
+        return {}, {name: f"not measured: {exc}" for name in DATA_FIGURES}
 
 
 def _job_measurements(state, monitor, prices, gpus):
@@ -395,14 +409,23 @@ def _out_of_time(wall_time_s, started):
     return bool(wall_time_s) and time.monotonic() - started > wall_time_s
 
 
-def _save_best(model, averager, out_dir):
-    """The best weights so far, averaged ones while NT-ASGD averages."""
-    with atomic_path(out_dir / WEIGHTS, suffix=".weights.h5") as tmp:
+def _save_best(model, averager, out_dir, epoch):
+    """Save the best weights so far (averaged ones while NT-ASGD averages); return the name.
+
+    One file per epoch, named in the checkpoint: a job killed after this but
+    before the epoch's checkpoint resumes with the best weights the checkpoint
+    knows. The job's output, model.weights.h5, is a copy made at the end:
+    Snakemake deletes the outputs of a job that failed or paused.
+    """
+    name = f"best-{epoch}.weights.h5"
+    with atomic_path(out_dir / name, suffix=".weights.h5") as tmp:
         if averager is None:
             model.save_weights(tmp)
         else:
             with averager.swapped_in():
                 model.save_weights(tmp)
+        faults.point("best-weights")  # written, not yet renamed
+    return name
 
 
 def _schedule(state, valid_loss, hparams, averager, model, out_dir):
@@ -429,7 +452,7 @@ def _schedule(state, valid_loss, hparams, averager, model, out_dir):
 def _next_phase(state, hparams, averager, model, out_dir):
     """Finetune (MoS): restart from the best weights, averaging from the first step."""
     if state["phase"] == "train" and hparams.get("finetune_epochs"):
-        model.load_weights(out_dir / WEIGHTS)
+        model.load_weights(out_dir / state["best_file"])
         averager.restore([v.numpy() for v in model.trainable_variables], 0)
         state.update(phase="finetune", phase_epoch=0, averaging=True, val_losses=[],
                      lr=hparams["finetune_lr"] or hparams["lr"])
