@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import mlflow
 import pytest
 import yaml
 
@@ -35,4 +36,6 @@ def mlflow_store(tmp_path, monkeypatch):
     """A fresh SQLite MLflow store for one test, through MLFLOW_TRACKING_URI."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    return uri
+    mlflow.set_tracking_uri(uri)  # the test's own queries too, whatever an earlier test set
+    yield uri
+    mlflow.set_tracking_uri(None)

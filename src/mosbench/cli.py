@@ -1,7 +1,8 @@
 """The ``mosbench`` command: every pipeline stage, runnable without Snakemake.
 
 ``mosbench download|tokenise|train|evaluate|aggregate``, plus ``params`` (a
-preset's parameter count) and ``rank`` (the softmax-bottleneck analysis); each reads the same
+preset's parameter count), ``rank`` (the softmax-bottleneck analysis) and
+``replay-tracking`` (MLflow calls kept during a tracking outage); each reads the same
 config file as the workflow and writes where the workflow would
 (:mod:`mosbench.paths`). User errors print one clear line and exit with 2.
 """
@@ -12,7 +13,7 @@ import sys
 from pathlib import Path
 
 from mosbench import paths
-from mosbench.config import load_config, preset, source_of
+from mosbench.config import check_gpus, load_config, preset, source_of
 from mosbench.errors import PAUSED_EXIT_CODE, MosbenchError, TrainingPaused
 
 
@@ -93,6 +94,7 @@ def _run_dirs(args):
 def _train(args, config):
     from mosbench.training.train import train
 
+    check_gpus(config, args.gpus)
     train_dir, _ = _run_dirs(args)
     summary = train(paths.DATA.format(dataset=args.dataset), train_dir, dataset=args.dataset,
                     model_name=args.model, seed=args.seed, gpus=args.gpus,

@@ -52,7 +52,7 @@ UPSTREAM = {
 # Modules no stage hashes: paths, config parsing, file plumbing, tracking, the CLI.
 PLUMBING = (
     "__init__.py", "cli.py", "code_hash.py", "config.py", "errors.py", "gpu_slots.py",
-    "io.py", "paths.py", "tracking/*.py",
+    "io.py", "paths.py", "tracking/*.py", "faults.py",
 )
 
 

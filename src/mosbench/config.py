@@ -7,6 +7,7 @@ the key and what was allowed.
 """
 
 import copy
+import functools
 from pathlib import Path
 
 import jsonschema
@@ -19,6 +20,12 @@ SPLITS = ("train", "valid", "test")
 
 
 def _schema():
+    """The schema, parsed once per process (a fresh copy each call: callers may not mutate it)."""
+    return copy.deepcopy(_parsed_schema())
+
+
+@functools.cache
+def _parsed_schema():
     return yaml.safe_load(SCHEMA_PATH.read_text(encoding="utf-8"))
 
 
