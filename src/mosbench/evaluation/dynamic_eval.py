@@ -17,15 +17,13 @@ import numpy as np
 import tensorflow as tf
 
 from mosbench.data.batching import batchify, windows
-from mosbench.evaluation.perplexity import token_nll
 
 
 def _gradient_step(model):
     @tf.function(reduce_retracing=True)
     def step(inputs, targets, states):
         with tf.GradientTape() as tape:
-            log_probs, states, _ = model(inputs, states, training=False)
-            nll = token_nll(log_probs, targets)
+            nll, states, _ = model.nll(inputs, targets, states, training=False)
             loss = tf.reduce_mean(nll)
         return tf.reduce_sum(nll), tape.gradient(loss, model.trainable_variables), states
 

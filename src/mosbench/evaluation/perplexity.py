@@ -23,8 +23,8 @@ def make_eval_step(model):
 
     @tf.function(reduce_retracing=True)
     def step(inputs, targets, states):
-        log_probs, states, _ = model(inputs, states, training=False)
-        return tf.reduce_sum(token_nll(log_probs, targets)), states
+        nll, states, _ = model.nll(inputs, targets, states, training=False)
+        return tf.reduce_sum(nll), states
 
     return step
 

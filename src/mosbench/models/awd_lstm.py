@@ -45,6 +45,9 @@ class AWDLanguageModel(keras.Model):
         states: list of ``(h, c)`` per layer (see :meth:`initial_state`).
         training: whether the dropouts are active.
 
+    :meth:`nll` takes the targets too and returns their per-token NLL in
+    place of the log-probabilities: the fast path of training and evaluation.
+
     Returns:
         ``(log_probs, new_states, (raw_last, dropped_last))``: log-probabilities
         ``(batch, time, vocab)``, the states to carry on, and the last layer's
@@ -92,7 +95,8 @@ class AWDLanguageModel(keras.Model):
         return [(ops.zeros((batch_size, units)), ops.zeros((batch_size, units)))
                 for units in self.sizes]
 
-    def call(self, tokens, states, training=False):
+    def features(self, tokens, states, training=False):
+        """Everything before the head: ``(dropped_last, new_states, raw_last)``."""
         x = embedding_dropout(self.embedding.embeddings, tokens, self.dropoute,
                               self.embedding_seed, training)  # (B, T, E)
         x = self.input_drop(x, training=training)
@@ -102,9 +106,22 @@ class AWDLanguageModel(keras.Model):
             new_states.append(state)
             if layer < len(self.rnns) - 1:
                 x = self.hidden_drops[layer](raw, training=training)
-        dropped = self.output_drop(raw, training=training)
+        return self.output_drop(raw, training=training), new_states, raw
+
+    def call(self, tokens, states, training=False):
+        dropped, new_states, raw = self.features(tokens, states, training)
         log_probs = self.head(dropped, self.embedding.embeddings, training=training)
         return log_probs, new_states, (raw, dropped)
+
+    def nll(self, tokens, targets, states, training=False):
+        """Per-token NLL of ``targets`` ``(batch, time)``; otherwise as :meth:`call`.
+
+        What training and evaluation use: the head's fused loss, which never
+        writes the (batch, time, vocab) log-probabilities.
+        """
+        dropped, new_states, raw = self.features(tokens, states, training)
+        nll = self.head.nll(dropped, self.embedding.embeddings, targets, training=training)
+        return nll, new_states, (raw, dropped)
 
     def build_for(self, batch_size=1):
         """Create the weights by one call on a dummy batch."""

@@ -15,7 +15,11 @@ decoder bias zero.
 import math
 
 import keras
+import tensorflow as tf
 from keras import ops
+
+from mosbench.models.fast_lstm import lstm_sequence
+from mosbench.models.tied_softmax import decoder_nll
 
 
 class LSTMLanguageModel(keras.Model):
@@ -35,6 +39,9 @@ class LSTMLanguageModel(keras.Model):
         states: list of ``(h, c)`` per layer, each ``(batch, nhid)``; see
             :meth:`initial_state`.
         training: whether dropout is active.
+
+    :meth:`nll` takes the targets too and returns their per-token NLL in
+    place of the log-probabilities: the fast path of training and evaluation.
 
     Returns:
         ``(log_probs, new_states, (raw_last, dropped_last))``: log-probabilities
@@ -75,19 +82,47 @@ class LSTMLanguageModel(keras.Model):
         zeros = ops.zeros((batch_size, self.nhid))
         return [(zeros, zeros) for _ in range(self.nlayers)]
 
-    def call(self, tokens, states, training=False):
+    def build(self, tokens_shape, states_shape=None):
+        # The LSTM and decoder weights are read directly, not through calls: build them here.
+        self.embedding.build(tokens_shape)
+        for layer, rnn in enumerate(self.rnns):
+            rnn.build((None, None, self._config["emsize"] if layer == 0 else self.nhid))
+        if self.decoder is not None:
+            self.decoder.build((None, self.nhid))
+
+    def features(self, tokens, states, training=False):
+        """Everything before the decoder: ``(dropped_last, new_states, raw_last)``."""
         x = self.drop(self.embedding(tokens), training=training)  # (B, T, E)
+        fused = bool(tf.config.list_logical_devices("GPU"))  # Keras picks cuDNN there
         new_states = []
         for rnn, (h, c) in zip(self.rnns, states, strict=True):
-            raw, h, c = rnn(x, initial_state=[h, c], training=training)  # (B, T, H)
+            if fused:
+                raw, h, c = rnn(x, initial_state=[h, c], training=training)  # (B, T, H)
+            else:  # the same layer's weights through the hand-differentiated recurrence
+                cell = rnn.cell
+                raw, (h, c) = lstm_sequence(x, h, c, cell.kernel, cell.recurrent_kernel,
+                                            cell.bias)
             new_states.append((h, c))
             x = self.drop(raw, training=training)
+        return x, new_states, raw
+
+    def decoder_matrix(self):
+        """``(vocab, nhid)``: the embedding when tied, else the decoder's transposed kernel."""
         if self.tie_weights:
-            logits = ops.matmul(x, ops.transpose(self.embedding.embeddings))  # (B, T, V)
-        else:
-            logits = self.decoder(x)
+            return self.embedding.embeddings
+        return ops.transpose(self.decoder.kernel)
+
+    def call(self, tokens, states, training=False):
+        x, new_states, raw = self.features(tokens, states, training)
+        logits = ops.matmul(x, ops.transpose(self.decoder_matrix()))  # (B, T, V)
         log_probs = ops.log_softmax(ops.cast(logits + self.decoder_bias, "float32"), axis=-1)
         return log_probs, new_states, (raw, x)
+
+    def nll(self, tokens, targets, states, training=False):
+        """Per-token NLL of ``targets`` ``(batch, time)`` through the fused softmax loss."""
+        x, new_states, raw = self.features(tokens, states, training)
+        nll = decoder_nll(x, self.decoder_matrix(), self.decoder_bias, targets)
+        return nll, new_states, (raw, x)
 
     def build_for(self, batch_size=1):
         """Create the weights by one call on a dummy batch."""

@@ -3,6 +3,7 @@
 from keras import ops
 
 from mosbench.models.expert_contexts import MixtureHead
+from mosbench.models.tied_softmax import decoder_nll
 
 
 class MixtureOfContexts(MixtureHead):
@@ -17,9 +18,16 @@ class MixtureOfContexts(MixtureHead):
     Args, call arguments and returns: as :class:`MixtureOfSoftmaxes`.
     """
 
-    def call(self, hidden, embeddings, training=False):
+    def mixed_context(self, hidden, training):
         log_prior, latent = self.contexts(hidden, training=training)  # (B,T,K), (B,T,K,E)
         prior = ops.exp(log_prior)
-        mixed = ops.einsum("btk,btke->bte", ops.cast(prior, latent.dtype), latent)  # (B, T, E)
+        return ops.einsum("btk,btke->bte", ops.cast(prior, latent.dtype), latent)  # (B, T, E)
+
+    def call(self, hidden, embeddings, training=False):
+        mixed = self.mixed_context(hidden, training)
         logits = ops.matmul(mixed, ops.transpose(embeddings)) + self.bias  # (B, T, V)
         return ops.log_softmax(ops.cast(logits, "float32"), axis=-1)
+
+    def nll(self, hidden, embeddings, targets, training=False):
+        """Per-token NLL of ``targets`` (batch, time), through the fused softmax loss."""
+        return decoder_nll(self.mixed_context(hidden, training), embeddings, self.bias, targets)

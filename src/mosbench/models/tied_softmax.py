@@ -1,7 +1,31 @@
 """The softmax output layer tied to the input embedding."""
 
 import keras
+import tensorflow as tf
 from keras import ops
+
+
+def decoder_nll(hidden, embeddings, bias, targets):
+    """Per-token NLL of ``targets`` under ``softmax(h E^T + b)``, without the log-probabilities.
+
+    The training and evaluation path: the same number as gathering the target
+    from :class:`TiedSoftmax`'s output, but the matmul takes E as stored
+    (``transpose_b``, no transposed copy of the vocabulary-sized matrix) and
+    softmax, loss and its gradient are one fused kernel, so no (tokens, vocab)
+    log-probability tensor or its gradient is written.
+
+    Args:
+        hidden: ``(batch, time, emsize)``; embeddings: ``(vocab, emsize)``;
+        bias: ``(vocab,)``; targets: int ``(batch, time)``.
+
+    Returns:
+        ``(batch, time)`` float32.
+    """
+    flat = tf.reshape(hidden, (-1, tf.shape(hidden)[-1]))
+    logits = tf.matmul(flat, tf.cast(embeddings, flat.dtype), transpose_b=True) + bias
+    nll = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        tf.reshape(targets, (-1,)), tf.cast(logits, tf.float32))
+    return tf.reshape(nll, tf.shape(targets))
 
 
 class TiedSoftmax(keras.layers.Layer):
@@ -32,6 +56,10 @@ class TiedSoftmax(keras.layers.Layer):
     def call(self, hidden, embeddings, training=False):
         logits = ops.matmul(hidden, ops.transpose(embeddings)) + self.bias  # (B, T, V)
         return ops.log_softmax(ops.cast(logits, "float32"), axis=-1)
+
+    def nll(self, hidden, embeddings, targets, training=False):
+        """Per-token NLL of ``targets`` (batch, time): :func:`decoder_nll`."""
+        return decoder_nll(hidden, embeddings, self.bias, targets)
 
     def get_config(self):
         return {**super().get_config(), "vocab_size": self.vocab_size}

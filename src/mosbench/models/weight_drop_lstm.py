@@ -15,6 +15,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from mosbench.models.fast_lstm import lstm_sequence
+
 
 class WeightDropLSTM(keras.layers.Layer):
     """One LSTM layer with weight drop, PyTorch's parameterisation and initialisation.
@@ -111,18 +113,8 @@ class WeightDropLSTM(keras.layers.Layer):
         return self.use_cudnn is True or bool(tf.config.list_logical_devices("GPU"))
 
     def _generic(self, inputs, h0, c0, recurrent, bias):
-        """The same maths as the fused kernel, as a loop over time steps."""
-        # Input projections of all steps at once: one big matmul instead of T small ones.
-        projected = tf.einsum("btd,dg->tbg", inputs, self.kernel) + bias  # (T, B, 4H)
-
-        def step(carry, x_t):
-            h, c = carry
-            i, f, g, o = tf.split(x_t + tf.matmul(h, recurrent), 4, axis=-1)
-            c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
-            return tf.sigmoid(o) * tf.tanh(c), c
-
-        hs, cs = tf.scan(step, projected, initializer=(h0, c0))  # (T, B, H) each
-        return tf.transpose(hs, (1, 0, 2)), (hs[-1], cs[-1])
+        """The same maths as the fused kernel: one input matmul, a hand-differentiated loop."""
+        return lstm_sequence(inputs, h0, c0, self.kernel, recurrent, bias)
 
     def get_config(self):
         return {**super().get_config(), "units": self.units,

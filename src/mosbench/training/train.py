@@ -36,7 +36,7 @@ from mosbench import faults
 from mosbench.data.batching import batchify
 from mosbench.data.tokenise import load_split
 from mosbench.errors import MosbenchError, TrainingPaused
-from mosbench.evaluation.perplexity import evaluate_loss, make_eval_step, perplexity, token_nll
+from mosbench.evaluation.perplexity import evaluate_loss, make_eval_step, perplexity
 from mosbench.io import atomic_path, write_json
 from mosbench.measurement.cost import cost
 from mosbench.measurement.data_pipeline import measure_data_pipeline
@@ -88,9 +88,9 @@ def make_train_step(model, optimizer, batch_size, hparams, averager=None, strate
             rows = slice(first + start, first + end)
             with tf.GradientTape() as tape:
                 sliced = [(h[rows], c[rows]) for h, c in states]
-                log_probs, new_states, (raw, dropped) = model(inputs[rows], sliced,
-                                                             training=True)
-                nll = tf.reduce_mean(token_nll(log_probs, targets[rows]))
+                token_nlls, new_states, (raw, dropped) = model.nll(
+                    inputs[rows], targets[rows], sliced, training=True)
+                nll = tf.reduce_mean(token_nlls)
                 loss = nll
                 if alpha:
                     loss += activation_penalty(dropped, alpha)

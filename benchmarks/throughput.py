@@ -1,0 +1,301 @@
+"""Training and evaluation throughput of a preset, TensorFlow (the project) against PyTorch.
+
+Each framework runs in its own worker process (so threads, allocators and
+peak memory are its own) and the parent interleaves them A B A B: a block of
+timed training steps of one, then of the other, then evaluation blocks, for
+``--rounds`` rounds, after a warm-up (tracing, allocation) that is not timed.
+A training step is the whole update: forward, backward, clipping by global
+norm, SGD with weight decay; an evaluation step is a forward pass at the
+preset's ``eval_batch_size`` with the state carried. The TensorFlow side is
+the project's own code (``build_model``, ``make_train_step``,
+``make_eval_step``), so the figures are those a pipeline job gets.
+
+Printed: tokens/s, median and p95 step time, the worker's peak memory (host
+RSS; the device allocator's peak on a GPU), the model's matmul FLOPs per
+token from its shapes (forward; training counts 3x), and the share of a
+matmul peak that each framework's own large fp32 GEMM reaches in the same
+run. The last line is ``ratio train=X eval=Y`` (TensorFlow over PyTorch
+tokens/s, from the medians).
+
+Usage::
+
+    .venv/bin/python benchmarks/throughput.py --preset mos-ptb --compare pytorch
+    .venv/bin/python benchmarks/throughput.py --preset lstm-wt2 --framework tensorflow
+
+Input tokens are uniform random ids (speed does not depend on them). Run it
+alone: on 2 cores anything else busy skews it.
+"""
+
+import argparse
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+# name -> (config dataset, project model, vocabulary size); hyperparameters from config.yaml
+PRESETS = {
+    "mos-ptb": ("ptb", "awd-lstm-mos", 10000),
+    "awd-ptb": ("ptb", "awd-lstm", 10000),
+    "lstm-wt2": ("wikitext2", "lstm", 33278),
+}
+
+
+def preset_hparams(name):
+    sys.path.insert(0, str(REPO / "src"))
+    from mosbench.config import load_config, preset
+
+    dataset, model, vocab = PRESETS[name]
+    return model, vocab, preset(load_config(REPO / "config" / "config.yaml"), dataset, model)
+
+
+def flops_per_token(model, vocab, hp):
+    """Forward matmul FLOPs (2 per multiply-add) per token, from the layer shapes."""
+    def lstm(inp, hid):
+        return 2 * 4 * hid * (inp + hid)
+
+    if model == "lstm":
+        sizes = [hp["nhid"]] * hp["nlayers"]
+        inputs = [hp["emsize"]] + sizes[:-1]
+        return sum(map(lstm, inputs, sizes)) + 2 * hp["nhid"] * vocab
+    sizes = [hp["nhid"]] * (hp["nlayers"] - 1) + [hp["nhidlast"]]
+    inputs = [hp["emsize"]] + sizes[:-1]
+    total = sum(map(lstm, inputs, sizes))
+    if model == "awd-lstm":
+        return total + 2 * hp["emsize"] * vocab
+    k, e, last = hp["n_experts"], hp["emsize"], hp["nhidlast"]
+    return total + 2 * last * k + 2 * last * k * e + 2 * k * e * vocab
+
+
+def windows(vocab, batch, bptt, count, seed):
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(0, vocab, size=(count, batch, bptt + 1), dtype=np.int32)
+    return [(w[:, :-1].copy(), w[:, 1:].copy()) for w in ids]
+
+
+def peak_rss_mib():
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# --- the framework sides, each built inside its worker process ---
+
+class TensorFlowSide:
+    def __init__(self, model_name, vocab, hp):
+        import keras
+        import tensorflow as tf
+
+        from mosbench.evaluation.perplexity import make_eval_step
+        from mosbench.models import build_model
+        from mosbench.training.train import make_train_step
+
+        self.tf = tf
+        keras.utils.set_random_seed(0)
+        self.gpu = bool(tf.config.list_physical_devices("GPU"))
+        self.model = build_model(model_name, vocab, hp)
+        optimizer = keras.optimizers.SGD(hp["lr"], weight_decay=hp.get("wdecay") or None)
+        optimizer.build(self.model.trainable_variables)
+        self._train = make_train_step(self.model, optimizer, hp["batch_size"], hp)
+        self._eval = make_eval_step(self.model)
+        self.lr = tf.constant(hp["lr"], tf.float32)
+        self.states = {}
+
+    def _state(self, batch):
+        return self.states.get(batch) or self.model.initial_state(batch)
+
+    def train_step(self, inputs, targets):
+        tf = self.tf
+        batch = inputs.shape[0]
+        loss, self.states[batch] = self._train(tf.constant(inputs), tf.constant(targets),
+                                               self._state(batch), self.lr)
+        return float(loss)  # waits for the step
+
+    def eval_step(self, inputs, targets):
+        tf = self.tf
+        batch = inputs.shape[0]
+        loss, self.states[batch] = self._eval(tf.constant(inputs), tf.constant(targets),
+                                              self._state(batch))
+        return float(loss)
+
+    def matmul_gflops(self, n=2048, repeats=10):
+        tf = self.tf
+        a = tf.random.normal((n, n))
+        b = tf.random.normal((n, n))
+        f = tf.function(lambda a, b: tf.reduce_sum(tf.matmul(a, b)))
+        float(f(a, b))
+        start = time.perf_counter()
+        for _ in range(repeats):
+            float(f(a, b))
+        return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+    def device_peak_mib(self):
+        if not self.gpu:
+            return None
+        return self.tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
+
+    def parameter_count(self):
+        return int(self.model.count_params())
+
+
+class PyTorchSide:
+    def __init__(self, model_name, vocab, hp):
+        import torch
+
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        from torch_reference import TorchSide
+
+        torch.manual_seed(0)
+        self.torch = torch
+        self.gpu = torch.cuda.is_available()
+        self.side = TorchSide(model_name, vocab, hp, "cuda" if self.gpu else "cpu")
+        self.train_step, self.eval_step = self.side.train_step, self.side.eval_step
+
+    def matmul_gflops(self, n=2048, repeats=10):
+        torch = self.torch
+        device = "cuda" if self.gpu else "cpu"
+        a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+        float((a @ b).sum())
+        start = time.perf_counter()
+        for _ in range(repeats):
+            float((a @ b).sum())
+        return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+    def device_peak_mib(self):
+        return self.torch.cuda.max_memory_allocated() / 2**20 if self.gpu else None
+
+    def parameter_count(self):
+        return self.side.parameter_count()
+
+
+SIDES = {"tensorflow": TensorFlowSide, "pytorch": PyTorchSide}
+
+
+def worker(framework, preset, conn):
+    """Build one side, then answer the parent's commands until told to stop."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    model_name, vocab, hp = preset_hparams(preset)
+    side = SIDES[framework](model_name, vocab, hp)
+    data = {
+        "train": windows(vocab, hp["batch_size"], hp["bptt"], 4, seed=1),
+        "eval": windows(vocab, hp["eval_batch_size"], hp["bptt"], 4, seed=2),
+    }
+    conn.send({"params": side.parameter_count()})
+    while True:
+        command, arg = conn.recv()
+        if command == "stop":
+            break
+        if command in ("train", "eval"):
+            step = side.train_step if command == "train" else side.eval_step
+            times = []
+            for i in range(arg):
+                inputs, targets = data[command][i % len(data[command])]
+                start = time.perf_counter()
+                step(inputs, targets)
+                times.append(time.perf_counter() - start)
+            conn.send(times)
+        elif command == "gemm":
+            conn.send(side.matmul_gflops())
+        elif command == "memory":
+            conn.send({"rss_mib": peak_rss_mib(), "device_mib": side.device_peak_mib()})
+
+
+class Worker:
+    def __init__(self, framework, preset):
+        context = mp.get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=worker, args=(framework, preset, child),
+                                       daemon=True)
+        self.process.start()
+        self.info = self.conn.recv()
+
+    def ask(self, command, arg=None):
+        self.conn.send((command, arg))
+        return self.conn.recv()
+
+    def stop(self):
+        self.conn.send(("stop", None))
+        self.process.join()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), required=True)
+    parser.add_argument("--framework", choices=sorted(SIDES), default="tensorflow",
+                        help="the side to time alone (without --compare)")
+    parser.add_argument("--compare", choices=["pytorch"],
+                        help="time TensorFlow and this framework side by side, A B A B")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--train-steps", type=int, default=None,
+                        help="timed training steps per block (default: about 10 s of work)")
+    parser.add_argument("--eval-steps", type=int, default=None)
+    parser.add_argument("--warmup", type=int, default=2)
+    args = parser.parse_args(argv)
+
+    model_name, vocab, hp = preset_hparams(args.preset)
+    frameworks = ["tensorflow", args.compare] if args.compare else [args.framework]
+    workers = {fw: Worker(fw, args.preset) for fw in frameworks}
+    for w in workers.values():  # warm-up: tracing, allocation, first-touch
+        w.ask("train", args.warmup)
+        w.ask("eval", args.warmup)
+    gemm = {fw: max(w.ask("gemm") for _ in range(2)) for fw, w in workers.items()}
+
+    def block_steps(kind, requested):
+        if requested:
+            return requested
+        probe = statistics.median(workers[frameworks[0]].ask(kind, 2))
+        return max(3, min(50, round(10 / probe)))
+
+    steps = {"train": block_steps("train", args.train_steps),
+             "eval": block_steps("eval", args.eval_steps)}
+    times = {(fw, kind): [] for fw in frameworks for kind in steps}
+    for _ in range(args.rounds):
+        for kind in steps:
+            for fw in frameworks:  # A B, then A B again next round
+                times[fw, kind] += workers[fw].ask(kind, steps[kind])
+    memory = {fw: w.ask("memory") for fw, w in workers.items()}
+    for w in workers.values():
+        w.stop()
+
+    per_token = flops_per_token(model_name, vocab, hp)
+    peak = max(gemm.values())
+    tokens = {"train": hp["batch_size"] * hp["bptt"],
+              "eval": hp["eval_batch_size"] * hp["bptt"]}
+    print(f"preset {args.preset}: {model_name}, vocab {vocab:,}, batch {hp['batch_size']} "
+          f"(eval {hp['eval_batch_size']}), bptt {hp['bptt']}, "
+          f"{per_token / 1e6:.1f} MFLOP/token forward (matmuls)")
+    print("matmul peak (fp32 GEMM 2048^3, GFLOP/s): "
+          + ", ".join(f"{fw} {g:.0f}" for fw, g in gemm.items()))
+    print(f"rounds {args.rounds} x {steps['train']} train / {steps['eval']} eval steps, "
+          f"after {args.warmup} warm-up steps each\n")
+    print("| framework | step | tokens/s | median (ms) | p95 (ms) | GFLOP/s | share of peak "
+          "| peak RSS (MiB) | device peak (MiB) | parameters |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    speed = {}
+    for fw in frameworks:
+        for kind in steps:
+            t = sorted(times[fw, kind])
+            median, p95 = statistics.median(t), t[int(0.95 * (len(t) - 1))]
+            speed[fw, kind] = tokens[kind] / median
+            gflops = speed[fw, kind] * per_token * (3 if kind == "train" else 1) / 1e9
+            device = memory[fw]["device_mib"]
+            print(f"| {fw} | {kind} | {speed[fw, kind]:,.0f} | {median * 1e3:.1f} | "
+                  f"{p95 * 1e3:.1f} | {gflops:.0f} | {gflops / peak:.0%} | "
+                  f"{memory[fw]['rss_mib']:,.0f} | "
+                  f"{'-' if device is None else f'{device:,.0f}'} | "
+                  f"{workers[fw].info['params']:,} |")
+    if args.compare:
+        other = args.compare
+        print(f"\nratio train={speed['tensorflow', 'train'] / speed[other, 'train']:.2f} "
+              f"eval={speed['tensorflow', 'eval'] / speed[other, 'eval']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""The LSTM recurrence with a hand-written backward pass, for devices without cuDNN.
+
+Differentiating a ``tf.scan`` of LSTM steps gives a backward loop that, at
+every time step, computes its own small ``h_{t-1}^T dz_t`` gradient of the
+recurrent matrix and adds it to a running (H, 4H) sum, and keeps each step's
+intermediates in TensorArrays. This module does what cuDNN does instead:
+
+- the input projection of all time steps is one matmul (outside the loop);
+- the forward loop keeps only the gate activations and cell states;
+- the backward loop does one matmul per step (``dz_t W_hh^T``, the gradient
+  flowing to ``h_{t-1}``), and the gradients of the recurrent matrix and of
+  the projected inputs come out of it as whole sequences: ``dW_hh`` is one
+  ``(T*B, H)^T (T*B, 4H)`` matmul after the loop.
+
+The maths is the LSTM of PyTorch and Keras, gates in the order input, forget,
+cell, output; tests/test_fast_lstm.py checks values and gradients against
+``keras.layers.LSTM`` on the same weights.
+"""
+
+import tensorflow as tf
+
+
+def _gates(z):
+    """Gate activations of pre-activations ``z`` (B, 4H): sigmoid, sigmoid, tanh, sigmoid."""
+    i, f, g, o = tf.split(z, 4, axis=-1)
+    return tf.concat([tf.sigmoid(i), tf.sigmoid(f), tf.tanh(g), tf.sigmoid(o)], axis=-1)
+
+
+@tf.custom_gradient
+def lstm_recurrence(projected, h0, c0, recurrent):
+    """Run the recurrence over projected inputs.
+
+    Args:
+        projected: ``(T, B, 4H)``, ``x_t W_ih + b`` for every step.
+        h0, c0: ``(B, H)`` initial state.
+        recurrent: ``(H, 4H)``, the hidden-to-hidden matrix (already dropped,
+            for weight drop).
+
+    Returns:
+        ``(hs, h_T, c_T)``: every step's output ``(T, B, H)`` and the final state.
+    """
+
+    def forward(carry, z_in):
+        h, c, _ = carry
+        act = _gates(z_in + tf.matmul(h, recurrent))
+        i, f, g, o = tf.split(act, 4, axis=-1)
+        c = f * c + i * g
+        return o * tf.tanh(c), c, act
+
+    zero_act = tf.zeros_like(projected[0])
+    hs, cs, acts = tf.scan(forward, projected, initializer=(h0, c0, zero_act))
+
+    def backward(d_hs, d_h_last, d_c_last):
+        d_hs = tf.zeros_like(hs) if d_hs is None else d_hs
+        d_h_last = tf.zeros_like(h0) if d_h_last is None else d_h_last
+        d_c_last = tf.zeros_like(c0) if d_c_last is None else d_c_last
+        c_prev = tf.concat([c0[None], cs[:-1]], axis=0)
+
+        def step(carry, elems):
+            dh_next, dc_next, _ = carry
+            d_out, act, c, c_before = elems
+            i, f, g, o = tf.split(act, 4, axis=-1)
+            dh = d_out + dh_next
+            tanh_c = tf.tanh(c)
+            dc = dc_next + dh * o * (1.0 - tanh_c * tanh_c)
+            dz = tf.concat([dc * g * i * (1.0 - i), dc * c_before * f * (1.0 - f),
+                            dc * i * (1.0 - g * g), dh * tanh_c * o * (1.0 - o)], axis=-1)
+            return tf.matmul(dz, recurrent, transpose_b=True), dc * f, dz
+
+        # The last step also receives the gradient of the returned final state.
+        d_hs = tf.tensor_scatter_nd_add(d_hs, [[tf.shape(hs)[0] - 1]], d_h_last[None])
+        # Reverse scan: index 0 of each stacked carry is the value after step 0.
+        dhs_prev, dcs_prev, dzs = tf.scan(step, (d_hs, acts, cs, c_prev),
+                                initializer=(tf.zeros_like(h0), d_c_last, zero_act),
+                                reverse=True)
+        h_prev = tf.concat([h0[None], hs[:-1]], axis=0)
+        units = tf.shape(h0)[-1]
+        d_recurrent = tf.matmul(tf.reshape(h_prev, (-1, units)),
+                                tf.reshape(dzs, (-1, 4 * units)), transpose_a=True)
+        return dzs, dhs_prev[0], dcs_prev[0], d_recurrent
+
+    return (hs, hs[-1], cs[-1]), backward
+
+
+def lstm_sequence(inputs, h0, c0, kernel, recurrent, bias):
+    """A whole LSTM layer on batch-major inputs: ``(B, T, D)`` -> ``(B, T, H), (h, c)``.
+
+    The input projection of every step is one matmul; the recurrence is
+    :func:`lstm_recurrence`. ``bias`` is the (summed) gate bias ``(4H,)``.
+    """
+    projected = tf.einsum("btd,dg->tbg", inputs, kernel) + bias  # (T, B, 4H)
+    # A tensor, not the variable: the custom gradient must see no variable reads.
+    hs, h, c = lstm_recurrence(projected, h0, c0, tf.convert_to_tensor(recurrent))
+    return tf.transpose(hs, (1, 0, 2)), (h, c)
