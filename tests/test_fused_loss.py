@@ -20,9 +20,10 @@ LSTM = dict(emsize=8, nhid=8, nlayers=2, dropout=0.5, tie_weights=True, init_ran
 VOCAB = 40
 
 
-def _model(name, seed=11):
+def _model(name, seed=11, xla=False):
     keras.utils.set_random_seed(seed)
-    model = build_model(name, VOCAB, LSTM if name == "lstm" else AWD, use_cudnn=False)
+    hparams = {**(LSTM if name == "lstm" else AWD), "xla_decoder": xla}
+    model = build_model(name, VOCAB, hparams, use_cudnn=False)
     for v in model.trainable_variables:  # non-zero biases, so their gradients are tested
         if "bias" in v.path:
             v.assign(tf.random.uniform(v.shape, -0.5, 0.5, seed=1))
@@ -42,13 +43,13 @@ def _loss_and_grads(model, fast, tokens, targets, training):
     return nll.numpy(), [tf.convert_to_tensor(g).numpy() for g in grads]
 
 
-@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize(("training", "xla"), [(False, False), (True, False), (True, True)])
 @pytest.mark.parametrize("name", list(MODELS))
-def test_fused_loss_equals_the_log_probabilities_path(name, training):
+def test_fused_loss_equals_the_log_probabilities_path(name, training, xla):
     rng = np.random.default_rng(4)
     tokens = tf.constant(rng.integers(0, VOCAB, size=(3, 6)), tf.int32)
     targets = tf.constant(rng.integers(0, VOCAB, size=(3, 6)), tf.int32)
-    plain, fast = _model(name), _model(name)
+    plain, fast = _model(name), _model(name, xla=xla)
     expected, expected_grads = _loss_and_grads(plain, False, tokens, targets, training)
     got, grads = _loss_and_grads(fast, True, tokens, targets, training)
     assert got.shape == (3, 6)

@@ -18,7 +18,7 @@ def build_model(name, vocab_size, hparams, use_cudnn="auto"):
         model = LSTMLanguageModel(
             vocab_size, hparams["emsize"], hparams["nhid"], hparams["nlayers"],
             dropout=hparams["dropout"], tie_weights=hparams["tie_weights"],
-            init_range=hparams["init_range"],
+            init_range=hparams["init_range"], xla_decoder=hparams.get("xla_decoder", False),
         )
     else:
         from mosbench.models.awd_lstm import AWDLanguageModel
@@ -27,6 +27,7 @@ def build_model(name, vocab_size, hparams, use_cudnn="auto"):
         mixture = {"n_experts": hparams["n_experts"], "dropoutl": hparams["dropoutl"]} \
             if head != "softmax" else {}
         model = AWDLanguageModel(vocab_size, head=head, use_cudnn=use_cudnn,
+                                 xla_decoder=hparams.get("xla_decoder", False),
                                  **{k: hparams[k] for k in AWD_KEYS}, **mixture)
     return model.build_for()
 

@@ -39,6 +39,7 @@ class AWDLanguageModel(keras.Model):
         dropoutl: locked dropout on the K latent contexts (MoC, MoS).
         init_range: embedding initialised uniform(-init_range, init_range).
         use_cudnn: passed to every :class:`WeightDropLSTM`.
+        xla_decoder: compile the softmax and MoC heads' loss with XLA.
 
     Call arguments:
         tokens: int ``(batch, time)``.
@@ -56,7 +57,7 @@ class AWDLanguageModel(keras.Model):
 
     def __init__(self, vocab_size, emsize, nhid, nhidlast, nlayers, dropout=0.4, dropouth=0.25,
                  dropouti=0.4, dropoute=0.1, wdrop=0.5, head="softmax", n_experts=1,
-                 dropoutl=0.0, init_range=0.1, use_cudnn="auto", **kwargs):
+                 dropoutl=0.0, init_range=0.1, use_cudnn="auto", xla_decoder=False, **kwargs):
         super().__init__(**kwargs)
         if head not in HEADS:
             raise ValueError(f"head must be one of {HEADS}, got {head!r}")
@@ -75,16 +76,18 @@ class AWDLanguageModel(keras.Model):
         self.sizes = [nhid] * (nlayers - 1) + [nhidlast]
         self.rnns = [WeightDropLSTM(units, wdrop, use_cudnn=use_cudnn) for units in self.sizes]
         if head == "softmax":
-            self.head = TiedSoftmax(vocab_size)
-        else:
-            mixture = MixtureOfSoftmaxes if head == "mos" else MixtureOfContexts
-            self.head = mixture(vocab_size, n_experts, emsize, dropoutl)
+            self.head = TiedSoftmax(vocab_size, xla_decoder=xla_decoder)
+        elif head == "moc":
+            self.head = MixtureOfContexts(vocab_size, n_experts, emsize, dropoutl,
+                                          xla_decoder=xla_decoder)
+        else:  # XLA made the MoS head slower (benchmarks/README.md)
+            self.head = MixtureOfSoftmaxes(vocab_size, n_experts, emsize, dropoutl)
         # --- config ---
         self._config = dict(vocab_size=vocab_size, emsize=emsize, nhid=nhid, nhidlast=nhidlast,
                             nlayers=nlayers, dropout=dropout, dropouth=dropouth,
                             dropouti=dropouti, dropoute=dropoute, wdrop=wdrop, head=head,
                             n_experts=n_experts, dropoutl=dropoutl, init_range=init_range,
-                            use_cudnn=use_cudnn)
+                            use_cudnn=use_cudnn, xla_decoder=xla_decoder)
 
     def build(self, tokens_shape, states_shape=None):
         # The embedding matrix is read directly (for embedding dropout), so build it first;

@@ -33,6 +33,7 @@ class LSTMLanguageModel(keras.Model):
         dropout: drop rate on the embedding output and after every layer.
         tie_weights: decode with the transposed embedding matrix.
         init_range: embedding initialised uniform(-init_range, init_range).
+        xla_decoder: compile the decoder's loss (:meth:`nll`) with XLA.
 
     Call arguments:
         tokens: int tensor ``(batch, time)``.
@@ -50,7 +51,7 @@ class LSTMLanguageModel(keras.Model):
     """
 
     def __init__(self, vocab_size, emsize, nhid, nlayers, dropout=0.5, tie_weights=True,
-                 init_range=0.1, **kwargs):
+                 init_range=0.1, xla_decoder=False, **kwargs):
         super().__init__(**kwargs)
         # --- layers ---
         self.vocab_size, self.nhid, self.nlayers = vocab_size, nhid, nlayers
@@ -76,7 +77,8 @@ class LSTMLanguageModel(keras.Model):
                                             name="decoder_bias")
         # --- config ---
         self._config = dict(vocab_size=vocab_size, emsize=emsize, nhid=nhid, nlayers=nlayers,
-                            dropout=dropout, tie_weights=tie_weights, init_range=init_range)
+                            dropout=dropout, tie_weights=tie_weights, init_range=init_range,
+                            xla_decoder=xla_decoder)
 
     def initial_state(self, batch_size):
         zeros = ops.zeros((batch_size, self.nhid))
@@ -121,7 +123,8 @@ class LSTMLanguageModel(keras.Model):
     def nll(self, tokens, targets, states, training=False):
         """Per-token NLL of ``targets`` ``(batch, time)`` through the fused softmax loss."""
         x, new_states, raw = self.features(tokens, states, training)
-        nll = decoder_nll(x, self.decoder_matrix(), self.decoder_bias, targets)
+        nll = decoder_nll(x, self.decoder_matrix(), self.decoder_bias, targets,
+                          self._config["xla_decoder"])
         return nll, new_states, (raw, x)
 
     def build_for(self, batch_size=1):

@@ -15,8 +15,14 @@ class MixtureOfContexts(MixtureHead):
     matrix keeps rank at most emsize+1: MoC has MoS's parameters and
     non-linearity but not its rank (Yang et al. 2018, section 3.3).
 
-    Args, call arguments and returns: as :class:`MixtureOfSoftmaxes`.
+    Args, call arguments and returns: as :class:`MixtureOfSoftmaxes`, plus
+    ``xla_decoder`` (compile :meth:`nll` with XLA, :func:`decoder_nll`).
     """
+
+    def __init__(self, vocab_size, n_experts, emsize, latent_dropout=0.0, seed=None,
+                 xla_decoder=False, **kwargs):
+        super().__init__(vocab_size, n_experts, emsize, latent_dropout, seed, **kwargs)
+        self.xla_decoder = xla_decoder
 
     def mixed_context(self, hidden, training):
         log_prior, latent = self.contexts(hidden, training=training)  # (B,T,K), (B,T,K,E)
@@ -30,4 +36,8 @@ class MixtureOfContexts(MixtureHead):
 
     def nll(self, hidden, embeddings, targets, training=False):
         """Per-token NLL of ``targets`` (batch, time), through the fused softmax loss."""
-        return decoder_nll(self.mixed_context(hidden, training), embeddings, self.bias, targets)
+        return decoder_nll(self.mixed_context(hidden, training), embeddings, self.bias, targets,
+                           self.xla_decoder)
+
+    def get_config(self):
+        return {**super().get_config(), "xla_decoder": self.xla_decoder}

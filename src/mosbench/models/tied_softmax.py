@@ -5,7 +5,21 @@ import tensorflow as tf
 from keras import ops
 
 
-def decoder_nll(hidden, embeddings, bias, targets):
+def _decoder_nll(hidden, embeddings, bias, targets):
+    flat = tf.reshape(hidden, (-1, tf.shape(hidden)[-1]))
+    logits = tf.matmul(flat, tf.cast(embeddings, flat.dtype), transpose_b=True) + bias
+    nll = tf.nn.sparse_softmax_cross_entropy_with_logits(
+        tf.reshape(targets, (-1,)), tf.cast(logits, tf.float32))
+    return tf.reshape(nll, tf.shape(targets))
+
+
+# XLA fuses the softmax passes into the matmul's output and, on the CPU, runs this
+# matmul faster than the default kernel (benchmarks/README.md); it is compiled once per
+# distinct input shape. The gradient function is compiled with it.
+_decoder_nll_xla = tf.function(_decoder_nll, jit_compile=True, reduce_retracing=True)
+
+
+def decoder_nll(hidden, embeddings, bias, targets, xla=False):
     """Per-token NLL of ``targets`` under ``softmax(h E^T + b)``, without the log-probabilities.
 
     The training and evaluation path: the same number as gathering the target
@@ -17,15 +31,13 @@ def decoder_nll(hidden, embeddings, bias, targets):
     Args:
         hidden: ``(batch, time, emsize)``; embeddings: ``(vocab, emsize)``;
         bias: ``(vocab,)``; targets: int ``(batch, time)``.
+        xla: compile it with XLA (the ``xla_decoder`` hyperparameter).
 
     Returns:
         ``(batch, time)`` float32.
     """
-    flat = tf.reshape(hidden, (-1, tf.shape(hidden)[-1]))
-    logits = tf.matmul(flat, tf.cast(embeddings, flat.dtype), transpose_b=True) + bias
-    nll = tf.nn.sparse_softmax_cross_entropy_with_logits(
-        tf.reshape(targets, (-1,)), tf.cast(logits, tf.float32))
-    return tf.reshape(nll, tf.shape(targets))
+    run = _decoder_nll_xla if xla else _decoder_nll
+    return run(hidden, tf.convert_to_tensor(embeddings), tf.convert_to_tensor(bias), targets)
 
 
 class TiedSoftmax(keras.layers.Layer):
@@ -39,6 +51,7 @@ class TiedSoftmax(keras.layers.Layer):
 
     Args:
         vocab_size: number of word types.
+        xla_decoder: compile :meth:`nll` with XLA (:func:`decoder_nll`).
 
     Call arguments:
         hidden: ``(batch, time, emsize)``.
@@ -48,9 +61,10 @@ class TiedSoftmax(keras.layers.Layer):
         ``(batch, time, vocab)`` log-probabilities.
     """
 
-    def __init__(self, vocab_size, **kwargs):
+    def __init__(self, vocab_size, xla_decoder=False, **kwargs):
         super().__init__(**kwargs)
         self.vocab_size = vocab_size
+        self.xla_decoder = xla_decoder
         self.bias = self.add_weight(shape=(vocab_size,), initializer="zeros", name="bias")
 
     def call(self, hidden, embeddings, training=False):
@@ -59,7 +73,8 @@ class TiedSoftmax(keras.layers.Layer):
 
     def nll(self, hidden, embeddings, targets, training=False):
         """Per-token NLL of ``targets`` (batch, time): :func:`decoder_nll`."""
-        return decoder_nll(hidden, embeddings, self.bias, targets)
+        return decoder_nll(hidden, embeddings, self.bias, targets, self.xla_decoder)
 
     def get_config(self):
-        return {**super().get_config(), "vocab_size": self.vocab_size}
+        return {**super().get_config(), "vocab_size": self.vocab_size,
+                "xla_decoder": self.xla_decoder}

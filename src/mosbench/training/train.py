@@ -82,8 +82,7 @@ def make_train_step(model, optimizer, batch_size, hparams, averager=None, strate
     def replica_step(inputs, targets, states):
         context = tf.distribute.get_replica_context()
         first = context.replica_id_in_sync_group * local  # this replica's rows
-        grads = [tf.zeros_like(v) for v in variables]
-        total_nll, chunk_states = 0.0, []
+        grads, total_nll, chunk_states = None, 0.0, []
         for start, end in chunks:
             rows = slice(first + start, first + end)
             with tf.GradientTape() as tape:
@@ -97,8 +96,10 @@ def make_train_step(model, optimizer, batch_size, hparams, averager=None, strate
                 if beta:
                     loss += temporal_activation_penalty(raw, beta)
                 loss *= (end - start) / batch_size
-            chunk_grads = tape.gradient(loss, variables)
-            grads = [g + tf.convert_to_tensor(c) for g, c in zip(grads, chunk_grads, strict=True)]
+            chunk_grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, variables)]
+            # The first chunk's gradients as they are: no zero tensors to add them to.
+            grads = chunk_grads if grads is None else [
+                g + c for g, c in zip(grads, chunk_grads, strict=True)]
             total_nll += nll * (end - start) / batch_size
             chunk_states.append(new_states)
         grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)  # the global gradient

@@ -1,0 +1,91 @@
+"""Where a TensorFlow training or evaluation step of a preset spends its time, op by op.
+
+Runs the project's compiled step (``make_train_step`` / ``make_eval_step``) of
+a ``benchmarks/throughput.py`` preset under TensorFlow's profiler and prints
+the ops with the most time per step, XLA clusters included. Times are wall
+time on the executor threads, so ops that TensorFlow runs concurrently on
+the 2 cores each count their whole span.
+
+Usage: ``.venv/bin/python benchmarks/profile_step.py --preset lstm-wt2 [--step eval] [--top 25]``
+"""
+
+import argparse
+import collections
+import os
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: E402
+from throughput import PRESETS, preset_hparams, windows  # noqa: E402
+
+from mosbench.evaluation.perplexity import make_eval_step  # noqa: E402
+from mosbench.models import build_model  # noqa: E402
+from mosbench.training.train import make_train_step  # noqa: E402
+
+# Events that wrap a whole step or executor bookkeeping, not an op.
+WRAPPERS = ("step", "TFE_", "Eager", "KernelAndDeviceFunc", "ExecutorState", "BlockUntilReady",
+            "ThunkExecutor", "CpuExecutable", "ParallelFor")
+
+
+def op_times(logdir, steps):
+    """Milliseconds per step by event name, summed over the profile's threads."""
+    totals = collections.Counter()
+    for path in Path(logdir).rglob("*.xplane.pb"):
+        space = xplane_pb2.XSpace()
+        space.ParseFromString(path.read_bytes())
+        for plane in space.planes:
+            names = {key: meta.name for key, meta in plane.event_metadata.items()}
+            for line in plane.lines:
+                for event in line.events:
+                    name = names.get(event.metadata_id, "?")
+                    if not name.startswith(WRAPPERS):
+                        totals[name] += event.duration_ps / 1e9 / steps
+    return totals
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", choices=sorted(PRESETS), required=True)
+    parser.add_argument("--step", choices=["train", "eval"], default="train")
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--top", type=int, default=25)
+    args = parser.parse_args(argv)
+
+    model_name, vocab, hp = preset_hparams(args.preset)
+    keras.utils.set_random_seed(0)
+    model = build_model(model_name, vocab, hp)
+    batch = hp["batch_size"] if args.step == "train" else hp["eval_batch_size"]
+    (inputs, targets), = windows(vocab, batch, hp["bptt"], 1, seed=0)
+    inputs, targets, states = tf.constant(inputs), tf.constant(targets), model.initial_state(batch)
+    if args.step == "train":
+        optimizer = keras.optimizers.SGD(hp["lr"], weight_decay=hp.get("wdecay") or None)
+        optimizer.build(model.trainable_variables)
+        train = make_train_step(model, optimizer, batch, hp)
+        lr = tf.constant(hp["lr"], tf.float32)
+
+        def run():
+            return float(train(inputs, targets, states, lr)[0])
+    else:
+        evaluate = make_eval_step(model)
+
+        def run():
+            return float(evaluate(inputs, targets, states)[0])
+
+    run(), run()  # tracing, XLA compilation, allocation
+    with tempfile.TemporaryDirectory() as logdir:
+        tf.profiler.experimental.start(logdir)
+        for _ in range(args.steps):
+            run()
+        tf.profiler.experimental.stop()
+        totals = op_times(logdir, args.steps)
+    print(f"{args.preset} {args.step} step, ms per step (top {args.top} of {len(totals)} ops)")
+    for name, ms in totals.most_common(args.top):
+        print(f"{ms:9.1f}  {name[:110]}")
+
+
+if __name__ == "__main__":
+    main()
