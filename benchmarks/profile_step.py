@@ -1,8 +1,9 @@
 """Where a TensorFlow training or evaluation step of a preset spends its time, op by op.
 
-Runs the project's compiled step (``make_train_step`` / ``make_eval_step``) of
-a ``benchmarks/throughput.py`` preset under TensorFlow's profiler and prints
-the ops with the most time per step, XLA clusters included. Times are wall
+Runs the project's compiled step (``make_train_step`` / ``make_eval_step``, as
+``benchmarks/throughput.py``'s TensorFlow side builds them) of a preset under
+TensorFlow's profiler and prints the ops with the most time per step, XLA
+clusters included. Times are wall
 time on the executor threads, so ops that TensorFlow runs concurrently on
 the 2 cores each count their whole span.
 
@@ -17,14 +18,9 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: E402
-from throughput import PRESETS, preset_hparams, windows  # noqa: E402
-
-from mosbench.evaluation.perplexity import make_eval_step  # noqa: E402
-from mosbench.models import build_model  # noqa: E402
-from mosbench.training.train import make_train_step  # noqa: E402
+from throughput import PRESETS, TensorFlowSide, preset_hparams, windows  # noqa: E402
 
 # Events that wrap a whole step or executor bookkeeping, not an op.
 WRAPPERS = ("step", "TFE_", "Eager", "KernelAndDeviceFunc", "ExecutorState", "BlockUntilReady",
@@ -56,24 +52,13 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     model_name, vocab, hp = preset_hparams(args.preset)
-    keras.utils.set_random_seed(0)
-    model = build_model(model_name, vocab, hp)
+    side = TensorFlowSide(model_name, vocab, hp)  # the same steps throughput.py times
     batch = hp["batch_size"] if args.step == "train" else hp["eval_batch_size"]
     (inputs, targets), = windows(vocab, batch, hp["bptt"], 1, seed=0)
-    inputs, targets, states = tf.constant(inputs), tf.constant(targets), model.initial_state(batch)
-    if args.step == "train":
-        optimizer = keras.optimizers.SGD(hp["lr"], weight_decay=hp.get("wdecay") or None)
-        optimizer.build(model.trainable_variables)
-        train = make_train_step(model, optimizer, batch, hp)
-        lr = tf.constant(hp["lr"], tf.float32)
+    step = side.train_step if args.step == "train" else side.eval_step
 
-        def run():
-            return float(train(inputs, targets, states, lr)[0])
-    else:
-        evaluate = make_eval_step(model)
-
-        def run():
-            return float(evaluate(inputs, targets, states)[0])
+    def run():
+        return step(inputs, targets)
 
     run(), run()  # tracing, XLA compilation, allocation
     with tempfile.TemporaryDirectory() as logdir:

@@ -29,7 +29,6 @@ alone: on 2 cores anything else busy skews it.
 import argparse
 import multiprocessing as mp
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -236,22 +235,23 @@ def main(argv=None):
     parser.add_argument("--train-steps", type=int, default=None,
                         help="timed training steps per block (default: about 10 s of work)")
     parser.add_argument("--eval-steps", type=int, default=None)
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (>= 1)")
     args = parser.parse_args(argv)
+    if args.warmup < 1:
+        parser.error("--warmup must be at least 1")
 
     model_name, vocab, hp = preset_hparams(args.preset)
     frameworks = ["tensorflow", args.compare] if args.compare else [args.framework]
     workers = {fw: Worker(fw, args.preset) for fw in frameworks}
-    for w in workers.values():  # warm-up: tracing, allocation, first-touch
-        w.ask("train", args.warmup)
-        w.ask("eval", args.warmup)
+    warmup = {(fw, kind): w.ask(kind, args.warmup)  # tracing, allocation, first touch
+              for fw, w in workers.items() for kind in ("train", "eval")}
     gemm = {fw: max(w.ask("gemm") for _ in range(2)) for fw, w in workers.items()}
 
     def block_steps(kind, requested):
+        """Steps per block: as asked, or about 10 s at the first side's last warm-up step."""
         if requested:
             return requested
-        probe = statistics.median(workers[frameworks[0]].ask(kind, 2))
-        return max(3, min(50, round(10 / probe)))
+        return max(3, min(50, round(10 / warmup[frameworks[0], kind][-1])))
 
     steps = {"train": block_steps("train", args.train_steps),
              "eval": block_steps("eval", args.eval_steps)}
@@ -281,8 +281,7 @@ def main(argv=None):
     speed = {}
     for fw in frameworks:
         for kind in steps:
-            t = sorted(times[fw, kind])
-            median, p95 = statistics.median(t), t[int(0.95 * (len(t) - 1))]
+            median, p95 = np.percentile(times[fw, kind], [50, 95])
             speed[fw, kind] = tokens[kind] / median
             gflops = speed[fw, kind] * per_token * (3 if kind == "train" else 1) / 1e9
             device = memory[fw]["device_mib"]

@@ -34,11 +34,6 @@ def embedding_dropout(weight, tokens, rate, training):
     return F.embedding(tokens, weight)
 
 
-def uniform_lstm(input_size, hidden_size):
-    """One ``nn.LSTM`` layer; PyTorch's default init is already uniform(+-1/sqrt(H))."""
-    return nn.LSTM(input_size, hidden_size)
-
-
 class TorchLSTMLanguageModel(nn.Module):
     """Zaremba-style LSTM: dropout on the embedding and after every layer, tied decoder."""
 
@@ -53,8 +48,8 @@ class TorchLSTMLanguageModel(nn.Module):
         nn.init.zeros_(self.decoder.bias)
         self.nhid, self.nlayers = nhid, nlayers
 
-    def initial_state(self, batch_size):
-        zeros = torch.zeros(self.nlayers, batch_size, self.nhid)
+    def initial_state(self, batch_size, device):
+        zeros = torch.zeros(self.nlayers, batch_size, self.nhid, device=device)
         return (zeros, zeros.clone())
 
     def loss(self, tokens, targets, state):
@@ -76,7 +71,8 @@ class TorchAWDLanguageModel(nn.Module):
         nn.init.uniform_(self.encoder.weight, -init_range, init_range)
         sizes = [nhid] * (nlayers - 1) + [nhidlast]
         inputs = [emsize] + sizes[:-1]
-        self.rnns = nn.ModuleList(uniform_lstm(i, o) for i, o in zip(inputs, sizes, strict=True))
+        # PyTorch's default LSTM init is already the reference's uniform(+-1/sqrt(H)).
+        self.rnns = nn.ModuleList(nn.LSTM(i, o) for i, o in zip(inputs, sizes, strict=True))
         self.sizes = sizes
         self.head = head
         if head == "mos":
@@ -88,9 +84,9 @@ class TorchAWDLanguageModel(nn.Module):
                           dropoute=dropoute, wdrop=wdrop, dropoutl=dropoutl)
         self.alpha, self.beta = alpha, beta
 
-    def initial_state(self, batch_size):
-        return [(torch.zeros(1, batch_size, h), torch.zeros(1, batch_size, h))
-                for h in self.sizes]
+    def initial_state(self, batch_size, device):
+        return [(torch.zeros(1, batch_size, h, device=device),
+                 torch.zeros(1, batch_size, h, device=device)) for h in self.sizes]
 
     def forward(self, tokens, states):
         """Log-probabilities ``(time*batch, vocab)``, new states, raw and dropped last output."""
@@ -156,10 +152,7 @@ class TorchSide:
 
     def _state(self, batch_size):
         if batch_size not in self.states:
-            state = self.model.initial_state(batch_size)
-            self.states[batch_size] = detach(
-                tuple(s.to(self.device) for s in state) if isinstance(state, tuple)
-                else [tuple(s.to(self.device) for s in layer) for layer in state])
+            self.states[batch_size] = self.model.initial_state(batch_size, self.device)
         return self.states[batch_size]
 
     def _tensors(self, inputs, targets):
@@ -187,7 +180,7 @@ class TorchSide:
         return self._sync(loss)
 
     def _sync(self, loss):
-        value = float(loss)  # .item() waits for the device
+        value = loss.detach().item()  # waits for the device
         if not math.isfinite(value):
             raise FloatingPointError("PyTorch loss is not finite")
         return value

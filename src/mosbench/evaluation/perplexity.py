@@ -9,11 +9,6 @@ import tensorflow as tf
 from mosbench.data.batching import batchify, windows
 
 
-def token_nll(log_probs, targets):
-    """Negative log-likelihood of each target token: ``(batch, time)``."""
-    return -tf.squeeze(tf.gather(log_probs, targets[..., None], batch_dims=2), -1)
-
-
 def make_eval_step(model):
     """A compiled step returning the summed loss of a window and the next state.
 
