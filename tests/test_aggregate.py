@@ -25,7 +25,7 @@ def make_run(root, dataset, model, seed, gpus, valid_ppl, test_ppl, curve, optim
     train = {**ident, "n_params": 1000 if model == "lstm" else 2000, "history": history,
              "best_epoch": len(curve), "best_valid_loss": math.log(curve[-1]),
              "train_time_s": 10.0}
-    metrics = {**ident, "valid_loss": math.log(valid_ppl), "valid_ppl": valid_ppl,
+    metrics = {**ident, "best_valid_loss": math.log(valid_ppl), "best_valid_ppl": valid_ppl,
                "test_loss": math.log(test_ppl), "test_ppl": test_ppl,
                "latency_ms_median": 1.5, "latency_ms_p95": 2.0, "eval_tokens_per_s": 9000.0,
                "optimal_ppl": optimal, **extra_metrics}
@@ -85,8 +85,8 @@ def test_summary_values(runs):
 
     lstm = summary.loc[("synthetic", "lstm", 0)]
     assert lstm["n_seeds"] == 2
-    assert lstm["valid_ppl_mean"] == pytest.approx(12.0)
-    assert lstm["valid_ppl_std"] == pytest.approx(math.sqrt(8))  # (10, 14) -> 2.828...
+    assert lstm["best_valid_ppl_mean"] == pytest.approx(12.0)
+    assert lstm["best_valid_ppl_std"] == pytest.approx(math.sqrt(8))  # (10, 14) -> 2.828...
     assert lstm["test_ppl_mean"] == pytest.approx(13.0)
     # per-run epoch times are 3.0 (3 epochs) and 3.0, so the spread is zero
     assert lstm["epoch_time_s_mean"] == pytest.approx(3.0)
@@ -96,18 +96,18 @@ def test_summary_values(runs):
 
     mos = summary.loc[("synthetic", "mos", 0)]
     assert mos["n_seeds"] == 3
-    assert mos["valid_ppl_mean"] == pytest.approx(10.0)
-    assert mos["valid_ppl_std"] == pytest.approx(1.0)
+    assert mos["best_valid_ppl_mean"] == pytest.approx(10.0)
+    assert mos["best_valid_ppl_std"] == pytest.approx(1.0)
     assert mos["tokens_per_s_mean"] == pytest.approx(1500.0)
 
     single = summary.loc[("synthetic", "lstm", 1)]
     assert single["n_seeds"] == 1
-    assert single["valid_ppl_mean"] == pytest.approx(12.5)
-    assert math.isnan(single["valid_ppl_std"])
+    assert single["best_valid_ppl_mean"] == pytest.approx(12.5)
+    assert math.isnan(single["best_valid_ppl_std"])
 
     ptb = summary.loc[("ptb", "lstm", 0)]
-    assert ptb["valid_ppl_mean"] == pytest.approx(550.0)
-    assert ptb["valid_ppl_std"] == pytest.approx(math.sqrt(5000))
+    assert ptb["best_valid_ppl_mean"] == pytest.approx(550.0)
+    assert ptb["best_valid_ppl_std"] == pytest.approx(math.sqrt(5000))
     assert math.isnan(ptb["optimal_ppl"])
 
 
@@ -169,8 +169,8 @@ def test_summary_mean_and_std_equal_pandas_on_runs_csv(runs):
     summary = pd.read_csv(paths["summary_csv"]).set_index(["dataset", "model", "gpus"])
     stats = [c.removesuffix("_mean") for c in summary.columns if c.endswith("_mean")]
     present = [s for s in stats if s in table.columns]
-    assert {"valid_ppl", "test_ppl", "epoch_time_s", "tokens_per_s", "latency_ms_median"} <= set(
-        present)
+    assert {"best_valid_ppl", "test_ppl", "epoch_time_s", "tokens_per_s",
+            "latency_ms_median"} <= set(present)
     grouped = table.groupby(["dataset", "model", "gpus"])
     for stat in present:
         pd.testing.assert_series_equal(summary[f"{stat}_mean"], grouped[stat].mean(),

@@ -28,7 +28,7 @@ def test_train_then_evaluate_into_the_same_run(tiny_config, tiny_data, tmp_path,
                        experiment="unit")
     assert metrics["run_id"] == summary["run_id"]
     # the best checkpoint is what evaluate scores
-    assert metrics["valid_ppl"] == pytest.approx(min(ppls), rel=1e-4)
+    assert metrics["best_valid_ppl"] == pytest.approx(min(ppls), rel=1e-4)
     assert 1 < metrics["optimal_ppl"] < metrics["test_ppl"]
     assert metrics["latency_ms_p95"] >= metrics["latency_ms_median"] > 0
 

@@ -46,11 +46,14 @@ def test_pipeline_runs_end_to_end_and_tracks_every_run(tmp_path):
     assert runs["seed"].tolist() == [1, 2, 1, 2]
     assert (runs["test_ppl"] > runs["optimal_ppl"]).all()
     lstm, mos = runs[runs["model"] == "lstm"], runs[runs["model"] == "awd-lstm-mos"]
-    assert (lstm["valid_ppl"] < 40).all()  # learnt something: uniform guessing scores 40
+    assert (lstm["best_valid_ppl"] < 40).all()  # learnt something: uniform guessing scores 40
     # the softmax bottleneck: a 16-dimensional softmax stays within rank 18, MoS does not
     assert (lstm["logprob_rank"] <= lstm["rank_bound"]).all() and (lstm["rank_bound"] == 18).all()
     vocab = read_metadata(results / "data" / "tiny" / "vocab.parquet")["vocab_size"]
     assert (mos["rank_bound"] == vocab).all()  # MoS: no bound below the vocabulary size
+    # dynamic evaluation ran through evaluate() where the preset asks for it, and only there
+    assert (mos["dynamic_test_ppl"] > 1).all() and (mos["dynamic_valid_ppl"] > 1).all()
+    assert lstm["dynamic_test_ppl"].isna().all()
     summary = (results / "aggregate" / "summary.md").read_text()
     assert "± " in summary and "log-prob rank" in summary
     check_measurements(runs)
@@ -66,8 +69,14 @@ def test_pipeline_runs_end_to_end_and_tracks_every_run(tmp_path):
     assert sorted(tracked["tags.mlflow.runName"]) == [
         f"tiny-{model}-seed{seed}-gpus0" for model in ("awd-lstm-mos", "lstm") for seed in (1, 2)]
     assert set(tracked["params.n_params"].astype(int)) == set(runs["n_params"])
+    assert set(tracked["params.matmul_precision"]) == {"float32"}  # strict fp32 by default
     tracked = tracked.set_index("run_id").loc[runs["run_id"]]
     assert tracked["metrics.test/ppl"].tolist() == pytest.approx(runs["test_ppl"].tolist())
+    assert tracked["metrics.best/valid_ppl"].tolist() == pytest.approx(
+        runs["best_valid_ppl"].tolist())
+    assert "metrics.final/valid_ppl" not in tracked  # the old, misleading name
+    dynamic = tracked["metrics.dynamic_eval/test_ppl"].tolist()
+    assert dynamic[:2] == pytest.approx(mos["dynamic_test_ppl"].tolist())
     assert tracked["tags.git_commit"].str.len().min() >= 7
     assert any((results / "mlartifacts").rglob("metrics.json"))
     one = mlflow.MlflowClient().get_run(runs["run_id"][0])

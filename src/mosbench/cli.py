@@ -114,7 +114,7 @@ def _evaluate(args, config):
                        hparams=preset(config, args.dataset, args.model),
                        experiment=config["mlflow"]["experiment"], gpus=args.gpus,
                        threads=config["threads"])
-    print(f"valid ppl {metrics['valid_ppl']:.2f}, test ppl {metrics['test_ppl']:.2f}")
+    print(f"valid ppl {metrics['best_valid_ppl']:.2f}, test ppl {metrics['test_ppl']:.2f}")
 
 
 def _aggregate(args, config):

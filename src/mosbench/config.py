@@ -109,6 +109,7 @@ def check_consistency(config):
                     f"config key 'presets.{name}.{model}' is missing: every dataset x model "
                     "in `run` needs hyperparameters"
                 )
+    check_grid(config)
     # The decoder of a tied softmax is the transposed embedding: the last hidden size must fit.
     tied_sizes = {"lstm": "nhid", "awd-lstm": "nhidlast"}
     for dataset, models in presets.items():
@@ -119,6 +120,26 @@ def check_consistency(config):
                     f"config key 'presets.{dataset}.{model}': a tied softmax needs emsize == "
                     f"{last} (got {values['emsize']} and {values[last]})"
                 )
+
+
+def check_grid(config):
+    """Refuse a grid with a training cell that cannot run, naming every such cell.
+
+    Data parallelism splits the preset's global batch over the job's GPUs,
+    unevenly where it must (``training.train.replica_rows``); a cell with more
+    GPUs than sequences in the batch would leave devices without rows.
+    """
+    run, presets = config["run"], config["presets"]
+    cells = [f"{dataset} {model} gpus={gpus} (batch_size {batch})"
+             for dataset in run["datasets"] for model in run["models"]
+             if (batch := presets.get(dataset, {}).get(model, {}).get("batch_size")) is not None
+             for gpus in run["gpus"] if gpus > batch]
+    if cells:
+        raise MosbenchError(
+            "config keys 'run.gpus' and 'presets.<dataset>.<model>.batch_size': these cells "
+            "split a batch over more GPUs than it has sequences: " + "; ".join(cells)
+            + ". Expected gpus <= batch_size: drop those GPU counts or raise the batch size"
+        )
 
 
 def load_config(path):

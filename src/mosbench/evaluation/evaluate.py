@@ -24,7 +24,7 @@ from mosbench.evaluation.rank import logprob_rank
 from mosbench.io import read_json, write_json
 from mosbench.models import build_model, head_dimension
 from mosbench.tracking.tracker import Tracker
-from mosbench.training.devices import configure_devices
+from mosbench.training.devices import configure_devices, set_matmul_precision
 from mosbench.training.train import SUMMARY, WEIGHTS
 
 
@@ -65,6 +65,7 @@ def evaluate(data_dir, train_dir, out_path, *, model_name, hparams, experiment, 
              threads=None):
     """Score the trained model; write and return the metrics."""
     device = configure_devices(min(gpus, 1), threads)  # evaluation uses one device
+    set_matmul_precision(hparams.get("matmul_precision", "float32"))
     trained = read_json(Path(train_dir) / SUMMARY)
     valid_ids, meta = load_split(data_dir, "valid")
     test_ids, _ = load_split(data_dir, "test")
@@ -86,7 +87,8 @@ def evaluate(data_dir, train_dir, out_path, *, model_name, hparams, experiment, 
 
     metrics = {key: trained[key] for key in ("dataset", "model", "seed", "gpus", "run_id")}
     metrics.update({
-        "valid_loss": valid_loss, "valid_ppl": perplexity(valid_loss),
+        # the best checkpoint's (the weights train.json names best): re-scored here
+        "best_valid_loss": valid_loss, "best_valid_ppl": perplexity(valid_loss),
         "test_loss": test_loss, "test_ppl": perplexity(test_loss),
         "eval_tokens_per_s": batched_tokens_per_s,  # batch eval_batch_size, warm
         "test_tokens_per_s": len(test_ids) / test_time,  # batch test_batch_size (reference: 1)
@@ -101,7 +103,7 @@ def evaluate(data_dir, train_dir, out_path, *, model_name, hparams, experiment, 
 
     with Tracker(Path(out_path).parent, experiment).resume_run(trained["run_id"]) as tracker:
         tracker.log_metrics({
-            "final/valid_ppl": metrics["valid_ppl"], "test/ppl": metrics["test_ppl"],
+            "best/valid_ppl": metrics["best_valid_ppl"], "test/ppl": metrics["test_ppl"],
             "test/loss": test_loss, "speed/eval_tokens_per_s": batched_tokens_per_s,
             "speed/test_tokens_per_s": metrics["test_tokens_per_s"],
             "latency/median_ms": latency_median, "latency/p95_ms": latency_p95,

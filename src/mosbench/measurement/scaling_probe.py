@@ -17,7 +17,7 @@ from mosbench.data.batching import batchify
 from mosbench.data.tokenise import load_split
 from mosbench.errors import MosbenchError
 from mosbench.models import build_model
-from mosbench.training.devices import configure_devices
+from mosbench.training.devices import configure_devices, set_matmul_precision
 from mosbench.training.train import make_strategy, make_train_step
 
 
@@ -28,6 +28,7 @@ def weak_scaling_probe(data_dir, *, model_name, hparams, seed, gpus, steps, warm
     ``devices`` overrides the GPUs (the tests use logical CPU devices).
     """
     device = configure_devices(gpus, threads)
+    set_matmul_precision(hparams.get("matmul_precision", "float32"))
     keras.utils.set_random_seed(seed)
     n_devices = len(devices) if devices else max(gpus, 1)
     batch, bptt = hparams["batch_size"] * n_devices, hparams["bptt"]

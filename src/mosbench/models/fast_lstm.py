@@ -87,8 +87,13 @@ def lstm_sequence(inputs, h0, c0, kernel, recurrent, bias):
 
     The input projection of every step is one matmul; the recurrence is
     :func:`lstm_recurrence`. ``bias`` is the (summed) gate bias ``(4H,)``.
+    The layer computes in the inputs' dtype (bfloat16 under a mixed policy);
+    the returned state keeps the dtype of the state passed in.
     """
+    state_dtype, dtype = h0.dtype, inputs.dtype
+    # Tensors, not variables: the custom gradient must see no variable reads.
+    kernel, recurrent, bias, h0, c0 = (tf.cast(t, dtype)
+                                       for t in (kernel, recurrent, bias, h0, c0))
     projected = tf.einsum("btd,dg->tbg", inputs, kernel) + bias  # (T, B, 4H)
-    # A tensor, not the variable: the custom gradient must see no variable reads.
-    hs, h, c = lstm_recurrence(projected, h0, c0, tf.convert_to_tensor(recurrent))
-    return tf.transpose(hs, (1, 0, 2)), (h, c)
+    hs, h, c = lstm_recurrence(projected, h0, c0, recurrent)
+    return tf.transpose(hs, (1, 0, 2)), (tf.cast(h, state_dtype), tf.cast(c, state_dtype))

@@ -39,8 +39,8 @@ def _mixture_nll(latent, log_prior, embeddings, bias, targets):
     """
     rows, experts, size = tf.shape(latent)[0], tf.shape(latent)[1], tf.shape(latent)[2]
     flat = tf.reshape(latent, (-1, size))  # (N*K, E)
-    logits = tf.cast(tf.matmul(flat, tf.cast(embeddings, flat.dtype), transpose_b=True)
-                     + bias, tf.float32)  # (N*K, V)
+    logits = tf.cast(tf.matmul(flat, tf.cast(embeddings, flat.dtype), transpose_b=True),
+                     tf.float32) + bias  # (N*K, V), float32 whatever the compute dtype
     shift = tf.stop_gradient(tf.reduce_max(logits, axis=-1, keepdims=True))
     unnormalised = tf.exp(logits - shift)
     total = tf.reduce_sum(unnormalised, axis=-1)  # (N*K,)
@@ -113,7 +113,8 @@ class MixtureOfSoftmaxes(MixtureHead):
 
     def call(self, hidden, embeddings, training=False):
         log_prior, latent = self.contexts(hidden, training=training)  # (B,T,K), (B,T,K,E)
-        logits = ops.einsum("btke,ve->btkv", latent, embeddings) + self.bias  # (B, T, K, V)
+        logits = ops.einsum("btke,ve->btkv", latent, ops.cast(embeddings, latent.dtype))
+        logits = ops.cast(logits, "float32") + ops.cast(self.bias, "float32")  # (B, T, K, V)
         return mixture_log_probs(logits, log_prior)
 
     def nll(self, hidden, embeddings, targets, training=False):

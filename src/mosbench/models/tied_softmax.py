@@ -7,9 +7,10 @@ from keras import ops
 
 def _decoder_nll(hidden, embeddings, bias, targets):
     flat = tf.reshape(hidden, (-1, tf.shape(hidden)[-1]))
-    logits = tf.matmul(flat, tf.cast(embeddings, flat.dtype), transpose_b=True) + bias
+    logits = tf.matmul(flat, tf.cast(embeddings, flat.dtype), transpose_b=True)
+    logits = tf.cast(logits, tf.float32) + bias  # the loss in float32 whatever the compute
     nll = tf.nn.sparse_softmax_cross_entropy_with_logits(
-        tf.reshape(targets, (-1,)), tf.cast(logits, tf.float32))
+        tf.reshape(targets, (-1,)), logits)
     return tf.reshape(nll, tf.shape(targets))
 
 

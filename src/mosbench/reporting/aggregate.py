@@ -40,7 +40,7 @@ OUTPUTS = paths.AGGREGATE_OUTPUTS
 # given as mean ± std over seeds; columns no run has are left out of the Markdown.
 SECTIONS = {
     "Perplexity": {
-        "valid_ppl": ("valid ppl", "ppl"), "test_ppl": ("test ppl", "ppl"),
+        "best_valid_ppl": ("valid ppl", "ppl"), "test_ppl": ("test ppl", "ppl"),
         "dynamic_test_ppl": ("test ppl, dynamic eval", "ppl"),
         "logprob_rank": ("log-prob rank", "int"), "n_params": ("params", "int"),
     },

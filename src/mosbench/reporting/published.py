@@ -2,7 +2,9 @@
 
 import pandas as pd
 
-METRICS = ["valid_ppl", "test_ppl", "dynamic_valid_ppl", "dynamic_test_ppl"]
+# published key (config `reference`) -> our column: the paper reports its best (finetuned) model
+METRICS = {"valid_ppl": "best_valid_ppl", "test_ppl": "test_ppl",
+           "dynamic_valid_ppl": "dynamic_valid_ppl", "dynamic_test_ppl": "dynamic_test_ppl"}
 COLUMNS = ["dataset", "model", "gpus", "metric", "n_seeds", "ours_mean", "ours_std",
            "published", "difference", "relative_pct", "source"]
 
@@ -16,14 +18,14 @@ def compare_published(summary, reference):
     rows = []
     for row in summary.itertuples(index=False):
         published = (reference or {}).get(row.dataset, {}).get(row.model, {})
-        for metric in METRICS:
-            ours = getattr(row, f"{metric}_mean", None)
+        for metric, column in METRICS.items():
+            ours = getattr(row, f"{column}_mean", None)
             if metric not in published or ours is None or pd.isna(ours):
                 continue
             rows.append({
                 "dataset": row.dataset, "model": row.model, "gpus": row.gpus,
                 "metric": metric, "n_seeds": row.n_seeds, "ours_mean": ours,
-                "ours_std": getattr(row, f"{metric}_std"), "published": published[metric],
+                "ours_std": getattr(row, f"{column}_std"), "published": published[metric],
                 "difference": ours - published[metric],
                 "relative_pct": 100.0 * (ours - published[metric]) / published[metric],
                 "source": published["source"],

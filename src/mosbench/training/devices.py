@@ -18,6 +18,22 @@ def _before_first_op(setter, *args):
                       stacklevel=3)
 
 
+def set_matmul_precision(precision):
+    """Apply the preset's ``matmul_precision`` to TensorFlow and Keras (process-wide).
+
+    ``float32`` turns TensorFloat-32 off (TensorFlow's default is on, which
+    the reference never ran), ``tf32`` turns it on, ``mixed_bfloat16`` sets
+    Keras' mixed policy: bfloat16 compute, float32 variables, and the models
+    cast their logits to float32 before the loss.
+    """
+    import keras
+    import tensorflow as tf
+
+    tf.config.experimental.enable_tensor_float_32_execution(precision == "tf32")
+    keras.mixed_precision.set_global_policy(
+        "mixed_bfloat16" if precision == "mixed_bfloat16" else "float32")
+
+
 def configure_devices(gpus, threads=None):
     """Limit TensorFlow to ``gpus`` GPUs (0: CPU only) and ``threads`` CPU threads.
 

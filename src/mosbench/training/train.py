@@ -51,7 +51,7 @@ from mosbench.tracking import mlflow_run
 from mosbench.tracking.tracker import Tracker
 from mosbench.training import checkpoint
 from mosbench.training.bptt import epoch_windows, restore_rng, rng_state
-from mosbench.training.devices import configure_devices
+from mosbench.training.devices import configure_devices, set_matmul_precision
 from mosbench.training.nt_asgd import IterateAverage, nonmono_triggered
 
 WEIGHTS = "model.weights.h5"
@@ -60,7 +60,9 @@ def make_train_step(model, optimizer, batch_size, hparams, averager=None, strate
     """A compiled step on one window: returns the mean NLL and the state to carry on.
 
     Inputs, targets and states are global (the whole batch); with N replicas
-    each takes its 1/N of the rows. The minimised loss adds AR and TAR to the
+    each takes a contiguous share of the rows (:func:`replica_rows`: shares
+    differ by at most one row when N does not divide the batch, so the
+    published batch sizes run on any GPU count). The minimised loss adds AR and TAR to the
     NLL; each replica processes its rows in ``small_batch_size`` chunks whose
     gradients are summed (each weighted by its share of the global batch, as
     the reference), the replicas' gradients are all-reduced, and only then
@@ -71,20 +73,19 @@ def make_train_step(model, optimizer, batch_size, hparams, averager=None, strate
     """
     strategy = strategy or tf.distribute.get_strategy()
     replicas = strategy.num_replicas_in_sync
-    if batch_size % replicas:
-        raise MosbenchError(f"batch_size {batch_size} does not split over {replicas} devices")
-    local = batch_size // replicas
-    small = min(hparams["small_batch_size"] or local, local)
-    chunks = [(start, min(start + small, local)) for start in range(0, local, small)]
+    shares = replica_rows(batch_size, replicas)
+    small = hparams["small_batch_size"] or batch_size
     alpha, beta = hparams.get("alpha", 0.0), hparams.get("beta", 0.0)
     variables = model.trainable_variables
 
     def replica_step(inputs, targets, states):
         context = tf.distribute.get_replica_context()
-        first = context.replica_id_in_sync_group * local  # this replica's rows
+        # Each replica is traced on its own, so its index is known while tracing.
+        first, last = shares[tf.get_static_value(context.replica_id_in_sync_group)]
         grads, total_nll, chunk_states = None, 0.0, []
-        for start, end in chunks:
-            rows = slice(first + start, first + end)
+        for start in range(first, last, small):
+            end = min(start + small, last)
+            rows = slice(start, end)
             with tf.GradientTape() as tape:
                 sliced = [(h[rows], c[rows]) for h, c in states]
                 token_nlls, new_states, (raw, dropped) = model.nll(
@@ -111,8 +112,7 @@ def make_train_step(model, optimizer, batch_size, hparams, averager=None, strate
             averager.update()
         local_states = [tuple(tf.concat([s[layer][i] for s in chunk_states], 0)
                               for i in range(2)) for layer in range(len(states))]
-        return (context.all_reduce(tf.distribute.ReduceOp.SUM, total_nll),
-                context.all_gather(local_states, axis=0))
+        return total_nll, local_states
 
     states_spec = [tuple(tf.TensorSpec(s.shape, tf.float32) for s in layer)
                    for layer in model.initial_state(batch_size)]
@@ -122,10 +122,29 @@ def make_train_step(model, optimizer, batch_size, hparams, averager=None, strate
     def step(inputs, targets, states, lr):
         optimizer.learning_rate.assign(lr)
         nll, states = strategy.run(replica_step, args=(inputs, targets, states))
-        first = strategy.experimental_local_results  # every replica holds the same values
-        return first(nll)[0], tf.nest.map_structure(lambda x: first(x)[0], states)
+        # The replicas' rows back into one batch, in order (shares may differ in size).
+        parts = strategy.experimental_local_results(states)
+        states = [tuple(tf.concat([part[layer][i] for part in parts], 0) for i in range(2))
+                  for layer in range(len(parts[0]))]
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, nll, axis=None), states
 
     return step
+
+
+def replica_rows(batch_size, replicas):
+    """Each replica's ``(first, end)`` rows: contiguous, sizes differing by at most one.
+
+    Like ``torch.nn.DataParallel``, which the reference used on several GPUs,
+    an uneven batch is split unevenly rather than refused (balanced here: 12
+    rows on 8 devices are 2,2,2,2,1,1,1,1, not DataParallel's 6 chunks of 2).
+    """
+    if batch_size < replicas:
+        raise MosbenchError(f"batch_size {batch_size} is smaller than the {replicas} devices "
+                            "it would be split over: some would get no rows")
+    base, extra = divmod(batch_size, replicas)
+    sizes = [base + (r < extra) for r in range(replicas)]
+    ends = np.cumsum(sizes)
+    return [(int(end - size), int(end)) for size, end in zip(sizes, ends, strict=True)]
 
 
 def make_strategy(gpus, devices=None):
@@ -169,6 +188,7 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
     """
     out_dir = Path(out_dir)
     device = configure_devices(gpus, threads)
+    set_matmul_precision(hparams.get("matmul_precision", "float32"))
     if hparams.get("deterministic"):
         tf.config.experimental.enable_op_determinism()
     keras.utils.set_random_seed(seed)
