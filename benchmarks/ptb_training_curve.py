@@ -28,8 +28,8 @@ import tensorflow as tf
 from mosbench.config import load_config, preset
 from mosbench.data.batching import batchify
 from mosbench.data.tokenise import load_split, tokenise
+from mosbench.engines.tensorflow.models import build_model
 from mosbench.evaluation.perplexity import evaluate_loss, perplexity
-from mosbench.models import build_model
 from mosbench.training.bptt import epoch_windows
 from mosbench.training.train import make_train_step
 

@@ -92,8 +92,8 @@ class TensorFlowSide:
         import keras
         import tensorflow as tf
 
+        from mosbench.engines.tensorflow.models import build_model
         from mosbench.evaluation.perplexity import make_eval_step
-        from mosbench.models import build_model
         from mosbench.training.train import make_train_step
 
         self.tf = tf

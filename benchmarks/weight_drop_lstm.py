@@ -17,7 +17,7 @@ import time
 import keras
 import tensorflow as tf
 
-from mosbench.models.weight_drop_lstm import WeightDropLSTM
+from mosbench.engines.tensorflow.models.weight_drop_lstm import WeightDropLSTM
 
 
 def timed_steps(layer_call, variables, inputs, repeats, warmup=3):

@@ -14,9 +14,9 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from mosbench.models import build_model  # noqa: E402
-from mosbench.models.locked_dropout import LockedDropout  # noqa: E402
-from mosbench.models.weight_drop_lstm import WeightDropLSTM  # noqa: E402
+from mosbench.engines.tensorflow.models import build_model  # noqa: E402
+from mosbench.engines.tensorflow.models.locked_dropout import LockedDropout  # noqa: E402
+from mosbench.engines.tensorflow.models.weight_drop_lstm import WeightDropLSTM  # noqa: E402
 from mosbench.training.train import make_strategy, make_train_step  # noqa: E402
 
 # No dropout, so one device and two replicas see the same function; a tiny clip

@@ -8,18 +8,21 @@ import pytest
 import tensorflow as tf
 
 from mosbench.config import load_config, preset
-from mosbench.evaluation.rank import numerical_rank
-from mosbench.models import build_model
-from mosbench.models.activation_regularisation import (
+from mosbench.engines.tensorflow.models import build_model
+from mosbench.engines.tensorflow.models.activation_regularisation import (
     activation_penalty,
     temporal_activation_penalty,
 )
-from mosbench.models.embedding_dropout import embedding_dropout
-from mosbench.models.locked_dropout import LockedDropout
-from mosbench.models.mixture_of_contexts import MixtureOfContexts
-from mosbench.models.mixture_of_softmaxes import MixtureOfSoftmaxes, mixture_log_probs
-from mosbench.models.tied_softmax import TiedSoftmax
-from mosbench.models.weight_drop_lstm import WeightDropLSTM
+from mosbench.engines.tensorflow.models.embedding_dropout import embedding_dropout
+from mosbench.engines.tensorflow.models.locked_dropout import LockedDropout
+from mosbench.engines.tensorflow.models.mixture_of_contexts import MixtureOfContexts
+from mosbench.engines.tensorflow.models.mixture_of_softmaxes import (
+    MixtureOfSoftmaxes,
+    mixture_log_probs,
+)
+from mosbench.engines.tensorflow.models.tied_softmax import TiedSoftmax
+from mosbench.engines.tensorflow.models.weight_drop_lstm import WeightDropLSTM
+from mosbench.evaluation.rank import numerical_rank
 
 CONFIG = Path(__file__).resolve().parents[1] / "config" / "config.yaml"
 

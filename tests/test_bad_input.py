@@ -405,7 +405,7 @@ def test_split_too_short_for_the_batch():
 def test_checkpoint_of_a_different_model_is_refused(tiny_config, tmp_path):
     import keras
 
-    from mosbench.models import build_model
+    from mosbench.engines.tensorflow.models import build_model
     from mosbench.training import checkpoint
 
     def built(name, **changes):

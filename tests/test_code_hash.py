@@ -37,7 +37,7 @@ def test_every_stage_hashes_existing_modules_into_a_short_digest():
     for stage in STAGES:
         assert stage_files(stage), stage
         assert re.fullmatch(r"[0-9a-f]{16}", code_hash(stage))
-    assert "models/mixture_of_softmaxes.py" in stage_files("train")
+    assert "engines/tensorflow/models/mixture_of_softmaxes.py" in stage_files("train")
     assert {"reporting/aggregate.py", "reporting/plots.py"} <= set(stage_files("aggregate"))
     assert all(f.startswith("reporting/") for f in stage_files("aggregate"))
 
@@ -52,7 +52,7 @@ def test_the_hash_follows_content_not_location_or_mtime(code):
 
 def test_an_edit_changes_exactly_the_stages_that_run_the_module(code):
     before = hashes(code)
-    lstm = code / "models" / "lstm.py"
+    lstm = code / "engines" / "tensorflow" / "models" / "lstm.py"
     lstm.write_text(lstm.read_text() + "\n# an edit\n")
     changed = {s for s, h in hashes(code).items() if h != before[s]}
     # evaluate and aggregate rerun through their inputs; the probe builds the model too

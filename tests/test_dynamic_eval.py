@@ -20,8 +20,8 @@ from conftest import REPO
 from mosbench.config import validate_config
 from mosbench.data.batching import batchify, windows
 from mosbench.data.tokenise import load_split
+from mosbench.engines.tensorflow.models import build_model
 from mosbench.evaluation.dynamic_eval import adaptive_losses, gradient_statistics
-from mosbench.models import build_model
 
 HP = dict(emsize=6, nhid=10, nhidlast=8, nlayers=2, dropout=0.3, dropouth=0.3, dropouti=0.3,
           dropoute=0.1, wdrop=0.3, init_range=0.5, n_experts=3, dropoutl=0.3)

@@ -5,18 +5,18 @@ import inspect
 import pandas as pd
 import pytest
 
-from mosbench.models import MODELS
-from mosbench.models.locked_dropout import LockedDropout
-from mosbench.models.weight_drop_lstm import WeightDropLSTM
+from mosbench.engines.tensorflow.models.locked_dropout import LockedDropout
+from mosbench.engines.tensorflow.models.weight_drop_lstm import WeightDropLSTM
 from mosbench.reporting.ease_of_use import COLUMNS, KINDS, code_lines, inventory, write_inventory
 from mosbench.training.nt_asgd import IterateAverage
+from mosbench.workload import MODELS
 
 WRITTEN = [
-    "mosbench.models.weight_drop_lstm.WeightDropLSTM",
-    "mosbench.models.locked_dropout.LockedDropout",
-    "mosbench.models.embedding_dropout.embedding_dropout",
-    "mosbench.models.mixture_of_softmaxes.MixtureOfSoftmaxes",
-    "mosbench.models.tied_softmax.TiedSoftmax",
+    "mosbench.engines.tensorflow.models.weight_drop_lstm.WeightDropLSTM",
+    "mosbench.engines.tensorflow.models.locked_dropout.LockedDropout",
+    "mosbench.engines.tensorflow.models.embedding_dropout.embedding_dropout",
+    "mosbench.engines.tensorflow.models.mixture_of_softmaxes.MixtureOfSoftmaxes",
+    "mosbench.engines.tensorflow.models.tied_softmax.TiedSoftmax",
     "mosbench.training.nt_asgd.IterateAverage",
 ]
 # Built-in layer -> the models that use it (lstm.py, awd_lstm.py, expert_contexts.py).
@@ -103,7 +103,8 @@ def test_used_by_comes_from_the_built_models(table):
     # The plain LSTM has no weight drop.
     assert row(table, WRITTEN[0])["used_by"].split(", ") == ["awd-lstm", "awd-lstm-moc",
                                                              "awd-lstm-mos"]
-    assert row(table, "mosbench.models.tied_softmax.TiedSoftmax")["used_by"] == "awd-lstm"
+    tied = "mosbench.engines.tensorflow.models.tied_softmax.TiedSoftmax"
+    assert row(table, tied)["used_by"] == "awd-lstm"
     used = set()
     for value in table["used_by"]:
         used |= set(MODELS) if value == "all" else set(value.split(", "))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mosbench.models.fast_lstm import lstm_sequence
+from mosbench.engines.tensorflow.models.fast_lstm import lstm_sequence
 
 
 @pytest.fixture

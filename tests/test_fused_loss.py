@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mosbench.models import MODELS, build_model
+from mosbench.engines.tensorflow.models import build_model
+from mosbench.workload import MODELS
 
 AWD = dict(emsize=8, nhid=16, nhidlast=8, nlayers=2, dropout=0.4, dropouth=0.3,
            dropouti=0.4, dropoute=0.1, wdrop=0.5, init_range=0.1, n_experts=3, dropoutl=0.3)

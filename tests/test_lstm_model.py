@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
+from mosbench.engines.tensorflow.models import build_model
 from mosbench.errors import MosbenchError
-from mosbench.models import build_model
 
 HP = dict(emsize=12, nhid=12, nlayers=2, dropout=0.5, tie_weights=True, init_range=0.1)
 

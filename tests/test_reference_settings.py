@@ -16,8 +16,8 @@ import tensorflow as tf
 
 from conftest import REPO
 from mosbench.config import load_config, validate_config
+from mosbench.engines.tensorflow.models import build_model
 from mosbench.errors import MosbenchError
-from mosbench.models import build_model
 from mosbench.training.devices import set_matmul_precision
 from mosbench.training.train import make_train_step, replica_rows
 

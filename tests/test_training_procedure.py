@@ -15,8 +15,8 @@ import tensorflow as tf
 import yaml
 
 from conftest import TINY_CONFIG
+from mosbench.engines.tensorflow.models import build_model
 from mosbench.errors import PAUSED_EXIT_CODE, MosbenchError
-from mosbench.models import build_model
 from mosbench.training import checkpoint
 from mosbench.training.bptt import epoch_windows, sample_seq_len
 from mosbench.training.nt_asgd import IterateAverage, nonmono_triggered

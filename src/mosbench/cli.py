@@ -61,7 +61,7 @@ def _vocab_size(config, dataset):
 
 
 def _params(args, config):
-    from mosbench.models import build_model
+    from mosbench.engines.tensorflow.models import build_model
 
     vocab_size = _vocab_size(config, args.dataset)
     model = build_model(args.model, vocab_size, preset(config, args.dataset, args.model))

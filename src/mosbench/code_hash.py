@@ -24,7 +24,8 @@ PACKAGE_ROOT = Path(__file__).resolve().parent
 ROOT_ENV = "MOSBENCH_CODE_ROOT"  # hash another copy of the package (the tests edit one)
 
 # validation perplexity picks the best weights and drives the learning-rate schedule
-TRAIN_CODE = ("models/*.py", "training/*.py", "data/batching.py", "evaluation/perplexity.py",
+TRAIN_CODE = ("engines/tensorflow/models/*.py", "workload.py", "training/*.py",
+              "data/batching.py", "evaluation/perplexity.py",
               "measurement/*.py")
 
 # Rule name -> the package modules its outputs depend on (globs relative to the package).

@@ -11,6 +11,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from mosbench.data.tokenise import load_split
+from mosbench.engines.tensorflow.models import build_model
 from mosbench.errors import MosbenchError
 from mosbench.evaluation.dynamic_eval import dynamic_evaluation
 from mosbench.evaluation.perplexity import (
@@ -22,10 +23,10 @@ from mosbench.evaluation.perplexity import (
 )
 from mosbench.evaluation.rank import logprob_rank
 from mosbench.io import read_json, write_json
-from mosbench.models import build_model, head_dimension
 from mosbench.tracking.tracker import Tracker
 from mosbench.training.devices import configure_devices, set_matmul_precision
 from mosbench.training.train import SUMMARY, WEIGHTS
+from mosbench.workload import head_dimension
 
 
 def load_trained(train_dir, model_name, vocab_size, hparams):

@@ -15,8 +15,8 @@ import tensorflow as tf
 
 from mosbench.data.batching import batchify
 from mosbench.data.tokenise import load_split
+from mosbench.engines.tensorflow.models import build_model
 from mosbench.errors import MosbenchError
-from mosbench.models import build_model
 from mosbench.training.devices import configure_devices, set_matmul_precision
 from mosbench.training.train import make_strategy, make_train_step
 

@@ -23,8 +23,9 @@ import keras
 import pandas as pd
 import tensorflow as tf
 
+from mosbench.engines.tensorflow.models import build_model
 from mosbench.io import atomic_path
-from mosbench.models import MODELS, build_model
+from mosbench.workload import MODELS
 
 COLUMNS = ["component", "kind", "provided", "implementation", "lines", "used_by", "note"]
 KINDS = ("model", "training", "evaluation")
@@ -36,13 +37,16 @@ MOS = tuple(m for m, head in MODELS.items() if head == "mos")
 TINY = dict(emsize=4, nhid=4, nhidlast=4, nlayers=2, dropout=0.1, dropouth=0.1, dropouti=0.1,
             dropoute=0.1, wdrop=0.1, init_range=0.1, tie_weights=True, n_experts=2, dropoutl=0.1)
 
+KERAS_MODELS = "mosbench.engines.tensorflow.models."  # where the Keras models live
+
 # Why a layer was written although Keras has a relative, or what a base class gives.
 LAYER_NOTES = {
-    "mosbench.models.weight_drop_lstm.WeightDropLSTM":
+    KERAS_MODELS + "weight_drop_lstm.WeightDropLSTM":
         "keras.layers.LSTM cannot drop its own W_hh per call and has one bias vector",
-    "mosbench.models.locked_dropout.LockedDropout":
+    KERAS_MODELS + "locked_dropout.LockedDropout":
         "Dropout(noise_shape=(None, 1, None)) would draw one mask for all replicas",
-    "mosbench.models.tied_softmax.TiedSoftmax": "Keras has no decoder tied to an Embedding",
+    KERAS_MODELS + "tied_softmax.TiedSoftmax":
+        "Keras has no decoder tied to an Embedding",
     "keras.layers.Embedding": "its matrix is read directly: tied decoder, embedding dropout",
     "keras.layers.LSTM": "PyTorch's init set through initializers, unit_forget_bias=False",
     "keras.layers.Dense": "MoS/MoC prior and latent projections, PyTorch's Linear init",
@@ -54,17 +58,17 @@ LAYER_NOTES = {
 # default, why). "module:attribute" where TensorFlow's public names are not its modules.
 PROCEDURE = [
     ("embedding dropout (whole word types)", "model",
-     ["mosbench.models.embedding_dropout.embedding_dropout"], AWD,
+     [KERAS_MODELS + "embedding_dropout.embedding_dropout"], AWD,
      "Embedding has no row dropout; the lookup reads the dropped matrix"),
     ("DropConnect mask on W_hh", "model", ["keras:random.dropout"], AWD,
      "one mask per global batch, shared by the replicas on purpose"),
-    ("per-replica dropout masks", "model", ["mosbench.models.replica_dropout.replica_seed",
-                                            "mosbench.models.replica_dropout.dropout_mask"],
+    ("per-replica dropout masks", "model", [KERAS_MODELS + "replica_dropout.replica_seed",
+                                            KERAS_MODELS + "replica_dropout.dropout_mask"],
      AWD, "under MirroredStrategy keras.random.dropout draws the same mask on every replica"),
     ("fused cuDNN LSTM kernel", "model", ["keras.src.backend.tensorflow.rnn:lstm"], AWD,
      "private API: the only way to feed a dropped W_hh to cuDNN"),
     ("MoS mixture in float32 log space", "model",
-     ["mosbench.models.mixture_of_softmaxes.mixture_log_probs"], MOS,
+     [KERAS_MODELS + "mixture_of_softmaxes.mixture_log_probs"], MOS,
      "logsumexp instead of the reference's probability-space sum, which underflows"),
     ("SGD with weight decay", "training", ["keras:optimizers.SGD"], ALL,
      "Keras' decoupled decay equals PyTorch's coupled L2 for plain SGD"),
@@ -81,9 +85,10 @@ PROCEDURE = [
      ["mosbench.training.bptt.sample_seq_len", "mosbench.training.bptt.epoch_windows"], AWD,
      "no Keras data utility for truncated BPTT over a carried state"),
     ("AR penalty", "training",
-     ["mosbench.models.activation_regularisation.activation_penalty"], AWD, ""),
+     [KERAS_MODELS + "activation_regularisation.activation_penalty"], AWD, ""),
     ("TAR penalty", "training",
-     ["mosbench.models.activation_regularisation.temporal_activation_penalty"], AWD, ""),
+     [KERAS_MODELS + "activation_regularisation.temporal_activation_penalty"], AWD,
+     ""),
     ("NT-ASGD trigger", "training", ["mosbench.training.nt_asgd.nonmono_triggered"], AWD, ""),
     ("NT-ASGD iterate average", "training", ["mosbench.training.nt_asgd.IterateAverage"], AWD,
      "Keras 3 has no averaged SGD; use_ema keeps an exponential average"),
@@ -99,10 +104,10 @@ PROCEDURE = [
      ["tensorflow:nn.sparse_softmax_cross_entropy_with_logits"], ALL,
      "used through the models' nll(), which never writes the log-probabilities"),
     ("token NLL of the MoS mixture, hand-differentiated", "training",
-     ["mosbench.models.mixture_of_softmaxes.mixture_nll"], MOS,
+     [KERAS_MODELS + "mixture_of_softmaxes.mixture_nll"], MOS,
      "autodiff of the log-space mixture writes several (tokens, K, vocab) tensors"),
     ("LSTM recurrence off cuDNN, hand-differentiated", "model",
-     ["mosbench.models.fast_lstm.lstm_recurrence"], ALL,
+     [KERAS_MODELS + "fast_lstm.lstm_recurrence"], ALL,
      "autodiff of tf.scan sums dW_hh one time step at a time"),
     ("perplexity with carried state", "evaluation",
      ["mosbench.evaluation.perplexity.make_eval_step",

@@ -35,6 +35,11 @@ import tensorflow as tf
 from mosbench import faults
 from mosbench.data.batching import batchify
 from mosbench.data.tokenise import load_split
+from mosbench.engines.tensorflow.models import build_model
+from mosbench.engines.tensorflow.models.activation_regularisation import (
+    activation_penalty,
+    temporal_activation_penalty,
+)
 from mosbench.errors import MosbenchError, TrainingPaused
 from mosbench.evaluation.perplexity import evaluate_loss, make_eval_step, perplexity
 from mosbench.io import atomic_path, write_json
@@ -42,11 +47,6 @@ from mosbench.measurement.cost import cost
 from mosbench.measurement.data_pipeline import measure_data_pipeline
 from mosbench.measurement.hardware import HardwareMonitor, hardware_metrics
 from mosbench.measurement.timing import StepTimer
-from mosbench.models import build_model
-from mosbench.models.activation_regularisation import (
-    activation_penalty,
-    temporal_activation_penalty,
-)
 from mosbench.tracking import mlflow_run
 from mosbench.tracking.tracker import Tracker
 from mosbench.training import checkpoint

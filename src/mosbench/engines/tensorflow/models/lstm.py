@@ -18,8 +18,8 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from mosbench.models.fast_lstm import lstm_sequence
-from mosbench.models.tied_softmax import decoder_nll
+from mosbench.engines.tensorflow.models.fast_lstm import lstm_sequence
+from mosbench.engines.tensorflow.models.tied_softmax import decoder_nll
 
 
 class LSTMLanguageModel(keras.Model):

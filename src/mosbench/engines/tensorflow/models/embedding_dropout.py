@@ -8,7 +8,7 @@ embedding keeps the full one, as in the reference.
 
 from keras import ops
 
-from mosbench.models.replica_dropout import dropout_mask
+from mosbench.engines.tensorflow.models.replica_dropout import dropout_mask
 
 
 def embedding_dropout(embeddings, tokens, rate, seed_generator, training):

@@ -1,11 +1,7 @@
-"""Model registry: the values of the ``{model}`` wildcard and how each is built."""
+"""Keras model registry: each ``{model}`` wildcard value (:mod:`mosbench.workload`) built."""
 
 from mosbench.errors import MosbenchError
-
-# wildcard value -> output head of the AWD family (None: the plain LSTM baseline)
-MODELS = {"lstm": None, "awd-lstm": "softmax", "awd-lstm-moc": "moc", "awd-lstm-mos": "mos"}
-AWD_KEYS = ("emsize", "nhid", "nhidlast", "nlayers", "dropout", "dropouth", "dropouti",
-            "dropoute", "wdrop", "init_range")
+from mosbench.workload import AWD_KEYS, MODELS
 
 
 def build_model(name, vocab_size, hparams, use_cudnn="auto"):
@@ -13,7 +9,7 @@ def build_model(name, vocab_size, hparams, use_cudnn="auto"):
     if name not in MODELS:
         raise MosbenchError(f"unknown model '{name}'; allowed: {list(MODELS)}")
     if name == "lstm":
-        from mosbench.models.lstm import LSTMLanguageModel
+        from mosbench.engines.tensorflow.models.lstm import LSTMLanguageModel
 
         model = LSTMLanguageModel(
             vocab_size, hparams["emsize"], hparams["nhid"], hparams["nlayers"],
@@ -21,7 +17,7 @@ def build_model(name, vocab_size, hparams, use_cudnn="auto"):
             init_range=hparams["init_range"], xla_decoder=hparams.get("xla_decoder", False),
         )
     else:
-        from mosbench.models.awd_lstm import AWDLanguageModel
+        from mosbench.engines.tensorflow.models.awd_lstm import AWDLanguageModel
 
         head = MODELS[name]
         mixture = {"n_experts": hparams["n_experts"], "dropoutl": hparams["dropoutl"]} \
@@ -31,9 +27,3 @@ def build_model(name, vocab_size, hparams, use_cudnn="auto"):
                                  **{k: hparams[k] for k in AWD_KEYS}, **mixture)
     return model.build_for()
 
-
-def head_dimension(name, hparams):
-    """The rank bound d of a model's log-probability matrix (d+1), or None for MoS."""
-    if name == "lstm":
-        return hparams["emsize"]
-    return None if MODELS[name] == "mos" else hparams["emsize"]

@@ -9,12 +9,12 @@ dropout -> ``nlayers`` weight-dropped LSTMs with locked dropout between them
 import keras
 from keras import ops
 
-from mosbench.models.embedding_dropout import embedding_dropout
-from mosbench.models.locked_dropout import LockedDropout
-from mosbench.models.mixture_of_contexts import MixtureOfContexts
-from mosbench.models.mixture_of_softmaxes import MixtureOfSoftmaxes
-from mosbench.models.tied_softmax import TiedSoftmax
-from mosbench.models.weight_drop_lstm import WeightDropLSTM
+from mosbench.engines.tensorflow.models.embedding_dropout import embedding_dropout
+from mosbench.engines.tensorflow.models.locked_dropout import LockedDropout
+from mosbench.engines.tensorflow.models.mixture_of_contexts import MixtureOfContexts
+from mosbench.engines.tensorflow.models.mixture_of_softmaxes import MixtureOfSoftmaxes
+from mosbench.engines.tensorflow.models.tied_softmax import TiedSoftmax
+from mosbench.engines.tensorflow.models.weight_drop_lstm import WeightDropLSTM
 
 HEADS = ("softmax", "moc", "mos")
 

@@ -2,8 +2,8 @@
 
 from keras import ops
 
-from mosbench.models.expert_contexts import MixtureHead
-from mosbench.models.tied_softmax import decoder_nll
+from mosbench.engines.tensorflow.models.expert_contexts import MixtureHead
+from mosbench.engines.tensorflow.models.tied_softmax import decoder_nll
 
 
 class MixtureOfContexts(MixtureHead):

@@ -15,7 +15,7 @@ import keras
 import tensorflow as tf
 from keras import ops
 
-from mosbench.models.fast_lstm import lstm_sequence
+from mosbench.engines.tensorflow.models.fast_lstm import lstm_sequence
 
 
 class WeightDropLSTM(keras.layers.Layer):

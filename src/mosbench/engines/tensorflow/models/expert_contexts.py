@@ -5,7 +5,7 @@ import math
 import keras
 from keras import ops
 
-from mosbench.models.locked_dropout import LockedDropout
+from mosbench.engines.tensorflow.models.locked_dropout import LockedDropout
 
 
 def _torch_linear_init(fan_in):

@@ -3,7 +3,7 @@
 import tensorflow as tf
 from keras import ops
 
-from mosbench.models.expert_contexts import MixtureHead
+from mosbench.engines.tensorflow.models.expert_contexts import MixtureHead
 
 
 def mixture_log_probs(expert_logits, log_prior):

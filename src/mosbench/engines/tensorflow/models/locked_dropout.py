@@ -8,7 +8,7 @@ it on the embeddings, between LSTM layers and on the output.
 import keras
 from keras import ops
 
-from mosbench.models.replica_dropout import dropout_mask
+from mosbench.engines.tensorflow.models.replica_dropout import dropout_mask
 
 
 class LockedDropout(keras.layers.Layer):
@@ -18,7 +18,7 @@ class LockedDropout(keras.layers.Layer):
     ``(batch, 1, features)`` is drawn per call, so each sequence in the batch
     has its own mask, applied unchanged at every time step; kept units are
     scaled by 1/(1-rate). Identity outside training. Data-parallel replicas
-    draw different masks (:mod:`mosbench.models.replica_dropout`).
+    draw different masks (:mod:`mosbench.engines.tensorflow.models.replica_dropout`).
 
     Args:
         rate: fraction of units to drop.

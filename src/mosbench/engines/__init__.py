@@ -1,0 +1,35 @@
+"""One engine per framework behind one small interface.
+
+The training procedure (:mod:`mosbench.training.train`), evaluation and the
+measurements are written once and know no framework; what differs between
+TensorFlow and PyTorch lives in an engine, a class in
+``mosbench.engines.<framework>.engine`` implementing :class:`Engine`
+(:mod:`mosbench.engines.interface`). :func:`load_engine` imports an engine
+only when a job of its framework runs, so a PyTorch job runs where TensorFlow
+is not installed, and the other way round.
+"""
+
+import importlib
+
+from mosbench.errors import MosbenchError
+
+FRAMEWORKS = ("tensorflow", "pytorch")
+
+
+def engine_class(framework):
+    """The engine class of ``framework`` (imports that framework)."""
+    if framework not in FRAMEWORKS:
+        raise MosbenchError(f"unknown framework '{framework}'; allowed: {list(FRAMEWORKS)}")
+    try:
+        module = importlib.import_module(f"mosbench.engines.{framework}.engine")
+    except ImportError as exc:
+        raise MosbenchError(
+            f"the {framework} engine cannot be imported ({exc}); install it with "
+            f"`pip install -e '.[{framework}]'`"
+        ) from None
+    return module.ENGINE
+
+
+def load_engine(framework, **placement):
+    """An engine of ``framework`` placed as ``placement`` says (see :class:`Engine`)."""
+    return engine_class(framework)(**placement)

@@ -1,0 +1,166 @@
+"""What an engine provides: the framework-specific half of a job, and nothing more.
+
+The procedure (training loop, NT-ASGD schedule, checkpoints, evaluation,
+measurements, tracking) drives an :class:`Engine` through these methods and
+never touches a framework tensor: windows go in as NumPy int32 arrays
+``(batch, time)``, losses come out as Python floats, and everything that is
+saved crosses as named NumPy arrays. The carried LSTM state is opaque to the
+procedure (whatever the engine's steps take and return) except when it is
+checkpointed (:meth:`Engine.state_arrays`).
+
+An engine is one job's: it is constructed with the job's placement, builds
+one model, and keeps its compiled steps, optimiser and iterate average.
+"""
+
+import abc
+import contextlib
+
+
+class Engine(abc.ABC):
+    """One framework's side of a job.
+
+    Args (keyword only):
+        gpus: GPUs the job uses (0: the CPU); training is data-parallel over them.
+        threads: CPU threads for the framework's pools (None: its default).
+        precision: the preset's ``matmul_precision`` (``float32``, ``tf32``,
+            ``mixed_bfloat16``), applied before any model is built.
+        deterministic: deterministic kernels (bit-identical resumes on the CPU).
+        seed: seeds every random generator the engine uses (dropout masks).
+        devices: explicit device names to spread over instead of the GPUs
+            (tests use logical CPU devices or CPU processes).
+    """
+
+    framework = ""
+
+    @classmethod
+    @abc.abstractmethod
+    def versions(cls):
+        """``{name: version}`` of the framework and what the study records with it.
+
+        At least ``framework`` and ``framework_version``; CUDA, cuDNN and
+        companion libraries (Keras) where the framework reports them.
+        """
+
+    # --- the model -------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def build(self, model_name, vocab_size, hparams):
+        """Build and initialise the named model from its preset, on the job's first device."""
+
+    @property
+    @abc.abstractmethod
+    def n_params(self):
+        """Trainable parameters (the reference's count)."""
+
+    @abc.abstractmethod
+    def weights(self):
+        """The model's weights as ``{name: array}`` (the best-weights file)."""
+
+    @abc.abstractmethod
+    def load_weights(self, arrays):
+        """Load :meth:`weights`' arrays; a MosbenchError names any mismatch."""
+
+    # --- training ----------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def prepare_training(self, hparams, batch_size):
+        """Optimiser (SGD with the preset's weight decay), iterate average, compiled steps.
+
+        ``batch_size`` is global: with several devices each takes a contiguous
+        share of its rows (``mosbench.training.train.replica_rows``).
+        """
+
+    @abc.abstractmethod
+    def initial_state(self, batch_size):
+        """Zero LSTM states for ``batch_size`` streams."""
+
+    @abc.abstractmethod
+    def train_step(self, inputs, targets, states, lr, average):
+        """One window: forward, backward, clip, SGD at ``lr``; returns ``(mean_nll, states)``.
+
+        The loss minimised is the mean NLL plus AR/TAR where the preset has
+        them; gradients are accumulated over ``small_batch_size`` chunks and
+        all-reduced over the devices before being clipped by their global
+        norm, so N devices make the update one device makes. With ``average``
+        the new weights are folded into the iterate average. The returned
+        NLL is fetched, so the step has finished when this returns.
+        """
+
+    @abc.abstractmethod
+    def start_average(self):
+        """Restart the iterate average from the current weights (NT-ASGD's switch)."""
+
+    @abc.abstractmethod
+    def averaged(self):
+        """A context manager within which the model holds the averaged weights."""
+
+    @abc.abstractmethod
+    def checkpoint_arrays(self):
+        """Everything a bit-identical resume needs, as ``{name: array}``.
+
+        Model, optimiser, iterate average and its count, and the state of
+        every random generator the steps draw from.
+        """
+
+    @abc.abstractmethod
+    def restore_checkpoint(self, arrays):
+        """Load :meth:`checkpoint_arrays`' arrays (after :meth:`prepare_training`)."""
+
+    @abc.abstractmethod
+    def state_arrays(self, states):
+        """The carried states as a list of arrays (for a mid-epoch checkpoint)."""
+
+    @abc.abstractmethod
+    def states_from_arrays(self, arrays):
+        """The inverse of :meth:`state_arrays`."""
+
+    # --- evaluation --------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def eval_window(self, inputs, targets, states):
+        """Summed NLL of one window without dropout, and the states to carry on."""
+
+    @abc.abstractmethod
+    def predict_next(self, token, states):
+        """The most likely next word after ``token`` (batch 1), and the states; waits for it."""
+
+    @abc.abstractmethod
+    def log_prob_rows(self, inputs, states):
+        """``(batch * time, vocab)`` float64 log-probabilities of a window, and the states."""
+
+    @abc.abstractmethod
+    def gradient_statistics(self, windows, batch_size):
+        """Dynamic evaluation's statistics: per weight, sqrt of the summed squared gradients.
+
+        ``windows`` yields ``(inputs, targets)`` at ``batch_size``; each
+        window's gradient is that of its mean NLL without dropout, the state
+        carried. Returns float64 arrays in :meth:`weights` order.
+        """
+
+    @abc.abstractmethod
+    def adaptive_losses(self, windows, statistics, rates, *, lr, lamb, epsilon):
+        """Dynamic evaluation's pass; returns each window's mean NLL, scored before its update.
+
+        After each window: ``w += lamb * rate * (w_trained - w) - lr * g / (ms + epsilon)``,
+        ``ms`` the statistics and ``rates`` the capped decay rates
+        (:func:`mosbench.evaluation.dynamic_eval.decay_rates`). Leaves the
+        weights adapted (the caller restores them).
+        """
+
+    # --- measurement -------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def allocator_peak_mb(self):
+        """``(peak, reason)``: the framework allocator's device peak (MiB, summed over the
+        job's GPUs), or ``(None, why it is absent)``."""
+
+    # --- helpers shared by every engine -----------------------------------------------------
+
+    @contextlib.contextmanager
+    def weights_restored(self):
+        """Within the block the weights may change; the ones before it come back after."""
+        saved = self.weights()
+        try:
+            yield
+        finally:
+            self.load_weights(saved)

@@ -1,0 +1,18 @@
+"""The workload every engine builds: model names, the presets' model keys, rank bounds.
+
+The ``{model}`` wildcard's values and how a preset describes each model; the
+TensorFlow and PyTorch model registries both read this, so the two frameworks
+build the same four models from the same keys.
+"""
+
+# wildcard value -> output head of the AWD family (None: the plain LSTM baseline)
+MODELS = {"lstm": None, "awd-lstm": "softmax", "awd-lstm-moc": "moc", "awd-lstm-mos": "mos"}
+AWD_KEYS = ("emsize", "nhid", "nhidlast", "nlayers", "dropout", "dropouth", "dropouti",
+            "dropoute", "wdrop", "init_range")
+
+
+def head_dimension(name, hparams):
+    """The rank bound d of a model's log-probability matrix (d+1), or None for MoS."""
+    if name == "lstm":
+        return hparams["emsize"]
+    return None if MODELS[name] == "mos" else hparams["emsize"]
