@@ -19,7 +19,8 @@ from mosbench.config import load_config, validate_config
 from mosbench.engines.tensorflow.models import build_model
 from mosbench.errors import MosbenchError
 from mosbench.training.devices import set_matmul_precision
-from mosbench.training.train import make_train_step, replica_rows
+from mosbench.training.replicas import replica_rows
+from mosbench.training.train import make_train_step
 
 # (dataset, model) -> (epochs, finetune_epochs)
 REFERENCE_CAPS = {

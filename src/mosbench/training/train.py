@@ -53,6 +53,7 @@ from mosbench.training import checkpoint
 from mosbench.training.bptt import epoch_windows, restore_rng, rng_state
 from mosbench.training.devices import configure_devices, set_matmul_precision
 from mosbench.training.nt_asgd import IterateAverage, nonmono_triggered
+from mosbench.training.replicas import replica_rows
 
 WEIGHTS = "model.weights.h5"
 SUMMARY = "train.json"
@@ -129,22 +130,6 @@ def make_train_step(model, optimizer, batch_size, hparams, averager=None, strate
         return strategy.reduce(tf.distribute.ReduceOp.SUM, nll, axis=None), states
 
     return step
-
-
-def replica_rows(batch_size, replicas):
-    """Each replica's ``(first, end)`` rows: contiguous, sizes differing by at most one.
-
-    Like ``torch.nn.DataParallel``, which the reference used on several GPUs,
-    an uneven batch is split unevenly rather than refused (balanced here: 12
-    rows on 8 devices are 2,2,2,2,1,1,1,1, not DataParallel's 6 chunks of 2).
-    """
-    if batch_size < replicas:
-        raise MosbenchError(f"batch_size {batch_size} is smaller than the {replicas} devices "
-                            "it would be split over: some would get no rows")
-    base, extra = divmod(batch_size, replicas)
-    sizes = [base + (r < extra) for r in range(replicas)]
-    ends = np.cumsum(sizes)
-    return [(int(end - size), int(end)) for size, end in zip(sizes, ends, strict=True)]
 
 
 def make_strategy(gpus, devices=None):
