@@ -29,9 +29,9 @@ from mosbench.config import load_config, preset
 from mosbench.data.batching import batchify
 from mosbench.data.tokenise import load_split, tokenise
 from mosbench.engines.tensorflow.models import build_model
+from mosbench.engines.tensorflow.steps import make_train_step
 from mosbench.evaluation.perplexity import evaluate_loss, perplexity
 from mosbench.training.bptt import epoch_windows
-from mosbench.training.train import make_train_step
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "ptb"

@@ -93,8 +93,7 @@ class TensorFlowSide:
         import tensorflow as tf
 
         from mosbench.engines.tensorflow.models import build_model
-        from mosbench.evaluation.perplexity import make_eval_step
-        from mosbench.training.train import make_train_step
+        from mosbench.engines.tensorflow.steps import make_eval_step, make_train_step
 
         self.tf = tf
         keras.utils.set_random_seed(0)

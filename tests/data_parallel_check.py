@@ -17,7 +17,7 @@ import numpy as np  # noqa: E402
 from mosbench.engines.tensorflow.models import build_model  # noqa: E402
 from mosbench.engines.tensorflow.models.locked_dropout import LockedDropout  # noqa: E402
 from mosbench.engines.tensorflow.models.weight_drop_lstm import WeightDropLSTM  # noqa: E402
-from mosbench.training.train import make_strategy, make_train_step  # noqa: E402
+from mosbench.engines.tensorflow.steps import make_strategy, make_train_step  # noqa: E402
 
 # No dropout, so one device and two replicas see the same function; a tiny clip
 # so the clipping is certainly active; AR/TAR, weight decay and chunks on.

@@ -38,6 +38,7 @@ from mosbench.config import check_gpus, validate_config
 from mosbench.data.batching import batchify
 from mosbench.data.synthetic import generate_synthetic
 from mosbench.data.tokenise import META_KEY, load_split
+from mosbench.engines import FRAMEWORKS, load_engine
 from mosbench.errors import MosbenchError
 
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
@@ -402,38 +403,36 @@ def test_split_too_short_for_the_batch():
 
 # --- 5. a checkpoint of another model (training/checkpoint.py, through its API) --------
 
-def test_checkpoint_of_a_different_model_is_refused(tiny_config, tmp_path):
-    import keras
-
-    from mosbench.engines.tensorflow.models import build_model
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_checkpoint_of_a_different_model_is_refused(tiny_config, tmp_path, framework):
     from mosbench.training import checkpoint
 
     def built(name, **changes):
-        model = build_model(name, 40, dict(tiny_config["presets"]["tiny"][name], **changes))
-        optimizer = keras.optimizers.SGD(learning_rate=1.0)
-        optimizer.build(model.trainable_variables)
-        return model, optimizer
+        hparams = dict(tiny_config["presets"]["tiny"][name], **changes)
+        engine = load_engine(framework)
+        engine.build(name, 40, hparams)
+        engine.prepare_training(hparams, hparams["batch_size"])
+        return engine
 
-    saved, optimizer = built("lstm")
+    saved = built("lstm")
     fingerprint = {"model": "lstm", "hparams": tiny_config["presets"]["tiny"]["lstm"]}
-    checkpoint.save(tmp_path, saved, optimizer, {"epoch": 1, "fingerprint": fingerprint})
+    checkpoint.save(tmp_path, saved, {"epoch": 1, "fingerprint": fingerprint})
 
-    for other in (built("awd-lstm-mos"), built("lstm", emsize=24, nhid=24)):
-        model, opt = other
-        before = [v.numpy() for v in model.variables]
+    for engine in (built("awd-lstm-mos"), built("lstm", emsize=24, nhid=24)):
+        before = engine.checkpoint_arrays()
         with pytest.raises(MosbenchError) as err:
-            checkpoint.load(tmp_path, model, opt)
+            checkpoint.load(tmp_path, engine)
         assert str(tmp_path) in str(err.value)
-        assert f"a different model or preset than '{model.name}'" in str(err.value)
+        assert f"a different model or preset than this {framework} job's" in str(err.value)
         # refused before touching anything: the model keeps its own weights
-        assert all(np.array_equal(a, v.numpy()) for a, v in zip(before, model.variables,
-                                                                    strict=True))
+        after = engine.checkpoint_arrays()
+        assert all(np.array_equal(value, after[name]) for name, value in before.items())
     # train.py asks same_job first and discards a checkpoint of other settings
     assert checkpoint.same_job(tmp_path, fingerprint)
     assert not checkpoint.same_job(tmp_path, {**fingerprint, "model": "awd-lstm-mos"})
     checkpoint.remove(tmp_path)
     assert not checkpoint.exists(tmp_path) and files_under(tmp_path) == []
     # the same model loads (so the refusals above are about the model, not the files)
-    checkpoint.save(tmp_path, saved, optimizer, {"epoch": 1})
-    state, _, _ = checkpoint.load(tmp_path, saved, optimizer)
+    checkpoint.save(tmp_path, saved, {"epoch": 1})
+    state, _ = checkpoint.load(tmp_path, saved)
     assert state["epoch"] == 1

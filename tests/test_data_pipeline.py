@@ -8,9 +8,12 @@ import pytest
 
 from mosbench.data.batching import batchify, windows
 from mosbench.data.tokenise import load_split, tokenise
+from mosbench.engines.tensorflow import input_pipeline
+from mosbench.engines.tensorflow.engine import TensorFlowEngine
+from mosbench.engines.tensorflow.input_pipeline import train_datasets
 from mosbench.errors import MosbenchError
 from mosbench.measurement import data_pipeline
-from mosbench.measurement.data_pipeline import measure_data_pipeline, preprocess, train_datasets
+from mosbench.measurement.data_pipeline import measure_data_pipeline, preprocess
 
 BATCH, BPTT = 4, 7
 FIGURES = {
@@ -53,8 +56,8 @@ def test_every_figure_is_finite_positive_and_no_cache_is_left(corpus, tmp_path):
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     (scratch / "other.txt").write_text("not ours")
-    figures = measure_data_pipeline(raw, data, batch_size=BATCH, bptt=BPTT, scratch_dir=scratch,
-                                    passes=3)
+    figures = measure_data_pipeline(TensorFlowEngine(), raw, data, batch_size=BATCH, bptt=BPTT,
+                                    scratch_dir=scratch, passes=3)
     assert set(figures) == FIGURES
     for name, value in figures.items():
         assert math.isfinite(value) and value > 0, name
@@ -79,7 +82,7 @@ def test_caches_read_the_parquet_file_once(corpus, tmp_path, monkeypatch):
     _, data, _ = corpus
     reads = []
     real_read_ids = data_pipeline.read_ids
-    monkeypatch.setattr(data_pipeline, "read_ids",
+    monkeypatch.setattr(input_pipeline, "read_ids",
                         lambda path: reads.append(path) or real_read_ids(path))
     datasets = train_datasets(data / "train.parquet", BATCH, BPTT, tmp_path / "cache")
     for name, dataset in datasets.items():
@@ -99,4 +102,5 @@ def test_raw_text_of_another_corpus_is_refused(corpus, tmp_path):
     _, data, _ = corpus
     other = write_corpus(tmp_path / "raw", seed=1, lines=(121, 20, 20))
     with pytest.raises(MosbenchError, match="raw text does not give the tokens"):
-        measure_data_pipeline(other, data, batch_size=BATCH, bptt=BPTT, scratch_dir=tmp_path)
+        measure_data_pipeline(TensorFlowEngine(), other, data, batch_size=BATCH, bptt=BPTT,
+                              scratch_dir=tmp_path)

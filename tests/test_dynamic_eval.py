@@ -6,7 +6,8 @@ the root of the summed squared gradients, decay rates are normalised by the
 sum of the tensors' mean statistics and capped at 1/lamb, and each segment is
 scored before its update. Its arithmetic runs in float64 on NumPy arrays; only
 the gradient of a segment comes from the model (evaluated at the oracle's
-weights), so what is tested is the algorithm. Each of the reference's
+weights, one function per framework), so what is tested is each engine's
+implementation of the algorithm. Each of the reference's
 choices, swapped for the alternative we used to have, moves the result far
 outside the tolerance: the test can tell them apart.
 """
@@ -20,8 +21,8 @@ from conftest import REPO
 from mosbench.config import validate_config
 from mosbench.data.batching import batchify, windows
 from mosbench.data.tokenise import load_split
-from mosbench.engines.tensorflow.models import build_model
-from mosbench.evaluation.dynamic_eval import adaptive_losses, gradient_statistics
+from mosbench.engines import load_engine
+from mosbench.evaluation.dynamic_eval import decay_rates
 
 HP = dict(emsize=6, nhid=10, nhidlast=8, nlayers=2, dropout=0.3, dropouth=0.3, dropouti=0.3,
           dropoute=0.1, wdrop=0.3, init_range=0.5, n_experts=3, dropoutl=0.3)
@@ -34,8 +35,9 @@ PLANTED = {  # the three differences in the algorithm, each planted back alone
 }
 
 
-def gradient_at(model, weights, inputs, targets, states):
-    """The model's mean NLL and its gradient at ``weights`` (float64 arrays in and out)."""
+def keras_gradient_at(engine, weights, inputs, targets, states):
+    """The Keras model's mean NLL and gradient at ``weights`` (float64 arrays in and out)."""
+    model = engine.model
     for variable, value in zip(model.trainable_variables, weights, strict=True):
         variable.assign(value.astype(np.float32))
     with tf.GradientTape() as tape:
@@ -45,13 +47,18 @@ def gradient_at(model, weights, inputs, targets, states):
     return float(loss), [tf.convert_to_tensor(g).numpy().astype(np.float64) for g in grads], states
 
 
-def oracle(model, train_ids, ids, lamb, statistic="sum", normaliser="sum", cap=True):
+GRADIENT_AT = {"tensorflow": keras_gradient_at}
+
+
+def oracle(engine, train_ids, ids, lamb, statistic="sum", normaliser="sum", cap=True):
     """Per-segment losses and the adapted weights, in float64."""
-    w0 = [v.numpy().astype(np.float64) for v in model.trainable_variables]
+    gradient_at = GRADIENT_AT[engine.framework]
+    trained = engine.weights()
+    w0 = [value.astype(np.float64) for value in trained.values()]
     squares, count = [np.zeros_like(w) for w in w0], 0
-    states = model.initial_state(STAT_BATCH)
+    states = engine.initial_state(STAT_BATCH)
     for inputs, targets in windows(batchify(train_ids, STAT_BATCH), BPTT):
-        _, grads, states = gradient_at(model, w0, inputs, targets, states)
+        _, grads, states = gradient_at(engine, w0, inputs, targets, states)
         squares = [s + g * g for s, g in zip(squares, grads, strict=True)]
         count += 1
     ms = [np.sqrt(s / count) if statistic == "mean" else np.sqrt(s) for s in squares]
@@ -61,40 +68,41 @@ def oracle(model, train_ids, ids, lamb, statistic="sum", normaliser="sum", cap=T
     if cap:
         rates = [np.minimum(r, 1.0 / lamb) for r in rates]
     weights, losses = [w.copy() for w in w0], []
-    states = model.initial_state(1)
+    states = engine.initial_state(1)
     for inputs, targets in windows(batchify(ids, 1), BPTT):
-        loss, grads, states = gradient_at(model, weights, inputs, targets, states)
+        loss, grads, states = gradient_at(engine, weights, inputs, targets, states)
         losses.append(loss)  # before the update
         weights = [w + lamb * r * (a - w) - LR * g / (m + EPSILON)
                    for w, r, a, g, m in zip(weights, rates, w0, grads, ms, strict=True)]
-    for variable, value in zip(model.trainable_variables, w0, strict=True):
-        variable.assign(value.astype(np.float32))
+    engine.load_weights(trained)
     return np.array(losses), weights, rates
 
 
-@pytest.fixture(scope="module")
-def setting(tiny_data):
-    model = build_model("awd-lstm-mos", 40, HP)
+@pytest.fixture(scope="module", params=list(GRADIENT_AT))
+def setting(tiny_data, request):
+    engine = load_engine(request.param)
+    engine.build("awd-lstm-mos", 40, HP)
     train_ids = load_split(tiny_data, "train")[0][:1200]
     ids = load_split(tiny_data, "test")[0][:61]  # 12 segments of 5
-    rates = oracle(model, train_ids, ids, lamb=1.0)[2]
+    rates = oracle(engine, train_ids, ids, lamb=1.0)[2]
     top = max(float(r.max()) for r in rates)
     # A lamb under which the cap binds for some weights but not for all.
     lamb = 2.0 / top
     assert any((r > 1 / lamb).any() for r in rates) and any((r < 1 / lamb).any() for r in rates)
-    return model, train_ids, ids, lamb
+    return engine, train_ids, ids, lamb
 
 
-def ours(model, train_ids, ids, lamb):
-    trained = [v.numpy() for v in model.trainable_variables]
-    statistics = gradient_statistics(model, train_ids, STAT_BATCH, BPTT)
-    losses, tokens = adaptive_losses(model, ids, statistics, lr=LR, lamb=lamb,
-                                     epsilon=EPSILON, bptt=BPTT, batch_size=1)
-    adapted = [v.numpy().astype(np.float64) for v in model.trainable_variables]
-    for variable, value in zip(model.trainable_variables, trained, strict=True):
-        variable.assign(value)
-    assert (tokens == BPTT).all()
-    return losses, adapted
+def ours(engine, train_ids, ids, lamb):
+    trained = engine.weights()
+    statistics = engine.gradient_statistics(windows(batchify(train_ids, STAT_BATCH), BPTT),
+                                            STAT_BATCH)
+    segments = list(windows(batchify(ids, 1), BPTT))
+    assert all(targets.size == BPTT for _, targets in segments)
+    losses = engine.adaptive_losses(segments, statistics, decay_rates(statistics, lamb), lr=LR,
+                                    lamb=lamb, epsilon=EPSILON)
+    adapted = [value.astype(np.float64) for value in engine.weights().values()]
+    engine.load_weights(trained)
+    return np.array(losses), adapted
 
 
 def differences(a, b):
@@ -105,22 +113,22 @@ def differences(a, b):
 
 
 def test_dynamic_evaluation_matches_the_reference_algorithm(setting):
-    model, train_ids, ids, lamb = setting
-    result = ours(model, train_ids, ids, lamb)
-    expected = oracle(model, train_ids, ids, lamb, **CORRECT)
+    engine, train_ids, ids, lamb = setting
+    result = ours(engine, train_ids, ids, lamb)
+    expected = oracle(engine, train_ids, ids, lamb, **CORRECT)
     loss, weight = differences(result, expected[:2])
     print(f"largest differences: loss {loss:.2e}, weight {weight:.2e}")
     assert loss < 1e-6 and weight < 1e-6, (loss, weight)
     # The weights moved well beyond the tolerance, so equality is not vacuous.
-    trained = [v.numpy() for v in model.trainable_variables]
+    trained = engine.weights().values()
     assert max(float(np.abs(a - w).max()) for a, w in zip(result[1], trained, strict=True)) > 1e-3
 
 
 @pytest.mark.parametrize("planted", PLANTED)
 def test_each_old_difference_planted_back_fails(setting, planted):
-    model, train_ids, ids, lamb = setting
-    result = ours(model, train_ids, ids, lamb)
-    wrong = oracle(model, train_ids, ids, lamb, **{**CORRECT, **PLANTED[planted]})
+    engine, train_ids, ids, lamb = setting
+    result = ours(engine, train_ids, ids, lamb)
+    wrong = oracle(engine, train_ids, ids, lamb, **{**CORRECT, **PLANTED[planted]})
     loss, weight = differences(result, wrong[:2])
     print(f"{planted}: loss {loss:.2e}, weight {weight:.2e}")
     assert max(loss, weight) > 1e-4, (planted, loss, weight)

@@ -17,7 +17,6 @@ from mosbench.measurement.hardware import (
     HardwareMonitor,
     hardware_metrics,
     nvml_indices,
-    tf_allocator_peak_mb,
 )
 
 MIB = 2**20
@@ -93,15 +92,16 @@ def test_gpu_job_without_nvml_is_absent_with_reason(monkeypatch):
 
 
 def test_tf_allocator_absent_for_a_cpu_job():
-    assert tf_allocator_peak_mb(0) == (None, "gpus=0: a CPU job")
+    from mosbench.engines.tensorflow.engine import TensorFlowEngine
+
+    assert TensorFlowEngine(gpus=0).allocator_peak_mb() == (None, "gpus=0: a CPU job")
 
 
 def test_hardware_metrics_merges_reasons():
     with HardwareMonitor(gpus=0, interval_s=0.01) as monitor:
         pass
     metrics, absent = hardware_metrics(monitor)
-    assert metrics["tf_allocator_peak_mb"] is None
-    assert set(absent) == {*GPU_FIGURES, "tf_allocator_peak_mb"}
+    assert set(absent) == set(GPU_FIGURES)
     assert all(reason for reason in absent.values())
     assert metrics["host_rss_peak_mb"] > 0
     assert all(metrics[k] is None for k in absent)

@@ -5,19 +5,23 @@ import json
 import mlflow
 import pytest
 
+from mosbench.engines import FRAMEWORKS
 from mosbench.errors import MosbenchError
 from mosbench.evaluation.evaluate import evaluate, load_trained
 from mosbench.training.train import train
 
 
-def _train(tiny_config, data, out, **overrides):
+def _train(tiny_config, data, out, framework="tensorflow", **overrides):
     hparams = dict(tiny_config["presets"]["tiny"]["lstm"], **overrides)
     return train(data, out, dataset="tiny", model_name="lstm", seed=3, gpus=0,
-                 hparams=hparams, experiment="unit", config_snapshot=tiny_config)
+                 hparams=hparams, experiment="unit", config_snapshot=tiny_config,
+                 framework=framework)
 
 
-def test_train_then_evaluate_into_the_same_run(tiny_config, tiny_data, tmp_path, mlflow_store):
-    summary = _train(tiny_config, tiny_data, tmp_path / "train")
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_train_then_evaluate_into_the_same_run(tiny_config, tiny_data, tmp_path, mlflow_store,
+                                               framework):
+    summary = _train(tiny_config, tiny_data, tmp_path / "train", framework)
     assert [r["epoch"] for r in summary["history"]] == [1, 2]
     ppls = [r["valid_ppl"] for r in summary["history"]]
     assert ppls[-1] < 40  # better than a uniform guess over the 40-word vocabulary
@@ -25,8 +29,8 @@ def test_train_then_evaluate_into_the_same_run(tiny_config, tiny_data, tmp_path,
 
     metrics = evaluate(tiny_data, tmp_path / "train", tmp_path / "eval" / "metrics.json",
                        model_name="lstm", hparams=tiny_config["presets"]["tiny"]["lstm"],
-                       experiment="unit")
-    assert metrics["run_id"] == summary["run_id"]
+                       experiment="unit", framework=framework)
+    assert metrics["run_id"] == summary["run_id"] and metrics["framework"] == framework
     # the best checkpoint is what evaluate scores
     assert metrics["best_valid_ppl"] == pytest.approx(min(ppls), rel=1e-4)
     assert 1 < metrics["optimal_ppl"] < metrics["test_ppl"]
@@ -36,8 +40,9 @@ def test_train_then_evaluate_into_the_same_run(tiny_config, tiny_data, tmp_path,
     assert len(runs) == 1
     run = runs.iloc[0]
     assert run["run_id"] == summary["run_id"] and run["status"] == "FINISHED"
-    assert run["tags.mlflow.runName"] == "tiny-lstm-seed3-gpus0"
-    assert run["tags.framework"] == "tensorflow" and run["tags.seed"] == "3"
+    assert run["tags.mlflow.runName"] == f"{framework}-tiny-lstm-seed3-gpus0"
+    assert run["tags.framework"] == framework and run["tags.seed"] == "3"
+    assert run["tags.framework_version"] and run["params.framework"] == framework
     assert run["params.n_params"] == str(summary["n_params"])
     assert run["params.bptt"] == "20"
     assert run["metrics.test/ppl"] == pytest.approx(metrics["test_ppl"])

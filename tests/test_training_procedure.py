@@ -15,11 +15,13 @@ import tensorflow as tf
 import yaml
 
 from conftest import TINY_CONFIG
+from mosbench.engines import FRAMEWORKS, load_engine
+from mosbench.engines.tensorflow.averaging import IterateAverage
 from mosbench.engines.tensorflow.models import build_model
 from mosbench.errors import PAUSED_EXIT_CODE, MosbenchError
 from mosbench.training import checkpoint
 from mosbench.training.bptt import epoch_windows, sample_seq_len
-from mosbench.training.nt_asgd import IterateAverage, nonmono_triggered
+from mosbench.training.nt_asgd import nonmono_triggered
 
 MOSBENCH = Path(sys.executable).with_name("mosbench")
 
@@ -52,7 +54,7 @@ def test_sequence_length_distribution():
 def test_variable_windows_compile_once():
     import keras
 
-    from mosbench.training.train import make_train_step
+    from mosbench.engines.tensorflow.steps import make_train_step
 
     model = build_model("lstm", 20, HP)
     optimizer = keras.optimizers.SGD(1.0)
@@ -108,63 +110,62 @@ def test_iterate_average_is_the_mean_of_the_iterates():
 
 # --- checkpoints ----------------------------------------------------------------------------
 
-HP = dict(emsize=8, nhid=8, nlayers=1, dropout=0.0, tie_weights=True, init_range=0.1)
+HP = dict(emsize=8, nhid=8, nlayers=1, dropout=0.0, tie_weights=True, init_range=0.1, lr=1.0,
+          clip=0.25, small_batch_size=None)
 
 
-def _model_and_optimizer(hparams=HP):
-    import keras
-
-    model = build_model("lstm", 20, hparams)
-    optimizer = keras.optimizers.SGD(1.0)
-    optimizer.build(model.trainable_variables)
-    return model, optimizer
+def _engine(framework, hparams=HP):
+    engine = load_engine(framework)
+    engine.build("lstm", 20, hparams)
+    engine.prepare_training(hparams, 4)
+    return engine
 
 
-def test_checkpoint_round_trip_and_verification(tmp_path):
-    model, optimizer = _model_and_optimizer()
-    checkpoint.save(tmp_path, model, optimizer, {"epoch": 3}, hidden=[np.ones((2, 8))])
-    saved = [v.numpy().copy() for v in model.variables]
-    for v in model.trainable_variables:
-        v.assign(tf.zeros_like(v))
-    state, averages, hidden = checkpoint.load(tmp_path, model, optimizer)
-    assert state["epoch"] == 3 and averages == [] and hidden[0].shape == (2, 8)
-    for v, value in zip(model.variables, saved, strict=True):
-        np.testing.assert_array_equal(v.numpy(), value)
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_checkpoint_round_trip_and_verification(tmp_path, framework):
+    engine = _engine(framework)
+    checkpoint.save(tmp_path, engine, {"epoch": 3}, hidden=[np.ones((2, 8))])
+    saved = engine.checkpoint_arrays()
+    engine.load_weights({name: np.zeros_like(value) for name, value in engine.weights().items()})
+    state, hidden = checkpoint.load(tmp_path, engine)
+    assert state["epoch"] == 3 and hidden[0].shape == (2, 8)
+    for name, value in engine.checkpoint_arrays().items():
+        np.testing.assert_array_equal(value, saved[name])
 
     arrays = tmp_path / json.loads((tmp_path / checkpoint.STATE).read_text())["arrays"]
     raw = arrays.read_bytes()
     arrays.write_bytes(raw[: len(raw) // 2])  # a half-written file
     with pytest.raises(MosbenchError, match="does not match its checksum"):
-        checkpoint.load(tmp_path, model, optimizer)
+        checkpoint.load(tmp_path, engine)
 
 
 def test_a_newer_npz_without_its_json_is_ignored_then_cleaned(tmp_path):
     """A job killed between writing the npz and the JSON: the previous checkpoint holds."""
-    model, optimizer = _model_and_optimizer()
+    engine = _engine("tensorflow")
     state = {"epoch": 1}
-    checkpoint.save(tmp_path, model, optimizer, state)
+    checkpoint.save(tmp_path, engine, state)
     named = json.loads((tmp_path / checkpoint.STATE).read_text())["arrays"]
     (tmp_path / "checkpoint-99.npz").write_bytes(b"an interrupted write")
-    (tmp_path / "best-7.weights.h5").write_bytes(b"best weights of an epoch never checkpointed")
-    assert checkpoint.load(tmp_path, model, optimizer)[0]["epoch"] == 1
-    state.update(epoch=2, keep=["best-1.weights.h5"])
-    checkpoint.save(tmp_path, model, optimizer, state)
-    (tmp_path / "best-1.weights.h5").write_bytes(b"kept")
+    (tmp_path / "best-7.weights.npz").write_bytes(b"best weights of an epoch never checkpointed")
+    assert checkpoint.load(tmp_path, engine)[0]["epoch"] == 1
+    state.update(epoch=2, keep=["best-1.weights.npz"])
+    checkpoint.save(tmp_path, engine, state)
+    (tmp_path / "best-1.weights.npz").write_bytes(b"kept")
     state["epoch"] = 3
-    checkpoint.save(tmp_path, model, optimizer, state)
+    checkpoint.save(tmp_path, engine, state)
     left = sorted(p.name for p in tmp_path.iterdir())
-    assert left == ["best-1.weights.h5", "checkpoint-3.npz", "checkpoint.json"]
+    assert left == ["best-1.weights.npz", "checkpoint-3.npz", "checkpoint.json"]
     assert named == "checkpoint-1.npz"
     checkpoint.remove(tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 
-def test_checkpoint_of_another_model_is_refused(tmp_path):
-    model, optimizer = _model_and_optimizer()
-    checkpoint.save(tmp_path, model, optimizer, {"epoch": 1})
-    other, other_optimizer = _model_and_optimizer(dict(HP, emsize=12, nhid=12))
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_checkpoint_of_another_model_is_refused(tmp_path, framework):
+    checkpoint.save(tmp_path, _engine(framework), {"epoch": 1})
+    other = _engine(framework, dict(HP, emsize=12, nhid=12))
     with pytest.raises(MosbenchError, match="different model or preset"):
-        checkpoint.load(tmp_path, other, other_optimizer)
+        checkpoint.load(tmp_path, other)
 
 
 # --- whole jobs: interrupted and resumed ------------------------------------------------------
@@ -249,23 +250,25 @@ def test_interrupted_job_resumes_to_the_same_result(uninterrupted, tmp_path, kil
 
 # --- dynamic evaluation -----------------------------------------------------------------------
 
-def test_dynamic_evaluation(tiny_data):
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_dynamic_evaluation(tiny_data, framework):
     from mosbench.data.tokenise import load_split
     from mosbench.evaluation.dynamic_eval import dynamic_evaluation
     from mosbench.evaluation.perplexity import evaluate_loss
 
-    model = build_model("lstm", 40, dict(HP, init_range=0.5))
+    engine = load_engine(framework)
+    engine.build("lstm", 40, dict(HP, init_range=0.5))
     train_ids, _ = load_split(tiny_data, "train")
     test_ids = load_split(tiny_data, "test")[0][:600]
-    trained = [v.numpy().copy() for v in model.trainable_variables]
-    static = evaluate_loss(model, test_ids, 1, 5)
-    frozen = dynamic_evaluation(model, train_ids, test_ids, lr=0.0, lamb=0.0, epsilon=1e-3,
+    trained = engine.weights()
+    static = evaluate_loss(engine, test_ids, 1, 5)
+    frozen = dynamic_evaluation(engine, train_ids, test_ids, lr=0.0, lamb=0.0, epsilon=1e-3,
                                 stat_max_batches=5)
     assert frozen == pytest.approx(static, rel=1e-6)  # no step: the static score
     # On text that repeats, adapting to what was just read must help.
     repeated = np.tile(test_ids[:40], 15)
-    adapted = dynamic_evaluation(model, train_ids, repeated, lr=0.01, lamb=0.0, epsilon=1e-3,
+    adapted = dynamic_evaluation(engine, train_ids, repeated, lr=0.01, lamb=0.0, epsilon=1e-3,
                                  stat_max_batches=5)
-    assert adapted < evaluate_loss(model, repeated, 1, 5)
-    for variable, value in zip(model.trainable_variables, trained, strict=True):
-        np.testing.assert_array_equal(variable.numpy(), value)  # trained weights restored
+    assert adapted < evaluate_loss(engine, repeated, 1, 5)
+    for name, value in engine.weights().items():
+        np.testing.assert_array_equal(value, trained[name])  # trained weights restored

@@ -150,6 +150,19 @@ class Engine(abc.ABC):
     # --- measurement -------------------------------------------------------------------------
 
     @abc.abstractmethod
+    def input_pipelines(self, train_path, batch_size, bptt, cache_file):
+        """The framework's input pipelines of the training windows, one pass each.
+
+        ``{"stream", "cache_memory", "cache_file"}`` -> a function that runs
+        one whole pass over the windows of the Parquet split at ``train_path``
+        (``batching.windows`` of ``batchify(ids, batch_size)``, in order) and
+        returns ``(input tokens, sum of the target ids)``. ``stream`` reads
+        the file on every pass; the cached ones fill their cache (in memory,
+        in ``cache_file``) on the first pass and read it after, the way that
+        framework's users cache a dataset.
+        """
+
+    @abc.abstractmethod
     def allocator_peak_mb(self):
         """``(peak, reason)``: the framework allocator's device peak (MiB, summed over the
         job's GPUs), or ``(None, why it is absent)``."""

@@ -19,43 +19,16 @@ it before scoring the next, so recent text shapes the next predictions:
 The model runs without dropout throughout (the reference keeps its weight
 drop's DropConnect active here, an artefact of its ``use_dropout`` switch not
 reaching the wrapper; not inherited). The trained weights are restored after.
+The rules are here; the gradient passes are the engine's
+(``Engine.gradient_statistics``, ``Engine.adaptive_losses``), since one
+update per five tokens must stay on the device.
 """
 
+import itertools
+
 import numpy as np
-import tensorflow as tf
 
 from mosbench.data.batching import batchify, windows
-
-
-def _gradient_step(model):
-    @tf.function(reduce_retracing=True)
-    def step(inputs, targets, states):
-        with tf.GradientTape() as tape:
-            nll, states, _ = model.nll(inputs, targets, states, training=False)
-            loss = tf.reduce_mean(nll)
-        grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, model.trainable_variables)]
-        return loss, grads, states
-
-    return step
-
-
-def gradient_statistics(model, train_ids, batch_size, bptt, max_batches=None):
-    """Per weight, the root of the summed squared gradients over the training windows.
-
-    Each window's gradient is that of its mean NLL; the state is carried from
-    window to window, as in training.
-    """
-    step = _gradient_step(model)
-    squares = [np.zeros(v.shape, np.float64) for v in model.trainable_variables]
-    states, count = model.initial_state(batch_size), 0
-    for inputs, targets in windows(batchify(train_ids, batch_size), bptt):
-        _, grads, states = step(tf.constant(inputs), tf.constant(targets), states)
-        for square, grad in zip(squares, grads, strict=True):
-            square += np.square(grad.numpy(), dtype=np.float64)
-        count += 1
-        if max_batches and count >= max_batches:
-            break
-    return [np.sqrt(square) for square in squares]
 
 
 def decay_rates(statistics, lamb):
@@ -65,43 +38,15 @@ def decay_rates(statistics, lamb):
     return [np.minimum(r, 1.0 / lamb) for r in rates] if lamb > 0 else rates
 
 
-def adaptive_losses(model, ids, statistics, *, lr, lamb, epsilon, bptt=5, batch_size=1):
-    """Score ``ids`` segment by segment, adapting after each; leaves the weights adapted.
-
-    Returns ``(losses, tokens)``: each segment's mean NLL, scored before the
-    weights saw its targets, and its token count.
-    """
-    variables = model.trainable_variables
-    rates = decay_rates(statistics, lamb)
-    decay = [tf.constant(lamb * r, v.dtype) for r, v in zip(rates, variables, strict=True)]
-    scale = [tf.constant(lr / (s + epsilon), v.dtype)
-             for s, v in zip(statistics, variables, strict=True)]
-    trained = [tf.identity(v) for v in variables]
-    step = _gradient_step(model)
-
-    @tf.function
-    def adapt(grads):
-        for v, g, s, d, w0 in zip(variables, grads, scale, decay, trained, strict=True):
-            v.assign_add(d * (w0 - v) - s * g)
-
-    states, losses, tokens = model.initial_state(batch_size), [], []
-    for inputs, targets in windows(batchify(ids, batch_size), bptt):
-        loss, grads, states = step(tf.constant(inputs), tf.constant(targets), states)
-        losses.append(float(loss))
-        tokens.append(targets.size)
-        adapt(grads)
-    return np.array(losses), np.array(tokens)
-
-
-def dynamic_evaluation(model, train_ids, ids, *, lr, lamb, epsilon, bptt=5, batch_size=1,
+def dynamic_evaluation(engine, train_ids, ids, *, lr, lamb, epsilon, bptt=5, batch_size=1,
                        stat_batch_size=100, stat_max_batches=None):
     """Mean NLL (nats per token) of ``ids`` under dynamic evaluation."""
-    statistics = gradient_statistics(model, train_ids, stat_batch_size, bptt, stat_max_batches)
-    trained = [v.numpy() for v in model.trainable_variables]
-    try:
-        losses, tokens = adaptive_losses(model, ids, statistics, lr=lr, lamb=lamb,
-                                         epsilon=epsilon, bptt=bptt, batch_size=batch_size)
-    finally:
-        for v, w0 in zip(model.trainable_variables, trained, strict=True):
-            v.assign(w0)
-    return float((losses * tokens).sum() / tokens.sum())
+    stat_windows = windows(batchify(train_ids, stat_batch_size), bptt)
+    statistics = engine.gradient_statistics(
+        itertools.islice(stat_windows, stat_max_batches), stat_batch_size)
+    segments = list(windows(batchify(ids, batch_size), bptt))
+    with engine.weights_restored():
+        losses = engine.adaptive_losses(segments, statistics, decay_rates(statistics, lamb),
+                                        lr=lr, lamb=lamb, epsilon=epsilon)
+    tokens = np.array([targets.size for _, targets in segments])
+    return float((np.array(losses) * tokens).sum() / tokens.sum())

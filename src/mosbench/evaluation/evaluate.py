@@ -8,39 +8,44 @@ file and into the training job's MLflow run.
 import time
 from pathlib import Path
 
-import tensorflow as tf
+import numpy as np
 
 from mosbench.data.tokenise import load_split
-from mosbench.engines.tensorflow.models import build_model
+from mosbench.engines import load_engine
 from mosbench.errors import MosbenchError
 from mosbench.evaluation.dynamic_eval import dynamic_evaluation
 from mosbench.evaluation.perplexity import (
     eval_throughput,
     evaluate_loss,
-    make_eval_step,
     next_word_latency,
     perplexity,
 )
 from mosbench.evaluation.rank import logprob_rank
 from mosbench.io import read_json, write_json
 from mosbench.tracking.tracker import Tracker
-from mosbench.training.devices import configure_devices, set_matmul_precision
 from mosbench.training.train import SUMMARY, WEIGHTS
 from mosbench.workload import head_dimension
 
 
-def load_trained(train_dir, model_name, vocab_size, hparams):
-    """Rebuild the model and load its best weights, with a clear error on a mismatch."""
-    model = build_model(model_name, vocab_size, hparams)
+def load_trained(train_dir, model_name, vocab_size, hparams, framework="tensorflow", gpus=0,
+                 threads=None):
+    """An engine holding the job's best weights, with a clear error on a mismatch.
+
+    Evaluation runs on one device: ``gpus`` above one still places it on one.
+    """
+    engine = load_engine(framework, gpus=min(gpus, 1), threads=threads,
+                         precision=hparams.get("matmul_precision", "float32"))
+    engine.build(model_name, vocab_size, hparams)
     path = Path(train_dir) / WEIGHTS
     try:
-        model.load_weights(path)
-    except (ValueError, OSError) as exc:
+        with np.load(path) as arrays:
+            engine.load_weights(dict(arrays))
+    except (ValueError, OSError, MosbenchError) as exc:
         raise MosbenchError(
             f"{path}: cannot load these weights into {model_name} with the configured "
             f"hyperparameters ({exc})"
         ) from None
-    return model
+    return engine
 
 
 def _rank_bound(model_name, hparams, vocab_size, contexts):
@@ -50,43 +55,40 @@ def _rank_bound(model_name, hparams, vocab_size, contexts):
     return full if dim is None else min(dim + 2, full)
 
 
-def _dynamic_evaluation(model, data_dir, valid_ids, test_ids, options):
+def _dynamic_evaluation(engine, data_dir, valid_ids, test_ids, options):
     """Valid and test perplexity under dynamic evaluation, when the preset asks for it."""
     if not options:
         return {}
     train_ids, _ = load_split(data_dir, "train")
     results = {}
     for split, ids in (("valid", valid_ids), ("test", test_ids)):
-        loss = dynamic_evaluation(model, train_ids, ids, **options)
+        loss = dynamic_evaluation(engine, train_ids, ids, **options)
         results.update({f"dynamic_{split}_loss": loss, f"dynamic_{split}_ppl": perplexity(loss)})
     return results
 
 
 def evaluate(data_dir, train_dir, out_path, *, model_name, hparams, experiment, gpus=0,
-             threads=None):
+             threads=None, framework="tensorflow"):
     """Score the trained model; write and return the metrics."""
-    device = configure_devices(min(gpus, 1), threads)  # evaluation uses one device
-    set_matmul_precision(hparams.get("matmul_precision", "float32"))
     trained = read_json(Path(train_dir) / SUMMARY)
     valid_ids, meta = load_split(data_dir, "valid")
     test_ids, _ = load_split(data_dir, "test")
-    with tf.device(device):
-        model = load_trained(train_dir, model_name, meta["vocab_size"], hparams)
-        step = make_eval_step(model)
-        valid_loss = evaluate_loss(model, valid_ids, hparams["eval_batch_size"],
-                                   hparams["bptt"], step)
-        batched_tokens_per_s = eval_throughput(model, valid_ids, hparams["eval_batch_size"],
-                                               hparams["bptt"], step)
-        start = time.perf_counter()
-        test_loss = evaluate_loss(model, test_ids, hparams["test_batch_size"], hparams["bptt"])
-        test_time = time.perf_counter() - start
-        latency_median, latency_p95 = next_word_latency(model, test_ids)
-        rank, contexts = logprob_rank(model, test_ids, hparams["rank_contexts"],
-                                      hparams["eval_batch_size"], hparams["bptt"])
-        dynamic = _dynamic_evaluation(model, data_dir, valid_ids, test_ids,
-                                      hparams.get("dynamic_eval"))
+    engine = load_trained(train_dir, model_name, meta["vocab_size"], hparams, framework, gpus,
+                          threads)
+    bptt = hparams["bptt"]
+    valid_loss = evaluate_loss(engine, valid_ids, hparams["eval_batch_size"], bptt)
+    batched_tokens_per_s = eval_throughput(engine, valid_ids, hparams["eval_batch_size"], bptt)
+    start = time.perf_counter()
+    test_loss = evaluate_loss(engine, test_ids, hparams["test_batch_size"], bptt)
+    test_time = time.perf_counter() - start
+    latency_median, latency_p95 = next_word_latency(engine, test_ids)
+    rank, contexts = logprob_rank(engine, test_ids, hparams["rank_contexts"],
+                                  hparams["eval_batch_size"], bptt)
+    dynamic = _dynamic_evaluation(engine, data_dir, valid_ids, test_ids,
+                                  hparams.get("dynamic_eval"))
 
-    metrics = {key: trained[key] for key in ("dataset", "model", "seed", "gpus", "run_id")}
+    metrics = {key: trained[key]
+               for key in ("framework", "dataset", "model", "seed", "gpus", "run_id")}
     metrics.update({
         # the best checkpoint's (the weights train.json names best): re-scored here
         "best_valid_loss": valid_loss, "best_valid_ppl": perplexity(valid_loss),

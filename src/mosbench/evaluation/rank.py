@@ -9,31 +9,24 @@ a float32-appropriate tolerance, since the rows come from float32 arithmetic.
 """
 
 import numpy as np
-import tensorflow as tf
 
 from mosbench.data.batching import batchify, windows
 
 FLOAT32_EPS = float(np.finfo(np.float32).eps)
 
 
-def logprob_matrix(model, ids, contexts, batch_size=10, bptt=35):
+def logprob_matrix(engine, ids, contexts, batch_size=10, bptt=35):
     """``(contexts, vocab)`` float64 log-probability rows of the first contexts of ``ids``.
 
     The stream is read as in evaluation (state carried, no dropout); rows are
     taken window by window until ``contexts`` rows are collected.
     """
-
-    @tf.function(reduce_retracing=True)
-    def rows(inputs, states):
-        log_probs, states, _ = model(inputs, states, training=False)
-        return tf.reshape(log_probs, (-1, tf.shape(log_probs)[-1])), states
-
     batch_size = max(1, min(batch_size, (len(ids) - 1) // 2))
-    states = model.initial_state(batch_size)
+    states = engine.initial_state(batch_size)
     collected, count = [], 0
     for inputs, _ in windows(batchify(ids, batch_size), bptt):
-        block, states = rows(tf.constant(inputs), states)
-        collected.append(block.numpy().astype(np.float64))
+        block, states = engine.log_prob_rows(inputs, states)
+        collected.append(block)
         count += block.shape[0]
         if count >= contexts:
             break
@@ -46,7 +39,7 @@ def numerical_rank(matrix, eps=FLOAT32_EPS):
     return int((singular > singular.max() * max(matrix.shape) * eps).sum())
 
 
-def logprob_rank(model, ids, contexts, batch_size=10, bptt=35):
+def logprob_rank(engine, ids, contexts, batch_size=10, bptt=35):
     """Estimated rank of the log-probability matrix over the first ``contexts`` contexts."""
-    matrix = logprob_matrix(model, ids, contexts, batch_size, bptt)
+    matrix = logprob_matrix(engine, ids, contexts, batch_size, bptt)
     return numerical_rank(matrix), matrix.shape[0]

@@ -2,9 +2,11 @@
 
 ``measure_data_pipeline`` measures, in one call, the preprocessing a job would
 do without the Parquet files of the tokenise stage, the loading of those files,
-and the throughput of three ``tf.data`` pipelines over the train split that
-yield the training loop's ``(inputs, targets)`` windows: streamed from Parquet
-on every pass, cached in memory, and cached in a file on disk.
+and the throughput of the engine's three input pipelines over the train split
+that yield the training loop's ``(inputs, targets)`` windows: streamed from
+Parquet on every pass, cached in memory, and cached in a file on disk
+(``Engine.input_pipelines``: ``tf.data`` for TensorFlow, ``torch.utils.data``
+for PyTorch). The timing and the check of what each pass yields are here.
 """
 
 import shutil
@@ -14,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
-import tensorflow as tf
 
 from mosbench.config import SPLITS
 from mosbench.data.batching import batchify
@@ -41,53 +42,8 @@ def read_ids(path):
     return ids
 
 
-def _cut_windows(streams, bptt):
-    """The windows of ``batching.windows`` as a dataset: bptt steps, the last one shorter."""
-    steps = tf.shape(streams, out_type=tf.int64)[1]
-
-    def cut(start):
-        end = tf.minimum(start + bptt, steps - 1)
-        return streams[:, start:end], streams[:, start + 1 : end + 1]
-
-    return tf.data.Dataset.range(0, steps - 1, bptt).map(cut)
-
-
-def train_datasets(train_path, batch_size, bptt, cache_file):
-    """Pipelines ``stream``, ``cache_memory``, ``cache_file`` over one split's Parquet file.
-
-    Each yields int32 ``(inputs, targets)`` of shape ``(batch_size, <= bptt)``
-    in the training loop's order. ``stream`` reads the Parquet file again on
-    every pass; the cached ones fill their cache on the first full pass.
-    """
-
-    # batchify lays contiguous streams side by side, so the first window already needs
-    # tokens from across the whole file: each pass reads it all and yields the streams
-    # once. TF ops cut the windows: a Python yield per window costs ~0.5 ms, more than
-    # reading PTB's train split.
-    def generate():
-        yield batchify(read_ids(train_path), batch_size)
-
-    streams = tf.TensorSpec((batch_size, None), tf.int32)
-    stream = tf.data.Dataset.from_generator(generate, output_signature=streams)
-    stream = stream.flat_map(lambda s: _cut_windows(s, bptt))
-    return {"stream": stream, "cache_memory": stream.cache(),
-            "cache_file": stream.cache(str(cache_file))}
-
-
-def _consume(dataset):
-    """Iterate ``dataset`` to its end; (input tokens, checksum of the ids, seconds)."""
-    def add(totals, window):
-        inputs, targets = window
-        return (totals[0] + tf.size(inputs, tf.int64),
-                totals[1] + tf.reduce_sum(tf.cast(targets, tf.int64)))
-
-    start = time.perf_counter()
-    tokens, checksum = dataset.reduce((tf.constant(0, tf.int64), tf.constant(0, tf.int64)), add)
-    seconds = time.perf_counter() - start
-    return int(tokens), int(checksum), seconds
-
-
-def measure_data_pipeline(raw_dir, data_dir, *, batch_size, bptt, scratch_dir, passes=2):
+def measure_data_pipeline(engine, raw_dir, data_dir, *, batch_size, bptt, scratch_dir,
+                          passes=2):
     """Data measurements of a job (seconds, tokens/s), all taken in this call.
 
     - ``data_preprocess_s``: read the raw train/valid/test text and turn it into
@@ -122,17 +78,19 @@ def measure_data_pipeline(raw_dir, data_dir, *, batch_size, bptt, scratch_dir, p
     # A fresh folder per call: a killed run's lockfile or half-written cache cannot clash.
     cache_dir = Path(tempfile.mkdtemp(prefix="mosbench-data-cache-", dir=scratch_dir))
     try:
-        datasets = train_datasets(data_dir / "train.parquet", batch_size, bptt,
-                                  cache_dir / "train")
+        pipelines = engine.input_pipelines(data_dir / "train.parquet", batch_size, bptt,
+                                           cache_dir / "train")
         # Every pass must yield the windows' tokens of the ids computed from the raw text.
         streams = batchify(ids["train"], batch_size)
         tokens = int(streams[:, :-1].size)
         expected = (tokens, int(streams[:, 1:].sum(dtype=np.int64)))
         passes_s = {}
-        for name, dataset in datasets.items():
+        for name, one_pass in pipelines.items():
             passes_s[name] = []
             for _ in range(passes):
-                *got, seconds = _consume(dataset)
+                start = time.perf_counter()
+                got = one_pass()
+                seconds = time.perf_counter() - start
                 if tuple(got) != expected:
                     raise MosbenchError(f"the {name} pipeline yielded {got[0]} tokens "
                                         f"(checksum {got[1]}), expected {expected}")

@@ -186,36 +186,11 @@ class HardwareMonitor:
         return figures
 
 
-def tf_allocator_peak_mb(gpus):
-    """Peak device memory of TensorFlow's allocator, MiB, summed over the job's GPUs.
-
-    Returns ``(MiB, None)``, or ``(None, reason)`` for a CPU job or where TensorFlow
-    sees no GPU. The peak covers the process life (or since the last reset).
-    """
-    if gpus == 0:
-        return None, "gpus=0: a CPU job"
-    try:
-        import tensorflow as tf
-
-        visible = len(tf.config.list_logical_devices("GPU"))
-        if visible == 0:
-            return None, "no GPU visible to TensorFlow"
-        peak = sum(tf.config.experimental.get_memory_info(f"GPU:{i}")["peak"]
-                   for i in range(min(gpus, visible)))
-    except Exception as e:
-        return None, f"TensorFlow allocator unavailable: {e!r}"
-    return peak / MIB, None
-
-
-def hardware_metrics(monitor, gpus=None):
+def hardware_metrics(monitor):
     """The hardware figures a job writes, as ``(metrics, absent)``.
 
-    ``metrics``: the monitor's :meth:`~HardwareMonitor.result` and ``tf_allocator_peak_mb``;
-    ``absent``: for each None among them, the reason. ``gpus`` defaults to the monitor's.
+    ``metrics``: the monitor's :meth:`~HardwareMonitor.result` (the framework's allocator
+    peak is the engine's, ``Engine.allocator_peak_mb``); ``absent``: the reason for each
+    figure it could not take.
     """
-    gpus = monitor.gpus if gpus is None else gpus
-    metrics, absent = monitor.result(), monitor.absent
-    metrics["tf_allocator_peak_mb"], reason = tf_allocator_peak_mb(gpus)
-    if reason:
-        absent["tf_allocator_peak_mb"] = reason
-    return metrics, absent
+    return monitor.result(), monitor.absent

@@ -103,7 +103,7 @@ def plot_scaling(runs, scaling, path):
 
 
 MEMORY_SERIES = [  # column, legend label
-    ("tf_allocator_peak_mb", "device, TensorFlow allocator peak"),
+    ("allocator_peak_mb", "device, framework allocator peak"),
     ("gpu_memory_peak_mb", "device, as the driver sees the process (NVML)"),
     ("host_rss_peak_mb", "host, peak resident set"),
 ]

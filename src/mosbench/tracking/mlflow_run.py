@@ -148,13 +148,16 @@ def store_lock(uri):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def run_tags(dataset, model, seed, gpus):
-    return {"dataset": dataset, "model": model, "seed": str(seed), "gpus": str(gpus),
-            "framework": "tensorflow", "git_commit": git_commit()}
+def run_tags(dataset, model, seed, gpus, framework, versions):
+    """The run's identity and what it ran on: ``versions`` from ``Engine.versions()``."""
+    tags = {"dataset": dataset, "model": model, "seed": str(seed), "gpus": str(gpus),
+            "framework": framework, "git_commit": git_commit()}
+    tags.update((key, str(value)) for key, value in versions.items() if value is not None)
+    return tags
 
 
-def run_name(dataset, model, seed, gpus):
-    return f"{dataset}-{model}-seed{seed}-gpus{gpus}"
+def run_name(dataset, model, seed, gpus, framework):
+    return f"{framework}-{dataset}-{model}-seed{seed}-gpus{gpus}"
 
 
 def epoch_metrics(record):

@@ -1,9 +1,9 @@
 """Training checkpoints that are atomic, verified on load and complete enough to resume.
 
 A checkpoint is two files in the run's folder: ``checkpoint-<generation>.npz``
-with every array (all model variables, the dropout generators' seed states
-among them, the optimiser's variables, the iterate average and the carried
-hidden states) and ``checkpoint.json`` with the loop's state (epoch, position
+with every array the engine names (``Engine.checkpoint_arrays``: model,
+optimiser, iterate average, the dropout generators' states) and the carried
+hidden states and ``checkpoint.json`` with the loop's state (epoch, position
 in the epoch, validation history, NT-ASGD switch, RNG state of the window
 lengths, MLflow run id, the best weights' file) and the name and sha256 of
 its npz. Each file is written to a temporary file and renamed. The JSON goes
@@ -24,24 +24,18 @@ from mosbench.io import atomic_path, write_json
 
 STATE = "checkpoint.json"
 ARRAYS = "checkpoint-{generation}.npz"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 # Temporary files (mosbench.io.atomic_path) a job killed mid-write leaves behind.
-TEMPORARIES = (".checkpoint*", ".best-*", ".model.weights.h5.*", ".train.json.*")
+TEMPORARIES = (".checkpoint*", ".best-*", ".model.weights.npz.*", ".train.json.*")
 
 
-def _signature(model):
-    """The model's class and its variables' names and shapes, in order.
-
-    Only a variable's own name counts, not its layers' names: Keras numbers
-    layers per process (``embedding_1``), so the same model built twice in
-    one process would otherwise not match its own checkpoint.
-    """
-    return [type(model).__name__] + [[v.path.rsplit("/", 1)[-1], list(v.shape)]
-                                     for v in model.variables]
+def _signature(arrays):
+    """Names and shapes of an engine's checkpoint arrays: what a resume must match."""
+    return [[name, list(np.shape(value))] for name, value in arrays.items()]
 
 
-def save(folder, model, optimizer, state, averages=None, hidden=None):
-    """Write a checkpoint of ``model`` and ``optimizer`` with the loop ``state`` (a dict).
+def save(folder, engine, state, hidden=None):
+    """Write a checkpoint of the ``engine``'s job with the loop ``state`` (a dict).
 
     Files in ``state["keep"]`` (the best weights) survive the clean-up of
     files the previous checkpoints used.
@@ -49,10 +43,8 @@ def save(folder, model, optimizer, state, averages=None, hidden=None):
     folder = Path(folder)
     state["generation"] = state.get("generation", 0) + 1
     arrays_name = ARRAYS.format(generation=state["generation"])
-    arrays = {f"model/{i}": np.asarray(v) for i, v in enumerate(model.variables)}
-    arrays.update({f"optimizer/{i}": np.asarray(v) for i, v in enumerate(optimizer.variables)})
-    for i, value in enumerate(averages or []):
-        arrays[f"average/{i}"] = value
+    arrays = engine.checkpoint_arrays()
+    signature = _signature(arrays)
     for i, value in enumerate(hidden or []):
         arrays[f"hidden/{i}"] = np.asarray(value)
     with atomic_path(folder / arrays_name, suffix=".npz") as tmp:
@@ -61,10 +53,9 @@ def save(folder, model, optimizer, state, averages=None, hidden=None):
         faults.point("checkpoint-npz")  # written, not yet renamed
     faults.point("checkpoint-arrays")  # renamed, the JSON still names the previous npz
     write_json(folder / STATE, {**state, "format_version": FORMAT_VERSION, "sha256": digest,
-                                "arrays": arrays_name,
-                                "model_signature": _signature(model)})
+                                "arrays": arrays_name, "model_signature": signature})
     keep = {arrays_name, *state.get("keep", [])}
-    for stale in (*folder.glob("checkpoint-*.npz"), *folder.glob("best-*.weights.h5")):
+    for stale in (*folder.glob("checkpoint-*.npz"), *folder.glob("best-*.weights.npz")):
         if stale.name not in keep:
             stale.unlink(missing_ok=True)
 
@@ -73,10 +64,10 @@ def exists(folder):
     return (Path(folder) / STATE).exists()
 
 
-def load(folder, model, optimizer):
-    """Restore ``model`` and ``optimizer``; return ``(state, averages, hidden)``.
+def load(folder, engine):
+    """Restore the ``engine``'s job; return ``(state, hidden)``.
 
-    Raises MosbenchError if the files do not match each other or the model.
+    Raises MosbenchError if the files do not match each other or the engine's model.
     """
     folder = Path(folder)
     state = json.loads((folder / STATE).read_text(encoding="utf-8"))
@@ -91,22 +82,17 @@ def load(folder, model, optimizer):
     if hashlib.sha256(raw).hexdigest() != state["sha256"]:
         raise MosbenchError(f"{arrays_path}: does not match its checksum in {STATE} "
                             "(a half-written or altered checkpoint); refusing to load it")
-    if state["model_signature"] != _signature(model):
+    if state["model_signature"] != _signature(engine.checkpoint_arrays()):
         raise MosbenchError(f"{folder}: the checkpoint is of a different model or preset "
-                            f"than '{model.name}' with the configured hyperparameters")
+                            f"than this {engine.framework} job's with the configured "
+                            "hyperparameters")
     with np.load(arrays_path) as arrays:
-        for i, variable in enumerate(model.variables):
-            variable.assign(arrays[f"model/{i}"])
-        optimizer.build(model.trainable_variables)
-        for i, variable in enumerate(optimizer.variables):
-            variable.assign(arrays[f"optimizer/{i}"])
-        averages = [arrays[k] for k in sorted(
-            (k for k in arrays.files if k.startswith("average/")),
-            key=lambda k: int(k.split("/")[1]))]
+        engine.restore_checkpoint({k: arrays[k] for k in arrays.files
+                                   if not k.startswith("hidden/")})
         hidden = [arrays[k] for k in sorted(
             (k for k in arrays.files if k.startswith("hidden/")),
             key=lambda k: int(k.split("/")[1]))]
-    return state, averages, hidden
+    return state, hidden
 
 
 def same_job(folder, fingerprint):
@@ -122,6 +108,6 @@ def remove(folder):
     """Delete a checkpoint and its files (the JSON first: a half-removed one is never loaded)."""
     folder = Path(folder)
     (folder / STATE).unlink(missing_ok=True)
-    for pattern in ("checkpoint-*.npz", "best-*.weights.h5", *TEMPORARIES):
+    for pattern in ("checkpoint-*.npz", "best-*.weights.npz", *TEMPORARIES):
         for path in folder.glob(pattern):
             path.unlink(missing_ok=True)

@@ -28,20 +28,14 @@ import signal
 import time
 from pathlib import Path
 
-import keras
 import numpy as np
-import tensorflow as tf
 
 from mosbench import faults
 from mosbench.data.batching import batchify
 from mosbench.data.tokenise import load_split
-from mosbench.engines.tensorflow.models import build_model
-from mosbench.engines.tensorflow.models.activation_regularisation import (
-    activation_penalty,
-    temporal_activation_penalty,
-)
+from mosbench.engines import load_engine
 from mosbench.errors import MosbenchError, TrainingPaused
-from mosbench.evaluation.perplexity import evaluate_loss, make_eval_step, perplexity
+from mosbench.evaluation.perplexity import evaluate_loss, perplexity
 from mosbench.io import atomic_path, write_json
 from mosbench.measurement.cost import cost
 from mosbench.measurement.data_pipeline import measure_data_pipeline
@@ -51,94 +45,10 @@ from mosbench.tracking import mlflow_run
 from mosbench.tracking.tracker import Tracker
 from mosbench.training import checkpoint
 from mosbench.training.bptt import epoch_windows, restore_rng, rng_state
-from mosbench.training.devices import configure_devices, set_matmul_precision
-from mosbench.training.nt_asgd import IterateAverage, nonmono_triggered
-from mosbench.training.replicas import replica_rows
+from mosbench.training.nt_asgd import nonmono_triggered
 
-WEIGHTS = "model.weights.h5"
+WEIGHTS = "model.weights.npz"
 SUMMARY = "train.json"
-def make_train_step(model, optimizer, batch_size, hparams, averager=None, strategy=None):
-    """A compiled step on one window: returns the mean NLL and the state to carry on.
-
-    Inputs, targets and states are global (the whole batch); with N replicas
-    each takes a contiguous share of the rows (:func:`replica_rows`: shares
-    differ by at most one row when N does not divide the batch, so the
-    published batch sizes run on any GPU count). The minimised loss adds AR and TAR to the
-    NLL; each replica processes its rows in ``small_batch_size`` chunks whose
-    gradients are summed (each weighted by its share of the global batch, as
-    the reference), the replicas' gradients are all-reduced, and only then
-    clipped by their global norm, so N devices make exactly the update one
-    device makes on the same global batch (Keras' ``clipnorm`` would clip
-    each replica's part before the sum). With ``averager`` the step also folds
-    the new weights into the NT-ASGD average.
-    """
-    strategy = strategy or tf.distribute.get_strategy()
-    replicas = strategy.num_replicas_in_sync
-    shares = replica_rows(batch_size, replicas)
-    small = hparams["small_batch_size"] or batch_size
-    alpha, beta = hparams.get("alpha", 0.0), hparams.get("beta", 0.0)
-    variables = model.trainable_variables
-
-    def replica_step(inputs, targets, states):
-        context = tf.distribute.get_replica_context()
-        # Each replica is traced on its own, so its index is known while tracing.
-        first, last = shares[tf.get_static_value(context.replica_id_in_sync_group)]
-        grads, total_nll, chunk_states = None, 0.0, []
-        for start in range(first, last, small):
-            end = min(start + small, last)
-            rows = slice(start, end)
-            with tf.GradientTape() as tape:
-                sliced = [(h[rows], c[rows]) for h, c in states]
-                token_nlls, new_states, (raw, dropped) = model.nll(
-                    inputs[rows], targets[rows], sliced, training=True)
-                nll = tf.reduce_mean(token_nlls)
-                loss = nll
-                if alpha:
-                    loss += activation_penalty(dropped, alpha)
-                if beta:
-                    loss += temporal_activation_penalty(raw, beta)
-                loss *= (end - start) / batch_size
-            chunk_grads = [tf.convert_to_tensor(g) for g in tape.gradient(loss, variables)]
-            # The first chunk's gradients as they are: no zero tensors to add them to.
-            grads = chunk_grads if grads is None else [
-                g + c for g, c in zip(grads, chunk_grads, strict=True)]
-            total_nll += nll * (end - start) / batch_size
-            chunk_states.append(new_states)
-        grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)  # the global gradient
-        # Clip the norm of all gradients together, as torch.nn.utils.clip_grad_norm_.
-        grads, _ = tf.clip_by_global_norm(grads, hparams["clip"])
-        # Keras sums the replicas' gradients again inside apply(): give it each one's share.
-        optimizer.apply([g / replicas for g in grads], variables)
-        if averager is not None:
-            averager.update()
-        local_states = [tuple(tf.concat([s[layer][i] for s in chunk_states], 0)
-                              for i in range(2)) for layer in range(len(states))]
-        return total_nll, local_states
-
-    states_spec = [tuple(tf.TensorSpec(s.shape, tf.float32) for s in layer)
-                   for layer in model.initial_state(batch_size)]
-    window = tf.TensorSpec((batch_size, None), tf.int32)  # any window length: one trace
-
-    @tf.function(input_signature=[window, window, states_spec, tf.TensorSpec((), tf.float32)])
-    def step(inputs, targets, states, lr):
-        optimizer.learning_rate.assign(lr)
-        nll, states = strategy.run(replica_step, args=(inputs, targets, states))
-        # The replicas' rows back into one batch, in order (shares may differ in size).
-        parts = strategy.experimental_local_results(states)
-        states = [tuple(tf.concat([part[layer][i] for part in parts], 0) for i in range(2))
-                  for layer in range(len(parts[0]))]
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, nll, axis=None), states
-
-    return step
-
-
-def make_strategy(gpus, devices=None):
-    """Data parallelism over ``devices`` (or ``gpus`` GPUs); one device otherwise."""
-    if devices:
-        return tf.distribute.MirroredStrategy(devices)
-    if gpus >= 1:
-        return tf.distribute.MirroredStrategy([f"/gpu:{i}" for i in range(gpus)])
-    return tf.distribute.get_strategy()
 
 
 class StopSignal:
@@ -164,20 +74,19 @@ def fresh_state(hparams, seed):
 
 
 def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experiment,
-          threads=None, config_snapshot=None, wall_time_s=None, devices=None, raw_dir=None,
-          prices=None):
-    """Train one (dataset, model, seed, gpus) job; return the summary written to train.json.
+          framework="tensorflow", threads=None, config_snapshot=None, wall_time_s=None,
+          devices=None, raw_dir=None, prices=None):
+    """Train one (framework, dataset, model, seed, gpus) job; return the summary (train.json).
 
     ``raw_dir`` (the corpus' text files) lets the job time preprocessing from
-    text; ``prices`` (config key ``cost``) prices its epochs.
+    text; ``prices`` (config key ``cost``) prices its epochs; ``devices``
+    replaces the GPUs (the tests' logical CPU devices).
     """
     out_dir = Path(out_dir)
-    device = configure_devices(gpus, threads)
-    set_matmul_precision(hparams.get("matmul_precision", "float32"))
-    if hparams.get("deterministic"):
-        tf.config.experimental.enable_op_determinism()
-    keras.utils.set_random_seed(seed)
     started = time.monotonic()
+    engine = load_engine(framework, gpus=gpus, threads=threads, devices=devices, seed=seed,
+                         precision=hparams.get("matmul_precision", "float32"),
+                         deterministic=hparams.get("deterministic", False))
 
     # --- data ---
     train_ids, meta = load_split(data_dir, "train")
@@ -185,32 +94,21 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
     batch_size = hparams["batch_size"]
     streams = batchify(train_ids, batch_size)
 
-    # --- model, optimiser, averaging (mirrored over the devices) ---
-    strategy = make_strategy(gpus, devices)
-    with tf.device(device), strategy.scope():
-        model = build_model(model_name, meta["vocab_size"], hparams)
-        # Keras' decoupled decay equals PyTorch's coupled weight_decay for plain SGD.
-        optimizer = keras.optimizers.SGD(learning_rate=hparams["lr"],
-                                         weight_decay=hparams.get("wdecay") or None)
-        optimizer.build(model.trainable_variables)
-        averager = IterateAverage(model.trainable_variables)
-    sgd_step = make_train_step(model, optimizer, batch_size, hparams, strategy=strategy)
-    asgd_step = make_train_step(model, optimizer, batch_size, hparams, averager, strategy)
-    eval_step = make_eval_step(model)  # evaluation runs on one device
-    n_params = int(model.count_params())
+    # --- model, optimiser, averaging, compiled steps ---
+    engine.build(model_name, meta["vocab_size"], hparams)
+    engine.prepare_training(hparams, batch_size)
 
     # --- resume or start ---
     hidden = None
-    fingerprint = {"dataset": dataset, "model": model_name, "seed": seed, "gpus": gpus,
-                   "vocab_size": meta["vocab_size"], "hparams": hparams}
+    fingerprint = {"framework": framework, "dataset": dataset, "model": model_name,
+                   "seed": seed, "gpus": gpus, "vocab_size": meta["vocab_size"],
+                   "hparams": hparams}
     if checkpoint.exists(out_dir) and not checkpoint.same_job(out_dir, fingerprint):
         print(f"{out_dir}: the checkpoint there is of other settings; starting afresh",
               flush=True)
         checkpoint.remove(out_dir)
     if checkpoint.exists(out_dir):
-        state, averages, hidden = checkpoint.load(out_dir, model, optimizer)
-        if averages:
-            averager.restore(averages, state["average_count"])
+        state, hidden = checkpoint.load(out_dir, engine)
         print(f"resuming at epoch {state['epoch'] + 1}, window position {state['position']}",
               flush=True)
     else:
@@ -219,18 +117,20 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
     rng = restore_rng(state["rng"])
     if "data" not in state:  # measured once per job, not again on resume
         began = time.monotonic()
-        state["data"], state["data_absent"] = _measure_data(raw_dir, data_dir, hparams, out_dir)
+        state["data"], state["data_absent"] = _measure_data(engine, raw_dir, data_dir, hparams,
+                                                            out_dir)
         state["data_measure_s"] = time.monotonic() - began  # not part of a job's start-up
 
     # --- tracking ---
     tracker = Tracker(out_dir, experiment, system_metrics=True)  # keeps what MLflow can't take
     if state["run_id"] is None:
         state["run_id"] = tracker.create_run(
-            mlflow_run.run_name(dataset, model_name, seed, gpus),
-            tags=mlflow_run.run_tags(dataset, model_name, seed, gpus),
+            mlflow_run.run_name(dataset, model_name, seed, gpus, framework),
+            tags=mlflow_run.run_tags(dataset, model_name, seed, gpus, framework,
+                                     engine.versions()),
             params=mlflow_run.flatten({
-                "dataset": dataset, "model": model_name, "seed": seed, "gpus": gpus,
-                "n_params": n_params, "vocab_size": meta["vocab_size"],
+                "framework": framework, "dataset": dataset, "model": model_name, "seed": seed,
+                "gpus": gpus, "n_params": engine.n_params, "vocab_size": meta["vocab_size"],
                 "train_tokens": meta["tokens"]["train"], **hparams}),
             dicts=None if config_snapshot is None else {"config.yaml": config_snapshot})
     else:
@@ -238,18 +138,15 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
     tracker.log_epochs(state["history"])
 
     def save(position, hidden_states=None):
-        averages, count = averager.state() if state["averaging"] else (None, 0)
-        state.update(position=position, rng=rng_state(rng), average_count=count)
-        checkpoint.save(out_dir, model, optimizer, state, averages, hidden_states)
+        state.update(position=position, rng=rng_state(rng))
+        checkpoint.save(out_dir, engine, state, hidden_states)
 
     def validate():
-        with tf.device(device):
-            if state["averaging"]:
-                with averager.swapped_in():
-                    return evaluate_loss(model, valid_ids, hparams["eval_batch_size"],
-                                         hparams["bptt"], eval_step), averager
-            return evaluate_loss(model, valid_ids, hparams["eval_batch_size"],
-                                 hparams["bptt"], eval_step), None
+        if state["averaging"]:
+            with engine.averaged():
+                return evaluate_loss(engine, valid_ids, hparams["eval_batch_size"],
+                                     hparams["bptt"])
+        return evaluate_loss(engine, valid_ids, hparams["eval_batch_size"], hparams["bptt"])
 
     stop, timer = StopSignal(), StepTimer()
     monitor = HardwareMonitor(gpus=gpus).__enter__()  # left in the `finally` below
@@ -258,21 +155,17 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
             # --- one epoch (or the rest of an interrupted one) ---
             t0 = time.monotonic()
             loss_sum, tokens, epoch_time = state["partial"]
-            states = ([tuple(tf.constant(h) for h in hidden[i:i + 2])
-                       for i in range(0, len(hidden), 2)] if hidden
-                      else model.initial_state(batch_size))  # reset at each epoch start
+            states = (engine.states_from_arrays(hidden) if hidden
+                      else engine.initial_state(batch_size))  # reset at each epoch start
             hidden = None
-            step, step_name = ((asgd_step, "asgd") if state["averaging"]
-                               else (sgd_step, "sgd"))
+            step_name = "asgd" if state["averaging"] else "sgd"
             for start, length, scale in epoch_windows(
                     rng, streams.shape[1], hparams["bptt"], hparams["variable_bptt"],
                     hparams.get("max_seq_len_delta"), start=state["position"]):
                 window = streams[:, start:start + length + 1]
                 step_start = time.perf_counter()
-                with tf.device(device):
-                    nll, states = step(tf.constant(window[:, :-1]), tf.constant(window[:, 1:]),
-                                       states, tf.constant(state["lr"] * scale, tf.float32))
-                nll = float(nll)  # also waits for the step to finish
+                nll, states = engine.train_step(window[:, :-1], window[:, 1:], states,
+                                                state["lr"] * scale, state["averaging"])
                 timer.record(step_name, time.perf_counter() - step_start)
                 faults.point("train-step")
                 if "first_step_s" not in state:  # the job's first step: tracing, compiling
@@ -288,7 +181,7 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
                 # saved RNG state redraws exactly the windows that are left.
                 if stop.requested or _out_of_time(wall_time_s, started):
                     state["partial"] = [loss_sum, tokens, epoch_time + time.monotonic() - t0]
-                    save(start + length, [x.numpy() for layer in states for x in layer])
+                    save(start + length, engine.state_arrays(states))
                     raise TrainingPaused(f"stopped in epoch {state['epoch'] + 1} at window "
                                          f"position {start + length}; run the job again to "
                                          "resume")
@@ -296,7 +189,7 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
             state["train_time_s"] += epoch_time
 
             # --- validate, keep the best, apply the schedule ---
-            valid_loss, _ = validate()
+            valid_loss = validate()
             state["epoch"] += 1
             state["phase_epoch"] += 1
             record = {"epoch": state["epoch"], "phase": state["phase"],
@@ -314,10 +207,10 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
                   f"{' | averaged' if state['averaging'] else ''}", flush=True)
             if valid_loss < state["best_loss"]:
                 state["best_loss"], state["best_epoch"] = valid_loss, state["epoch"]
-                state["best_file"] = _save_best(model, averager if state["averaging"] else None,
-                                                out_dir, state["epoch"])
+                state["best_file"] = _save_best(engine, state["averaging"], out_dir,
+                                                state["epoch"])
                 state["keep"] = [state["best_file"]]  # not a checkpoint's to delete
-            _schedule(state, valid_loss, hparams, averager, model, out_dir)
+            _schedule(state, valid_loss, hparams, engine, out_dir)
             state["partial"] = [0.0, 0, 0.0]
             save(0)
             tracker.log_epochs(state["history"])
@@ -332,17 +225,18 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
         stop.restore()
         monitor.__exit__(None, None, None)
 
-    summary = {"dataset": dataset, "model": model_name, "seed": seed, "gpus": gpus,
-               "run_id": tracker.run_id, "n_params": n_params,
+    summary = {"framework": framework, "dataset": dataset, "model": model_name, "seed": seed,
+               "gpus": gpus, "run_id": tracker.run_id, "n_params": engine.n_params,
                "vocab_size": meta["vocab_size"], "history": state["history"],
                "best_epoch": state["best_epoch"], "best_valid_loss": state["best_loss"],
                "train_time_s": state["train_time_s"]}
-    summary["measurements"], summary["absent"] = _job_measurements(state, monitor, prices, gpus)
+    summary["measurements"], summary["absent"] = _job_measurements(state, monitor, prices, gpus,
+                                                                   engine)
     tracker.log_metrics({"best/valid_loss": state["best_loss"], "best/epoch": state["best_epoch"]})
     tracker.log_metrics({f"measure/{k}": v for k, v in summary["measurements"].items()
                          if v is not None})
     tracker.set_tags({f"absent.{k}": reason for k, reason in summary["absent"].items()})
-    with atomic_path(out_dir / WEIGHTS, suffix=".weights.h5") as tmp:
+    with atomic_path(out_dir / WEIGHTS, suffix=".npz") as tmp:
         shutil.copyfile(out_dir / state["best_file"], tmp)
     write_json(out_dir / SUMMARY, summary)
     faults.point("finished")
@@ -357,19 +251,19 @@ DATA_FIGURES = ("data_preprocess_s", "data_parquet_load_s", "data_stream_tokens_
                 "data_cache_memory_tokens_per_s", "data_cache_file_tokens_per_s")
 
 
-def _measure_data(raw_dir, data_dir, hparams, out_dir):
+def _measure_data(engine, raw_dir, data_dir, hparams, out_dir):
     """Data loading and input-pipeline figures, and why any is absent."""
     if raw_dir is None:
         return {}, {name: "the job was not given the raw text (raw_dir)" for name in DATA_FIGURES}
     try:
-        return measure_data_pipeline(raw_dir, data_dir, batch_size=hparams["batch_size"],
+        return measure_data_pipeline(engine, raw_dir, data_dir, batch_size=hparams["batch_size"],
                                      bptt=hparams["bptt"], scratch_dir=out_dir), {}
     except MosbenchError as exc:  # a measurement, not the training's input: train anyway
         print(f"data measurements skipped: {exc}", flush=True)
         return {}, {name: f"not measured: {exc}" for name in DATA_FIGURES}
 
 
-def _job_measurements(state, monitor, prices, gpus):
+def _job_measurements(state, monitor, prices, gpus, engine):
     """The job's figures for train.json and MLflow, and why any is absent.
 
     Per-epoch figures are averaged over epochs (step-time percentiles: their
@@ -401,9 +295,12 @@ def _job_measurements(state, monitor, prices, gpus):
     absent = dict(state["data_absent"])
     if not prices:
         absent["cost_per_epoch"] = "no prices configured (config key cost)"
-    hardware, hardware_absent = hardware_metrics(monitor, gpus)
+    hardware, hardware_absent = hardware_metrics(monitor)
     figures.update(hardware)
     absent.update(hardware_absent)
+    figures["allocator_peak_mb"], reason = engine.allocator_peak_mb()
+    if reason:
+        absent["allocator_peak_mb"] = reason
     for name, value in figures.items():
         if value is None:
             absent.setdefault(name, "not measured in this job")
@@ -415,26 +312,26 @@ def _out_of_time(wall_time_s, started):
     return bool(wall_time_s) and time.monotonic() - started > wall_time_s
 
 
-def _save_best(model, averager, out_dir, epoch):
+def _save_best(engine, averaged, out_dir, epoch):
     """Save the best weights so far (averaged ones while NT-ASGD averages); return the name.
 
     One file per epoch, named in the checkpoint: a job killed after this but
     before the epoch's checkpoint resumes with the best weights the checkpoint
-    knows. The job's output, model.weights.h5, is a copy made at the end:
+    knows. The job's output, model.weights.npz, is a copy made at the end:
     Snakemake deletes the outputs of a job that failed or paused.
     """
-    name = f"best-{epoch}.weights.h5"
-    with atomic_path(out_dir / name, suffix=".weights.h5") as tmp:
-        if averager is None:
-            model.save_weights(tmp)
+    name = f"best-{epoch}.weights.npz"
+    with atomic_path(out_dir / name, suffix=".npz") as tmp:
+        if averaged:
+            with engine.averaged():
+                np.savez(tmp, **engine.weights())
         else:
-            with averager.swapped_in():
-                model.save_weights(tmp)
+            np.savez(tmp, **engine.weights())
         faults.point("best-weights")  # written, not yet renamed
     return name
 
 
-def _schedule(state, valid_loss, hparams, averager, model, out_dir):
+def _schedule(state, valid_loss, hparams, engine, out_dir):
     """After an epoch: anneal, switch to averaging, move to finetune, or finish."""
     previous = state["val_losses"]
     phase_over = state["phase_epoch"] >= (hparams["epochs"] if state["phase"] == "train"
@@ -446,20 +343,21 @@ def _schedule(state, valid_loss, hparams, averager, model, out_dir):
         if nonmono_triggered(previous, valid_loss, hparams["nonmono"]):
             print("switching to averaged SGD", flush=True)
             state["averaging"] = True
-            averager.restore([v.numpy() for v in model.trainable_variables], 0)
+            engine.start_average()
     elif state["phase"] == "finetune" and nonmono_triggered(previous, valid_loss,
                                                             hparams["nonmono"]):
         phase_over = True  # the finetune script's stopping rule
     previous.append(valid_loss)
     if phase_over:
-        _next_phase(state, hparams, averager, model, out_dir)
+        _next_phase(state, hparams, engine, out_dir)
 
 
-def _next_phase(state, hparams, averager, model, out_dir):
+def _next_phase(state, hparams, engine, out_dir):
     """Finetune (MoS): restart from the best weights, averaging from the first step."""
     if state["phase"] == "train" and hparams.get("finetune_epochs"):
-        model.load_weights(out_dir / state["best_file"])
-        averager.restore([v.numpy() for v in model.trainable_variables], 0)
+        with np.load(out_dir / state["best_file"]) as best:
+            engine.load_weights(dict(best))
+        engine.start_average()
         state.update(phase="finetune", phase_epoch=0, averaging=True, val_losses=[],
                      lr=hparams["finetune_lr"] or hparams["lr"])
         print("finetuning from the best weights", flush=True)
