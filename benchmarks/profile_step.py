@@ -1,7 +1,7 @@
 """Where a TensorFlow training or evaluation step of a preset spends its time, op by op.
 
-Runs the project's compiled step (``make_train_step`` / ``make_eval_step``, as
-``benchmarks/throughput.py``'s TensorFlow side builds them) of a preset under
+Runs the TensorFlow engine's step (``Engine.train_step`` / ``Engine.eval_window``,
+as ``benchmarks/throughput.py``'s TensorFlow side calls them) of a preset under
 TensorFlow's profiler and prints the ops with the most time per step, XLA
 clusters included. Times are wall
 time on the executor threads, so ops that TensorFlow runs concurrently on
@@ -20,7 +20,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import tensorflow as tf  # noqa: E402
 from tensorflow.tsl.profiler.protobuf import xplane_pb2  # noqa: E402
-from throughput import PRESETS, TensorFlowSide, preset_hparams, windows  # noqa: E402
+from throughput import PRESETS, EngineSide, preset_hparams, windows  # noqa: E402
 
 # Events that wrap a whole step or executor bookkeeping, not an op.
 WRAPPERS = ("step", "TFE_", "Eager", "KernelAndDeviceFunc", "ExecutorState", "BlockUntilReady",
@@ -52,7 +52,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     model_name, vocab, hp = preset_hparams(args.preset)
-    side = TensorFlowSide(model_name, vocab, hp)  # the same steps throughput.py times
+    side = EngineSide("tensorflow", model_name, vocab, hp)  # the steps throughput.py times
     batch = hp["batch_size"] if args.step == "train" else hp["eval_batch_size"]
     (inputs, targets), = windows(vocab, batch, hp["bptt"], 1, seed=0)
     step = side.train_step if args.step == "train" else side.eval_step

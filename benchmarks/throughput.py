@@ -1,4 +1,4 @@
-"""Training and evaluation throughput of a preset, TensorFlow (the project) against PyTorch.
+"""Training and evaluation throughput of a preset: one framework's engine against another side.
 
 Each framework runs in its own worker process (so threads, allocators and
 peak memory are its own) and the parent interleaves them A B A B: a block of
@@ -6,20 +6,24 @@ timed training steps of one, then of the other, then evaluation blocks, for
 ``--rounds`` rounds, after a warm-up (tracing, allocation) that is not timed.
 A training step is the whole update: forward, backward, clipping by global
 norm, SGD with weight decay; an evaluation step is a forward pass at the
-preset's ``eval_batch_size`` with the state carried. The TensorFlow side is
-the project's own code (``build_model``, ``make_train_step``,
-``make_eval_step``), so the figures are those a pipeline job gets.
+preset's ``eval_batch_size`` with the state carried. The ``tensorflow`` and
+``pytorch`` sides are the project's engines (``Engine.train_step``,
+``Engine.eval_window``), so the figures are those a pipeline job gets; the
+``reference`` side is ``torch_reference.py``, an independent PyTorch
+implementation written as a user would, to show the engine is no slower.
 
 Printed: tokens/s, median and p95 step time, the worker's peak memory (host
 RSS; the device allocator's peak on a GPU), the model's matmul FLOPs per
 token from its shapes (forward; training counts 3x), and the share of a
 matmul peak that each framework's own large fp32 GEMM reaches in the same
-run. The last line is ``ratio train=X eval=Y`` (TensorFlow over PyTorch
-tokens/s, from the medians).
+run. The last line is ``ratio train=X eval=Y`` (the first side over the
+second, tokens/s from the medians).
 
 Usage::
 
     .venv/bin/python benchmarks/throughput.py --preset mos-ptb --compare pytorch
+    .venv/bin/python benchmarks/throughput.py --preset mos-ptb --framework pytorch \
+        --compare reference
     .venv/bin/python benchmarks/throughput.py --preset lstm-wt2 --framework tensorflow
 
 Input tokens are uniform random ids (speed does not depend on them). Run it
@@ -87,63 +91,85 @@ def peak_rss_mib():
 
 # --- the framework sides, each built inside its worker process ---
 
-class TensorFlowSide:
-    def __init__(self, model_name, vocab, hp):
-        import keras
-        import tensorflow as tf
+class EngineSide:
+    """A pipeline job's own steps: the framework's engine (``mosbench.engines``)."""
 
-        from mosbench.engines.tensorflow.models import build_model
-        from mosbench.engines.tensorflow.steps import make_eval_step, make_train_step
+    def __init__(self, framework, model_name, vocab, hp):
+        from mosbench.engines import load_engine
 
-        self.tf = tf
-        keras.utils.set_random_seed(0)
-        self.gpu = bool(tf.config.list_physical_devices("GPU"))
-        self.model = build_model(model_name, vocab, hp)
-        optimizer = keras.optimizers.SGD(hp["lr"], weight_decay=hp.get("wdecay") or None)
-        optimizer.build(self.model.trainable_variables)
-        self._train = make_train_step(self.model, optimizer, hp["batch_size"], hp)
-        self._eval = make_eval_step(self.model)
-        self.lr = tf.constant(hp["lr"], tf.float32)
+        self.framework = framework
+        self.engine = load_engine(framework, gpus=int(gpu_available(framework)), seed=0,
+                                  precision=hp.get("matmul_precision", "float32"))
+        self.engine.build(model_name, vocab, hp)
+        self.engine.prepare_training(hp, hp["batch_size"])
+        self.lr = hp["lr"]
         self.states = {}
 
     def _state(self, batch):
-        return self.states.get(batch) or self.model.initial_state(batch)
+        return self.states.get(batch) or self.engine.initial_state(batch)
 
     def train_step(self, inputs, targets):
-        tf = self.tf
-        batch = inputs.shape[0]
-        loss, self.states[batch] = self._train(tf.constant(inputs), tf.constant(targets),
-                                               self._state(batch), self.lr)
-        return float(loss)  # waits for the step
+        loss, self.states[inputs.shape[0]] = self.engine.train_step(
+            inputs, targets, self._state(inputs.shape[0]), self.lr, False)
+        return loss  # fetched: the step has finished
 
     def eval_step(self, inputs, targets):
-        tf = self.tf
-        batch = inputs.shape[0]
-        loss, self.states[batch] = self._eval(tf.constant(inputs), tf.constant(targets),
-                                              self._state(batch))
-        return float(loss)
+        loss, self.states[inputs.shape[0]] = self.engine.eval_window(
+            inputs, targets, self._state(inputs.shape[0]))
+        return loss
 
-    def matmul_gflops(self, n=2048, repeats=10):
-        tf = self.tf
-        a = tf.random.normal((n, n))
-        b = tf.random.normal((n, n))
-        f = tf.function(lambda a, b: tf.reduce_sum(tf.matmul(a, b)))
-        float(f(a, b))
-        start = time.perf_counter()
-        for _ in range(repeats):
-            float(f(a, b))
-        return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+    def matmul_gflops(self):
+        return GEMM[self.framework]()
 
     def device_peak_mib(self):
-        if not self.gpu:
-            return None
-        return self.tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
+        return self.engine.allocator_peak_mb()[0]
 
     def parameter_count(self):
-        return int(self.model.count_params())
+        return self.engine.n_params
 
 
-class PyTorchSide:
+def gpu_available(framework):
+    if framework == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def tensorflow_gemm(n=2048, repeats=10):
+    """GFLOP/s of TensorFlow's fp32 n^3 matmul on its default device."""
+    import tensorflow as tf
+
+    a, b = tf.random.normal((n, n)), tf.random.normal((n, n))
+    f = tf.function(lambda a, b: tf.reduce_sum(tf.matmul(a, b)))
+    float(f(a, b))
+    start = time.perf_counter()
+    for _ in range(repeats):
+        float(f(a, b))
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def pytorch_gemm(n=2048, repeats=10):
+    """GFLOP/s of PyTorch's fp32 n^3 matmul on its default device."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    float((a @ b).sum())
+    start = time.perf_counter()
+    for _ in range(repeats):
+        float((a @ b).sum())
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+GEMM = {"tensorflow": tensorflow_gemm, "pytorch": pytorch_gemm}
+
+
+class ReferenceSide:
+    """``torch_reference.py``: an independent PyTorch implementation, written as a user would."""
+
     def __init__(self, model_name, vocab, hp):
         import torch
 
@@ -156,15 +182,8 @@ class PyTorchSide:
         self.side = TorchSide(model_name, vocab, hp, "cuda" if self.gpu else "cpu")
         self.train_step, self.eval_step = self.side.train_step, self.side.eval_step
 
-    def matmul_gflops(self, n=2048, repeats=10):
-        torch = self.torch
-        device = "cuda" if self.gpu else "cpu"
-        a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-        float((a @ b).sum())
-        start = time.perf_counter()
-        for _ in range(repeats):
-            float((a @ b).sum())
-        return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+    def matmul_gflops(self):
+        return pytorch_gemm()
 
     def device_peak_mib(self):
         return self.torch.cuda.max_memory_allocated() / 2**20 if self.gpu else None
@@ -173,7 +192,9 @@ class PyTorchSide:
         return self.side.parameter_count()
 
 
-SIDES = {"tensorflow": TensorFlowSide, "pytorch": PyTorchSide}
+SIDES = {"tensorflow": lambda *a: EngineSide("tensorflow", *a),
+         "pytorch": lambda *a: EngineSide("pytorch", *a),
+         "reference": ReferenceSide}
 
 
 def worker(framework, preset, conn):
@@ -227,9 +248,9 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), required=True)
     parser.add_argument("--framework", choices=sorted(SIDES), default="tensorflow",
-                        help="the side to time alone (without --compare)")
-    parser.add_argument("--compare", choices=["pytorch"],
-                        help="time TensorFlow and this framework side by side, A B A B")
+                        help="the first side (alone without --compare)")
+    parser.add_argument("--compare", choices=sorted(SIDES),
+                        help="time the first side and this one side by side, A B A B")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--train-steps", type=int, default=None,
                         help="timed training steps per block (default: about 10 s of work)")
@@ -240,7 +261,7 @@ def main(argv=None):
         parser.error("--warmup must be at least 1")
 
     model_name, vocab, hp = preset_hparams(args.preset)
-    frameworks = ["tensorflow", args.compare] if args.compare else [args.framework]
+    frameworks = [args.framework, args.compare] if args.compare else [args.framework]
     workers = {fw: Worker(fw, args.preset) for fw in frameworks}
     warmup = {(fw, kind): w.ask(kind, args.warmup)  # tracing, allocation, first touch
               for fw, w in workers.items() for kind in ("train", "eval")}
@@ -290,9 +311,9 @@ def main(argv=None):
                   f"{'-' if device is None else f'{device:,.0f}'} | "
                   f"{workers[fw].info['params']:,} |")
     if args.compare:
-        other = args.compare
-        print(f"\nratio train={speed['tensorflow', 'train'] / speed[other, 'train']:.2f} "
-              f"eval={speed['tensorflow', 'eval'] / speed[other, 'eval']:.2f}")
+        first, other = frameworks
+        print(f"\nratio train={speed[first, 'train'] / speed[other, 'train']:.2f} "
+              f"eval={speed[first, 'eval'] / speed[other, 'eval']:.2f}")
 
 
 if __name__ == "__main__":
