@@ -222,17 +222,17 @@ def test_measurements_and_absent_reasons_reach_the_tables(tmp_path):
     train, metrics = make_run(tmp_path, "ptb", "lstm", 1, 2, 90.0, 85.0, [120.0, 90.0])
     data = pd.read_json(train, typ="series").to_dict()
     data["measurements"] = {"epoch_time_s": 1800.0, "tokens_per_s": 500.0, "first_step_s": 4.0,
-                            "host_rss_peak_mb": 900.0, "tf_allocator_peak_mb": None,
+                            "host_rss_peak_mb": 900.0, "allocator_peak_mb": None,
                             "cost_per_epoch": 99.0}
-    data["absent"] = {"tf_allocator_peak_mb": "no GPU visible to TensorFlow"}
+    data["absent"] = {"allocator_peak_mb": "no GPU visible to TensorFlow"}
     write_json(train, data)
     prices = {"currency": "EUR", "gpu_hour": 3.0, "cpu_hour": 0.5}
     paths = aggregate([train], [metrics], tmp_path / "out", prices=prices)
     row = pd.read_csv(paths["runs"]).iloc[0]
     assert row["epoch_time_s"] == 1800.0 and row["first_step_s"] == 4.0
     assert row["cost_per_epoch"] == pytest.approx(0.5 * 2 * 3.0)  # priced again: 2 GPUs, 0.5 h
-    assert math.isnan(row["tf_allocator_peak_mb"])
-    assert row["absent"] == "tf_allocator_peak_mb: no GPU visible to TensorFlow"
+    assert math.isnan(row["allocator_peak_mb"])
+    assert row["absent"] == "allocator_peak_mb: no GPU visible to TensorFlow"
     text = paths["summary_md"].read_text(encoding="utf-8")
     assert "money in EUR" in text
     assert "*device peak, allocator (MiB)*: absent: no GPU visible to TensorFlow" in text

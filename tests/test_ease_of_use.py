@@ -5,10 +5,10 @@ import inspect
 import pandas as pd
 import pytest
 
+from mosbench.engines.tensorflow.averaging import IterateAverage
 from mosbench.engines.tensorflow.models.locked_dropout import LockedDropout
 from mosbench.engines.tensorflow.models.weight_drop_lstm import WeightDropLSTM
 from mosbench.reporting.ease_of_use import COLUMNS, KINDS, code_lines, inventory, write_inventory
-from mosbench.training.nt_asgd import IterateAverage
 from mosbench.workload import MODELS
 
 WRITTEN = [
@@ -17,7 +17,7 @@ WRITTEN = [
     "mosbench.engines.tensorflow.models.embedding_dropout.embedding_dropout",
     "mosbench.engines.tensorflow.models.mixture_of_softmaxes.MixtureOfSoftmaxes",
     "mosbench.engines.tensorflow.models.tied_softmax.TiedSoftmax",
-    "mosbench.training.nt_asgd.IterateAverage",
+    "mosbench.engines.tensorflow.averaging.IterateAverage",
 ]
 # Built-in layer -> the models that use it (lstm.py, awd_lstm.py, expert_contexts.py).
 BUILT_IN = {

@@ -18,7 +18,7 @@ from mosbench.data.tokenise import read_metadata
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 OUTPUTS = tuple(paths.AGGREGATE_OUTPUTS.values())
 PLOTS = [name for name in OUTPUTS if name.endswith(".png")]
-GPU_FIGURES = ("tf_allocator_peak_mb", "gpu_memory_peak_mb", "gpu_util_mean_pct",
+GPU_FIGURES = ("allocator_peak_mb", "gpu_memory_peak_mb", "gpu_util_mean_pct",
                "gpu_power_mean_w")
 
 

@@ -57,7 +57,7 @@ SECTIONS = {
         "eval_tokens_per_s": ("batched eval tokens/s", "sig"),
     },
     "Hardware": {
-        "tf_allocator_peak_mb": ("device peak, allocator (MiB)", "sig"),
+        "allocator_peak_mb": ("device peak, allocator (MiB)", "sig"),
         "gpu_memory_peak_mb": ("device peak, NVML (MiB)", "sig"),
         "gpu_util_mean_pct": ("GPU util (%)", "pct"),
         "gpu_power_mean_w": ("GPU power (W)", "sig"),
