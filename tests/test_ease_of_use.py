@@ -123,6 +123,6 @@ def test_write_inventory(table, tmp_path):
     assert all(f"| {name} |" in text for name, text in zip(table["component"], rows,
                                                            strict=True))
     n_written = int((table["provided"] == "written").sum())
-    assert lines[-1] == (f"**Totals:** {len(table) - n_written} built in, {n_written} written, "
-                         f"{int(table['lines'].sum())} written lines.")
+    assert lines[-1] == (f"**Totals, tensorflow:** {len(table) - n_written} built in, "
+                         f"{n_written} written, {int(table['lines'].sum())} written lines.")
     assert not list(tmp_path.rglob(".*"))  # no temporary files left behind

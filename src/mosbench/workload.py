@@ -7,6 +7,11 @@ build the same four models from the same keys.
 
 # wildcard value -> output head of the AWD family (None: the plain LSTM baseline)
 MODELS = {"lstm": None, "awd-lstm": "softmax", "awd-lstm-moc": "moc", "awd-lstm-mos": "mos"}
+# Model groups the ease-of-use inventory names as a component's users.
+ALL = tuple(MODELS)
+AWD = tuple(m for m, head in MODELS.items() if head)
+MIXTURES = tuple(m for m, head in MODELS.items() if head in ("moc", "mos"))
+MOS = tuple(m for m, head in MODELS.items() if head == "mos")
 AWD_KEYS = ("emsize", "nhid", "nhidlast", "nlayers", "dropout", "dropouth", "dropouti",
             "dropoute", "wdrop", "init_range")
 
