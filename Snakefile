@@ -1,4 +1,5 @@
-# mosbench: download -> tokenise -> train -> evaluate -> aggregate.
+# mosbench: download -> tokenise -> train -> evaluate -> aggregate, each training job
+# once per framework (run.frameworks: TensorFlow, PyTorch).
 # `make run` runs config/demo.yaml on the CPU; `snakemake --profile profiles/slurm`
 # runs the paper's grid (config/config.yaml) on a cluster. README.md says more.
 
@@ -26,6 +27,7 @@ include: "workflow/rules/common.smk"
 
 
 wildcard_constraints:
+    framework=alternation(FRAMEWORKS),
     dataset=alternation(config["datasets"]),
     model=alternation(model_names()),
     seed=r"\d+",

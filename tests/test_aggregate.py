@@ -6,17 +6,19 @@ import pytest
 
 from mosbench.errors import MosbenchError
 from mosbench.io import write_json
+from mosbench.reporting import ease_of_use
 from mosbench.reporting.aggregate import aggregate
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def make_run(root, dataset, model, seed, gpus, valid_ppl, test_ppl, curve, optimal=None,
-             **extra_metrics):
+             framework="tensorflow", **extra_metrics):
     """Write train.json and metrics.json for one run; ``curve`` is valid_ppl per epoch."""
-    run_dir = root / f"{dataset}-{model}-s{seed}-g{gpus}"
-    ident = {"dataset": dataset, "model": model, "seed": seed, "gpus": gpus,
-             "run_id": f"{model}{seed}{gpus}"}
+    run_dir = root / f"{framework}-{dataset}-{model}-s{seed}-g{gpus}"
+    run_id = f"{model}{seed}{gpus}" + ("" if framework == "tensorflow" else f"-{framework}")
+    ident = {"framework": framework, "dataset": dataset, "model": model, "seed": seed,
+             "gpus": gpus, "run_id": run_id}
     history = [
         {"epoch": i + 1, "train_loss": 5.0, "valid_loss": math.log(ppl), "valid_ppl": ppl,
          "epoch_time_s": 2.0 + i, "tokens_per_s": 1000.0 * (i + 1), "lr": 1.0}
@@ -63,9 +65,10 @@ def test_runs_table(runs):
                     ("synthetic", "lstm", 1, 1),
                     ("synthetic", "mos", 0, 1), ("synthetic", "mos", 0, 2),
                     ("synthetic", "mos", 0, 3)]
-    assert list(table.columns[:11]) == ["dataset", "model", "seed", "gpus", "run_id", "n_params",
-                                        "epochs", "best_epoch", "train_time_s", "epoch_time_s",
-                                        "tokens_per_s"]
+    assert list(table.columns[:12]) == ["dataset", "model", "framework", "seed", "gpus", "run_id",
+                                        "n_params", "epochs", "best_epoch", "train_time_s",
+                                        "epoch_time_s", "tokens_per_s"]
+    assert set(table["framework"]) == {"tensorflow"}
     first_lstm = table.iloc[2]
     assert first_lstm["epochs"] == 3
     assert first_lstm["epoch_time_s"] == pytest.approx(3.0)  # mean of 2, 3, 4
@@ -80,10 +83,11 @@ def test_runs_table(runs):
 
 def test_summary_values(runs):
     paths = aggregate(*runs)
-    summary = pd.read_csv(paths["summary_csv"]).set_index(["dataset", "model", "gpus"])
+    summary = pd.read_csv(paths["summary_csv"]).set_index(["dataset", "model", "gpus",
+                                                           "framework"])
     assert len(summary) == 4
 
-    lstm = summary.loc[("synthetic", "lstm", 0)]
+    lstm = summary.loc[("synthetic", "lstm", 0, "tensorflow")]
     assert lstm["n_seeds"] == 2
     assert lstm["best_valid_ppl_mean"] == pytest.approx(12.0)
     assert lstm["best_valid_ppl_std"] == pytest.approx(math.sqrt(8))  # (10, 14) -> 2.828...
@@ -94,18 +98,18 @@ def test_summary_values(runs):
     assert lstm["n_params_mean"] == 1000
     assert lstm["optimal_ppl"] == 8.0
 
-    mos = summary.loc[("synthetic", "mos", 0)]
+    mos = summary.loc[("synthetic", "mos", 0, "tensorflow")]
     assert mos["n_seeds"] == 3
     assert mos["best_valid_ppl_mean"] == pytest.approx(10.0)
     assert mos["best_valid_ppl_std"] == pytest.approx(1.0)
     assert mos["tokens_per_s_mean"] == pytest.approx(1500.0)
 
-    single = summary.loc[("synthetic", "lstm", 1)]
+    single = summary.loc[("synthetic", "lstm", 1, "tensorflow")]
     assert single["n_seeds"] == 1
     assert single["best_valid_ppl_mean"] == pytest.approx(12.5)
     assert math.isnan(single["best_valid_ppl_std"])
 
-    ptb = summary.loc[("ptb", "lstm", 0)]
+    ptb = summary.loc[("ptb", "lstm", 0, "tensorflow")]
     assert ptb["best_valid_ppl_mean"] == pytest.approx(550.0)
     assert ptb["best_valid_ppl_std"] == pytest.approx(math.sqrt(5000))
     assert math.isnan(ptb["optimal_ppl"])
@@ -123,8 +127,9 @@ def test_summary_markdown(runs):
     table = _section(text, "Perplexity")
     assert len(table) == 2 + 4  # header, separator, one line per group
     assert "best possible ppl" in table[0]
-    assert "| synthetic | lstm | 0 | 2 | 12.00 ± 2.83 | 13.00 ± 2.83 |" in text
-    assert "| synthetic | lstm | 1 | 1 | 12.50 ± – |" in text
+    assert table[0].startswith("| dataset | model | gpus | framework | seeds |")
+    assert "| synthetic | lstm | 0 | tensorflow | 2 | 12.00 ± 2.83 | 13.00 ± 2.83 |" in text
+    assert "| synthetic | lstm | 1 | tensorflow | 1 | 12.50 ± – |" in text
     assert "550.00 ± 70.71" in text
     assert "| 8.00 |" in text
     speed = _section(text, "Training speed and cost")
@@ -166,12 +171,13 @@ def test_every_figure_is_a_legible_png(runs):
 def test_summary_mean_and_std_equal_pandas_on_runs_csv(runs):
     paths = aggregate(*runs)
     table = pd.read_csv(paths["runs"])
-    summary = pd.read_csv(paths["summary_csv"]).set_index(["dataset", "model", "gpus"])
+    key = ["dataset", "model", "gpus", "framework"]
+    summary = pd.read_csv(paths["summary_csv"]).set_index(key)
     stats = [c.removesuffix("_mean") for c in summary.columns if c.endswith("_mean")]
     present = [s for s in stats if s in table.columns]
     assert {"best_valid_ppl", "test_ppl", "epoch_time_s", "tokens_per_s",
             "latency_ms_median"} <= set(present)
-    grouped = table.groupby(["dataset", "model", "gpus"])
+    grouped = table.groupby(key)
     for stat in present:
         pd.testing.assert_series_equal(summary[f"{stat}_mean"], grouped[stat].mean(),
                                        check_names=False)
@@ -236,7 +242,7 @@ def test_measurements_and_absent_reasons_reach_the_tables(tmp_path):
     text = paths["summary_md"].read_text(encoding="utf-8")
     assert "money in EUR" in text
     assert "*device peak, allocator (MiB)*: absent: no GPU visible to TensorFlow" in text
-    assert "| ptb | lstm | 2 | 1 | 900 ± – |" in text  # host RSS, the one hardware figure
+    assert "| ptb | lstm | 2 | tensorflow | 1 | 900 ± – |" in text  # host RSS, the one figure
 
 
 def test_scaling_table_from_gpu_runs_and_weak_probes(tmp_path):
@@ -251,8 +257,8 @@ def test_scaling_table_from_gpu_runs_and_weak_probes(tmp_path):
     probes = []
     for gpus, tps in ((1, 1000.0), (2, 1900.0)):
         probes.append(tmp_path / f"probe{gpus}.json")
-        write_json(probes[-1], {"dataset": "ptb", "model": "mos", "seed": 1, "gpus": gpus,
-                                "tokens_per_s": tps})
+        write_json(probes[-1], {"framework": "tensorflow", "dataset": "ptb", "model": "mos",
+                                "seed": 1, "gpus": gpus, "tokens_per_s": tps})
     paths = aggregate(train_files, metrics_files, tmp_path / "out", probe_files=probes)
     scaling = pd.read_csv(paths["scaling_csv"]).set_index(["scaling", "gpus"])
     assert list(scaling.loc["strong"].index) == [1, 2, 4]  # the CPU runs are not scaled
@@ -261,7 +267,7 @@ def test_scaling_table_from_gpu_runs_and_weak_probes(tmp_path):
     assert scaling.loc[("strong", 2), "n_seeds"] == 2
     assert scaling.loc[("weak", 2), "efficiency"] == pytest.approx(0.95)
     text = paths["scaling_md"].read_text(encoding="utf-8")
-    assert "| ptb | mos | strong | 4 | 2 | 3,000 ± 0 | 3.00 | 75.0 |" in text
+    assert "| ptb | mos | tensorflow | strong | 4 | 2 | 3,000 ± 0 | 3.00 | 75.0 |" in text
 
 
 def test_difference_to_published_perplexities(runs):
@@ -273,5 +279,100 @@ def test_difference_to_published_perplexities(runs):
     assert published.loc["valid_ppl", "difference"] == pytest.approx(50.0)  # 550 - 500
     assert published.loc["test_ppl", "difference"] == pytest.approx(-35.0)  # 565 - 600
     assert published.loc["test_ppl", "relative_pct"] == pytest.approx(-35.0 / 6)
-    assert "| ptb | lstm | 0 | valid_ppl | 2 | 550.00 ± 70.71 | 500.00 | +50.00 | +10.0 |" in (
-        paths["published_md"].read_text(encoding="utf-8"))
+    assert ("| ptb | lstm | 0 | tensorflow | valid_ppl | 2 | 550.00 ± 70.71 | 500.00 | +50.00 "
+            "| +10.0 |") in paths["published_md"].read_text(encoding="utf-8")
+
+
+def test_a_run_file_without_a_known_framework_is_refused(tmp_path):
+    train, metrics = make_run(tmp_path, "synthetic", "lstm", 1, 0, 10.0, 11.0, [10.0])
+    data = pd.read_json(train, typ="series").to_dict()
+    del data["framework"]
+    write_json(train, data)
+    with pytest.raises(MosbenchError, match="lacks framework; expected the keys dataset, "
+                                            "model, framework, seed, gpus"):
+        aggregate([train], [metrics], tmp_path / "out")
+    write_json(train, {**data, "framework": "jax"})
+    with pytest.raises(MosbenchError, match=r"unknown framework 'jax'; allowed: "
+                                            r"\['tensorflow', 'pytorch'\]"):
+        aggregate([train], [metrics], tmp_path / "out")
+
+
+@pytest.fixture
+def two_frameworks(tmp_path, monkeypatch):
+    """The same cells in TensorFlow and PyTorch (PyTorch 10 % faster, 1 ppl better), on 0, 1
+    and 2 GPUs; the ease-of-use inventory stubbed (tests/test_ease_of_use.py builds it)."""
+    asked = []
+
+    def inventory(csv_path, md_path, frameworks=("tensorflow",)):
+        asked.append(list(frameworks))
+        csv_path.write_text("framework\n" + "\n".join(frameworks) + "\n")
+        md_path.write_text("# Ease of use\n")
+
+    monkeypatch.setattr(ease_of_use, "write_inventory", inventory)
+    pairs, probes = [], []
+    for framework, speed, better in (("tensorflow", 1.0, 0.0), ("pytorch", 1.1, 1.0)):
+        for seed in (1, 2):
+            for gpus in (0, 1, 2):
+                train, metrics = make_run(tmp_path / "runs", "ptb", "awd-lstm-mos", seed, gpus,
+                                          60.0 - better + seed, 58.0 - better + seed,
+                                          [70.0, 60.0 - better + seed], framework=framework)
+                data = pd.read_json(train, typ="series").to_dict()
+                data["measurements"] = {"tokens_per_s": speed * {0: 100, 1: 1000, 2: 1600}[gpus]}
+                write_json(train, data)
+                pairs.append((train, metrics))
+        for gpus, tps in ((1, 1000.0), (2, 1800.0)):
+            probes.append(tmp_path / f"probe-{framework}-{gpus}.json")
+            write_json(probes[-1], {"framework": framework, "dataset": "ptb",
+                                    "model": "awd-lstm-mos", "seed": 1, "gpus": gpus,
+                                    "tokens_per_s": speed * tps})
+    train_files, metrics_files = (list(files) for files in zip(*pairs, strict=True))
+    reference = {"ptb": {"awd-lstm-mos": {"valid_ppl": 56.54, "source": "Yang et al. 2018"}}}
+    paths = aggregate(train_files, metrics_files, tmp_path / "out", reference=reference,
+                      probe_files=probes)
+    return paths, asked
+
+
+def test_every_table_keeps_the_frameworks_apart(two_frameworks):
+    paths, asked = two_frameworks
+    runs = pd.read_csv(paths["runs"])
+    assert len(runs) == 12
+    # sorted by cell, a cell's frameworks next to each other, then seeds
+    assert list(runs[["gpus", "framework", "seed"]].head(4).itertuples(index=False, name=None)) == [
+        (0, "pytorch", 1), (0, "pytorch", 2), (0, "tensorflow", 1), (0, "tensorflow", 2)]
+
+    summary = pd.read_csv(paths["summary_csv"])
+    assert list(summary[["gpus", "framework"]].itertuples(index=False, name=None)) == [
+        (g, f) for g in (0, 1, 2) for f in ("pytorch", "tensorflow")]
+    assert (summary["n_seeds"] == 2).all()
+    by_cell = summary.set_index(["gpus", "framework"])
+    assert by_cell.loc[(1, "tensorflow"), "best_valid_ppl_mean"] == pytest.approx(61.5)
+    assert by_cell.loc[(1, "pytorch"), "best_valid_ppl_mean"] == pytest.approx(60.5)
+    assert by_cell.loc[(2, "pytorch"), "tokens_per_s_mean"] == pytest.approx(1760.0)
+    text = paths["summary_md"].read_text(encoding="utf-8")
+    assert "| ptb | awd-lstm-mos | 1 | pytorch | 2 | 60.50 ± 0.71 |" in text
+    assert "| ptb | awd-lstm-mos | 1 | tensorflow | 2 | 61.50 ± 0.71 |" in text
+
+    # each framework scales against its own single GPU
+    scaling = pd.read_csv(paths["scaling_csv"]).set_index(["framework", "scaling", "gpus"])
+    assert len(scaling) == 8
+    for framework, speed in (("tensorflow", 1.0), ("pytorch", 1.1)):
+        assert scaling.loc[(framework, "strong", 2), "tokens_per_s_mean"] == pytest.approx(
+            1600 * speed)
+        assert scaling.loc[(framework, "strong", 2), "efficiency"] == pytest.approx(0.8)
+        assert scaling.loc[(framework, "weak", 2), "efficiency"] == pytest.approx(0.9)
+    assert "| ptb | awd-lstm-mos | pytorch | strong | 2 | 2 | 1,760 ± 0 | 1.60 | 80.0 |" in (
+        paths["scaling_md"].read_text(encoding="utf-8"))
+
+    published = pd.read_csv(paths["published_csv"]).set_index(["gpus", "framework"])
+    assert len(published) == 6
+    assert published.loc[(0, "tensorflow"), "difference"] == pytest.approx(61.5 - 56.54)
+    assert published.loc[(0, "pytorch"), "difference"] == pytest.approx(60.5 - 56.54)
+
+    assert asked == [["tensorflow", "pytorch"]]  # the inventory of every framework run
+
+
+def test_the_figures_draw_both_frameworks(two_frameworks):
+    paths, _ = two_frameworks
+    for name in ("valid_ppl_png", "scaling_png", "memory_png", "latency_png"):
+        image = matplotlib.image.imread(paths[name])
+        assert image.ndim == 3 and image[..., :3].std() > 0.01, name

@@ -104,6 +104,9 @@ def _drop(path):
 CONFIG_CASES = {
     "unknown model": (_set(["run", "models"], ["transformer"]),
                       ["config key 'run.models[0]'", "'transformer' is not one of ['lstm',"]),
+    "unknown framework": (_set(["run", "frameworks"], ["tensorflow", "jax"]),
+                          ["config key 'run.frameworks[1]'",
+                           "'jax' is not one of ['tensorflow', 'pytorch']"]),
     "unknown dataset": (_set(["run", "datasets"], ["ptb"]),
                         ["config key 'run.datasets[0]'", "'ptb' is not a dataset",
                          "allowed: ['tiny']"]),
@@ -178,8 +181,11 @@ ARGUMENT_CASES = {
                                    ["unknown dataset 'nowhere'", "allowed: ['tiny']"]),
     "unknown source": (["download", "nowhere"], ["unknown source 'nowhere'", "allowed: ['tiny']"]),
     "evaluate before train": (["evaluate", "tiny", "lstm", "--seed", "1"],
-                              ["results/train/tiny/lstm/seed1-gpus0/train.json is missing",
-                               "run the train stage for it first"]),
+                              ["results/train/tensorflow/tiny/lstm/seed1-gpus0/train.json is "
+                               "missing", "run the train stage for it first"]),
+    "unknown framework": (["train", "tiny", "lstm", "--seed", "1", "--framework", "jax"],
+                          ["argument --framework", "invalid choice: 'jax'",
+                           "'tensorflow', 'pytorch'"]),
     "negative seed": (["train", "tiny", "lstm", "--seed", "-3"],
                       ["argument --seed", "expected a non-negative integer, got -3"]),
     "non-integer seed": (["train", "tiny", "lstm", "--seed", "1.5"],

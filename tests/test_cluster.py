@@ -43,15 +43,16 @@ def test_the_grid_plans_every_job_with_its_cluster_resources(tmp_path, capsys):
     jobs = planned_jobs(done.stdout)
     by_rule = {rule: [j for j in jobs if j.rule == rule] for rule in {j.rule for j in jobs}}
     assert {rule: len(js) for rule, js in by_rule.items()} == {
-        "download_corpus": 2, "tokenise": 2, "train": 320, "evaluate": 320, "aggregate": 1}
+        "download_corpus": 2, "tokenise": 2, "train": 640, "evaluate": 640, "aggregate": 1}
     config = yaml.safe_load(GRID.read_text())
-    grid = {(d, m, str(s), str(g)) for d, m, s, g in itertools.product(
-        *(config["run"][key] for key in ("datasets", "models", "seeds", "gpus")))}
+    keys = ("frameworks", "datasets", "models", "seeds", "gpus")
+    grid = {(f, d, m, str(s), str(g)) for f, d, m, s, g in itertools.product(
+        *(config["run"][key] for key in keys))}
     for rule in ("train", "evaluate"):
-        assert {tuple(j.wildcards[k] for k in ("dataset", "model", "seed", "gpus"))
+        assert {tuple(j.wildcards[k] for k in ("framework", "dataset", "model", "seed", "gpus"))
                 for j in by_rule[rule]} == grid
 
-    for job in by_rule["train"]:
+    for job in by_rule["train"]:  # the same request whatever the framework
         r, w = job.resources, job.wildcards
         runtime = {("ptb", "lstm"): 480, ("wikitext2", "lstm"): 720}.get(
             (w["dataset"], w["model"]), 2880)
@@ -84,13 +85,15 @@ def test_weak_scaling_probes_are_planned_only_when_asked_and_only_for_gpu_counts
     config = yaml.safe_load(GRID.read_text())
     config["run"].update(datasets=["ptb"], models=["awd-lstm-mos"], seeds=[1, 2], gpus=[0, 1, 4])
     configfile = tmp_path / "weak.yaml"
-    for enabled, expected in ((False, set()), (True, {(s, g) for s in "12" for g in "14"})):
+    probed = {(f, s, g) for f in config["run"]["frameworks"] for s in "12" for g in "14"}
+    for enabled, expected in ((False, set()), (True, probed)):
         config["run"]["weak_scaling"] = {"enabled": enabled, "steps": 10}
         configfile.write_text(yaml.safe_dump(config))
         done = run_snakemake(tmp_path, "--dry-run", configfile=configfile)
         assert done.returncode == 0, done.stderr[-3000:]
         probes = [j for j in planned_jobs(done.stdout) if j.rule == "weak_scaling_probe"]
-        assert {(j.wildcards["seed"], j.wildcards["gpus"]) for j in probes} == expected
+        assert {(j.wildcards["framework"], j.wildcards["seed"], j.wildcards["gpus"])
+                for j in probes} == expected
         for job in probes:
             assert job.resources["gpu"] == job.wildcards["gpus"]
             assert "runtime" not in job.resources  # minutes: the profile's default limit
@@ -275,21 +278,21 @@ def test_the_tiny_workflow_runs_through_slurm_with_the_profile(slurm, tmp_path, 
         print(f"\n[tiny workflow through SLURM: {seconds:.0f} s]")
 
     runs = pd.read_csv(work / "results" / "aggregate" / "runs.csv")
-    assert len(runs) == 4 and runs["test_ppl"].notna().all()
+    assert len(runs) == 8 and runs["test_ppl"].notna().all()  # 2 frameworks x 2 models x 2
     mlflow.set_tracking_uri(f"sqlite:///{work / 'results' / 'mlflow.db'}")
     assert set(mlflow.search_runs(experiment_names=["mosbench-test"])["status"]) == {"FINISHED"}
 
     # Train and evaluate went through sbatch, with the profile's and the config's requests.
     calls = [line for line in output.splitlines() if "sbatch call: sbatch" in line]
-    assert len(calls) == 8 and output.count("has been submitted with SLURM jobid") == 8
+    assert len(calls) == 16 and output.count("has been submitted with SLURM jobid") == 16
     for call in calls:
         assert " -p debug" in call and "--requeue" in call and " -t 10" in call
         assert " --mem 1000" in call and "--gpus" not in call  # CPU jobs
-    assert sum("rule_train_wildcards" in call and "--nodes=1" in call for call in calls) == 4
-    # ... and SLURM ran them: all eight completed, local rules never submitted
+    assert sum("rule_train_wildcards" in call and "--nodes=1" in call for call in calls) == 8
+    # ... and SLURM ran them: all sixteen completed, local rules never submitted
     jobs = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%k|%T"], capture_output=True,
                           text=True, check=True).stdout.split()
-    assert sorted(j.split("_wildcards")[0] for j in jobs) == ["rule_evaluate"] * 4 + [
-        "rule_train"] * 4
+    assert sorted(j.split("_wildcards")[0] for j in jobs) == ["rule_evaluate"] * 8 + [
+        "rule_train"] * 8
     assert {j.split("|")[1] for j in jobs} == {"COMPLETED"}
-    assert len(list(logs.glob("rule_train/*/*.log"))) == 4
+    assert len(list(logs.glob("rule_train/*/*.log"))) == 8

@@ -6,7 +6,8 @@ import pytest
 import yaml
 
 from conftest import REPO, TINY_CONFIG
-from mosbench.config import load_config, validate_config
+from mosbench.config import SCHEMA_PATH, load_config, validate_config
+from mosbench.engines import FRAMEWORKS
 from mosbench.errors import MosbenchError
 
 
@@ -16,6 +17,7 @@ def test_shipped_configs_are_valid():
     assert demo["run"]["gpus"] == [0] and len(demo["run"]["seeds"]) == 2
     assert grid["run"]["gpus"] == [1, 2, 4, 8] and len(grid["run"]["seeds"]) == 10
     assert set(grid["run"]["datasets"]) == {"ptb", "wikitext2"}
+    assert demo["run"]["frameworks"] == grid["run"]["frameworks"] == ["tensorflow", "pytorch"]
     # defaults from the schema are filled in
     assert demo["presets"]["synthetic"]["lstm"]["tie_weights"] is True
     assert grid["sources"]["ptb"]["members"]["train"]["sha256"].startswith("fcea919f")
@@ -31,6 +33,10 @@ def _broken(edit):
     ("edit", "expected"),
     [
         (lambda c: c["run"].update(models=["transformer"]), "run.models[0]"),
+        (lambda c: c["run"].update(frameworks=["jax"]), "run.frameworks[0]"),
+        (lambda c: c["run"].update(frameworks=[]), "run.frameworks"),
+        (lambda c: c["run"].update(frameworks=["pytorch", "pytorch"]), "run.frameworks"),
+        (lambda c: c["run"].update(frameworks="pytorch"), "run.frameworks"),
         (lambda c: c["run"].update(seeds=[-1]), "run.seeds[0]"),
         (lambda c: c["run"].update(seeds=[1.5]), "run.seeds[0]"),
         (lambda c: c["run"].update(gpus=["two"]), "run.gpus[0]"),
@@ -56,6 +62,21 @@ def test_allowed_values_are_listed():
     allowed = r"\['lstm', 'awd-lstm', 'awd-lstm-moc', 'awd-lstm-mos'\]"
     with pytest.raises(MosbenchError, match=r"is not one of " + allowed):
         validate_config(_broken(lambda c: c["run"].update(models=["gpt"])))
+
+
+def test_an_unknown_framework_is_named_with_the_allowed_ones():
+    with pytest.raises(MosbenchError) as info:
+        validate_config(_broken(lambda c: c["run"].update(frameworks=["tensorflow", "jax"])))
+    assert str(info.value) == ("config: config key 'run.frameworks[1]': 'jax' is not one of "
+                               "['tensorflow', 'pytorch']")
+
+
+def test_frameworks_default_to_tensorflow_and_match_the_engines():
+    config = validate_config(_broken(lambda c: c["run"].pop("frameworks")))
+    assert config["run"]["frameworks"] == ["tensorflow"]
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    assert schema["properties"]["run"]["properties"]["frameworks"]["items"]["enum"] == list(
+        FRAMEWORKS)
 
 
 def test_validation_does_not_share_defaults_between_presets():

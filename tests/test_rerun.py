@@ -25,6 +25,7 @@ import yaml
 
 from conftest import REPO, TINY_CONFIG
 from mosbench.code_hash import PACKAGE_ROOT, ROOT_ENV
+from mosbench.engines import FRAMEWORKS
 
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 JOB = re.compile(r"^(?:local)?rule (\S+):$")
@@ -138,12 +139,14 @@ def edited(path, edit):
 
 
 @pytest.mark.slow
-def test_the_run_was_tracked_on_the_mlflow_server(tiny_run):
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_the_run_was_tracked_on_the_mlflow_server(tiny_run, framework):
     mlflow.set_tracking_uri(tiny_run.uri)
     tracked = mlflow.search_runs(experiment_names=["mosbench-test"],
-                                 filter_string="tags.framework = 'tensorflow'")
+                                 filter_string=f"tags.framework = '{framework}'")
     assert sorted(tracked["tags.mlflow.runName"]) == [
-        f"tiny-{model}-seed{seed}-gpus0" for model in ("awd-lstm-mos", "lstm") for seed in (1, 2)]
+        f"{framework}-tiny-{model}-seed{seed}-gpus0" for model in ("awd-lstm-mos", "lstm")
+        for seed in (1, 2)]
     assert set(tracked["status"]) == {"FINISHED"}
     assert tracked["metrics.test/ppl"].notna().all()  # evaluate logged into the same runs
     assert (tiny_run.root / "tracking" / "mlflow.db").stat().st_size > 0
@@ -163,12 +166,25 @@ def test_another_tracking_store_and_a_touch_plan_nothing(tiny_run):
     assert "Nothing to be done" in dry_run(tiny_run)
 
 
+# What an edit of each kind of module reruns: one framework's jobs, or both frameworks'.
+# The tiny config runs 2 frameworks x 2 models x 2 seeds.
+EDITS = {
+    "the TensorFlow engine's LSTM": ("engines/tensorflow/models/lstm.py", {"tensorflow"}),
+    "the PyTorch engine's LSTM": ("engines/pytorch/models/lstm.py", {"pytorch"}),
+    "the neutral training procedure": ("training/bptt.py", set(FRAMEWORKS)),
+    "the engine interface": ("engines/interface.py", set(FRAMEWORKS)),
+}
+
+
 @pytest.mark.slow
-def test_a_model_edit_plans_train_evaluate_aggregate_but_no_data_job(tiny_run):
-    lstm = tiny_run.code / "models" / "lstm.py"
-    with edited(lstm, lambda text: text + "\n# a real edit\n"):
-        assert counts(planned_jobs(dry_run(tiny_run))) == {
-            "train": 4, "evaluate": 4, "aggregate": 1}
+@pytest.mark.parametrize("edit", EDITS)
+def test_a_code_edit_plans_train_evaluate_aggregate_of_its_frameworks_only(tiny_run, edit):
+    module, frameworks = EDITS[edit]
+    with edited(tiny_run.code / module, lambda text: text + "\n# a real edit\n"):
+        jobs = planned_jobs(dry_run(tiny_run))
+    assert counts(jobs) == {"train": 4 * len(frameworks), "evaluate": 4 * len(frameworks),
+                            "aggregate": 1}
+    assert {job.wildcards["framework"] for job in jobs if job.rule != "aggregate"} == frameworks
     # the same content again, with a newer mtime: the hash matches the recorded one
     assert "Nothing to be done" in dry_run(tiny_run)
 
@@ -187,15 +203,15 @@ def test_a_hyperparameter_change_plans_only_that_models_jobs(tiny_run):
     changed = tiny_run.root / "lstm-lr4.yaml"
     changed.write_text(yaml.safe_dump(config))  # keys now sorted: a new order reruns nothing
     jobs = planned_jobs(dry_run(tiny_run, configfile=changed))
-    assert counts(jobs) == {"train": 2, "evaluate": 2, "aggregate": 1}
+    assert counts(jobs) == {"train": 4, "evaluate": 4, "aggregate": 1}  # both frameworks'
     assert {job.wildcards["model"] for job in jobs if job.rule != "aggregate"} == {"lstm"}
 
     # The README's way to see which outputs a params change invalidates.
     summary = dry_run(tiny_run, "--summary", configfile=changed).splitlines()
     stale = {row.split("\t")[0] for row in summary if "\tparams changed\t" in row}
-    assert stale == {f"results/{stage}/tiny/lstm/seed{seed}-gpus0/{name}"
-                     for seed in (1, 2) for stage, names in (
-                         ("train", ("model.weights.h5", "train.json")),
+    assert stale == {f"results/{stage}/{framework}/tiny/lstm/seed{seed}-gpus0/{name}"
+                     for framework in FRAMEWORKS for seed in (1, 2) for stage, names in (
+                         ("train", ("model.weights.npz", "train.json")),
                          ("evaluate", ("metrics.json",))) for name in names}
 
 

@@ -203,7 +203,7 @@ def test_server_never_back_then_replay_twice(tiny_config, tiny_data, tmp_path, m
     summary = job()  # resumed into the same (still pending) run
     assert summary["run_id"] == pending
     assert [r["epoch"] for r in summary["history"]] == [1, 2]
-    assert (out / "model.weights.h5").exists() and summary["measurements"]["epoch_time_s"] > 0
+    assert (out / "model.weights.npz").exists() and summary["measurements"]["epoch_time_s"] > 0
     metrics = evaluate(tiny_data, out, metrics_file, model_name="lstm", hparams=hparams,
                        experiment="outage")
     assert json.loads(metrics_file.read_text()) == metrics and metrics["test_ppl"] > 1

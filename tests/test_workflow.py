@@ -14,6 +14,7 @@ import pytest
 from conftest import REPO, TINY_CONFIG
 from mosbench import paths
 from mosbench.data.tokenise import read_metadata
+from mosbench.engines import FRAMEWORKS
 
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 OUTPUTS = tuple(paths.AGGREGATE_OUTPUTS.values())
@@ -37,13 +38,19 @@ def test_pipeline_runs_end_to_end_and_tracks_every_run(tmp_path):
     results = tmp_path / "results"
     for name in OUTPUTS:
         assert (results / "aggregate" / name).stat().st_size > 0
-    for rule in ("synthetic/tiny", "tokenise/tiny", "train/tiny/lstm/seed1-gpus0",
-                 "evaluate/tiny/lstm/seed2-gpus0", "aggregate/aggregate"):
+    for rule in ("synthetic/tiny", "tokenise/tiny", "train/tensorflow/tiny/lstm/seed1-gpus0",
+                 "train/pytorch/tiny/lstm/seed1-gpus0", "evaluate/pytorch/tiny/lstm/seed2-gpus0",
+                 "evaluate/tensorflow/tiny/awd-lstm-mos/seed2-gpus0", "aggregate/aggregate"):
         assert (tmp_path / "logs" / f"{rule}.log").exists()
+    for framework in FRAMEWORKS:
+        assert (results / "train" / framework / "tiny" / "awd-lstm-mos" / "seed1-gpus0" /
+                "model.weights.npz").stat().st_size > 0
 
     runs = pd.read_csv(results / "aggregate" / "runs.csv")
-    assert runs["model"].tolist() == ["awd-lstm-mos"] * 2 + ["lstm"] * 2
-    assert runs["seed"].tolist() == [1, 2, 1, 2]
+    # per model, a cell's frameworks side by side, then seeds
+    assert runs["model"].tolist() == ["awd-lstm-mos"] * 4 + ["lstm"] * 4
+    assert runs["framework"].tolist() == ["pytorch", "pytorch", "tensorflow", "tensorflow"] * 2
+    assert runs["seed"].tolist() == [1, 2] * 4
     assert (runs["test_ppl"] > runs["optimal_ppl"]).all()
     lstm, mos = runs[runs["model"] == "lstm"], runs[runs["model"] == "awd-lstm-mos"]
     assert (lstm["best_valid_ppl"] < 40).all()  # learnt something: uniform guessing scores 40
@@ -56,18 +63,29 @@ def test_pipeline_runs_end_to_end_and_tracks_every_run(tmp_path):
     assert lstm["dynamic_test_ppl"].isna().all()
     summary = (results / "aggregate" / "summary.md").read_text()
     assert "± " in summary and "log-prob rank" in summary
+    for framework in FRAMEWORKS:
+        assert f"| tiny | lstm | 0 | {framework} | 2 |" in summary
+    # the same MoS, whichever framework built it (the reference's parameter count)
+    assert mos["n_params"].nunique() == 1
+    inventory = pd.read_csv(results / "aggregate" / "ease_of_use.csv")
+    assert set(inventory["framework"]) == set(FRAMEWORKS)
     check_measurements(runs)
     assert "*GPU util (%)*: absent: gpus=0: a CPU job" in summary
 
     # the default store is results/mlflow.db in the working directory, artefacts beside it
     mlflow.set_tracking_uri(f"sqlite:///{results / 'mlflow.db'}")
+    for framework in FRAMEWORKS:
+        tracked = mlflow.search_runs(experiment_names=["mosbench-test"],
+                                     filter_string=f"tags.framework = '{framework}'")
+        assert len(tracked) == 4 and set(tracked["status"]) == {"FINISHED"}
+        assert sorted(tracked["tags.mlflow.runName"]) == [
+            f"{framework}-tiny-{model}-seed{seed}-gpus0" for model in ("awd-lstm-mos", "lstm")
+            for seed in (1, 2)]
+        assert tracked["tags.framework_version"].notna().all()
+        assert set(tracked["params.framework"]) == {framework}
     tracked = mlflow.search_runs(experiment_names=["mosbench-test"],
-                                 filter_string="tags.framework = 'tensorflow'")
-    assert len(tracked) == 4 and set(tracked["status"]) == {"FINISHED"}
-    assert set(tracked["tags.framework"]) == {"tensorflow"}
-    assert set(tracked["tags.dataset"]) == {"tiny"}
-    assert sorted(tracked["tags.mlflow.runName"]) == [
-        f"tiny-{model}-seed{seed}-gpus0" for model in ("awd-lstm-mos", "lstm") for seed in (1, 2)]
+                                 filter_string="tags.dataset = 'tiny'")
+    assert len(tracked) == 8 and set(tracked["tags.framework"]) == set(FRAMEWORKS)
     assert set(tracked["params.n_params"].astype(int)) == set(runs["n_params"])
     assert set(tracked["params.matmul_precision"]) == {"float32"}  # strict fp32 by default
     tracked = tracked.set_index("run_id").loc[runs["run_id"]]
@@ -76,7 +94,7 @@ def test_pipeline_runs_end_to_end_and_tracks_every_run(tmp_path):
         runs["best_valid_ppl"].tolist())
     assert "metrics.final/valid_ppl" not in tracked  # the old, misleading name
     dynamic = tracked["metrics.dynamic_eval/test_ppl"].tolist()
-    assert dynamic[:2] == pytest.approx(mos["dynamic_test_ppl"].tolist())
+    assert dynamic[:4] == pytest.approx(mos["dynamic_test_ppl"].tolist())
     assert tracked["tags.git_commit"].str.len().min() >= 7
     assert any((results / "mlartifacts").rglob("metrics.json"))
     one = mlflow.MlflowClient().get_run(runs["run_id"][0])
@@ -135,11 +153,13 @@ def test_bad_config_is_refused_before_any_job(tmp_path):
 
 
 def test_demo_and_grid_configs_plan_the_expected_jobs(tmp_path):
-    for configfile, trains in ((REPO / "config" / "demo.yaml", 4 * 2),
-                               (REPO / "config" / "config.yaml", 2 * 4 * 10 * 4)):
+    # frameworks x datasets x models x seeds x GPU counts
+    for configfile, trains in ((REPO / "config" / "demo.yaml", 2 * 1 * 4 * 2 * 1),
+                               (REPO / "config" / "config.yaml", 2 * 2 * 4 * 10 * 4)):
         done = snakemake(tmp_path, "--dry-run", configfile=configfile)
         assert done.returncode == 0, done.stderr[-2000:]
         counts = dict(line.split()[:2] for line in done.stdout.splitlines()
                       if len(line.split()) == 2 and line.split()[1].isdigit())
         assert int(counts["train"]) == trains and int(counts["evaluate"]) == trains
         assert int(counts["aggregate"]) == 1
+    assert trains == 640

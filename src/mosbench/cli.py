@@ -4,7 +4,8 @@
 preset's parameter count), ``rank`` (the softmax-bottleneck analysis) and
 ``replay-tracking`` (MLflow calls kept during a tracking outage); each reads the same
 config file as the workflow and writes where the workflow would
-(:mod:`mosbench.paths`). User errors print one clear line and exit with 2.
+(:mod:`mosbench.paths`). ``train``, ``evaluate``, ``params`` and ``rank`` take
+``--framework`` (default tensorflow). User errors print one clear line and exit with 2.
 """
 
 import argparse
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from mosbench import paths
 from mosbench.config import check_gpus, load_config, preset, source_of
+from mosbench.engines import FRAMEWORKS
 from mosbench.errors import PAUSED_EXIT_CODE, MosbenchError, TrainingPaused
 
 
@@ -61,15 +63,17 @@ def _vocab_size(config, dataset):
 
 
 def _params(args, config):
-    from mosbench.engines.tensorflow.models import build_model
+    from mosbench.engines import load_engine
 
     vocab_size = _vocab_size(config, args.dataset)
-    model = build_model(args.model, vocab_size, preset(config, args.dataset, args.model))
-    print(f"{args.model} on {args.dataset} (vocabulary {vocab_size:,}): "
-          f"{model.count_params():,} parameters")
-    for weight in model.weights:
-        print(f"  {weight.path:60s} {str(tuple(weight.shape)):>16s}")
-    print(model.count_params())
+    hparams = preset(config, args.dataset, args.model)
+    engine = load_engine(args.framework)
+    engine.build(args.model, vocab_size, hparams)
+    print(f"{args.model} on {args.dataset} in {args.framework} (vocabulary {vocab_size:,}): "
+          f"{engine.n_params:,} parameters")
+    for name, array in engine.weights().items():
+        print(f"  {name:60s} {str(tuple(array.shape)):>16s}")
+    print(engine.n_params)
 
 
 def _rank(args, config):
@@ -80,14 +84,17 @@ def _rank(args, config):
     train_dir, _ = _run_dirs(args)
     hparams = preset(config, args.dataset, args.model)
     ids, meta = load_split(paths.DATA.format(dataset=args.dataset), "test")
-    model = load_trained(train_dir, args.model, meta["vocab_size"], hparams)
+    engine = load_trained(train_dir, args.model, meta["vocab_size"], hparams,
+                          framework=args.framework, gpus=args.gpus)
     contexts = args.contexts or hparams["rank_contexts"]
-    rank, rows = logprob_rank(model, ids, contexts, hparams["eval_batch_size"], hparams["bptt"])
+    rank, rows = logprob_rank(engine, ids, contexts, hparams["eval_batch_size"],
+                              hparams["bptt"])
     print(f"rank of the {rows} x {meta['vocab_size']} log-probability matrix: {rank}")
 
 
 def _run_dirs(args):
-    run = dict(dataset=args.dataset, model=args.model, seed=args.seed, gpus=args.gpus)
+    run = dict(framework=args.framework, dataset=args.dataset, model=args.model,
+               seed=args.seed, gpus=args.gpus)
     return paths.TRAIN.format(**run), paths.EVALUATE.format(**run)
 
 
@@ -96,8 +103,9 @@ def _train(args, config):
 
     check_gpus(config, args.gpus)
     train_dir, _ = _run_dirs(args)
-    summary = train(paths.DATA.format(dataset=args.dataset), train_dir, dataset=args.dataset,
-                    model_name=args.model, seed=args.seed, gpus=args.gpus,
+    summary = train(paths.DATA.format(dataset=args.dataset), train_dir,
+                    framework=args.framework, dataset=args.dataset, model_name=args.model,
+                    seed=args.seed, gpus=args.gpus,
                     hparams=preset(config, args.dataset, args.model),
                     experiment=config["mlflow"]["experiment"], threads=config["threads"],
                     config_snapshot=config, prices=config["cost"],
@@ -113,18 +121,20 @@ def _evaluate(args, config):
                        f"{eval_dir}/metrics.json", model_name=args.model,
                        hparams=preset(config, args.dataset, args.model),
                        experiment=config["mlflow"]["experiment"], gpus=args.gpus,
-                       threads=config["threads"])
+                       threads=config["threads"], framework=args.framework)
     print(f"valid ppl {metrics['best_valid_ppl']:.2f}, test ppl {metrics['test_ppl']:.2f}")
 
 
 def _aggregate(args, config):
     from mosbench.reporting.aggregate import aggregate
 
-    train_files = sorted(glob.glob("results/train/*/*/*/train.json"))
-    metrics_files = sorted(glob.glob("results/evaluate/*/*/*/metrics.json"))
-    written = aggregate(train_files, metrics_files, paths.AGGREGATE, prices=config["cost"],
-                        reference=config["reference"],
-                        probe_files=sorted(glob.glob("results/scaling/*/*/*/weak.json")))
+    def found(template, name):  # every run's file, whatever its framework, dataset, ...
+        pattern = template.format(framework="*", dataset="*", model="*", seed="*", gpus="*")
+        return sorted(glob.glob(f"{pattern}/{name}"))
+
+    written = aggregate(found(paths.TRAIN, "train.json"), found(paths.EVALUATE, "metrics.json"),
+                        paths.AGGREGATE, prices=config["cost"], reference=config["reference"],
+                        probe_files=found(paths.PROBE, "weak.json"))
     for path in written.values():
         print(f"wrote {path}")
 
@@ -143,6 +153,11 @@ def _nonnegative_int(text):
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value}")
     return value
+
+
+def _add_framework(parser):
+    parser.add_argument("--framework", choices=FRAMEWORKS, default="tensorflow",
+                        help="the framework whose engine runs it (default: %(default)s)")
 
 
 def build_parser():
@@ -166,11 +181,13 @@ def build_parser():
         p.add_argument("model")
         p.add_argument("--seed", type=_nonnegative_int, required=True)
         p.add_argument("--gpus", type=_nonnegative_int, default=0)
+        _add_framework(p)
         p.set_defaults(func=func)
 
     p = sub.add_parser("params", help="build a preset and print its parameter count")
     p.add_argument("dataset")
     p.add_argument("model")
+    _add_framework(p)
     p.set_defaults(func=_params)
 
     p = sub.add_parser("rank", help="rank of a trained model's log-probability matrix")
@@ -180,6 +197,7 @@ def build_parser():
     p.add_argument("--gpus", type=_nonnegative_int, default=0)
     p.add_argument("--contexts", type=_nonnegative_int, default=None,
                    help="rows of the matrix (default: the preset's rank_contexts)")
+    _add_framework(p)
     p.set_defaults(func=_rank)
 
     p = sub.add_parser("aggregate", help="tables and plots over every evaluated run")

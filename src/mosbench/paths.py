@@ -7,8 +7,9 @@ The Snakemake rules build their output patterns from these templates and the
 RAW = "results/raw/{source}"  # train/valid/test.txt + source.json
 DOWNLOAD_CACHE = "results/download/{source}"  # archives, kept so reruns need no network
 DATA = "results/data/{dataset}"  # {split}.parquet + vocab.parquet
-RUN = "{dataset}/{model}/seed{seed}-gpus{gpus}"
-TRAIN = "results/train/" + RUN  # model.weights.h5 + train.json
+# One job of the grid: every framework's results, logs and benchmarks sit in a tree of their own.
+RUN = "{framework}/{dataset}/{model}/seed{seed}-gpus{gpus}"
+TRAIN = "results/train/" + RUN  # model.weights.npz (named NumPy arrays) + train.json
 EVALUATE = "results/evaluate/" + RUN  # metrics.json
 PROBE = "results/scaling/" + RUN  # weak.json: the weak-scaling probe (optional)
 AGGREGATE = "results/aggregate"

@@ -15,6 +15,6 @@ rule aggregate:
     log:
         "logs/aggregate/aggregate.log",
     conda:
-        "../../envs/mosbench.yaml"
+        "../../envs/reporting.yaml"
     script:
         "../scripts/aggregate.py"

@@ -1,6 +1,7 @@
 # Helpers for the stage files: name patterns, input functions, the grid,
-# code hashes (params) and cluster resources.
+# conda environments per framework, code hashes (params) and cluster resources.
 
+import functools
 import itertools
 import os
 import re
@@ -8,6 +9,11 @@ import re
 from mosbench import paths
 from mosbench.code_hash import code_hash
 from mosbench.config import SPLITS, preset
+from mosbench.engines import FRAMEWORKS
+
+# Each job's `code` param: the package code's hash per (stage, framework), computed once
+# per Snakemake process (the paper's grid asks for it 1,280 times; it reads the files).
+code_hash = functools.cache(code_hash)
 
 # Light or network-bound steps run where Snakemake runs, even under a cluster
 # executor (compute nodes are often offline); train and evaluate are submitted.
@@ -58,12 +64,12 @@ def hparams(wildcards):
 
 
 def grid():
-    """Every (dataset, model, seed, gpus) job of the run."""
+    """Every (framework, dataset, model, seed, gpus) job of the run."""
     run = config["run"]
-    for dataset, model, seed, gpus in itertools.product(
-        run["datasets"], run["models"], run["seeds"], run["gpus"]
+    for framework, dataset, model, seed, gpus in itertools.product(
+        run["frameworks"], run["datasets"], run["models"], run["seeds"], run["gpus"]
     ):
-        yield dict(dataset=dataset, model=model, seed=seed, gpus=gpus)
+        yield dict(framework=framework, dataset=dataset, model=model, seed=seed, gpus=gpus)
 
 
 def all_runs(template):
@@ -75,6 +81,15 @@ def weak_scaling_probes():
     if not config["run"]["weak_scaling"]["enabled"]:
         return []
     return [f"{paths.PROBE}/weak.json".format(**job) for job in grid() if job["gpus"] >= 1]
+
+
+def framework_env(wildcards):
+    """The conda environment of a job's framework (`--sdm conda`): envs/<framework>.yaml.
+
+    Relative to this folder, as Snakemake resolves a rule's `conda:` path; each
+    environment installs only its own framework (`pip install -e '.[<framework>]'`).
+    """
+    return f"../../envs/{wildcards.framework}.yaml"
 
 
 def raw_source(wildcards):

@@ -4,13 +4,13 @@
 rule evaluate:
     input:
         unpack(data_files),
-        weights=f"{paths.TRAIN}/model.weights.h5",
+        weights=f"{paths.TRAIN}/model.weights.npz",
         summary=f"{paths.TRAIN}/train.json",
     output:
         metrics=f"{paths.EVALUATE}/metrics.json",
     params:
         hparams=hparams,
-        code=code_hash("evaluate"),  # reruns on an edit of the code, not on a touch
+        code=lambda w: code_hash("evaluate", w.framework),  # an edit reruns, a touch does not
     threads: config["threads"]
     resources:
         gpu=lambda wildcards: min(int(wildcards.gpus), 1),
@@ -20,6 +20,6 @@ rule evaluate:
     benchmark:
         f"results/benchmarks/evaluate/{paths.RUN}.tsv"
     conda:
-        "../../envs/mosbench.yaml"
+        framework_env
     script:
         "../scripts/evaluate.py"

@@ -9,7 +9,7 @@ rule weak_scaling_probe:
     params:
         hparams=hparams,
         steps=config["run"]["weak_scaling"]["steps"],
-        code=code_hash("weak_scaling_probe"),  # reruns on an edit of the code, not on a touch
+        code=lambda w: code_hash("weak_scaling_probe", w.framework),  # reruns on an edit
     threads: config["threads"]
     resources:
         gpu=lambda wildcards: int(wildcards.gpus),
@@ -17,6 +17,6 @@ rule weak_scaling_probe:
     log:
         f"logs/weak_scaling/{paths.RUN}.log",
     conda:
-        "../../envs/mosbench.yaml"
+        framework_env
     script:
         "../scripts/weak_scaling_probe.py"

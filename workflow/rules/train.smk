@@ -1,4 +1,4 @@
-# One training job per (dataset, model, seed, gpus).
+# One training job per (framework, dataset, model, seed, gpus).
 
 
 rule train:
@@ -6,11 +6,12 @@ rule train:
         unpack(data_files),
         raw=raw_source,  # the text, to time preprocessing against loading the Parquet
     output:
-        weights=f"{paths.TRAIN}/model.weights.h5",
+        weights=f"{paths.TRAIN}/model.weights.npz",  # named NumPy arrays, any framework
         summary=f"{paths.TRAIN}/train.json",
     params:
         hparams=hparams,  # per (dataset, model): a new value reruns only that model's jobs
-        code=code_hash("train"),  # reruns on an edit of the code, not on a touch
+        # the neutral code and this framework's engine: an engine edit reruns its jobs only
+        code=lambda w: code_hash("train", w.framework),
     threads: config["threads"]
     resources:
         gpu=lambda wildcards: int(wildcards.gpus),
@@ -20,6 +21,6 @@ rule train:
     benchmark:
         f"results/benchmarks/train/{paths.RUN}.tsv"
     conda:
-        "../../envs/mosbench.yaml"
+        framework_env
     script:
         "../scripts/train.py"

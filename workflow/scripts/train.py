@@ -1,4 +1,4 @@
-"""Snakemake wrapper: train one (dataset, model, seed, gpus) job.
+"""Snakemake wrapper: train one (framework, dataset, model, seed, gpus) job.
 
 Tracking settings (experiment name, the config snapshot) and the prices are read
 from ``snakemake.config`` rather than params on purpose: they must not trigger
@@ -12,7 +12,7 @@ from mosbench.gpu_slots import assign_devices
 from mosbench.io import redirect_output
 
 redirect_output(snakemake.log[0])
-assign_devices(int(snakemake.wildcards.gpus))  # this job's own GPUs, before TensorFlow loads
+assign_devices(int(snakemake.wildcards.gpus))  # this job's own GPUs, before the framework loads
 
 import sys  # noqa: E402
 
@@ -26,9 +26,10 @@ budget = snakemake.resources.get("wall_time_s") if "SLURM_JOB_ID" in os.environ 
 w = snakemake.wildcards
 try:
     train(Path(snakemake.input.train).parent, Path(snakemake.output.summary).parent,
-          dataset=w.dataset, model_name=w.model, seed=int(w.seed), gpus=int(w.gpus),
-          hparams=snakemake.params.hparams, experiment=snakemake.config["mlflow"]["experiment"],
-          threads=snakemake.threads, config_snapshot=snakemake.config, wall_time_s=budget,
+          framework=w.framework, dataset=w.dataset, model_name=w.model, seed=int(w.seed),
+          gpus=int(w.gpus), hparams=snakemake.params.hparams,
+          experiment=snakemake.config["mlflow"]["experiment"], threads=snakemake.threads,
+          config_snapshot=snakemake.config, wall_time_s=budget,
           raw_dir=Path(snakemake.input.raw).parent, prices=snakemake.config["cost"])
 except TrainingPaused as paused:
     # Checkpointed: a retry (profiles/slurm sets `retries`) or the next run resumes.

@@ -6,13 +6,18 @@ with the reason for each figure absent on its machine) and metrics.json
 :data:`OUTPUTS`):
 
 * ``runs.csv``: one row per run, every figure;
-* ``summary.*``: mean and sample std over seeds per (dataset, model, gpus);
-* ``scaling.*``: speed-up and efficiency against GPUs;
-* ``published.*``: our perplexities minus the published;
-* ``ease_of_use.*``: built in vs written, from the code;
+* ``summary.*``: mean and sample std over seeds per (dataset, model, gpus, framework);
+* ``scaling.*``: speed-up and efficiency against GPUs, per framework;
+* ``published.*``: our perplexities minus the published, per framework;
+* ``ease_of_use.*``: built in vs written, from the code, per framework run;
 
 each of these four as CSV (data), Markdown and HTML (to read; the report);
 * ``valid_ppl.png``, ``scaling.png``, ``memory.png``, ``latency.png``.
+
+A run is identified by its framework as well as its dataset, model, seed and
+GPUs: the same cell run in TensorFlow and in PyTorch is two runs, and every
+table and plot keeps the frameworks apart (in the tables, a cell's frameworks
+sit next to each other).
 """
 
 import math
@@ -21,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 
 from mosbench import paths
+from mosbench.engines import FRAMEWORKS
 from mosbench.errors import MosbenchError
 from mosbench.io import atomic_path, read_json
 from mosbench.measurement.cost import cost
@@ -30,9 +36,9 @@ from mosbench.reporting.published import compare_published
 from mosbench.reporting.scaling import scaling_table
 from mosbench.reporting.tables import format_value, markdown_table, mean_std
 
-RUN_KEY = ["dataset", "model", "seed", "gpus"]
-GROUP_KEY = ["dataset", "model", "gpus"]
-SORT_KEY = ["dataset", "model", "gpus", "seed"]
+RUN_KEY = ["dataset", "model", "framework", "seed", "gpus"]
+GROUP_KEY = ["dataset", "model", "gpus", "framework"]  # one cell's frameworks side by side
+SORT_KEY = ["dataset", "model", "gpus", "framework", "seed"]
 TRAIN_COLUMNS = ["run_id", "n_params", "epochs", "best_epoch", "train_time_s"]
 OUTPUTS = paths.AGGREGATE_OUTPUTS
 
@@ -112,7 +118,8 @@ def aggregate(train_files, metrics_files, out_dir, *, prices=None, reference=Non
     for name, text in texts.items():
         with atomic_path(out[name]) as tmp:
             tmp.write_text(text, encoding="utf-8")
-    ease_of_use.write_inventory(out["ease_of_use_csv"], out["ease_of_use_md"])
+    ease_of_use.write_inventory(out["ease_of_use_csv"], out["ease_of_use_md"],
+                                frameworks=_frameworks(runs))
     for page in ("summary", "scaling", "published", "ease_of_use"):
         text = out[f"{page}_md"].read_text(encoding="utf-8")
         with atomic_path(out[f"{page}_html"]) as tmp:
@@ -130,7 +137,7 @@ def aggregate(train_files, metrics_files, out_dir, *, prices=None, reference=Non
 
 
 def _load(files, kind):
-    """Read JSON run files into {(dataset, model, seed, gpus): (path, data)}."""
+    """Read JSON run files into {(dataset, model, framework, seed, gpus): (path, data)}."""
     runs = {}
     for path in map(Path, files):
         try:
@@ -143,6 +150,9 @@ def _load(files, kind):
         if missing:
             raise MosbenchError(f"{kind} file {path} lacks {', '.join(missing)}; "
                                 f"expected the keys {', '.join(RUN_KEY)}")
+        if data["framework"] not in FRAMEWORKS:
+            raise MosbenchError(f"{kind} file {path}: unknown framework "
+                                f"'{data['framework']}'; allowed: {list(FRAMEWORKS)}")
         key = tuple(data[k] for k in RUN_KEY)
         if key in runs:
             raise MosbenchError(f"duplicate {kind} files for run {_describe(key)}: "
@@ -162,7 +172,7 @@ def _check_pairs(train, metrics):
         orphans = sorted(str(have[k][0]) for k in have.keys() - other.keys())
         if orphans:
             raise MosbenchError(f"{kind} files without a matching {wanted} (same dataset, "
-                                f"model, seed and gpus): {', '.join(orphans)}")
+                                f"model, framework, seed and gpus): {', '.join(orphans)}")
 
 
 def _is_number(value):
@@ -234,7 +244,8 @@ def absent_reasons(train):
 
 
 def summarize(runs):
-    """Per (dataset, model, gpus): n_seeds, mean/std of every summary metric, group values."""
+    """Per (dataset, model, gpus, framework): n_seeds, mean/std of every summary metric,
+    group values."""
     wanted = list(SUMMARY_METRICS) + list(GROUP_VALUES)
     runs = runs.reindex(columns=list(runs.columns) + [c for c in wanted if c not in runs])
     grouped = runs.groupby(GROUP_KEY, sort=True)
@@ -254,12 +265,13 @@ def summary_markdown(summary, absent=None, currency=None):
         "# Language-model benchmark summary",
         "",
         "Cells are mean ± sample standard deviation over seeds (– where a single seed ran "
-        "or the figure is absent). Per (dataset, model, gpus); times in seconds, memory in "
+        "or the figure is absent). Per (dataset, model, gpus, framework); times in seconds, "
+        "memory in "
         f"MiB{f', money in {currency}' if currency else ''}. Step times exclude the first "
         "step, which traces and compiles (its time is 'first step'); latency is one next "
         "word at batch size 1.",
     ]
-    ident = ["dataset", "model", "gpus", "seeds"]
+    ident = ["dataset", "model", "gpus", "framework", "seeds"]
     for title, section in SECTIONS.items():
         metrics = [m for m in section if summary[f"{m}_mean"].notna().any()]
         values = [v for v in GROUP_VALUES if title == "Perplexity" and summary[v].notna().any()]
@@ -267,11 +279,11 @@ def summary_markdown(summary, absent=None, currency=None):
         lines += ["", f"## {title}", ""]
         if metrics:
             header = ident + [section[m][0] for m in metrics] + [GROUP_VALUES[v][0] for v in values]
-            rows = [[r["dataset"], r["model"], r["gpus"], r["n_seeds"]]
+            rows = [[r["dataset"], r["model"], r["gpus"], r["framework"], r["n_seeds"]]
                     + [mean_std(r[f"{m}_mean"], r[f"{m}_std"], section[m][1]) for m in metrics]
                     + [format_value(r[v], GROUP_VALUES[v][1]) for v in values]
                     for r in (row._asdict() for row in summary.itertuples(index=False))]
-            lines += markdown_table(header, rows, text_columns=3)
+            lines += markdown_table(header, rows, text_columns=4)
         else:
             lines.append("No run recorded these figures.")
         if gone:
@@ -287,40 +299,41 @@ def summary_markdown(summary, absent=None, currency=None):
 
 def scaling_markdown(scaling):
     lines = ["# Multi-GPU scaling", "",
-             "Speed-up: training tokens/s over tokens/s at the smallest GPU count; efficiency: "
-             "speed-up over the ideal (GPUs / smallest GPU count). Strong scaling keeps the "
-             "global batch fixed, weak scaling the per-GPU batch.", ""]
+             "Speed-up: training tokens/s over tokens/s at the smallest GPU count, in the "
+             "same framework; efficiency: speed-up over the ideal (GPUs / smallest GPU count). "
+             "Strong scaling keeps the global batch fixed, weak scaling the per-GPU batch.", ""]
     if scaling.empty:
         lines.append("No GPU runs in this grid (gpus = 0 only): nothing to scale.")
         return "\n".join(lines) + "\n"
-    rows = [[r.dataset, r.model, r.scaling, r.gpus, r.n_seeds,
+    rows = [[r.dataset, r.model, r.framework, r.scaling, r.gpus, r.n_seeds,
              mean_std(r.tokens_per_s_mean, r.tokens_per_s_std, "sig"),
              format_value(r.speedup, "sig"), format_value(100 * r.efficiency, "pct")]
             for r in scaling.itertuples(index=False)]
-    lines += markdown_table(["dataset", "model", "scaling", "gpus", "seeds", "tokens/s",
-                             "speed-up", "efficiency (%)"], rows, text_columns=3)
+    lines += markdown_table(["dataset", "model", "framework", "scaling", "gpus", "seeds",
+                             "tokens/s", "speed-up", "efficiency (%)"], rows, text_columns=4)
     return "\n".join(lines) + "\n"
 
 
 def published_markdown(published):
     lines = ["# Our perplexities against the published ones", "",
-             "Difference: ours (mean over seeds) minus published; positive means ours is "
-             "worse. Published numbers come from the config's `reference` block.", ""]
+             "Difference: ours (mean over seeds, per framework) minus published; positive means "
+             "ours is worse. Published numbers come from the config's `reference` block.", ""]
     if published.empty:
         return "\n".join(lines + ["No published numbers for the data sets and models of this "
                                   "run."]) + "\n"
-    rows = [[r.dataset, r.model, r.gpus, r.metric, r.n_seeds,
+    rows = [[r.dataset, r.model, r.gpus, r.framework, r.metric, r.n_seeds,
              mean_std(r.ours_mean, r.ours_std, "ppl"), format_value(r.published, "ppl"),
              f"{r.difference:+.2f}", f"{r.relative_pct:+.1f}", r.source]
             for r in published.itertuples(index=False)]
-    lines += markdown_table(["dataset", "model", "gpus", "metric", "seeds", "ours",
+    lines += markdown_table(["dataset", "model", "gpus", "framework", "metric", "seeds", "ours",
                              "published", "difference", "relative (%)", "source"], rows,
-                            text_columns=4)
+                            text_columns=5)
     return "\n".join(lines) + "\n"
 
 
 def _history_table(train):
-    """Long table of (dataset, model, gpus, seed, epoch, valid_ppl) from every history."""
+    """Long table of (dataset, model, framework, seed, gpus, epoch, valid_ppl) from every
+    history."""
     rows = [
         {**dict(zip(RUN_KEY, key, strict=True)),
          "epoch": h.get("epoch", i + 1), "valid_ppl": h.get("valid_ppl")}
@@ -333,7 +346,12 @@ def _history_table(train):
     return curves.dropna(subset=["epoch", "valid_ppl"])
 
 
+def _frameworks(runs):
+    """The frameworks of ``runs``, in mosbench's order (FRAMEWORKS)."""
+    return [f for f in FRAMEWORKS if f in set(runs["framework"])]
+
+
 def _probe_table(files):
-    """Weak-scaling probe results (dataset, model, seed, gpus, tokens_per_s), if any."""
+    """Weak-scaling probe results (dataset, model, framework, seed, gpus, tokens_per_s)."""
     rows = [read_json(path) for path in files]
     return pd.DataFrame(rows, columns=RUN_KEY + ["tokens_per_s"]) if rows else None

@@ -1,7 +1,10 @@
 """The aggregate's figures (PNG, matplotlib, no display needed).
 
 Every figure says so in words when it has nothing to show (no GPU runs, a
-figure absent on this machine), rather than leaving an empty frame.
+figure absent on this machine), rather than leaving an empty frame. The
+frameworks are kept apart everywhere: a curve's marker (and in the perplexity
+plot its line style) says its framework, its colour the model; bars are labelled
+with their framework.
 """
 
 import matplotlib
@@ -14,6 +17,20 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 DPI = 110
+MARKERS = {"tensorflow": "o", "pytorch": "s"}  # per framework
+LINES = {"tensorflow": "-", "pytorch": "--"}
+
+
+def _marker(framework):
+    return MARKERS.get(framework, "^")
+
+
+def _colours(keys):
+    """One colour of the default cycle per distinct key, in order of first appearance."""
+    colours = {}
+    for key in keys:
+        colours.setdefault(key, f"C{len(colours) % 10}")
+    return colours
 
 
 def _save(fig, path):
@@ -30,11 +47,13 @@ def _say(ax, text):
 
 
 def _labels(table):
-    return [f"{r.dataset}\n{r.model}\ngpus={r.gpus}" for r in table.itertuples(index=False)]
+    return [f"{r.dataset}\n{r.model}\ngpus={r.gpus}\n{r.framework}"
+            for r in table.itertuples(index=False)]
 
 
 def plot_valid_ppl(curves, runs, path):
-    """Mean validation perplexity per epoch with a min-max band over seeds, per data set."""
+    """Mean validation perplexity per epoch with a min-max band over seeds, per data set;
+    a colour per model and GPU count, a line style per framework."""
     datasets = sorted(curves["dataset"].unique())
     n_panels = max(len(datasets), 1)
     fig, axes = plt.subplots(1, n_panels, figsize=(6 * n_panels, 4.5), squeeze=False)
@@ -42,17 +61,22 @@ def plot_valid_ppl(curves, runs, path):
         _say(axes[0, 0], "no validation history")
     for ax, dataset in zip(axes[0], datasets, strict=False):
         subset = curves[curves["dataset"] == dataset]
-        stats = subset.groupby(["model", "gpus", "epoch"])["valid_ppl"].agg(["mean", "min", "max"])
-        for (model, gpus), group in stats.groupby(level=["model", "gpus"]):
+        stats = subset.groupby(["model", "gpus", "framework", "epoch"])["valid_ppl"].agg(
+            ["mean", "min", "max"])
+        curves_of = list(stats.groupby(level=["model", "gpus", "framework"]))
+        colours = _colours((model, gpus) for (model, gpus, _), _ in curves_of)
+        for (model, gpus, framework), group in curves_of:
             epochs = group.index.get_level_values("epoch")
-            (line,) = ax.plot(epochs, group["mean"], marker="o", markersize=3,
-                              label=f"{model} (gpus={gpus})")
-            ax.fill_between(epochs, group["min"], group["max"], color=line.get_color(),
-                            alpha=0.2, linewidth=0)
+            colour = colours[(model, gpus)]
+            ax.plot(epochs, group["mean"], color=colour, linestyle=LINES.get(framework, ":"),
+                    marker=_marker(framework), markersize=3,
+                    label=f"{model} {framework} (gpus={gpus})")
+            ax.fill_between(epochs, group["min"], group["max"], color=colour, alpha=0.15,
+                            linewidth=0)
         optimal = runs.loc[runs["dataset"] == dataset, "optimal_ppl"] if (
             "optimal_ppl" in runs) else pd.Series(dtype=float)
         for value in sorted(optimal.dropna().unique()):
-            ax.axhline(value, color="black", linestyle="--", linewidth=1,
+            ax.axhline(value, color="black", linestyle="-.", linewidth=1,
                        label=f"best possible ({value:.2f})")
         values = pd.concat([subset["valid_ppl"], optimal.dropna()])
         if values.min() > 0 and values.max() / values.min() > 20:
@@ -66,30 +90,38 @@ def plot_valid_ppl(curves, runs, path):
 
 
 def plot_scaling(runs, scaling, path):
-    """Training throughput per device count (the CPU included) and parallel efficiency."""
+    """Training throughput per device count (the CPU included) and parallel efficiency; a
+    colour per data set and model, a marker per framework, dashed for weak scaling."""
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.8))
     counts = sorted(set(runs["gpus"]) | set(scaling["gpus"]))
     position = {g: i for i, g in enumerate(counts)}  # evenly spaced: CPU, 1, 2, 4, 8 ...
     ticks = ([position[g] for g in counts], ["CPU" if g == 0 else str(g) for g in counts])
-    throughput = runs.groupby(["dataset", "model", "gpus"])["tokens_per_s"].agg(["mean", "std"])
-    for (dataset, model), group in throughput.groupby(level=["dataset", "model"]):
+    colours = _colours(zip(pd.concat([runs["dataset"], scaling["dataset"]]),
+                           pd.concat([runs["model"], scaling["model"]]), strict=True))
+    curve = ["dataset", "model", "framework"]
+    throughput = runs.groupby([*curve, "gpus"])["tokens_per_s"].agg(["mean", "std"])
+    for (dataset, model, framework), group in throughput.groupby(level=curve):
         x = [position[g] for g in group.index.get_level_values("gpus")]
-        left.errorbar(x, group["mean"], yerr=group["std"].fillna(0), fmt="-o", capsize=3,
-                      label=f"{dataset} {model}")
+        left.errorbar(x, group["mean"], yerr=group["std"].fillna(0), linestyle="-",
+                      marker=_marker(framework), color=colours[(dataset, model)], capsize=3,
+                      label=f"{dataset} {model} {framework}")
     weak = scaling[scaling["scaling"] == "weak"]
-    for (dataset, model), group in weak.groupby(["dataset", "model"]):
+    for (dataset, model, framework), group in weak.groupby(curve):
         left.errorbar([position[g] for g in group["gpus"]], group["tokens_per_s_mean"],
-                      yerr=group["tokens_per_s_std"].fillna(0), fmt="--s", capsize=3,
-                      label=f"{dataset} {model} (weak)")
+                      yerr=group["tokens_per_s_std"].fillna(0), linestyle="--",
+                      marker=_marker(framework), color=colours[(dataset, model)], capsize=3,
+                      label=f"{dataset} {model} {framework} (weak)")
     left.set(xlabel="GPUs", ylabel="training tokens/s",
              title="Training throughput (mean ± std over seeds)")
     left.set_xticks(*ticks)
     if scaling.empty:
         _say(right, "no GPU runs in this grid (CPU only):\nno parallel efficiency to show")
     else:
-        for (dataset, model, mode), group in scaling.groupby(["dataset", "model", "scaling"]):
+        for (dataset, model, framework, mode), group in scaling.groupby([*curve, "scaling"]):
             right.plot([position[g] for g in group["gpus"]], group["efficiency"],
-                       "-o" if mode == "strong" else "--s", label=f"{dataset} {model} ({mode})")
+                       linestyle="-" if mode == "strong" else "--", marker=_marker(framework),
+                       color=colours[(dataset, model)],
+                       label=f"{dataset} {model} {framework} ({mode})")
         right.axhline(1.0, color="black", linestyle=":", linewidth=1, label="ideal")
         right.set(xlabel="GPUs", ylabel="parallel efficiency", ylim=(0, 1.15),
                   title="Efficiency: speed-up / ideal speed-up")
@@ -110,7 +142,8 @@ MEMORY_SERIES = [  # column, legend label
 
 
 def _grouped_bars(ax, table, series, ylabel):
-    """Bars of mean ± std per (dataset, model, gpus) group for each present series."""
+    """Bars of mean ± std per (dataset, model, gpus, framework) group for each present
+    series."""
     present = [(c, label) for c, label in series
                if f"{c}_mean" in table and table[f"{c}_mean"].notna().any()]
     x = np.arange(len(table))
@@ -127,13 +160,14 @@ def _grouped_bars(ax, table, series, ylabel):
 
 def _means(runs, columns):
     columns = [c for c in columns if c in runs]
-    grouped = runs.groupby(["dataset", "model", "gpus"])[columns]
+    grouped = runs.groupby(["dataset", "model", "gpus", "framework"])[columns]
     table = grouped.mean().add_suffix("_mean").join(grouped.std().add_suffix("_std"))
     return table.reset_index()
 
 
 def plot_memory(runs, absent, path):
-    """Peak memory per model: device (allocator and driver) and host, with absent reasons."""
+    """Peak memory per model and framework: device (allocator and driver) and host, with
+    absent reasons."""
     columns = [c for c, _ in MEMORY_SERIES]
     table = _means(runs, columns)
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(table) + 2), 5))

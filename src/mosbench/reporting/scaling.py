@@ -6,17 +6,20 @@ GPUs. Weak scaling comes from the optional throughput probes, which keep the
 per-GPU batch fixed (the global batch grows with the GPUs). In both, the
 speed-up is tokens/s over tokens/s at the smallest GPU count run, and the
 efficiency is the speed-up over the ideal one (GPUs over that smallest count).
-CPU runs (gpus = 0) are not part of either.
+CPU runs (gpus = 0) are not part of either. Each framework scales against its
+own smallest GPU count: a row is one framework's.
 """
 
 import pandas as pd
 
-COLUMNS = ["dataset", "model", "scaling", "gpus", "n_seeds", "tokens_per_s_mean",
+COLUMNS = ["dataset", "model", "framework", "scaling", "gpus", "n_seeds", "tokens_per_s_mean",
            "tokens_per_s_std", "base_gpus", "speedup", "efficiency"]
+CURVE = ["dataset", "model", "framework"]  # one scaling curve
 
 
 def scaling_table(runs, probes=None):
-    """Rows per (dataset, model, scaling, gpus); ``probes`` holds weak-scaling tokens/s."""
+    """Rows per (dataset, model, framework, scaling, gpus); ``probes`` holds weak-scaling
+    tokens/s."""
     frames = [_scale(runs, "strong")]
     if probes is not None and len(probes):
         frames.append(_scale(probes, "weak"))
@@ -25,14 +28,14 @@ def scaling_table(runs, probes=None):
 
 def _scale(table, mode):
     gpu_runs = table[table["gpus"] >= 1]
-    stats = (gpu_runs.groupby(["dataset", "model", "gpus"])["tokens_per_s"]
+    stats = (gpu_runs.groupby([*CURVE, "gpus"])["tokens_per_s"]
              .agg(n_seeds="count", tokens_per_s_mean="mean", tokens_per_s_std="std")
              .reset_index())
-    stats.insert(2, "scaling", mode)
-    base = stats.loc[stats.groupby(["dataset", "model"])["gpus"].idxmin(),
-                     ["dataset", "model", "gpus", "tokens_per_s_mean"]]
+    stats.insert(len(CURVE), "scaling", mode)
+    base = stats.loc[stats.groupby(CURVE)["gpus"].idxmin(),
+                     [*CURVE, "gpus", "tokens_per_s_mean"]]
     base = base.rename(columns={"gpus": "base_gpus", "tokens_per_s_mean": "base_tokens_per_s"})
-    stats = stats.merge(base, on=["dataset", "model"], how="left")
+    stats = stats.merge(base, on=CURVE, how="left")
     stats["speedup"] = stats["tokens_per_s_mean"] / stats["base_tokens_per_s"]
     stats["efficiency"] = stats["speedup"] / (stats["gpus"] / stats["base_gpus"])
     return stats.reindex(columns=COLUMNS)
