@@ -25,7 +25,7 @@ import yaml
 from conftest import REPO, TINY_CONFIG
 
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
-TARGET = "results/train/tiny/lstm/seed1-gpus0/train.json"
+TARGET = "results/train/tensorflow/tiny/lstm/seed1-gpus0/train.json"
 # (fault point, n-th arrival in the attempt, signal): each attempt dies once, then resumes.
 ATTEMPTS = [
     ("train-step", 5, "SIGTERM"),  # SLURM's warning: a checkpoint mid-epoch, exit 75

@@ -242,7 +242,7 @@ def test_server_never_back_then_replay_twice(tiny_config, tiny_data, tmp_path, m
     assert len(runs) == 1
     run = runs[0]
     assert run.data.tags[TOKEN_TAG] == pending.removeprefix("pending:")
-    assert run.info.status == "FINISHED" and run.info.run_name == "tiny-lstm-seed3-gpus0"
+    assert run.info.status == "FINISHED" and run.info.run_name == "tensorflow-tiny-lstm-seed3-gpus0"
     assert run.data.params["n_params"] == str(summary["n_params"])
     assert run.data.metrics["test/ppl"] == pytest.approx(metrics["test_ppl"])
     assert_logged_once(client, run.info.run_id, summary["history"],

@@ -202,43 +202,52 @@ def _job(workdir, config, *stages, kill_after=None, sig=signal.SIGKILL):
     return 0
 
 
-TRAIN = ("train", "tiny", "awd-lstm-mos", "--seed", "1")
-RUN_DIR = Path("results/train/tiny/awd-lstm-mos/seed1-gpus0")
+def _train(framework):
+    return ("train", "tiny", "awd-lstm-mos", "--seed", "1", "--framework", framework)
+
+
+def _run_dir(framework):
+    return Path(f"results/train/{framework}/tiny/awd-lstm-mos/seed1-gpus0")
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("whole")
     config = _config(workdir)
-    _job(workdir, config, ("download", "tiny"), ("tokenise", "tiny"), TRAIN)
-    return workdir, config
+    _job(workdir, config, ("download", "tiny"), ("tokenise", "tiny"))
+    return workdir, config, set()
 
 
-def _losses(workdir):
-    summary = json.loads((workdir / RUN_DIR / "train.json").read_text())
+def _losses(workdir, framework):
+    summary = json.loads((workdir / _run_dir(framework) / "train.json").read_text())
     return [(r["epoch"], r["phase"], r["train_loss"], r["valid_loss"], r["averaging"])
             for r in summary["history"]], summary
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("framework", FRAMEWORKS)
 @pytest.mark.parametrize(("kill_after", "sig", "exit_code"), [
     ("epoch   2", signal.SIGKILL, -signal.SIGKILL),  # killed hard after epoch 2 ended
     ("epoch   1", signal.SIGTERM, PAUSED_EXIT_CODE),  # SLURM's warning: pause mid-epoch
 ])
 def test_interrupted_job_resumes_to_the_same_result(uninterrupted, tmp_path, kill_after, sig,
-                                                     exit_code):
-    whole_dir, config = uninterrupted
+                                                     exit_code, framework):
+    whole_dir, config, trained = uninterrupted
+    if framework not in trained:  # the uninterrupted job, once per framework
+        _job(whole_dir, config, _train(framework))
+        trained.add(framework)
+    run_dir = _run_dir(framework)
     shutil.copytree(whole_dir / "results" / "data", tmp_path / "results" / "data")
-    assert _job(tmp_path, config, TRAIN, kill_after=kill_after, sig=sig) == exit_code
-    assert checkpoint.exists(tmp_path / RUN_DIR)
-    assert not (tmp_path / RUN_DIR / "train.json").exists()
-    _job(tmp_path, config, TRAIN)
+    assert _job(tmp_path, config, _train(framework), kill_after=kill_after, sig=sig) == exit_code
+    assert checkpoint.exists(tmp_path / run_dir)
+    assert not (tmp_path / run_dir / "train.json").exists()
+    _job(tmp_path, config, _train(framework))
 
-    expected, whole = _losses(whole_dir)
-    resumed, summary = _losses(tmp_path)
-    assert resumed == expected  # bit-identical: op determinism, every RNG state checkpointed
+    expected, whole = _losses(whole_dir, framework)
+    resumed, summary = _losses(tmp_path, framework)
+    assert resumed == expected  # bit-identical: deterministic ops, every RNG state checkpointed
     assert {phase for _, phase, *_ in expected} == {"train", "finetune"}
-    assert not checkpoint.exists(tmp_path / RUN_DIR)  # removed once the job is done
+    assert not checkpoint.exists(tmp_path / run_dir)  # removed once the job is done
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["mosbench-test"])

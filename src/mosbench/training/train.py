@@ -11,7 +11,7 @@ phase restarts from the best weights with averaging from the start (MoS).
 Every epoch end writes a checkpoint (:mod:`mosbench.training.checkpoint`);
 SIGTERM or the wall-time budget writes one mid-epoch and stops with
 :class:`TrainingPaused`, and the next run of the same job resumes from it
-into the same MLflow run. Outputs: ``model.weights.h5`` (best by validation,
+into the same MLflow run. Outputs: ``model.weights.npz`` (best by validation,
 averaged weights once NT-ASGD has switched) and ``train.json``, both written
 last.
 
