@@ -12,6 +12,8 @@ choices, swapped for the alternative we used to have, moves the result far
 outside the tolerance: the test can tell them apart.
 """
 
+import importlib.util
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -47,7 +49,26 @@ def keras_gradient_at(engine, weights, inputs, targets, states):
     return float(loss), [tf.convert_to_tensor(g).numpy().astype(np.float64) for g in grads], states
 
 
+def torch_gradient_at(engine, weights, inputs, targets, states):
+    """The PyTorch model's mean NLL and gradient at ``weights`` (float64 arrays in and out)."""
+    import torch
+
+    model = engine.model.eval()
+    params = list(model.parameters())
+    with torch.no_grad():
+        for param, value in zip(params, weights, strict=True):
+            param.copy_(torch.from_numpy(value.astype(np.float32)))
+    nll, states, _ = model.nll(torch.tensor(inputs, dtype=torch.long),
+                               torch.tensor(targets, dtype=torch.long), states)
+    loss = nll.mean()
+    grads = torch.autograd.grad(loss, params)
+    return (float(loss.detach()), [g.double().numpy() for g in grads],
+            [(h.detach(), c.detach()) for h, c in states])
+
+
 GRADIENT_AT = {"tensorflow": keras_gradient_at}
+if importlib.util.find_spec("torch") is not None:
+    GRADIENT_AT["pytorch"] = torch_gradient_at
 
 
 def oracle(engine, train_ids, ids, lamb, statistic="sum", normaliser="sum", cap=True):

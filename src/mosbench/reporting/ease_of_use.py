@@ -89,7 +89,7 @@ def _written(obj, spec):
 
 def _dotted(path):
     """A resolve_name path as people write it: ``tensorflow:function`` -> ``tf.function``."""
-    return path.replace("tensorflow:", "tf.").replace(":", ".")
+    return path.replace("tensorflow:", "tf.").replace("torch:", "torch.").replace(":", ".")
 
 
 def _class_path(cls, spec):

@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from mosbench.engines.pytorch.models.expert_contexts import MixtureHead
+from mosbench.engines.pytorch.models.softmax_nll import linear_softmax_nll
 from mosbench.engines.pytorch.models.tied_softmax import decoder_logits
 
 
@@ -26,16 +27,17 @@ class MixtureOfSoftmaxes(MixtureHead):
 
         The target is gathered before mixing, which gives the same number as
         gathering it from :meth:`forward`: each expert's target log-probability
-        comes from ``F.cross_entropy`` on the (tokens*K, vocab) logits, then
-        the K of them are mixed with the prior by a logsumexp over (tokens, K).
-        The mixture over the vocabulary, (tokens, K, vocab) sums and their
+        comes from the fused softmax loss on the (tokens*K, vocab) logits
+        (:func:`~.softmax_nll.linear_softmax_nll`: the largest tensor of the
+        model, formed once in training and never in evaluation), then the K of
+        them are mixed with the prior by a logsumexp over (tokens, K). The
+        mixture over the vocabulary, (tokens, K, vocab) sums and their
         logsumexp, is never formed.
         """
         log_prior, latent = self.contexts(hidden)
         experts = log_prior.size(-1)
-        logits = decoder_logits(latent.reshape(-1, latent.size(-1)), embedding, self.decoder_bias)
-        expert_nll = F.cross_entropy(logits,
-                                     targets.reshape(-1).repeat_interleave(experts),
-                                     reduction="none")
+        expert_nll = linear_softmax_nll(latent.reshape(-1, latent.size(-1)), embedding,
+                                        self.decoder_bias,
+                                        targets.reshape(-1).long().repeat_interleave(experts))
         joint = log_prior.reshape(-1, experts) - expert_nll.view(-1, experts)
         return -torch.logsumexp(joint, dim=-1).view(targets.shape)

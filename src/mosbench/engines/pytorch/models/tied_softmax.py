@@ -4,6 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mosbench.engines.pytorch.models.softmax_nll import linear_softmax_nll
+
 
 def decoder_logits(hidden, weight, bias) -> torch.Tensor:
     """``h W^T + b`` in float32: the product in the compute dtype, the bias added in float32.
@@ -20,12 +22,12 @@ def decoder_nll(hidden, weight, bias, targets) -> torch.Tensor:
     """Per-token NLL of ``targets`` under ``softmax(h W^T + b)``, without log-probabilities.
 
     ``hidden`` ``(..., d)``, ``weight`` ``(vocab, d)``, ``bias`` ``(vocab,)``,
-    ``targets`` int ``(...)``; returns float32 ``(...)``. One matmul on the
-    matrix as stored, then ``F.cross_entropy`` (log-softmax and gather); no
-    (tokens, vocab) log-probabilities are returned.
+    ``targets`` int ``(...)``; returns float32 ``(...)``. The matmul and the
+    loss are one memory-frugal op (:func:`~.softmax_nll.linear_softmax_nll`);
+    no (tokens, vocab) log-probabilities are formed.
     """
-    logits = decoder_logits(hidden.reshape(-1, hidden.size(-1)), weight, bias)
-    nll = F.cross_entropy(logits, targets.reshape(-1), reduction="none")
+    nll = linear_softmax_nll(hidden.reshape(-1, hidden.size(-1)), weight, bias,
+                             targets.reshape(-1).long())
     return nll.view(targets.shape)
 
 

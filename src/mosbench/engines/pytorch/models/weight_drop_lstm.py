@@ -13,7 +13,8 @@ class WeightDropLSTM(LSTMLayer):
     Semantics, as the Keras engine's ``WeightDropLSTM``:
         - Training: ``W_hh' = W_hh * mask``, a (4H, H) mask of 0 and
           1/(1-p) drawn once per forward call and shared by every time step
-          and every sequence; then the fused kernel runs with ``W_hh'``, so
+          and every sequence (under data parallelism, by every replica:
+          ``masks.shared_between_replicas``); then the fused kernel runs with ``W_hh'``, so
           the recurrence stays one cuDNN (or oneDNN) call. ``weight_hh_raw``
           is the trained parameter; only kept entries get gradient.
         - Evaluation or p = 0: the raw matrix, no draw.
@@ -38,7 +39,9 @@ class WeightDropLSTM(LSTMLayer):
         raw = self.weight_hh_raw
         if not self.training or self.weight_dropout == 0:
             return raw
-        return raw * masks.dropout_mask(raw, raw.shape, self.weight_dropout)
+        with masks.shared_between_replicas():  # one mask for the global minibatch
+            mask = masks.dropout_mask(raw, raw.shape, self.weight_dropout)
+        return raw * mask
 
     def weights(self):
         return self.weight_ih, self.recurrent_weight(), self.bias_ih, self.bias_hh

@@ -1,0 +1,354 @@
+"""The PyTorch engine (:class:`mosbench.engines.interface.Engine`).
+
+PyTorch models (``models/``), one process' steps (``replica.py``: chunked
+gradient accumulation, clipping, SGD, the iterate average of
+``averaging.py``), data parallelism with ``DistributedDataParallel`` over
+processes the engine starts itself (``distributed.py``). Arrays cross the
+interface as NumPy; states stay tensors on the device between steps.
+
+Several devices (``gpus >= 2``, or ``devices``): the workers start at
+:meth:`PyTorchEngine.prepare_training`, so a job that only evaluates stays one
+process; evaluation always runs in rank 0, the job's process. The carried
+training states are then an opaque :class:`ShardedStates` (each replica holds
+its own rows); :meth:`~PyTorchEngine.state_arrays` gathers them and
+:meth:`~PyTorchEngine.close` (or the engine's finaliser, at the latest when
+the interpreter exits) stops the workers.
+"""
+
+import weakref
+
+import numpy as np
+import torch
+
+from mosbench.engines.interface import Engine
+from mosbench.engines.pytorch import input_pipeline
+from mosbench.engines.pytorch.distributed import WorkerError, Workers
+from mosbench.engines.pytorch.replica import Replica, detached, tokens, trainable
+from mosbench.engines.pytorch.runtime import configure, placement
+from mosbench.errors import MosbenchError
+from mosbench.training.replicas import replica_rows
+
+MIB = 2**20
+
+
+def _check(arrays, shapes, what):
+    """Raise a MosbenchError naming every missing, unexpected and mis-shaped array."""
+    missing = [n for n in shapes if n not in arrays]
+    unexpected = [n for n in arrays if n not in shapes]
+    misshaped = [f"{n} has shape {tuple(np.shape(arrays[n]))}, expected {shape}"
+                 for n, shape in shapes.items()
+                 if n in arrays and tuple(np.shape(arrays[n])) != shape]
+    problems = [f"{kind} {', '.join(names)}" for kind, names in
+                (("missing", missing), ("unexpected", unexpected)) if names] + misshaped
+    if problems:
+        raise MosbenchError(f"{what} do not fit this model: " + "; ".join(problems))
+
+
+def _host(tensor):
+    """A NumPy copy of ``tensor`` (never a view the next step would change)."""
+    return tensor.detach().to("cpu", copy=True).numpy()
+
+
+def _tensor(array):
+    """``array`` as a CPU tensor (copied when NumPy marks it read-only)."""
+    array = np.asarray(array)
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
+
+
+class ShardedStates:
+    """The carried states of a data-parallel step: every replica holds its own rows.
+
+    Rank 0 keeps only the step's key; pass it on to the next
+    :meth:`PyTorchEngine.train_step`, or to :meth:`PyTorchEngine.state_arrays`.
+    """
+
+    __slots__ = ("key",)
+
+    def __init__(self, key):
+        self.key = key
+
+
+class PyTorchEngine(Engine):
+    """PyTorch's side of a job: one :class:`Replica` here, the others in worker processes.
+
+    Also a context manager; :meth:`close` stops the workers of a data-parallel job.
+    """
+
+    framework = "pytorch"
+
+    def __init__(self, *, gpus=0, threads=None, precision="float32", deterministic=False,
+                 seed=0, devices=None):
+        self.devices = placement(gpus, devices)
+        self.settings = {"threads": threads, "precision": precision,
+                         "deterministic": deterministic, "seed": seed}
+        configure(device=self.devices[0], **self.settings)
+        self.replica = Replica(self.devices[0], precision, seed=seed)
+        self.device = self.replica.device
+        self.model = None
+        self.workers = None
+        self._finalizer = None
+        self._step = 0  # the key of the latest data-parallel states
+
+    @classmethod
+    def versions(cls):
+        cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+        return {"framework": "pytorch", "framework_version": torch.__version__,
+                "cuda_version": torch.version.cuda or None,
+                "cudnn_version": str(cudnn) if cudnn else None}
+
+    # --- data parallelism ----------------------------------------------------------------
+
+    def _everywhere(self, name, *args, reply=False, each=None):
+        """Run a replica method in every process (rank 0 here); with ``reply``, every result.
+
+        ``each`` gives each worker its own arguments instead of ``args``.
+        """
+        self.workers.send(name, each or [args] * (self.workers.world - 1), reply)
+        try:
+            mine = getattr(self.replica, name)(*args)
+            return [mine, *self.workers.receive()] if reply else mine
+        except WorkerError:
+            raise
+        except Exception as exc:  # a collective broke: say which worker broke it
+            report = self.workers.failure()
+            if report:
+                raise WorkerError(report) from exc
+            raise
+
+    def close(self):
+        """Stop the worker processes, if any (idempotent)."""
+        if self._finalizer is not None:
+            self._finalizer()
+        self.workers = self._finalizer = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # --- the model -------------------------------------------------------------------------
+
+    def build(self, model_name, vocab_size, hparams):
+        self.replica.build(model_name, vocab_size, hparams)
+        self.model = self.replica.model
+        self._build_args = (model_name, vocab_size, hparams)
+
+    @property
+    def n_params(self):
+        return sum(p.numel() for p in self.replica.params)
+
+    def _named(self):
+        """Parameters by name, then any persistent buffers (the models have none)."""
+        params = dict(self.model.named_parameters())
+        rest = {name: tensor for name, tensor in self.model.state_dict(keep_vars=True).items()
+                if not isinstance(tensor, torch.nn.Parameter)}
+        return {**params, **rest}
+
+    def weights(self):
+        return {name: _host(tensor) for name, tensor in self._named().items()}
+
+    def _load(self, arrays, what="the weights"):
+        named = self._named()
+        _check(arrays, {n: tuple(t.shape) for n, t in named.items()}, what)
+        with torch.no_grad():
+            for name, tensor in named.items():
+                tensor.copy_(_tensor(arrays[name]))
+
+    def load_weights(self, arrays):
+        self._load(arrays)
+        if self.workers:
+            self._everywhere("broadcast_weights")
+
+    # --- training ----------------------------------------------------------------------------
+
+    def prepare_training(self, hparams, batch_size):
+        world = len(self.devices)
+        replica_rows(batch_size, world)  # refuses a batch too small, before any worker waits
+        self.batch_size = batch_size
+        if world > 1 and self.workers is None:
+            self.workers = Workers(self.devices, self.settings)
+            self._finalizer = weakref.finalize(self, self.workers.close)
+            self.workers.send("build", [self._build_args] * (world - 1), True)
+            self.workers.receive()
+            self.replica.place(0, world)
+        if self.workers:
+            self._everywhere("prepare_training", hparams, batch_size, reply=True)
+        else:
+            self.replica.prepare_training(hparams, batch_size)
+
+    def initial_state(self, batch_size):
+        return self.model.initial_state(batch_size)
+
+    def train_step(self, inputs, targets, states, lr, average):
+        if inputs.shape[0] != self.batch_size:
+            raise MosbenchError(f"a window of {inputs.shape[0]} rows, but training was prepared "
+                                f"for batches of {self.batch_size}")
+        if not self.workers:
+            nll, states = self.replica.train_step(inputs, targets, trainable(states), lr, average)
+            return nll.item(), states  # the step's one wait for the device
+        if isinstance(states, ShardedStates) and states.key != self._step:
+            raise MosbenchError(f"the states of step {states.key} were passed, but the replicas "
+                                f"hold those of step {self._step}: only the latest carry on")
+        carried = states.key if isinstance(states, ShardedStates) else self.state_arrays(states)
+        self._step += 1
+        nll = self._everywhere("train_window", inputs, targets, carried, lr, average,
+                               self.replica.shared_rng(), self._step)
+        return nll.item(), ShardedStates(self._step)
+
+    def _average(self):
+        if self.replica.average is None:
+            raise MosbenchError("the iterate average exists after prepare_training()")
+        return self.replica.average
+
+    def start_average(self):
+        self._average().restart()
+
+    def averaged(self):
+        return self._average().swapped_in()
+
+    def _param_names(self):
+        return [name for name, p in self.model.named_parameters() if p.requires_grad]
+
+    def _rng_arrays(self):
+        ranks = self._everywhere("rng_arrays", reply=True) if self.workers \
+            else [self.replica.rng_arrays()]
+        return {f"rng/{rank}/{name}": array for rank, arrays in enumerate(ranks)
+                for name, array in arrays.items()}
+
+    def checkpoint_arrays(self):
+        average = self._average()
+        arrays = {f"model/{name}": array for name, array in self.weights().items()}
+        arrays.update({f"optimizer/{name}": array
+                       for name, array in self.replica.optimizer_arrays().items()})
+        arrays.update({f"average/{name}": _host(a)
+                       for name, a in zip(self._param_names(), average.averages, strict=True)})
+        arrays["average/count"] = np.asarray(average.count, np.int64)
+        arrays.update(self._rng_arrays())
+        return arrays
+
+    def restore_checkpoint(self, arrays):
+        expected = self.checkpoint_arrays()
+        _check(arrays, {n: tuple(np.shape(a)) for n, a in expected.items()},
+               "the checkpoint's arrays")
+
+        def part(prefix):
+            return {n[len(prefix):]: a for n, a in arrays.items() if n.startswith(prefix)}
+
+        self._load(part("model/"), "the checkpoint's weights")
+        average = self._average()
+        with torch.no_grad():
+            stored = part("average/")
+            for name, tensor in zip(self._param_names(), average.averages, strict=True):
+                tensor.copy_(_tensor(stored[name]))
+        average.count = int(stored["count"])
+        rngs = [part(f"rng/{rank}/") for rank in range(len(self.devices))]
+        if self.workers:
+            self._everywhere("broadcast_weights")
+            self._everywhere("restore_optimizer", part("optimizer/"), reply=True)
+            self._everywhere("restore_rng", rngs[0], reply=True,
+                             each=[(r,) for r in rngs[1:]])
+        else:
+            self.replica.restore_optimizer(part("optimizer/"))
+            self.replica.restore_rng(rngs[0])
+
+    def state_arrays(self, states):
+        if isinstance(states, ShardedStates):
+            parts = self._everywhere("held_state_arrays", states.key, reply=True)
+            return [np.concatenate([p[i] for p in parts]) for i in range(len(parts[0]))]
+        return [_host(s) for layer in states for s in layer]
+
+    def states_from_arrays(self, arrays):
+        return [(_tensor(arrays[i]).to(self.device), _tensor(arrays[i + 1]).to(self.device))
+                for i in range(0, len(arrays), 2)]
+
+    # --- evaluation (rank 0) -----------------------------------------------------------------
+
+    def _full(self, states):
+        """Whole-batch states on rank 0, gathered if the replicas hold them."""
+        if isinstance(states, ShardedStates):
+            return self.states_from_arrays(self.state_arrays(states))
+        return states
+
+    def _ids(self, array):
+        return tokens(array, self.device)
+
+    def eval_window(self, inputs, targets, states):
+        self.model.eval()
+        with torch.inference_mode(), self.replica.autocast():
+            nll, states, _ = self.model.nll(self._ids(inputs), self._ids(targets),
+                                            self._full(states))
+            total = nll.sum()
+        return total.item(), states
+
+    def predict_next(self, token, states):
+        self.model.eval()
+        with torch.inference_mode(), self.replica.autocast():
+            log_probs, states, _ = self.model(self._ids([[token]]), self._full(states))
+            word = log_probs[0, -1].argmax()
+        return int(word.item()), states
+
+    def log_prob_rows(self, inputs, states):
+        self.model.eval()
+        with torch.inference_mode(), self.replica.autocast():
+            log_probs, states, _ = self.model(self._ids(inputs), self._full(states))
+            rows = log_probs.reshape(-1, log_probs.shape[-1])  # batch-major, as (B, T, V)
+        return rows.to("cpu", torch.float64).numpy(), states
+
+    def _gradient(self, inputs, targets, states):
+        """A window's mean NLL without dropout, its gradient, and the detached states."""
+        self.model.eval()
+        with self.replica.autocast():
+            nll, states, _ = self.model.nll(self._ids(inputs), self._ids(targets), states)
+            loss = nll.mean()
+        grads = torch.autograd.grad(loss, self.replica.params)
+        return loss.detach(), grads, detached(states)
+
+    def gradient_statistics(self, windows, batch_size):
+        params = self.replica.params
+        squares = [torch.zeros_like(p, dtype=torch.float64) for p in params]
+        states = self.model.initial_state(batch_size)
+        for inputs, targets in windows:
+            _, grads, states = self._gradient(inputs, targets, states)
+            grads = [g.double() for g in grads]
+            torch._foreach_addcmul_(squares, grads, grads)
+        return [_host(s.sqrt_()) for s in squares]
+
+    def adaptive_losses(self, windows, statistics, rates, *, lr, lamb, epsilon):
+        params = self.replica.params
+
+        def constant(values):
+            return [torch.as_tensor(v, dtype=p.dtype, device=p.device)
+                    for v, p in zip(values, params, strict=True)]
+
+        decay = constant([lamb * np.asarray(r) for r in rates])
+        scale = constant([lr / (np.asarray(s) + epsilon) for s in statistics])
+        with torch.no_grad():
+            trained = [p.detach().clone() for p in params]
+        losses, states = [], None
+        for inputs, targets in windows:
+            if states is None:
+                states = self.model.initial_state(inputs.shape[0])
+            loss, grads, states = self._gradient(inputs, targets, states)
+            losses.append(loss)  # scored before the weights see these targets
+            with torch.no_grad():  # w += lamb * rate * (w_trained - w) - lr * g / (ms + eps)
+                step = torch._foreach_sub(trained, params)
+                torch._foreach_mul_(step, decay)
+                torch._foreach_addcmul_(step, scale, grads, value=-1.0)
+                torch._foreach_add_(params, step)
+        return torch.stack(losses).tolist() if losses else []
+
+    # --- measurement -------------------------------------------------------------------------
+
+    def input_pipelines(self, train_path, batch_size, bptt, cache_file):
+        return input_pipeline.input_pipelines(train_path, batch_size, bptt, cache_file)
+
+    def allocator_peak_mb(self):
+        if self.device.type != "cuda":
+            return None, "a CPU job: PyTorch's CPU allocator keeps no peak"
+        peaks = self._everywhere("peak_memory", reply=True) if self.workers \
+            else [self.replica.peak_memory()]
+        return sum(peaks) / MIB, None
+
+
+ENGINE = PyTorchEngine

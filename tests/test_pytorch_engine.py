@@ -1,0 +1,376 @@
+"""The PyTorch engine through the Engine interface, as the procedure drives it.
+
+* Equal to the TensorFlow engine: the same weights (``engines.pytorch.transfer``),
+  20 training steps of variable length with ``small_batch_size`` chunks,
+  AR/TAR, weight decay and an active clip, then NT-ASGD's average: losses
+  within 1e-4 relative at every step, weights and averaged weights within 1e-4.
+* Data parallelism over two CPU processes (gloo) makes the update one process
+  makes, with an uneven split (4 + 3 rows); locked and embedding dropout draw
+  their own masks per replica while weight drop's mask is shared.
+* Worker processes never outlive the job, whether it exits or is killed.
+* A resume from ``checkpoint_arrays`` is bit-identical, dropout on, on one and
+  on two processes; draws from torch's global generator (a ``DataLoader``)
+  leave the masks alone.
+* Weights round-trip by name; a mismatch is a MosbenchError naming it.
+* Each ``matmul_precision`` sets PyTorch's flags; mixed bfloat16 trains
+  float32 weights to a loss within 2 % of float32.
+
+``pytest -s`` prints the largest differences seen.
+"""
+
+import importlib.util
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from mosbench.engines import load_engine  # noqa: E402
+from mosbench.engines.pytorch.engine import ShardedStates  # noqa: E402
+from mosbench.errors import MosbenchError  # noqa: E402
+
+VOCAB, LR = 40, 20.0  # LR: with clip 0.1 every step is clipped
+AWD = dict(emsize=8, nhid=16, nhidlast=12, nlayers=2, init_range=0.5, n_experts=3,
+           dropout=0.0, dropouth=0.0, dropouti=0.0, dropoute=0.0, wdrop=0.0, dropoutl=0.0,
+           alpha=2.0, beta=1.0, wdecay=1e-3, clip=0.1, lr=LR, small_batch_size=4)
+LSTM = dict(emsize=12, nhid=12, nlayers=2, dropout=0.0, tie_weights=True, init_range=0.5,
+            alpha=0.0, beta=0.0, wdecay=1e-3, clip=0.1, lr=LR, small_batch_size=4)
+PRESETS = {"awd-lstm-mos": AWD, "lstm": LSTM}
+DROPOUTS = dict(dropout=0.3, dropouth=0.3, dropouti=0.3, dropoute=0.2, wdrop=0.4, dropoutl=0.3)
+
+
+@pytest.fixture(autouse=True)
+def _torch_flags():
+    """Engines set process-wide flags (threads, precision, determinism): put them back."""
+    saved = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+             torch.get_float32_matmul_precision(), torch.backends.cuda.matmul.allow_tf32,
+             torch.backends.cudnn.allow_tf32, torch.backends.cudnn.deterministic)
+    yield
+    torch.set_num_threads(saved[0])
+    torch.use_deterministic_algorithms(saved[1])
+    torch.set_float32_matmul_precision(saved[2])
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[3:5]
+    torch.backends.cudnn.deterministic = saved[5]
+
+
+def stream(batch, steps, seed=3):
+    """A learnable stream: mostly t -> 7t + 3 (mod V), 20 % noise; ``(batch, steps)`` int32."""
+    rng = np.random.default_rng(seed)
+    ids = np.empty((batch, steps), np.int32)
+    ids[:, 0] = rng.integers(0, VOCAB, batch)
+    for i in range(1, steps):
+        noise = rng.integers(0, VOCAB, batch)
+        ids[:, i] = np.where(rng.random(batch) < 0.2, noise, (7 * ids[:, i - 1] + 3) % VOCAB)
+    return ids
+
+
+def windows(batch, count, lengths=(6, 4, 7, 5), seed=3):
+    """``count`` consecutive windows of varying length (variable BPTT)."""
+    sizes = [lengths[i % len(lengths)] for i in range(count)]
+    ids = stream(batch, sum(sizes) + 1, seed)
+    starts = np.cumsum([0, *sizes[:-1]])
+    return [(ids[:, s:s + n], ids[:, s + 1:s + n + 1])
+            for s, n in zip(starts, sizes, strict=True)]
+
+
+def engine(model="awd-lstm-mos", framework="pytorch", hp=None, batch=6, **placement):
+    built = load_engine(framework, **{"seed": 1, "threads": 2, **placement})
+    hp = hp or PRESETS[model]
+    built.build(model, VOCAB, hp)
+    built.prepare_training(hp, batch)
+    return built
+
+
+def train(built, data, lr=LR, average_from=None, states=None):
+    """Train on ``data``; returns the losses and the states to carry on."""
+    states = states if states is not None else built.initial_state(data[0][0].shape[0])
+    losses = []
+    for i, (x, y) in enumerate(data):
+        if i == average_from:
+            built.start_average()
+        loss, states = built.train_step(x, y, states, lr, average_from is not None
+                                        and i >= average_from)
+        losses.append(loss)
+    return np.array(losses), states
+
+
+def largest_difference(a, b):
+    return max(float(np.abs(a[k] - b[k]).max()) for k in a)
+
+
+# --------------------------------------------------------------- equal to TensorFlow
+
+
+@pytest.mark.parametrize("model", list(PRESETS))
+def test_twenty_steps_and_the_average_equal_the_tensorflow_engine(model):
+    if importlib.util.find_spec("mosbench.engines.tensorflow.engine") is None:
+        pytest.skip("mosbench.engines.tensorflow.engine does not exist yet")
+    pytest.importorskip("tensorflow")
+    from mosbench.engines.pytorch.transfer import keras_to_torch, weight_pairs
+
+    tf_engine, pt_engine = engine(model, "tensorflow"), engine(model)
+    keras_to_torch(tf_engine.model, pt_engine.model)
+    data = windows(6, 20)  # 6 rows in chunks of 4 and 2
+    held_out = windows(6, 1, seed=9)[0]
+    initial = pt_engine.weights()
+    tf_losses = train(tf_engine, data, average_from=10)[0]
+    pt_losses = train(pt_engine, data, average_from=10)[0]
+    rel = np.abs(pt_losses - tf_losses) / tf_losses
+
+    def weight_error():
+        return max(float(np.abs(p.detach().numpy() - (v.numpy().T if t else v.numpy())).max())
+                   for v, p, t in weight_pairs(tf_engine.model, pt_engine.model))
+
+    evaluations = {}
+    for name, side in (("tensorflow", tf_engine), ("pytorch", pt_engine)):
+        with side.averaged():
+            evaluations[name] = side.eval_window(*held_out, side.initial_state(6))[0]
+    with tf_engine.averaged(), pt_engine.averaged():
+        averaged_error = weight_error()
+    eval_rel = abs(evaluations["pytorch"] / evaluations["tensorflow"] - 1)
+    moved = largest_difference(initial, pt_engine.weights())
+    print(f"\n{model}: losses {tf_losses[0]:.4f} -> {tf_losses[-1]:.4f}, max rel diff "
+          f"{rel.max():.2e}; weights {weight_error():.2e}, averaged {averaged_error:.2e}; "
+          f"averaged eval rel {eval_rel:.2e}; the weights moved up to {moved:.2e}")
+    assert rel.max() < 1e-4
+    assert weight_error() < 1e-4 and averaged_error < 1e-4 and eval_rel < 1e-5
+    assert moved > 1e-2  # far beyond the tolerance: the agreement is not vacuous
+
+
+def test_clipping_and_decay_are_active_in_the_comparison():
+    """The comparison's clip and weight decay change the result: neither is vacuous."""
+    data = windows(6, 5)
+    reference = train(engine(), data)[0]
+    unclipped = train(engine(hp={**AWD, "clip": 1e6}), data)[0]
+    undecayed = train(engine(hp={**AWD, "wdecay": 0.0}), data)[0]
+    print(f"\nunclipped {np.abs(unclipped - reference).max():.2e}, "
+          f"undecayed {np.abs(undecayed - reference).max():.2e}")
+    assert np.abs(unclipped - reference).max() > 1e-3
+    assert np.abs(undecayed - reference).max() > 1e-4
+
+
+# ------------------------------------------------------------------ data parallelism
+
+
+def test_two_processes_make_the_update_one_process_makes():
+    """Batch 7 over two CPU processes (4 + 3 rows), chunks of 2, a tiny clip, weight decay."""
+    hp = {**AWD, "small_batch_size": 2, "clip": 0.01}
+    data = windows(7, 3)
+    one = engine(hp=hp, batch=7)
+    one_losses, one_states = train(one, data, average_from=1)
+    with engine(hp=hp, batch=7, devices=["cpu", "cpu"]) as two:
+        two_losses, two_states = train(two, data, average_from=1)
+        with pytest.raises(MosbenchError, match="only the latest"):
+            two.train_step(*data[0], ShardedStates(1), LR, False)
+        states_error = largest_difference(dict(enumerate(one.state_arrays(one_states))),
+                                          dict(enumerate(two.state_arrays(two_states))))
+        weights_error = largest_difference(one.weights(), two.weights())
+        with one.averaged(), two.averaged():
+            average_error = largest_difference(one.weights(), two.weights())
+    rel = np.abs(one_losses / two_losses - 1).max()
+    print(f"\nNLL rel {rel:.2e}, weights {weights_error:.2e}, averaged {average_error:.2e}, "
+          f"states {states_error:.2e}")
+    assert rel < 1e-6 and weights_error < 1e-6 and average_error < 1e-6 and states_error < 1e-6
+    assert two.workers is None  # closed
+
+
+def _halves_after_one_step(rates, devices):
+    """Carried states after one step on a batch whose rows 4-7 repeat rows 0-3."""
+    hp = {**AWD, **dict.fromkeys(DROPOUTS, 0.0), **rates, "small_batch_size": None}
+    x, y = windows(4, 1)[0]
+    x, y = np.concatenate([x, x]), np.concatenate([y, y])
+    with engine(hp=hp, batch=8, devices=devices) as built:
+        loss, states = built.train_step(x, y, built.initial_state(8), LR, False)
+        arrays = built.state_arrays(states)
+        weights = built.weights()
+    return loss, arrays, weights
+
+
+@pytest.mark.parametrize("site", ["dropouti", "dropoute"])
+def test_replicas_draw_their_own_sequence_masks(site):
+    _, arrays, _ = _halves_after_one_step({site: 0.5}, ["cpu", "cpu"])
+    difference = max(float(np.abs(a[:4] - a[4:]).max()) for a in arrays)
+    print(f"\n{site}: the replicas' equal rows differ by {difference:.2e}")
+    assert difference > 1e-3
+
+
+def test_replicas_share_the_weight_drop_mask():
+    """Equal rows stay equal across replicas, and the update is one process' update."""
+    loss, arrays, weights = _halves_after_one_step({"wdrop": 0.5}, ["cpu", "cpu"])
+    one_loss, _, one_weights = _halves_after_one_step({"wdrop": 0.5}, None)
+    difference = max(float(np.abs(a[:4] - a[4:]).max()) for a in arrays)
+    print(f"\nweight drop: replicas' rows differ by {difference:.2e}; against one process "
+          f"weights {largest_difference(weights, one_weights):.2e}")
+    assert difference < 1e-6
+    assert abs(loss / one_loss - 1) < 1e-6
+    assert largest_difference(weights, one_weights) < 1e-6
+    dropless = _halves_after_one_step({}, None)[2]
+    assert largest_difference(weights, dropless) > 1e-3  # the mask really dropped
+
+
+WORKERS_SCRIPT = """
+import os, signal, sys
+from mosbench.engines import load_engine
+
+if __name__ == "__main__":
+    engine = load_engine("pytorch", devices=["cpu", "cpu"], threads=1)
+    engine.build("lstm", 40, {hp!r})
+    engine.prepare_training({hp!r}, 4)
+    print(*(p.pid for p in engine.workers.processes), flush=True)
+    if sys.argv[1] == "killed":
+        os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+@pytest.mark.parametrize("end", ["exits", "killed"])
+def test_workers_never_outlive_the_job(tmp_path, end):
+    """Whether the job's process exits without closing the engine or is killed outright."""
+    script = tmp_path / "job.py"
+    script.write_text(WORKERS_SCRIPT.format(hp=LSTM))
+    done = subprocess.run([sys.executable, str(script), end], capture_output=True, text=True,
+                          timeout=120)
+    pids = [int(pid) for pid in done.stdout.split()]
+    assert len(pids) == 1, done.stderr[-2000:]
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and running(pids[0]):
+        time.sleep(0.2)
+    assert not running(pids[0]), f"replica process {pids[0]} outlived the job"
+
+
+def running(pid):
+    """Whether process ``pid`` exists and is not a zombie waiting to be reaped."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+# ------------------------------------------------------------------------ checkpoints
+
+
+@pytest.mark.parametrize("devices", [None, ["cpu", "cpu"]], ids=["one-process", "two-processes"])
+def test_a_resume_is_bit_identical(tmp_path, devices):
+    hp = {**AWD, **DROPOUTS}
+    data = windows(6, 6)
+    with engine(hp=hp, deterministic=True, devices=devices) as straight:
+        straight_losses, _ = train(straight, data, average_from=2)
+        expected = straight.checkpoint_arrays()
+    with engine(hp=hp, deterministic=True, devices=devices) as first:
+        first_losses, states = train(first, data[:3], average_from=2)
+        np.savez(tmp_path / "checkpoint.npz", **first.checkpoint_arrays(),
+                 **{f"hidden/{i}": a for i, a in enumerate(first.state_arrays(states))})
+    with engine(hp=hp, deterministic=True, devices=devices, seed=2) as resumed:
+        with np.load(tmp_path / "checkpoint.npz") as stored:
+            resumed.restore_checkpoint({k: stored[k] for k in stored.files
+                                        if not k.startswith("hidden/")})
+            hidden = [stored[f"hidden/{i}"] for i in range(4)]
+        states = resumed.states_from_arrays(hidden)
+        later = []
+        for x, y in data[3:]:
+            loss, states = resumed.train_step(x, y, states, LR, True)
+            later.append(loss)
+        got = resumed.checkpoint_arrays()
+    assert list(straight_losses) == first_losses.tolist() + later
+    assert expected.keys() == got.keys()
+    unequal = [k for k in expected if not np.array_equal(expected[k], got[k])]
+    assert not unequal
+    assert int(got["average/count"]) == 4
+
+
+def test_draws_from_the_global_generator_leave_the_masks_alone():
+    """A DataLoader (or any code) drawing from torch's global generator between steps."""
+    hp = {**AWD, **DROPOUTS}
+    data = windows(6, 3)
+    quiet = train(engine(hp=hp), data)[0]
+    noisy, losses = engine(hp=hp), []
+    states = noisy.initial_state(6)
+    for x, y in data:
+        torch.rand(1000)
+        loss, states = noisy.train_step(x, y, states, LR, False)
+        losses.append(loss)
+    assert losses == quiet.tolist()
+
+
+def test_the_average_is_the_mean_of_the_iterates():
+    built = engine()
+    data = windows(6, 5)
+    train(built, data[:2])
+    built.start_average()
+    seen = []
+    states = built.initial_state(6)
+    for x, y in data[2:]:
+        _, states = built.train_step(x, y, states, LR, True)
+        seen.append(built.weights())
+    with built.averaged():
+        averaged = built.weights()
+    assert largest_difference(built.weights(), seen[-1]) == 0  # the iterate came back
+    mean = {k: np.mean([w[k] for w in seen], axis=0) for k in averaged}
+    assert largest_difference(averaged, mean) < 1e-6
+
+
+# ------------------------------------------------------------------ weights, evaluation
+
+
+def test_weights_round_trip_and_a_mismatch_is_named():
+    source, target = engine(), engine(seed=5)
+    assert largest_difference(source.weights(), target.weights()) > 0
+    target.load_weights(source.weights())
+    assert largest_difference(source.weights(), target.weights()) == 0
+    assert source.n_params == sum(a.size for a in source.weights().values())
+
+    wider = engine(hp={**AWD, "nhid": 20})
+    with pytest.raises(MosbenchError, match=r"rnns\.0\.weight_hh_raw has shape \(64, 16\), "
+                                            r"expected \(80, 20\)"):
+        wider.load_weights(source.weights())
+    lstm = engine("lstm")
+    with pytest.raises(MosbenchError,
+                       match=r"missing .*head\.decoder_bias.*; unexpected decoder_bias"):
+        engine().load_weights(lstm.weights())
+
+
+def test_evaluation_steps_agree_with_each_other():
+    """eval_window's summed NLL, log_prob_rows' rows (batch-major) and predict_next agree."""
+    built = engine()
+    x, y = windows(3, 1)[0]
+    total, _ = built.eval_window(x, y, built.initial_state(3))
+    rows, _ = built.log_prob_rows(x, built.initial_state(3))
+    assert rows.shape == (x.size, VOCAB) and rows.dtype == np.float64
+    gathered = -rows[np.arange(x.size), y.reshape(-1)].sum()
+    assert abs(gathered - total) < 1e-3
+    states = built.initial_state(1)
+    for token in x[0]:
+        word, states = built.predict_next(int(token), states)
+    assert word == int(rows[x.shape[1] - 1].argmax())  # row 0's last context
+    assert built.allocator_peak_mb()[0] is None and built.allocator_peak_mb()[1]
+
+
+# --------------------------------------------------------------------------- precision
+
+
+def test_each_precision_sets_the_flags():
+    expected = {"float32": (False, False, "highest"), "tf32": (True, True, "high"),
+                "mixed_bfloat16": (False, False, "highest")}
+    for precision, flags in expected.items():
+        load_engine("pytorch", precision=precision)
+        assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+                torch.get_float32_matmul_precision()) == flags, precision
+    with pytest.raises(MosbenchError, match="matmul_precision"):
+        load_engine("pytorch", precision="float16")
+
+
+def test_a_mixed_bfloat16_step_trains_float32_weights_to_a_close_loss():
+    full, mixed = engine(), engine(precision="mixed_bfloat16")
+    mixed.load_weights(full.weights())
+    data = windows(6, 3)
+    full_losses, mixed_losses = train(full, data)[0], train(mixed, data)[0]
+    assert all(p.dtype == torch.float32 for p in mixed.model.parameters())
+    assert all(a.dtype == np.float32 for a in mixed.weights().values())
+    rel = np.abs(mixed_losses / full_losses - 1).max()
+    print(f"\nmixed bfloat16 against float32: loss rel diff {rel:.2e}")
+    assert rel < 0.02
+    assert largest_difference(full.weights(), mixed.weights()) > 0  # bfloat16 really ran
