@@ -134,7 +134,7 @@ class Engine(abc.ABC):
 
         ``windows`` yields ``(inputs, targets)`` at ``batch_size``; each
         window's gradient is that of its mean NLL without dropout, the state
-        carried. Returns float64 arrays in :meth:`weights` order.
+        carried. Returns float64 arrays in :meth:`weights` order (the trainable weights).
         """
 
     @abc.abstractmethod
@@ -168,6 +168,9 @@ class Engine(abc.ABC):
         job's GPUs), or ``(None, why it is absent)``."""
 
     # --- helpers shared by every engine -----------------------------------------------------
+
+    def close(self):  # noqa: B027 - optional: most engines start nothing to release
+        """Release what the engine started (data-parallel worker processes); idempotent."""
 
     @contextlib.contextmanager
     def weights_restored(self):

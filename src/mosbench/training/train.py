@@ -215,10 +215,12 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
             save(0)
             tracker.log_epochs(state["history"])
     except TrainingPaused:
+        engine.close()  # data-parallel workers (PyTorch), before the tracker waits
         tracker.set_tags({"mosbench.state": "paused"})  # KILLED, and resumed by the next job
         tracker.end_run("KILLED")
         raise
     except BaseException:
+        engine.close()
         tracker.end_run("FAILED")
         raise
     finally:
@@ -232,6 +234,7 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
                "train_time_s": state["train_time_s"]}
     summary["measurements"], summary["absent"] = _job_measurements(state, monitor, prices, gpus,
                                                                    engine)
+    engine.close()
     tracker.log_metrics({"best/valid_loss": state["best_loss"], "best/epoch": state["best_epoch"]})
     tracker.log_metrics({f"measure/{k}": v for k, v in summary["measurements"].items()
                          if v is not None})

@@ -345,7 +345,7 @@ class PyTorchEngine(Engine):
 
     def allocator_peak_mb(self):
         if self.device.type != "cuda":
-            return None, "a CPU job: PyTorch's CPU allocator keeps no peak"
+            return None, "gpus=0: a CPU job"  # PyTorch's CPU allocator keeps no peak either
         peaks = self._everywhere("peak_memory", reply=True) if self.workers \
             else [self.replica.peak_memory()]
         return sum(peaks) / MIB, None
