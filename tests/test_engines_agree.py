@@ -162,17 +162,22 @@ def _keras_step(model, x, y, states, training, hp):
             {id(v): tf.convert_to_tensor(g).numpy() for v, g in zip(variables, grads, strict=True)})
 
 
-def _torch_step(model, x, y, states, training, hp):
-    model.train(training)
-    model.zero_grad(set_to_none=True)
-    nll, new_states, (raw, dropped) = model.nll(
-        torch.from_numpy(x), torch.from_numpy(y),
-        [(torch.from_numpy(h), torch.from_numpy(c)) for h, c in states])
+def _torch_loss(model, x, y, states, hp):
+    """Mean NLL plus AR/TAR of one window (as the engines minimise), the NLL and the states."""
+    nll, new_states, (raw, dropped) = model.nll(torch.from_numpy(x), torch.from_numpy(y), states)
     loss = nll.mean()
     if hp["alpha"]:
         loss = loss + torch_ar.activation_penalty(dropped, hp["alpha"])
     if hp["beta"]:
         loss = loss + torch_ar.temporal_activation_penalty(raw, hp["beta"])
+    return loss, nll, new_states
+
+
+def _torch_step(model, x, y, states, training, hp):
+    model.train(training)
+    model.zero_grad(set_to_none=True)
+    loss, nll, new_states = _torch_loss(
+        model, x, y, [(torch.from_numpy(h), torch.from_numpy(c)) for h, c in states], hp)
     loss.backward()
     return (nll.detach().numpy(), [tuple(s.detach().numpy() for s in layer)
                                    for layer in new_states],
@@ -375,13 +380,7 @@ def test_twenty_sgd_steps_agree(case):
         losses = []
         for x, y in windows:
             opt.zero_grad(set_to_none=True)
-            nll, states, (raw, dropped) = model.nll(torch.from_numpy(x), torch.from_numpy(y),
-                                                    states)
-            loss = nll.mean()
-            if hp["alpha"]:
-                loss = loss + torch_ar.activation_penalty(dropped, hp["alpha"])
-            if hp["beta"]:
-                loss = loss + torch_ar.temporal_activation_penalty(raw, hp["beta"])
+            loss, _, states = _torch_loss(model, x, y, states, hp)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             opt.step()
