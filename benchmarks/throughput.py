@@ -31,8 +31,10 @@ alone: on 2 cores anything else busy skews it.
 """
 
 import argparse
+import contextlib
 import multiprocessing as mp
 import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -49,12 +51,24 @@ PRESETS = {
 }
 
 
-def preset_hparams(name):
+def preset_hparams(name, overrides=None):
+    """(model, vocabulary size, hyperparameters) of a preset, ``overrides`` applied."""
     sys.path.insert(0, str(REPO / "src"))
     from mosbench.config import load_config, preset
 
     dataset, model, vocab = PRESETS[name]
-    return model, vocab, preset(load_config(REPO / "config" / "config.yaml"), dataset, model)
+    hp = preset(load_config(REPO / "config" / "config.yaml"), dataset, model)
+    return model, vocab, {**hp, **(overrides or {})}
+
+
+def parse_override(text):
+    """``key=value`` with a YAML value (``xla_decoder=false``, ``batch_size=40``)."""
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    return key, yaml.safe_load(value)
 
 
 def flops_per_token(model, vocab, hp):
@@ -167,6 +181,46 @@ def pytorch_gemm(n=2048, repeats=10):
 GEMM = {"tensorflow": tensorflow_gemm, "pytorch": pytorch_gemm}
 
 
+def cpu_description():
+    """The CPU and what decides which kernels the libraries pick on it."""
+    info = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            info.setdefault(key.strip(), value.strip())
+    flags = set(info.get("flags", "").split())
+    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    parts = [f"{info.get('model name', platform.processor() or 'unknown')} "
+             f"({info.get('vendor_id', '?')}), {len(os.sched_getaffinity(0))} usable cores",
+             "ISA " + (" ".join(isa) or "none of avx2/avx512f/avx512_bf16/amx_bf16")]
+    # Settings that change kernel choice; printed so a run says what it ran with.
+    parts += [f"{name}={os.environ[name]}" for name in
+              ("ONEDNN_MAX_CPU_ISA", "LD_PRELOAD", "OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
+               "TF_NUM_INTEROP_THREADS", "TF_ENABLE_ONEDNN_OPTS") if os.environ.get(name)]
+    if info.get("vendor_id") == "AuthenticAMD" and "LD_PRELOAD" not in os.environ:
+        parts.append("MKL (PyTorch's CPU GEMM) takes its non-Intel path on this vendor")
+    return "; ".join(parts)
+
+
+def runtime_settings(framework):
+    """Threads and kernel libraries of a worker's framework, read back from the framework."""
+    if framework == "tensorflow":
+        import tensorflow as tf
+
+        intra = tf.config.threading.get_intra_op_parallelism_threads() or "default"
+        inter = tf.config.threading.get_inter_op_parallelism_threads() or "default"
+        onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1") != "0"
+        return (f"TensorFlow {tf.__version__}, intra-op threads {intra}, inter-op {inter}, "
+                f"oneDNN {'on' if onednn else 'off'}")
+    import torch
+
+    blas = "MKL" if torch.backends.mkl.is_available() else "non-MKL BLAS"
+    return (f"PyTorch {torch.__version__}, intra-op threads {torch.get_num_threads()}, "
+            f"inter-op {torch.get_num_interop_threads()}, GEMM {blas}, oneDNN "
+            f"{'on' if torch.backends.mkldnn.is_available() else 'off'}, kernels "
+            f"{torch.backends.cpu.get_cpu_capability()}")
+
+
 class ReferenceSide:
     """``torch_reference.py``: an independent PyTorch implementation, written as a user would."""
 
@@ -197,16 +251,16 @@ SIDES = {"tensorflow": lambda *a: EngineSide("tensorflow", *a),
          "reference": ReferenceSide}
 
 
-def worker(framework, preset, conn):
+def worker(framework, preset, overrides, conn):
     """Build one side, then answer the parent's commands until told to stop."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    model_name, vocab, hp = preset_hparams(preset)
+    model_name, vocab, hp = preset_hparams(preset, overrides)
     side = SIDES[framework](model_name, vocab, hp)
     data = {
         "train": windows(vocab, hp["batch_size"], hp["bptt"], 4, seed=1),
         "eval": windows(vocab, hp["eval_batch_size"], hp["bptt"], 4, seed=2),
     }
-    conn.send({"params": side.parameter_count()})
+    conn.send({"params": side.parameter_count(), "runtime": runtime_settings(framework)})
     while True:
         command, arg = conn.recv()
         if command == "stop":
@@ -227,10 +281,10 @@ def worker(framework, preset, conn):
 
 
 class Worker:
-    def __init__(self, framework, preset):
+    def __init__(self, framework, preset, overrides):
         context = mp.get_context("spawn")
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=worker, args=(framework, preset, child),
+        self.process = context.Process(target=worker, args=(framework, preset, overrides, child),
                                        daemon=True)
         self.process.start()
         self.info = self.conn.recv()
@@ -256,13 +310,23 @@ def main(argv=None):
                         help="timed training steps per block (default: about 10 s of work)")
     parser.add_argument("--eval-steps", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (>= 1)")
+    parser.add_argument("--precision", choices=["float32", "tf32", "mixed_bfloat16"],
+                        help="the engines' matmul_precision (default: the preset's, float32); "
+                             "a row of its own, never mixed with fp32 figures")
+    parser.add_argument("--set", type=parse_override, action="append", default=[],
+                        metavar="KEY=VALUE", help="override a preset hyperparameter (repeatable)")
     args = parser.parse_args(argv)
     if args.warmup < 1:
         parser.error("--warmup must be at least 1")
-
-    model_name, vocab, hp = preset_hparams(args.preset)
+    overrides = dict(args.set)
+    if args.precision:
+        overrides["matmul_precision"] = args.precision
+    model_name, vocab, hp = preset_hparams(args.preset, overrides)
+    precision = hp.get("matmul_precision", "float32")
     frameworks = [args.framework, args.compare] if args.compare else [args.framework]
-    workers = {fw: Worker(fw, args.preset) for fw in frameworks}
+    if "reference" in frameworks and precision != "float32":
+        parser.error("the reference side runs fp32 only; --precision needs two engines")
+    workers = {fw: Worker(fw, args.preset, overrides) for fw in frameworks}
     warmup = {(fw, kind): w.ask(kind, args.warmup)  # tracing, allocation, first touch
               for fw, w in workers.items() for kind in ("train", "eval")}
     gemm = {fw: max(w.ask("gemm") for _ in range(2)) for fw, w in workers.items()}
@@ -291,13 +355,18 @@ def main(argv=None):
     print(f"preset {args.preset}: {model_name}, vocab {vocab:,}, batch {hp['batch_size']} "
           f"(eval {hp['eval_batch_size']}), bptt {hp['bptt']}, "
           f"{per_token / 1e6:.1f} MFLOP/token forward (matmuls)")
+    if overrides:
+        print("overrides: " + ", ".join(f"{k}={v}" for k, v in overrides.items()))
+    print(f"cpu: {cpu_description()}")
+    for fw, w in workers.items():
+        print(f"{fw} runtime: {w.info['runtime']}")
     print("matmul peak (fp32 GEMM 2048^3, GFLOP/s): "
           + ", ".join(f"{fw} {g:.0f}" for fw, g in gemm.items()))
     print(f"rounds {args.rounds} x {steps['train']} train / {steps['eval']} eval steps, "
           f"after {args.warmup} warm-up steps each\n")
-    print("| framework | step | tokens/s | median (ms) | p95 (ms) | GFLOP/s | share of peak "
-          "| peak RSS (MiB) | device peak (MiB) | parameters |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| framework | precision | step | tokens/s | median (ms) | p95 (ms) | GFLOP/s "
+          "| share of fp32 peak | peak RSS (MiB) | device peak (MiB) | parameters |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     speed = {}
     for fw in frameworks:
         for kind in steps:
@@ -305,7 +374,7 @@ def main(argv=None):
             speed[fw, kind] = tokens[kind] / median
             gflops = speed[fw, kind] * per_token * (3 if kind == "train" else 1) / 1e9
             device = memory[fw]["device_mib"]
-            print(f"| {fw} | {kind} | {speed[fw, kind]:,.0f} | {median * 1e3:.1f} | "
+            print(f"| {fw} | {precision} | {kind} | {speed[fw, kind]:,.0f} | {median * 1e3:.1f} | "
                   f"{p95 * 1e3:.1f} | {gflops:.0f} | {gflops / peak:.0%} | "
                   f"{memory[fw]['rss_mib']:,.0f} | "
                   f"{'-' if device is None else f'{device:,.0f}'} | "

@@ -124,7 +124,7 @@ class LSTMLanguageModel(keras.Model):
         """Per-token NLL of ``targets`` ``(batch, time)`` through the fused softmax loss."""
         x, new_states, raw = self.features(tokens, states, training)
         nll = decoder_nll(x, self.decoder_matrix(), self.decoder_bias, targets,
-                          self._config["xla_decoder"])
+                          self._config["xla_decoder"], training)
         return nll, new_states, (raw, x)
 
     def build_for(self, batch_size=1):

@@ -37,7 +37,7 @@ class MixtureOfContexts(MixtureHead):
     def nll(self, hidden, embeddings, targets, training=False):
         """Per-token NLL of ``targets`` (batch, time), through the fused softmax loss."""
         return decoder_nll(self.mixed_context(hidden, training), embeddings, self.bias, targets,
-                           self.xla_decoder)
+                           self.xla_decoder, training)
 
     def get_config(self):
         return {**super().get_config(), "xla_decoder": self.xla_decoder}

@@ -14,13 +14,14 @@ def _decoder_nll(hidden, embeddings, bias, targets):
     return tf.reshape(nll, tf.shape(targets))
 
 
-# XLA fuses the softmax passes into the matmul's output and, on the CPU, runs this
-# matmul faster than the default kernel (benchmarks/README.md); it is compiled once per
-# distinct input shape. The gradient function is compiled with it.
+# XLA fuses the softmax passes into the matmul's output: on the CPUs measured, the
+# forward pass ran 25-45% faster than TensorFlow's default kernels, but the compiled
+# gradient ran 5-25% slower (benchmarks/README.md), so only passes without a gradient use
+# it. It compiles once per distinct input shape.
 _decoder_nll_xla = tf.function(_decoder_nll, jit_compile=True, reduce_retracing=True)
 
 
-def decoder_nll(hidden, embeddings, bias, targets, xla=False):
+def decoder_nll(hidden, embeddings, bias, targets, xla=False, training=False):
     """Per-token NLL of ``targets`` under ``softmax(h E^T + b)``, without the log-probabilities.
 
     The training and evaluation path: the same number as gathering the target
@@ -32,12 +33,14 @@ def decoder_nll(hidden, embeddings, bias, targets, xla=False):
     Args:
         hidden: ``(batch, time, emsize)``; embeddings: ``(vocab, emsize)``;
         bias: ``(vocab,)``; targets: int ``(batch, time)``.
-        xla: compile it with XLA (the ``xla_decoder`` hyperparameter).
+        xla: compile it with XLA (the ``xla_decoder`` hyperparameter) outside training:
+            evaluation, testing and prediction; a training step keeps the default kernels.
+        training: whether this is a training step's pass.
 
     Returns:
         ``(batch, time)`` float32.
     """
-    run = _decoder_nll_xla if xla else _decoder_nll
+    run = _decoder_nll_xla if xla and not training else _decoder_nll
     return run(hidden, tf.convert_to_tensor(embeddings), tf.convert_to_tensor(bias), targets)
 
 
@@ -74,7 +77,7 @@ class TiedSoftmax(keras.layers.Layer):
 
     def nll(self, hidden, embeddings, targets, training=False):
         """Per-token NLL of ``targets`` (batch, time): :func:`decoder_nll`."""
-        return decoder_nll(hidden, embeddings, self.bias, targets, self.xla_decoder)
+        return decoder_nll(hidden, embeddings, self.bias, targets, self.xla_decoder, training)
 
     def get_config(self):
         return {**super().get_config(), "vocab_size": self.vocab_size,
