@@ -120,10 +120,14 @@ def test_every_model_trains_in_mixed_bfloat16_with_float32_weights(model_name):
             optimizer = keras.optimizers.SGD(1.0)
             optimizer.build(model.trainable_variables)
             step = make_train_step(model, optimizer, 4, hp)
-            nll, _ = step(tf.constant(tokens[:, :-1]), tf.constant(tokens[:, 1:]),
-                          model.initial_state(4), tf.constant(1.0))
+            nll, states = step(tf.constant(tokens[:, :-1]), tf.constant(tokens[:, 1:]),
+                               model.initial_state(4), tf.constant(1.0))
             losses[precision] = float(nll)
             assert {v.dtype for v in model.trainable_variables} == {"float32"}
+            # the carried state keeps float32, so the next window runs the same traced step
+            assert {s.dtype for state in states for s in state} == {tf.float32}
+            step(tf.constant(tokens[:, :-1]), tf.constant(tokens[:, 1:]), states,
+                 tf.constant(1.0))
     finally:
         set_matmul_precision("float32")
     # bfloat16 has 8 bits of mantissa: the same loss to about a percent

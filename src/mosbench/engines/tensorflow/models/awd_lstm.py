@@ -105,8 +105,10 @@ class AWDLanguageModel(keras.Model):
         x = self.input_drop(x, training=training)
         new_states = []
         for layer, (rnn, state) in enumerate(zip(self.rnns, states, strict=True)):
-            raw, state = rnn(x, state, training=training)  # (B, T, H_layer)
-            new_states.append(state)
+            raw, new = rnn(x, state, training=training)  # (B, T, H_layer)
+            # Keras casts a layer's tensor arguments to its compute dtype (bfloat16 under a
+            # mixed policy); the carried state keeps the dtype it came in with.
+            new_states.append(tuple(ops.cast(n, s.dtype) for n, s in zip(new, state, strict=True)))
             if layer < len(self.rnns) - 1:
                 x = self.hidden_drops[layer](raw, training=training)
         return self.output_drop(raw, training=training), new_states, raw
