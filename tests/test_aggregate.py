@@ -160,7 +160,8 @@ def test_missing_optional_keys(tmp_path):
 
 def test_every_figure_is_a_legible_png(runs):
     paths = aggregate(*runs)
-    for name in ("valid_ppl_png", "scaling_png", "memory_png", "latency_png"):
+    for name in ("valid_ppl_png", "scaling_png", "memory_png", "latency_png",
+                 "result_cost_png"):
         data = paths[name].read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 1000, name
         image = matplotlib.image.imread(paths[name])
@@ -238,7 +239,8 @@ def test_measurements_and_absent_reasons_reach_the_tables(tmp_path):
     assert row["epoch_time_s"] == 1800.0 and row["first_step_s"] == 4.0
     assert row["cost_per_epoch"] == pytest.approx(0.5 * 2 * 3.0)  # priced again: 2 GPUs, 0.5 h
     assert math.isnan(row["allocator_peak_mb"])
-    assert row["absent"] == "allocator_peak_mb: no GPU visible to TensorFlow"
+    assert row["absent"].startswith("allocator_peak_mb: no GPU visible to TensorFlow; ")
+    assert "target_valid_ppl: no target validation perplexity" in row["absent"]
     text = paths["summary_md"].read_text(encoding="utf-8")
     assert "money in EUR" in text
     assert "*device peak, allocator (MiB)*: absent: no GPU visible to TensorFlow" in text
@@ -305,8 +307,16 @@ def two_frameworks(tmp_path, monkeypatch):
 
     def inventory(csv_path, md_path, frameworks=("tensorflow",)):
         asked.append(list(frameworks))
-        csv_path.write_text("framework\n" + "\n".join(frameworks) + "\n")
+        table = pd.DataFrame(
+            [{"framework": f, "component": c, "provided": p, "lines": n}
+             for f in frameworks for c, p, n in (("LSTM", "built in", None),
+                                                 ("NT-ASGD", "written", 40),
+                                                 ("MoS head", "written", 25 + len(f)))],
+            columns=ease_of_use.COLUMNS)
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(csv_path, index=False)
         md_path.write_text("# Ease of use\n")
+        return table
 
     monkeypatch.setattr(ease_of_use, "write_inventory", inventory)
     pairs, probes = [], []
@@ -373,6 +383,7 @@ def test_every_table_keeps_the_frameworks_apart(two_frameworks):
 
 def test_the_figures_draw_both_frameworks(two_frameworks):
     paths, _ = two_frameworks
-    for name in ("valid_ppl_png", "scaling_png", "memory_png", "latency_png"):
+    for name in ("valid_ppl_png", "scaling_png", "memory_png", "latency_png",
+                 "result_cost_png"):
         image = matplotlib.image.imread(paths[name])
         assert image.ndim == 3 and image[..., :3].std() > 0.01, name

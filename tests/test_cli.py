@@ -7,11 +7,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import REPO, TINY_CONFIG
 from mosbench import paths
-from mosbench.cli import main
+from mosbench.cli import build_parser, main
+from mosbench.config import typed_overrides, validate_config
 from mosbench.engines import FRAMEWORKS
+from mosbench.errors import MosbenchError
 
 
 @pytest.mark.slow
@@ -74,3 +77,62 @@ def test_installed_command_rejects_a_negative_seed():
                            "--seed", "-3"], capture_output=True, text=True)
     assert done.returncode == 2
     assert "expected a non-negative integer" in done.stderr
+
+
+def test_every_positional_argument_has_help_and_names_its_choices(capsys):
+    parser = build_parser(TINY_CONFIG)
+    commands = parser._subparsers._group_actions[0].choices  # argparse keeps them here only
+    for name, command in commands.items():
+        for action in command._actions:
+            if not action.option_strings:  # a positional argument
+                assert action.help, f"mosbench {name} {action.dest}"
+    for argv, wanted in ((["train", "-h"], ["the data set: tiny",
+                                            "the model: lstm, awd-lstm, awd-lstm-moc, "
+                                            "awd-lstm-mos", "{tensorflow,pytorch}"]),
+                         (["download", "-h"], ["the corpus: tiny"])):
+        with pytest.raises(SystemExit) as done:
+            main(["--config", str(TINY_CONFIG), *argv])
+        assert done.value.code == 0
+        text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+        for words in wanted:
+            assert words in text, (argv, words)
+
+
+def test_help_works_with_an_unreadable_config(capsys):
+    with pytest.raises(SystemExit):
+        main(["--config", "nowhere.yaml", "tokenise", "-h"])
+    assert "a name under `datasets` in the config file" in " ".join(
+        capsys.readouterr().out.split())
+
+
+def test_grid_overrides_from_snakemakes_command_line_keep_the_schemas_types():
+    # what `snakemake --config 'run={seeds: [1, 2]}'` hands over: every nested scalar a string
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    config["run"].update(seeds=["3", "4"], gpus=["0"])
+    config["presets"]["tiny"]["lstm"].update(lr="2.5", wdecay="1e-6", small_batch_size="null",
+                                             variable_bptt="true")
+    typed_overrides(config)
+    assert (config["run"]["seeds"], config["run"]["gpus"]) == ([3, 4], [0])
+    lstm = config["presets"]["tiny"]["lstm"]
+    assert (lstm["lr"], lstm["wdecay"], lstm["small_batch_size"], lstm["variable_bptt"]) == (
+        2.5, 1e-6, None, True)
+    assert config["run"]["datasets"] == ["tiny"]  # strings where strings belong
+    config["run"]["seeds"] = ["three"]
+    with pytest.raises(MosbenchError, match=r"config key 'run.seeds\[0\]': 'three' is not"):
+        validate_config(typed_overrides(config))
+
+
+@pytest.mark.parametrize("override", ["run={seeds: [3, 4, 5], models: [lstm]}",
+                                      'run={"seeds": [3, 4, 5], "models": ["lstm"]}'])
+def test_snakemake_plans_the_grid_given_on_its_command_line(override, tmp_path):
+    snakemake = Path(sys.executable).with_name("snakemake")
+    done = subprocess.run([str(snakemake), "--snakefile", str(REPO / "Snakefile"),
+                           "--directory", str(tmp_path), "--configfile", str(TINY_CONFIG),
+                           "--config", override, "--dry-run", "--cores", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    planned = {line.split()[0]: int(line.split()[1]) for line in done.stdout.splitlines()
+               if len(line.split()) == 2 and line.split()[1].isdigit()}
+    assert planned["train"] == 2 * 3  # both frameworks (the file's) x lstm x three seeds
+    assert "train/tensorflow/tiny/lstm/seed5-gpus0" in done.stdout
+    assert "awd-lstm-mos" not in done.stdout

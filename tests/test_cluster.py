@@ -43,7 +43,8 @@ def test_the_grid_plans_every_job_with_its_cluster_resources(tmp_path, capsys):
     jobs = planned_jobs(done.stdout)
     by_rule = {rule: [j for j in jobs if j.rule == rule] for rule in {j.rule for j in jobs}}
     assert {rule: len(js) for rule, js in by_rule.items()} == {
-        "download_corpus": 2, "tokenise": 2, "train": 640, "evaluate": 640, "aggregate": 1}
+        "download_corpus": 2, "tokenise": 2, "data_pipeline": 4, "train": 640, "evaluate": 640,
+        "aggregate": 1}
     config = yaml.safe_load(GRID.read_text())
     keys = ("frameworks", "datasets", "models", "seeds", "gpus")
     grid = {(f, d, m, str(s), str(g)) for f, d, m, s, g in itertools.product(
@@ -282,17 +283,18 @@ def test_the_tiny_workflow_runs_through_slurm_with_the_profile(slurm, tmp_path, 
     mlflow.set_tracking_uri(f"sqlite:///{work / 'results' / 'mlflow.db'}")
     assert set(mlflow.search_runs(experiment_names=["mosbench-test"])["status"]) == {"FINISHED"}
 
-    # Train and evaluate went through sbatch, with the profile's and the config's requests.
+    # Data pipeline, train and evaluate went through sbatch, with the profile's and config's
+    # requests.
     calls = [line for line in output.splitlines() if "sbatch call: sbatch" in line]
-    assert len(calls) == 16 and output.count("has been submitted with SLURM jobid") == 16
+    assert len(calls) == 18 and output.count("has been submitted with SLURM jobid") == 18
     for call in calls:
         assert " -p debug" in call and "--requeue" in call and " -t 10" in call
         assert " --mem 1000" in call and "--gpus" not in call  # CPU jobs
     assert sum("rule_train_wildcards" in call and "--nodes=1" in call for call in calls) == 8
-    # ... and SLURM ran them: all sixteen completed, local rules never submitted
+    # ... and SLURM ran them: all eighteen completed, local rules never submitted
     jobs = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%k|%T"], capture_output=True,
                           text=True, check=True).stdout.split()
-    assert sorted(j.split("_wildcards")[0] for j in jobs) == ["rule_evaluate"] * 8 + [
-        "rule_train"] * 8
+    assert sorted(j.split("_wildcards")[0] for j in jobs) == ["rule_data_pipeline"] * 2 + [
+        "rule_evaluate"] * 8 + ["rule_train"] * 8
     assert {j.split("|")[1] for j in jobs} == {"COMPLETED"}
     assert len(list(logs.glob("rule_train/*/*.log"))) == 8

@@ -104,3 +104,40 @@ def test_raw_text_of_another_corpus_is_refused(corpus, tmp_path):
     with pytest.raises(MosbenchError, match="raw text does not give the tokens"):
         measure_data_pipeline(TensorFlowEngine(), other, data, batch_size=BATCH, bptt=BPTT,
                               scratch_dir=tmp_path)
+
+
+@pytest.mark.parametrize("framework", ["tensorflow", "pytorch"])
+def test_the_rules_record_has_the_figures_provenance_and_no_absence(corpus, tmp_path, framework):
+    raw, data, ids = corpus
+    record = data_pipeline.data_pipeline_record(framework, "t", "cpu", raw, data,
+                                                batch_size=BATCH, bptt=BPTT, passes=2,
+                                                scratch_dir=tmp_path, threads=1)
+    assert {k: record[k] for k in ("framework", "dataset", "device", "batch_size", "bptt")} == {
+        "framework": framework, "dataset": "t", "device": "cpu", "batch_size": BATCH,
+        "bptt": BPTT}
+    assert FIGURES <= set(record) and record["absent"] == {}
+    assert all(record[name] > 0 for name in FIGURES)
+    assert record["data_train_tokens"] == BATCH * (len(ids) // BATCH - 1)
+    assert record["provenance"]["framework"] == framework
+    assert record["provenance"]["gpu_count"] == 0 and record["provenance"]["cpu_model"]
+    assert list(tmp_path.iterdir()) == []  # the file cache is gone
+
+
+def test_a_failed_measurement_is_absent_with_its_reason_and_a_bad_batch_is_refused(corpus,
+                                                                                   tmp_path):
+    _, data, ids = corpus
+    other = write_corpus(tmp_path / "raw", seed=1, lines=(121, 20, 20))
+    record = data_pipeline.data_pipeline_record("tensorflow", "t", "cpu", other, data,
+                                                batch_size=BATCH, bptt=BPTT, passes=2,
+                                                scratch_dir=tmp_path / "scratch")
+    assert set(record["absent"]) == set(data_pipeline.DATA_FIGURES)
+    assert all("raw text does not give the tokens" in r for r in record["absent"].values())
+    assert not set(data_pipeline.DATA_FIGURES) & set(record)
+    with pytest.raises(MosbenchError, match="config key 'data_pipeline.batch_size'"):
+        data_pipeline.data_pipeline_record("tensorflow", "t", "cpu", other, data,
+                                           batch_size=len(ids), bptt=BPTT, passes=2,
+                                           scratch_dir=tmp_path)
+    with pytest.raises(MosbenchError, match="device 'tpu'; allowed: \\['cpu', 'gpu'\\]"):
+        data_pipeline.data_pipeline_record("tensorflow", "t", "tpu", other, data,
+                                           batch_size=BATCH, bptt=BPTT, passes=2,
+                                           scratch_dir=tmp_path)

@@ -69,7 +69,7 @@ def _epochs(workdir):
     mlflow.set_tracking_uri(f"sqlite:///{workdir / 'results' / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["mosbench-test"])
     assert len(runs) == 1, runs  # every attempt logged into the same run
-    history = mlflow.MlflowClient().get_metric_history(runs["run_id"][0], "valid/ppl")
+    history = mlflow.MlflowClient().get_metric_history(runs["run_id"][0], "history/valid_ppl")
     return runs["status"][0], sorted((m.step, m.value) for m in history)
 
 

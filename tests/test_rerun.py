@@ -7,6 +7,7 @@ tracking store reruns nothing.
 """
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -148,12 +149,12 @@ def test_the_run_was_tracked_on_the_mlflow_server(tiny_run, framework):
         f"{framework}-tiny-{model}-seed{seed}-gpus0" for model in ("awd-lstm-mos", "lstm")
         for seed in (1, 2)]
     assert set(tracked["status"]) == {"FINISHED"}
-    assert tracked["metrics.test/ppl"].notna().all()  # evaluate logged into the same runs
+    assert tracked["metrics.test_ppl"].notna().all()  # evaluate logged into the same runs
     assert (tiny_run.root / "tracking" / "mlflow.db").stat().st_size > 0
     assert not (tiny_run.work / "results" / "mlflow.db").exists()  # nothing fell back to SQLite
-    board = mlflow.search_runs(experiment_names=["mosbench-test"],
+    board = mlflow.search_runs(experiment_names=["mosbench-test-aggregate"],
                                filter_string="tags.`mosbench.stage` = 'aggregate'")
-    assert len(board) >= 1  # the aggregate's run, on the server too
+    assert len(board) >= 1  # the aggregate's run, on the server too, apart from training's
 
 
 @pytest.mark.slow
@@ -166,24 +167,27 @@ def test_another_tracking_store_and_a_touch_plan_nothing(tiny_run):
     assert "Nothing to be done" in dry_run(tiny_run)
 
 
-# What an edit of each kind of module reruns: one framework's jobs, or both frameworks'.
-# The tiny config runs 2 frameworks x 2 models x 2 seeds.
+# What an edit of each kind of module reruns: one framework's jobs, or both frameworks';
+# the data-pipeline job of a framework too where it imports the module (its engine does).
+# The tiny config runs 2 frameworks x 2 models x 2 seeds, and 1 data set on the CPU.
 EDITS = {
-    "the TensorFlow engine's LSTM": ("engines/tensorflow/models/lstm.py", {"tensorflow"}),
-    "the PyTorch engine's LSTM": ("engines/pytorch/models/lstm.py", {"pytorch"}),
-    "the neutral training procedure": ("training/bptt.py", set(FRAMEWORKS)),
-    "the engine interface": ("engines/interface.py", set(FRAMEWORKS)),
+    "the TensorFlow engine's LSTM": ("engines/tensorflow/models/lstm.py", {"tensorflow"}, 1),
+    "the PyTorch engine's LSTM": ("engines/pytorch/models/lstm.py", {"pytorch"}, 1),
+    "the neutral training procedure": ("training/bptt.py", set(FRAMEWORKS), 0),
+    "the engine interface": ("engines/interface.py", set(FRAMEWORKS), 1),
 }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("edit", EDITS)
 def test_a_code_edit_plans_train_evaluate_aggregate_of_its_frameworks_only(tiny_run, edit):
-    module, frameworks = EDITS[edit]
+    module, frameworks, pipelines = EDITS[edit]
     with edited(tiny_run.code / module, lambda text: text + "\n# a real edit\n"):
         jobs = planned_jobs(dry_run(tiny_run))
-    assert counts(jobs) == {"train": 4 * len(frameworks), "evaluate": 4 * len(frameworks),
-                            "aggregate": 1}
+    expected = {"train": 4 * len(frameworks), "evaluate": 4 * len(frameworks), "aggregate": 1}
+    if pipelines:
+        expected["data_pipeline"] = pipelines * len(frameworks)
+    assert counts(jobs) == expected
     assert {job.wildcards["framework"] for job in jobs if job.rule != "aggregate"} == frameworks
     # the same content again, with a newer mtime: the hash matches the recorded one
     assert "Nothing to be done" in dry_run(tiny_run)
@@ -213,6 +217,74 @@ def test_a_hyperparameter_change_plans_only_that_models_jobs(tiny_run):
                      for framework in FRAMEWORKS for seed in (1, 2) for stage, names in (
                          ("train", ("model.weights.npz", "train.json")),
                          ("evaluate", ("metrics.json",))) for name in names}
+
+
+def changed_config(tiny_run, name, change):
+    """The tiny config with ``change`` applied, written to a file of its own."""
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    change(config)
+    path = tiny_run.root / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+# Keys only evaluation reads (workload.EVALUATION_KEYS), each changed for one model.
+EVALUATION_CHANGES = {
+    "rank_contexts": ("lstm", lambda preset: preset.update(rank_contexts=50)),
+    "test_batch_size": ("lstm", lambda preset: preset.update(test_batch_size=2)),
+    "dynamic_eval": ("awd-lstm-mos", lambda preset: preset["dynamic_eval"].update(lr=0.003)),
+    "dynamic_eval off": ("awd-lstm-mos", lambda preset: preset.update(dynamic_eval=None)),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", EVALUATION_CHANGES)
+def test_an_evaluation_only_key_plans_only_that_models_evaluate_and_aggregate(tiny_run, key):
+    model, change = EVALUATION_CHANGES[key]
+    changed = changed_config(tiny_run, key.replace(" ", "-"),
+                             lambda config: change(config["presets"]["tiny"][model]))
+    jobs = planned_jobs(dry_run(tiny_run, configfile=changed))
+    assert counts(jobs) == {"evaluate": 4, "aggregate": 1}  # 2 frameworks x 2 seeds
+    assert {job.wildcards["model"] for job in jobs if job.rule == "evaluate"} == {model}
+
+
+@pytest.mark.slow
+def test_a_data_pipeline_setting_plans_only_the_data_pipeline_jobs_and_aggregate(tiny_run):
+    changed = changed_config(tiny_run, "pipeline-bptt",
+                             lambda config: config.setdefault("data_pipeline", {}).update(
+                                 bptt=35))
+    jobs = planned_jobs(dry_run(tiny_run, configfile=changed))
+    assert counts(jobs) == {"data_pipeline": len(FRAMEWORKS), "aggregate": 1}
+
+
+@pytest.mark.slow
+def test_the_data_pipeline_ran_once_per_framework_dataset_and_device(tiny_run):
+    records = sorted((tiny_run.work / "results" / "data_pipeline").glob("*/*/*/data_pipeline.json"))
+    assert [p.relative_to(tiny_run.work / "results").parts[1:4] for p in records] == [
+        (framework, "tiny", "cpu") for framework in sorted(FRAMEWORKS)]
+    for path in records:
+        record = json.loads(path.read_text())
+        assert record["absent"] == {} and record["data_stream_tokens_per_s"] > 0
+    for train in (tiny_run.work / "results" / "train").rglob("train.json"):  # not in training
+        assert not any(k.startswith("data_") for k in json.loads(train.read_text())[
+            "measurements"])
+
+
+@pytest.mark.slow
+def test_a_grid_with_gpu_jobs_plans_one_data_pipeline_job_per_device(tiny_run):
+    changed = changed_config(tiny_run, "gpus01", lambda config: config["run"].update(gpus=[0, 1]))
+    done = run_snakemake(tiny_run.root / "fresh", "--dry-run", configfile=changed,
+                         env={ROOT_ENV: str(tiny_run.code)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    jobs = planned_jobs(done.stdout + done.stderr)
+    pipelines = [job for job in jobs if job.rule == "data_pipeline"]
+    assert counts(jobs)["train"] == 16  # 2 frameworks x 2 models x 2 seeds x 2 GPU counts
+    assert sorted((j.wildcards["framework"], j.wildcards["device"]) for j in pipelines) == [
+        (framework, device) for framework in sorted(FRAMEWORKS) for device in ("cpu", "gpu")]
+    for job in pipelines:  # a GPU node's host for the gpu figures, as a 1-GPU training job
+        on_gpu = job.wildcards["device"] == "gpu"
+        assert job.resources.get("gpu") == str(int(on_gpu)), job
+        assert job.resources.get("cpus_per_gpu") == ("8" if on_gpu else None), job
 
 
 @pytest.mark.slow

@@ -4,7 +4,9 @@ A real ``mlflow server`` on loopback, killed (SIGKILL of its process group,
 as a crash) while a real tiny training runs, and started again on the same
 port and store; or not there at all until the job is over, when
 ``mosbench replay-tracking`` (the installed command) delivers what the jobs
-kept, twice, logging nothing twice.
+kept, twice, logging nothing twice; or not there for a whole workflow run,
+which still completes, every stage keeping its calls, and one replay of
+``results`` afterwards delivers them all.
 """
 
 import json
@@ -19,12 +21,15 @@ from pathlib import Path
 
 import keras
 import pytest
+import yaml
 from mlflow import MlflowClient
 
-from conftest import TINY_CONFIG
+from conftest import REPO, TINY_CONFIG
+from mosbench import paths
+from mosbench.engines import FRAMEWORKS
 from mosbench.errors import TrainingPaused
 from mosbench.evaluation.evaluate import evaluate
-from mosbench.tracking.mlflow_run import epoch_metrics
+from mosbench.tracking.mlflow_run import aggregate_experiment, epoch_metrics
 from mosbench.tracking.spool import SPOOL
 from mosbench.tracking.tracker import TOKEN_TAG
 from mosbench.training import checkpoint
@@ -175,7 +180,7 @@ def test_server_killed_mid_job_and_restarted(tiny_config, tiny_data, tmp_path, s
     assert run.info.status == "FINISHED" and run.data.tags["mosbench.state"] == "finished"
     assert any(key.startswith("system/") for key in run.data.metrics)  # its sampler ran too
     assert_logged_once(client, summary["run_id"], summary["history"],
-                       single=("best/valid_loss", "measure/epoch_time_s"))
+                       single=("best_valid_loss", "measurements/epoch_time_s"))
     assert {a.path for a in client.list_artifacts(summary["run_id"])} >= {"train.json",
                                                                            "config.yaml"}
     assert not (out / SPOOL).exists()  # all delivered, nothing kept
@@ -244,9 +249,78 @@ def test_server_never_back_then_replay_twice(tiny_config, tiny_data, tmp_path, m
     assert run.data.tags[TOKEN_TAG] == pending.removeprefix("pending:")
     assert run.info.status == "FINISHED" and run.info.run_name == "tensorflow-tiny-lstm-seed3-gpus0"
     assert run.data.params["n_params"] == str(summary["n_params"])
-    assert run.data.metrics["test/ppl"] == pytest.approx(metrics["test_ppl"])
+    assert run.data.metrics["test_ppl"] == pytest.approx(metrics["test_ppl"])
     assert_logged_once(client, run.info.run_id, summary["history"],
-                       single=("best/valid_loss", "measure/epoch_time_s", "test/ppl",
-                               "latency/median_ms"))
+                       single=("best_valid_loss", "measurements/epoch_time_s", "test_ppl",
+                               "latency_ms_median"))
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {
         "train.json", "metrics.json", "config.yaml"}
+
+
+@pytest.mark.slow
+def test_a_workflow_run_without_its_server_completes_and_one_replay_delivers_it(tmp_path,
+                                                                                servers):
+    config = yaml.safe_load(TINY_CONFIG.read_text())
+    config["run"].update(models=["lstm"], seeds=[1])  # one job per framework and stage
+    config["mlflow"]["experiment"] = "away"
+    configfile = tmp_path / "away.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+    work = tmp_path / "work"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "MOSBENCH_"))}
+    env["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{free_port()}"  # a closed port
+    began = time.monotonic()
+    done = subprocess.run([str(BIN / "snakemake"), "--snakefile", str(REPO / "Snakefile"),
+                           "--directory", str(work), "--configfile", str(configfile),
+                           "--cores", "2"], env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=900)
+    wall_s = time.monotonic() - began
+    print(f"workflow with the tracking server away: exit {done.returncode}, {wall_s:.0f} s")
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = work / "results"
+    assert all((results / "aggregate" / name).stat().st_size > 0
+               for name in paths.AGGREGATE_OUTPUTS.values())
+
+    # every stage that talks to MLflow kept its calls, said so, and waited for nothing
+    jobs = [f"{stage}/{framework}/tiny/lstm/seed1-gpus0" for stage in ("train", "evaluate")
+            for framework in FRAMEWORKS] + ["aggregate"]
+    assert sorted(p.parent.relative_to(results).as_posix()
+                  for p in results.rglob(SPOOL)) == sorted(jobs)
+    for job in jobs:
+        log = (work / "logs" / (f"{job}.log" if job != "aggregate" else "aggregate/aggregate.log")
+               ).read_text()
+        assert log.count("cannot take calls now (Connection refused)") == 1, job
+        assert log.count("not delivered (waited 0 s)") == 1, job
+        assert "Traceback" not in log, job
+
+    server = servers(tmp_path / "store").start()
+    replay = [str(BIN / "mosbench"), "--config", str(configfile), "replay-tracking",
+              str(results)]
+    env["MLFLOW_TRACKING_URI"] = server.uri
+    for attempt in range(2):  # the second finds nothing left to send
+        done = subprocess.run(replay, cwd=work, env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert done.stdout.count("delivered to") == (5 if attempt == 0 else 0), done.stdout
+    assert not list(results.rglob(SPOOL))
+    assert "nothing kept" in done.stdout
+
+    client = MlflowClient(server.uri)
+    runs = client.search_runs([client.get_experiment_by_name("away").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == [f"{f}-tiny-lstm-seed1-gpus0"
+                                                     for f in sorted(FRAMEWORKS)]
+    for run in runs:
+        framework = run.data.tags["framework"]
+        summary = json.loads((results / "train" / framework / "tiny" / "lstm" / "seed1-gpus0" /
+                              "train.json").read_text())
+        assert summary["run_id"] == f"pending:{run.data.tags[TOKEN_TAG]}"
+        assert run.info.status == "FINISHED" and run.data.tags["mosbench.state"] == "finished"
+        assert_logged_once(client, run.info.run_id, summary["history"],
+                           single=("best_valid_loss", "test_ppl", "latency_ms_median"))
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {
+            "train.json", "metrics.json", "config.yaml", "model.weights.npz"}
+    board = client.search_runs([client.get_experiment_by_name(
+        aggregate_experiment("away")).experiment_id])
+    assert len(board) == 1 and board[0].info.status == "FINISHED"
+    assert board[0].data.tags["mosbench.stage"] == "aggregate"
+    assert {a.path for a in client.list_artifacts(board[0].info.run_id)} == set(
+        paths.AGGREGATE_OUTPUTS.values())

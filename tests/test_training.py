@@ -45,8 +45,8 @@ def test_train_then_evaluate_into_the_same_run(tiny_config, tiny_data, tmp_path,
     assert run["tags.framework_version"] and run["params.framework"] == framework
     assert run["params.n_params"] == str(summary["n_params"])
     assert run["params.bptt"] == "20"
-    assert run["metrics.test/ppl"] == pytest.approx(metrics["test_ppl"])
-    history = mlflow.MlflowClient().get_metric_history(summary["run_id"], "valid/ppl")
+    assert run["metrics.test_ppl"] == pytest.approx(metrics["test_ppl"])
+    history = mlflow.MlflowClient().get_metric_history(summary["run_id"], "history/valid_ppl")
     assert [m.step for m in history] == [1, 2]
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(summary["run_id"])}
     assert {"config.yaml", "train.json", "metrics.json"} <= artifacts

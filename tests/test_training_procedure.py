@@ -253,7 +253,7 @@ def test_interrupted_job_resumes_to_the_same_result(uninterrupted, tmp_path, kil
     runs = mlflow.search_runs(experiment_names=["mosbench-test"])
     assert len(runs) == 1 and runs["status"].tolist() == ["FINISHED"]
     steps = [m.step for m in mlflow.MlflowClient().get_metric_history(summary["run_id"],
-                                                                       "valid/ppl")]
+                                                                       "history/valid_ppl")]
     assert steps == list(range(1, len(expected) + 1))  # each epoch once, none missing
 
 

@@ -26,6 +26,7 @@ GPU_FIGURES = ("allocator_peak_mb", "gpu_memory_peak_mb", "gpu_util_mean_pct",
 def snakemake(workdir, *args, configfile=TINY_CONFIG):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     env["MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"] = "1"  # the tiny jobs last seconds
+    env.update(MOSBENCH_PROGRESS_STEPS="10", MOSBENCH_PROGRESS_S="0")  # progress lines in logs
     cmd = [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(configfile), "--cores", "2", *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
@@ -69,7 +70,8 @@ def test_pipeline_runs_end_to_end_and_tracks_every_run(tmp_path):
     assert mos["n_params"].nunique() == 1
     inventory = pd.read_csv(results / "aggregate" / "ease_of_use.csv")
     assert set(inventory["framework"]) == set(FRAMEWORKS)
-    check_measurements(runs)
+    check_measurements(runs, read_metadata(results / "data" / "tiny" / "train.parquet"))
+    check_data_pipeline(results, runs)
     assert "*GPU util (%)*: absent: gpus=0: a CPU job" in summary
 
     # the default store is results/mlflow.db in the working directory, artefacts beside it
@@ -89,27 +91,31 @@ def test_pipeline_runs_end_to_end_and_tracks_every_run(tmp_path):
     assert set(tracked["params.n_params"].astype(int)) == set(runs["n_params"])
     assert set(tracked["params.matmul_precision"]) == {"float32"}  # strict fp32 by default
     tracked = tracked.set_index("run_id").loc[runs["run_id"]]
-    assert tracked["metrics.test/ppl"].tolist() == pytest.approx(runs["test_ppl"].tolist())
-    assert tracked["metrics.best/valid_ppl"].tolist() == pytest.approx(
+    assert tracked["metrics.test_ppl"].tolist() == pytest.approx(runs["test_ppl"].tolist())
+    assert tracked["metrics.best_valid_ppl"].tolist() == pytest.approx(
         runs["best_valid_ppl"].tolist())
     assert "metrics.final/valid_ppl" not in tracked  # the old, misleading name
-    dynamic = tracked["metrics.dynamic_eval/test_ppl"].tolist()
+    dynamic = tracked["metrics.dynamic_test_ppl"].tolist()
     assert dynamic[:4] == pytest.approx(mos["dynamic_test_ppl"].tolist())
-    assert tracked["tags.git_commit"].str.len().min() >= 7
+    assert tracked["tags.git_commit"].str.len().min() == 40
     assert any((results / "mlartifacts").rglob("metrics.json"))
     one = mlflow.MlflowClient().get_run(runs["run_id"][0])
-    assert one.data.metrics["measure/first_step_s"] > 0
+    assert one.data.metrics["measurements/first_step_s"] > 0
     assert one.data.tags["absent.gpu_memory_peak_mb"] == "gpus=0: a CPU job"
     # system metrics on (a TensorFlow run: the tiny PyTorch jobs can end within one sampling
     # interval, before MLflow's monitor logs anything)
     slower = mlflow.MlflowClient().get_run(
         runs.loc[runs["framework"] == "tensorflow", "run_id"].iloc[0])
     assert any(name.startswith("system/") for name in slower.data.metrics)
-    board = mlflow.search_runs(experiment_names=["mosbench-test"],
+    # the aggregate's run sits in an experiment of its own, not among the training runs
+    assert mlflow.search_runs(experiment_names=["mosbench-test"],
+                              filter_string="tags.`mosbench.stage` = 'aggregate'").empty
+    board = mlflow.search_runs(experiment_names=["mosbench-test-aggregate"],
                                filter_string="tags.`mosbench.stage` = 'aggregate'")
     assert len(board) == 1
     artefacts = {a.path for a in mlflow.MlflowClient().list_artifacts(board["run_id"][0])}
     assert artefacts == set(OUTPUTS)
+    check_progress_provenance_and_mlflow_runs(tmp_path, runs, done.stdout + done.stderr)
 
     # the HTML report embeds every plot, byte for byte
     report = results / "report.html"
@@ -119,12 +125,13 @@ def test_pipeline_runs_end_to_end_and_tracks_every_run(tmp_path):
     for name in PLOTS + ["summary.html", "scaling.html", "published.html", "ease_of_use.html"]:
         content = base64.b64encode((results / "aggregate" / name).read_bytes()).decode()
         assert content in html, name
+    check_answer_pages(results / "aggregate", html)
 
     again = snakemake(tmp_path, "--dry-run")
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
 
-def check_measurements(runs):
+def check_measurements(runs, train_meta):
     """Every per-run figure is there and plausible: positive, finite, units that agree."""
     positive = ["epoch_time_s", "tokens_per_s", "step_time_median_s", "first_step_s",
                 "time_to_first_step_s", "cost_per_epoch", "latency_ms_median",
@@ -137,14 +144,120 @@ def check_measurements(runs):
     assert (runs["latency_ms_p95"] >= runs["latency_ms_median"]).all()
     assert (runs["time_to_first_step_s"] >= runs["first_step_s"]).all()
     assert (runs["host_rss_peak_mb"] > 100).all()  # TensorFlow alone takes more
-    # one epoch's tokens, two ways: tokens/s x epoch time, and the input pipeline's count
+    # one epoch's tokens, two ways: tokens/s x epoch time, and the windows of the train split
+    # (tiny.yaml's presets: batch 8); the data-pipeline job's windows have a batch of 20
+    tokens = train_meta["tokens"]["train"]
     assert (runs["tokens_per_s"] * runs["epoch_time_s"]).tolist() == pytest.approx(
-        runs["data_train_tokens"].tolist(), rel=1e-6)
+        [8 * (tokens // 8 - 1)] * len(runs), rel=1e-6)
+    assert (runs["data_train_tokens"] == 20 * (tokens // 20 - 1)).all()
     assert runs["cost_per_epoch"].tolist() == pytest.approx(
         (runs["epoch_time_s"] / 3600 * 0.1).tolist())  # tiny.yaml: cpu_hour 0.1
     for figure in GPU_FIGURES:  # absent with the reason on a CPU run, never zero
         assert runs[figure].isna().all(), figure
         assert runs["absent"].str.contains(f"{figure}: gpus=0: a CPU job").all(), figure
+
+
+def check_progress_provenance_and_mlflow_runs(workdir, runs, snakemake_output):
+    """Jobs report progress in their logs; each run records what it ran on, its data, its
+    weights, and metrics under its JSON files' names; the experiment opens on its runs."""
+    from mosbench.io import read_json
+    from mosbench.measurement.provenance import KEYS
+    from mosbench.tracking import mlflow_run
+
+    logs = workdir / "logs"
+    train_log = (logs / "train/tensorflow/tiny/awd-lstm-mos/seed1-gpus0.log").read_text()
+    lines = [line for line in train_log.splitlines() if line.startswith("train epoch ")]
+    assert len(lines) >= 4, train_log[-2000:]  # ~37 steps an epoch, a line every 10
+    assert all(" | loss " in line and " tok/s | elapsed " in line and ", run (2 epochs) " in line
+               for line in lines), lines
+    assert "validate epoch 1 | window " in train_log
+    evaluate_log = (logs / "evaluate/pytorch/tiny/awd-lstm-mos/seed2-gpus0.log").read_text()
+    for what in ("evaluate valid | window ", "evaluate test | window ",
+                 "dynamic evaluation (test) | segment ", "rank: log-probability rows | row "):
+        assert what in evaluate_log, what
+    assert "\r" not in train_log + evaluate_log  # plain lines in files, no bar
+    assert "train epoch " not in snakemake_output  # Snakemake's own output stays its own
+
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name("mosbench-test")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    data = workdir / "results" / "data" / "tiny"
+    digests = {split: mlflow_run.dataset_input(data / f"{split}.parquet", "", "", 0)["digest"]
+               for split in ("train", "valid", "test")}
+    for run in runs.itertuples():
+        job = dict(framework=run.framework, dataset="tiny", model=run.model, seed=run.seed,
+                   gpus=0)
+        summary = read_json(workdir / paths.TRAIN.format(**job) / "train.json")
+        metrics = read_json(workdir / paths.EVALUATE.format(**job) / "metrics.json")
+        assert sorted(summary["provenance"]) == sorted(KEYS)  # written with sorted keys
+        assert summary["provenance"]["framework"] == run.framework
+        assert summary["provenance"]["gpu_count"] == 0
+        tracked = client.get_run(run.run_id)
+        assert tracked.data.tags["framework_version"] == summary["provenance"]["framework_version"]
+        assert tracked.data.tags["cpu_model"] == summary["provenance"]["cpu_model"]
+        assert tracked.data.tags["evaluate.cpu_model"] == metrics["provenance"]["cpu_model"]
+        inputs = {(i.dataset.name, i.dataset.digest, i.tags[0].value)
+                  for i in tracked.inputs.dataset_inputs}
+        assert inputs == {("tiny/train", digests["train"], "training"),
+                          ("tiny/valid", digests["valid"], "validation"),
+                          ("tiny/test", digests["test"], "test")}
+        assert {"model.weights.npz", "train.json", "metrics.json"} <= {
+            a.path for a in client.list_artifacts(run.run_id)}
+        # every MLflow metric has its JSON key's name and value (the system metrics aside)
+        logged = {k: v for k, v in tracked.data.metrics.items() if not k.startswith("system/")}
+        expected = {**mlflow_run.train_metrics(summary), **mlflow_run.evaluate_metrics(metrics),
+                    **mlflow_run.epoch_metrics(summary["history"][-1])}
+        assert logged == pytest.approx(expected)
+        history = client.get_metric_history(run.run_id, "history/valid_ppl")
+        assert sorted((m.step, m.value) for m in history) == pytest.approx(
+            [(r["epoch"], r["valid_ppl"]) for r in summary["history"]])
+
+
+def check_answer_pages(aggregate_dir, report_html):
+    """The frameworks page and the cost of a result, from the real runs: the Welch test
+    agrees with SciPy on runs.csv, targets are timed, seeds split only by environment."""
+    from scipy import stats
+
+    runs = pd.read_csv(aggregate_dir / "runs.csv")
+    for name in ("frameworks.html", "result_cost.html", "result_cost.png"):
+        content = base64.b64encode((aggregate_dir / name).read_bytes()).decode()
+        assert content in report_html, name
+    assert "Answer (start here)" in report_html
+    page = (aggregate_dir / "frameworks.md").read_text()
+    assert page.startswith("# Frameworks side by side")
+    assert "## Data loading: streaming against caching" in page and "## Ease of use" in page
+    rows = pd.read_csv(aggregate_dir / "frameworks.csv")
+    rows = rows[rows["figure"] == "best_valid_ppl"].set_index("model")
+    for model, group in runs.groupby("model"):
+        tf, pt = (group.loc[group["framework"] == f, "best_valid_ppl"]
+                  for f in ("tensorflow", "pytorch"))
+        expected = stats.ttest_ind(tf, pt, equal_var=False)
+        assert rows.loc[model, "p_value"] == pytest.approx(expected.pvalue), model
+        assert rows.loc[model, "tensorflow_n"] == rows.loc[model, "pytorch_n"] == 2
+        assert f"## tiny · {model} · CPU" in page
+        assert (f"- valid ppl: tensorflow − pytorch = {tf.mean() - pt.mean():+.3g} (95 % "
+                "interval ") in page
+    # the cost of a result: every run timed to tiny.yaml's target, or told why not
+    targets = runs["model"].map({"lstm": 8.0, "awd-lstm-mos": 15.0})
+    assert (runs["target_valid_ppl"] == targets).all()
+    reached = runs["epochs_to_target"].notna()
+    assert reached.any()
+    for run in runs[reached].itertuples():
+        assert 0 < run.time_to_target_s <= run.train_time_s + 1e-9
+        assert run.cost_to_target == pytest.approx(run.time_to_target_s / 3600 * 0.1)
+    for run in runs[~reached].itertuples():
+        assert run.best_valid_ppl > run.target_valid_ppl
+        assert (f"time_to_target_s: target valid ppl {run.target_valid_ppl:g} not reached in "
+                f"2 epochs") in run.absent
+    assert (runs["total_cost"] >= runs["train_time_s"] / 3600 * 0.1 - 1e-12).all()
+    cost = pd.read_csv(aggregate_dir / "result_cost.csv")
+    assert len(cost) == 4 and cost["n_reached"].sum() == reached.sum()
+    # one machine, one set of library versions per framework: no cell is split
+    summary = pd.read_csv(aggregate_dir / "summary.csv")
+    assert len(summary) == 4 and (summary["n_seeds"] == 2).all()
+    assert "git_commit" in runs and "Seeds not averaged together" not in page
+    published = (aggregate_dir / "published.md").read_text()
+    assert "No published numbers for the data sets and models of this run." in published
 
 
 def test_bad_config_is_refused_before_any_job(tmp_path):
@@ -167,3 +280,22 @@ def test_demo_and_grid_configs_plan_the_expected_jobs(tmp_path):
         assert int(counts["train"]) == trains and int(counts["evaluate"]) == trains
         assert int(counts["aggregate"]) == 1
     assert trains == 640
+
+
+def check_data_pipeline(results, runs):
+    """The data pipeline was measured once per (framework, dataset, device), by its own
+    rule, and each run's data figures are those of its framework's measurement."""
+    from mosbench.io import read_json
+
+    records = sorted(results.glob("data_pipeline/*/*/*/data_pipeline.json"))
+    assert [p.relative_to(results).parts[1:4] for p in records] == [
+        (framework, "tiny", "cpu") for framework in sorted(FRAMEWORKS)]  # tiny.yaml: gpus [0]
+    for path in records:
+        record = read_json(path)
+        assert (record["batch_size"], record["bptt"]) == (20, 70)  # the config's defaults
+        assert record["absent"] == {} and record["provenance"]["framework"] == record["framework"]
+        mine = runs[runs["framework"] == record["framework"]]
+        assert mine["data_stream_tokens_per_s"].tolist() == pytest.approx(
+            [record["data_stream_tokens_per_s"]] * len(mine))
+    for summary in results.glob("train/*/*/*/*/train.json"):  # no training job measures it
+        assert not [k for k in read_json(summary)["measurements"] if k.startswith("data_")]

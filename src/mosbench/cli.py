@@ -14,9 +14,11 @@ import sys
 from pathlib import Path
 
 from mosbench import paths
-from mosbench.config import check_gpus, load_config, preset, source_of
+from mosbench.config import check_gpus, load_config, model_names, preset, source_of
 from mosbench.engines import FRAMEWORKS
 from mosbench.errors import PAUSED_EXIT_CODE, MosbenchError, TrainingPaused
+
+DEFAULT_CONFIG = Path("config/config.yaml")
 
 
 def _download(args, config):
@@ -108,8 +110,7 @@ def _train(args, config):
                     seed=args.seed, gpus=args.gpus,
                     hparams=preset(config, args.dataset, args.model),
                     experiment=config["mlflow"]["experiment"], threads=config["threads"],
-                    config_snapshot=config, prices=config["cost"],
-                    raw_dir=paths.RAW.format(source=config["datasets"][args.dataset]["source"]))
+                    config_snapshot=config, prices=config["cost"])
     print(f"wrote {train_dir}; best valid loss {summary['best_valid_loss']:.4f}")
 
 
@@ -157,44 +158,68 @@ def _nonnegative_int(text):
 
 def _add_framework(parser):
     parser.add_argument("--framework", choices=FRAMEWORKS, default="tensorflow",
-                        help="the framework whose engine runs it (default: %(default)s)")
+                        help="the framework whose engine runs it: %(choices)s "
+                             "(default: %(default)s)")
 
 
-def build_parser():
+def _one_of(names, key):
+    """The allowed values for a help text; ``key`` says where they come from if unknown."""
+    return ", ".join(names) if names else f"a name under `{key}` in the config file"
+
+
+def _config_names(path):
+    """Data sets and sources of the config file ``path``, for the help; None if unreadable.
+
+    The help must work with a broken config too: the command itself then says what is wrong.
+    """
+    try:
+        config = load_config(path)
+    except MosbenchError:
+        return None, None
+    return sorted(config["datasets"]), sorted(config["sources"])
+
+
+def _add_run(parser, datasets, seed=True):
+    """The positional arguments naming a run: dataset and model (and --seed, --gpus)."""
+    parser.add_argument("dataset", help=f"the data set: {_one_of(datasets, 'datasets')}")
+    parser.add_argument("model", help=f"the model: {_one_of(model_names(), 'presets')}")
+    if seed:
+        parser.add_argument("--seed", type=_nonnegative_int, required=True,
+                            help="the run's random seed (run.seeds)")
+        parser.add_argument("--gpus", type=_nonnegative_int, default=0,
+                            help="GPUs the run uses, 0 for the CPU (default: %(default)s)")
+
+
+def build_parser(config_path=DEFAULT_CONFIG):
+    """The command's parser; ``config_path``'s data sets and sources are listed in the help."""
+    datasets, sources = _config_names(config_path)
     parser = argparse.ArgumentParser(prog="mosbench", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="config/config.yaml", type=Path,
+    parser.add_argument("--config", default=DEFAULT_CONFIG, type=Path,
                         help="config file (default: %(default)s)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("download", help="download and check (or generate) a raw corpus")
-    p.add_argument("source")
+    p.add_argument("source", help=f"the corpus: {_one_of(sources, 'sources')}")
     p.set_defaults(func=_download)
 
     p = sub.add_parser("tokenise", help="tokenise a data set to Parquet")
-    p.add_argument("dataset")
+    p.add_argument("dataset", help=f"the data set: {_one_of(datasets, 'datasets')}")
     p.set_defaults(func=_tokenise)
 
     for name, func, text in (("train", _train, "train one model"),
                              ("evaluate", _evaluate, "evaluate one trained model")):
         p = sub.add_parser(name, help=text)
-        p.add_argument("dataset")
-        p.add_argument("model")
-        p.add_argument("--seed", type=_nonnegative_int, required=True)
-        p.add_argument("--gpus", type=_nonnegative_int, default=0)
+        _add_run(p, datasets)
         _add_framework(p)
         p.set_defaults(func=func)
 
     p = sub.add_parser("params", help="build a preset and print its parameter count")
-    p.add_argument("dataset")
-    p.add_argument("model")
+    _add_run(p, datasets, seed=False)
     _add_framework(p)
     p.set_defaults(func=_params)
 
     p = sub.add_parser("rank", help="rank of a trained model's log-probability matrix")
-    p.add_argument("dataset")
-    p.add_argument("model")
-    p.add_argument("--seed", type=_nonnegative_int, required=True)
-    p.add_argument("--gpus", type=_nonnegative_int, default=0)
+    _add_run(p, datasets)
     p.add_argument("--contexts", type=_nonnegative_int, default=None,
                    help="rows of the matrix (default: the preset's rank_contexts)")
     _add_framework(p)
@@ -211,8 +236,15 @@ def build_parser():
     return parser
 
 
+def _config_argument(argv):
+    """The --config of ``argv`` (before the full parser exists: it lists the file's names)."""
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--config", default=DEFAULT_CONFIG, type=Path)
+    return early.parse_known_args(argv)[0].config
+
+
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = build_parser(_config_argument(argv)).parse_args(argv)
     try:
         config = load_config(args.config)
         args.func(args, config)

@@ -3,25 +3,29 @@
 Snakemake reruns a job when its rule's own script changes, not when the
 library code that script calls does. Each rule therefore carries
 ``code_hash(stage)`` as a param: the hash changes, and Snakemake's params
-trigger fires, exactly when the *contents* of the modules behind that stage's
-outputs change. Touching a file changes nothing; editing the reporting code
-reruns only *aggregate*.
+trigger fires, exactly when the *contents* of the modules that stage runs
+change. Touching a file changes nothing; editing the reporting code reruns
+only *aggregate*.
 
-The stages that run a framework's engine (:data:`FRAMEWORK_STAGES`: train,
-the weak-scaling probe, evaluate) hash per framework, ``code_hash(stage,
-framework)``: the framework-neutral code (the procedure, the engine
-interface, the workload) plus that engine's own package,
-``engines/<framework>/`` and everything under it. An edit of the PyTorch
-engine reruns only PyTorch jobs and the other way round; an edit of the
-neutral code reruns both.
+What a stage hashes is derived, not listed: the package modules its entry
+modules (:data:`ENTRIES`) import, directly or not, at the top of a module or
+inside a function, with the packages (``__init__.py``) around them, found by
+reading their ``import`` statements. Modules imported by name at run time
+(``load_engine``'s ``engines/<framework>/engine.py``, the ease-of-use
+inventories) are entries themselves. So a stage hashes exactly the modules
+it can run: an edit of the weak-scaling probe reruns no training job, and a
+new import is covered the moment it is written.
 
-A stage lists its own code only. Code that an upstream stage already covers is
-not repeated: when an upstream output is rebuilt, Snakemake reruns everything
-downstream of it anyway. Modules in :data:`PLUMBING` decide where and how
-results are written and logged, not what they are, so editing them reruns
-nothing (``snakemake --forcerun RULE`` reruns on purpose).
+The stages that run a framework's engine (:data:`FRAMEWORK_STAGES`) hash per
+framework, ``code_hash(stage, framework)``: the framework-neutral code plus
+what that framework's engine imports. An edit of the PyTorch engine reruns
+only PyTorch jobs and the other way round; an edit of the neutral code reruns
+both. Modules in :data:`PLUMBING` decide where and how results are written,
+logged and reported, not what they are, so editing them reruns nothing
+(``snakemake --forcerun RULE`` reruns on purpose).
 """
 
+import ast
 import hashlib
 import os
 from pathlib import Path
@@ -31,49 +35,33 @@ from mosbench.errors import MosbenchError
 
 PACKAGE_ROOT = Path(__file__).resolve().parent
 ROOT_ENV = "MOSBENCH_CODE_ROOT"  # hash another copy of the package (the tests edit one)
+PACKAGE = "mosbench"
 
-# What every engine implements and builds: the interface, how a framework's engine is
-# found, and the workload (model names, preset keys) all engines read.
-ENGINE_COMMON = ("engines/__init__.py", "engines/interface.py", "workload.py")
-# One framework's engine: its package, subpackages included (models/ ...).
-ENGINE_CODE = "engines/{framework}/**/*.py"
+# The engine a job loads by name (mosbench.engines.load_engine).
+ENGINE = "engines/{framework}/engine.py"
 
-# The framework-neutral procedure; validation perplexity picks the best weights and
-# drives the learning-rate schedule.
-TRAIN_CODE = ("training/*.py", "data/batching.py", "evaluation/perplexity.py",
-              "measurement/*.py", *ENGINE_COMMON)
-
-# Rule name -> the package modules its outputs depend on (globs relative to the package);
-# for FRAMEWORK_STAGES, the neutral part (ENGINE_CODE of the job's framework is added).
-STAGES = {
+# Rule name -> the modules its script imports or loads by name (package-relative globs;
+# "{framework}": the job's); tests/test_code_hash.py checks them against the scripts.
+ENTRIES = {
     "download_corpus": ("data/download.py",),
     "generate_synthetic_corpus": ("data/synthetic.py",),
     "tokenise": ("data/tokenise.py",),
-    "train": TRAIN_CODE,
-    "weak_scaling_probe": TRAIN_CODE,  # the probe times the train step
-    # evaluation drives the engine too (already covered upstream by train: listed for clarity)
-    "evaluate": ("evaluation/*.py", *ENGINE_COMMON),
-    "aggregate": ("reporting/*.py",),
+    "train": ("training/train.py", ENGINE),
+    "weak_scaling_probe": ("measurement/scaling_probe.py", ENGINE),
+    "data_pipeline": ("measurement/data_pipeline.py", ENGINE),
+    "evaluate": ("evaluation/evaluate.py", ENGINE),
+    # the ease-of-use inventory of every framework, imported by name; the run it logs
+    "aggregate": ("reporting/aggregate.py", "engines/*/inventory.py", "tracking/mlflow_run.py"),
 }
+STAGES = tuple(ENTRIES)
 
 # Stages whose jobs run one framework's engine: hashed per framework.
-FRAMEWORK_STAGES = frozenset({"train", "weak_scaling_probe", "evaluate"})
+FRAMEWORK_STAGES = frozenset(s for s, entries in ENTRIES.items() if ENGINE in entries)
 
-# Which stages feed which: a module that an upstream stage hashes need not be hashed again.
-UPSTREAM = {
-    "download_corpus": (),
-    "generate_synthetic_corpus": (),
-    "tokenise": ("download_corpus", "generate_synthetic_corpus"),
-    "train": ("tokenise",),
-    "weak_scaling_probe": ("tokenise",),
-    "evaluate": ("train",),
-    "aggregate": ("evaluate", "weak_scaling_probe"),
-}
-
-# Modules no stage hashes: paths, config parsing, file plumbing, tracking, the CLI.
+# Modules no stage hashes: paths, config parsing, file plumbing, tracking, progress, the CLI.
 PLUMBING = (
     "__init__.py", "cli.py", "code_hash.py", "config.py", "errors.py", "gpu_slots.py",
-    "io.py", "paths.py", "tracking/*.py", "faults.py",
+    "io.py", "paths.py", "tracking/*.py", "faults.py", "progress.py",
 )
 
 
@@ -95,12 +83,12 @@ def expand(patterns, root=None):
 
 
 def stage_patterns(stage, framework=None):
-    """The globs ``stage`` hashes; with the engine of ``framework`` for FRAMEWORK_STAGES."""
+    """The entry globs of ``stage``; with the engine of ``framework`` for FRAMEWORK_STAGES."""
     try:
-        patterns = STAGES[stage]
+        patterns = ENTRIES[stage]
     except KeyError:
         raise MosbenchError(
-            f"code hash: unknown stage '{stage}'; allowed: {sorted(STAGES)}") from None
+            f"code hash: unknown stage '{stage}'; allowed: {sorted(ENTRIES)}") from None
     if stage not in FRAMEWORK_STAGES:
         if framework is not None:
             raise MosbenchError(f"code hash: stage '{stage}' runs no framework's engine; "
@@ -109,12 +97,67 @@ def stage_patterns(stage, framework=None):
     if framework not in FRAMEWORKS:
         raise MosbenchError(f"code hash: stage '{stage}' runs an engine: expected a framework "
                             f"from {list(FRAMEWORKS)}, got {framework!r}")
-    return (*patterns, ENGINE_CODE.format(framework=framework))
+    return tuple(p.format(framework=framework) for p in patterns)
+
+
+def module_file(name, root=None):
+    """``mosbench.a.b`` -> ``a/b.py`` or ``a/b/__init__.py`` under ``root``; None if neither."""
+    parts = name.split(".")
+    if parts[0] != PACKAGE:
+        return None
+    rel = "/".join(parts[1:])
+    root = code_root(root)
+    for candidate in ((f"{rel}.py", f"{rel}/__init__.py") if rel else ("__init__.py",)):
+        if (root / candidate).is_file():
+            return candidate
+    return None
+
+
+def _packages(rel):
+    """The ``__init__.py`` of every package around ``rel``: Python runs them first."""
+    parts = rel.split("/")[:-1]
+    return {"/".join([*parts[:i], "__init__.py"]) for i in range(len(parts) + 1)}
+
+
+def imported_modules(rel, root=None):
+    """The package modules the module ``rel`` imports anywhere in it (lazy imports too)."""
+    root = code_root(root)
+    module = ".".join([PACKAGE, *Path(rel).with_suffix("").parts])
+    package = module if rel.endswith("__init__.py") else module.rpartition(".")[0]
+    package = package.removesuffix(".__init__")
+    found = set()
+    for node in ast.walk(ast.parse((root / rel).read_bytes(), filename=rel)):
+        if isinstance(node, ast.Import):
+            found.update(module_file(alias.name, root) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative: from the package, `level - 1` packages up
+                anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
+                base = f"{anchor}.{base}".rstrip(".")
+            for alias in node.names:  # `from mosbench import paths` names a module
+                found.add(module_file(f"{base}.{alias.name}", root) or module_file(base, root))
+    return found - {None}
+
+
+def closure(entries, root=None):
+    """``entries`` and every package module they import, transitively, with their packages."""
+    root = code_root(root)
+    seen, todo = set(), list(entries)
+    while todo:
+        rel = todo.pop()
+        if rel in seen:
+            continue
+        seen.add(rel)
+        todo.extend(_packages(rel) | imported_modules(rel, root))
+    return seen
 
 
 def stage_files(stage, framework=None, root=None):
-    """The package-relative paths of the modules ``stage`` (of ``framework``) depends on."""
-    return expand(stage_patterns(stage, framework), root)
+    """The package-relative paths of the modules ``stage`` (of ``framework``) runs,
+    :data:`PLUMBING` aside."""
+    root = code_root(root)
+    reached = closure(expand(stage_patterns(stage, framework), root), root)
+    return sorted(reached - set(expand(PLUMBING, root)))
 
 
 def code_hash(stage, framework=None, root=None):

@@ -55,6 +55,7 @@ def validate_config(config, origin="config"):
     """Validate ``config`` in place against the schema and the cross-key rules."""
     if not isinstance(config, dict):
         raise MosbenchError(f"{origin}: expected a YAML mapping at the top level")
+    typed_overrides(config)
     error = jsonschema.exceptions.best_match(
         _validator_with_defaults()(_schema()).iter_errors(config)
     )
@@ -66,6 +67,85 @@ def validate_config(config, origin="config"):
     except MosbenchError as exc:
         raise MosbenchError(f"{origin}: {exc}") from None
     return config
+
+
+def typed_overrides(config):
+    """Give strings the types the schema asks for at their keys; returns ``config`` (changed).
+
+    ``snakemake --config 'run={seeds: [1, 2]}'`` parses a nested value with
+    YAML's BaseLoader, which leaves every scalar a string (``["1", "2"]``). A
+    string where the schema allows no string but a number, a boolean or null
+    is read as YAML (``"2"`` -> 2, ``"true"`` -> True, ``"1e-6"`` -> 1e-06) and
+    kept if it then fits; ``"null"`` is None wherever null is allowed. Anything
+    else is left for validation to reject, with its key.
+    """
+    return _typed(config, _schema(), _parsed_schema())
+
+
+def _typed(value, schema, root):
+    branches = _branches(schema, root)
+    if isinstance(value, dict):
+        for key, item in value.items():
+            sub = [b["properties"][key] for b in branches if key in b.get("properties", {})]
+            sub += [b["additionalProperties"] for b in branches
+                    if isinstance(b.get("additionalProperties"), dict)]
+            value[key] = _typed(item, {"anyOf": sub}, root)
+    elif isinstance(value, list):
+        items = [b["items"] for b in branches if isinstance(b.get("items"), dict)]
+        value[:] = [_typed(item, {"anyOf": items}, root) for item in value]
+    elif isinstance(value, str):
+        types = set()
+        for branch in branches:
+            kind = branch.get("type", [])
+            types.update([kind] if isinstance(kind, str) else kind)
+            types.update(_json_type(v) for v in branch.get("enum", []))
+            if "const" in branch:
+                types.add(_json_type(branch["const"]))
+        if "null" in types and value in ("null", "Null", "NULL", "~"):
+            return None  # YAML's null, even where a string is allowed too
+        if types and "string" not in types:
+            try:
+                parsed = yaml.safe_load(value)
+                if isinstance(parsed, str) and "number" in types:
+                    parsed = float(value)  # YAML 1.1 reads 1e-6 as a string
+            except (yaml.YAMLError, ValueError):
+                return value
+            if _json_type(parsed) in types or (_json_type(parsed) == "integer"
+                                                and "number" in types):
+                return parsed
+    return value
+
+
+def _branches(schema, root):
+    """The subschemas that may apply at one place: ``$ref``, ``allOf``/``anyOf``/``oneOf``
+    and ``then`` followed, as a flat list of plain schemas."""
+    found, todo = [], [schema]
+    while todo:
+        node = todo.pop()
+        if not isinstance(node, dict):
+            continue
+        found.append(node)
+        if "$ref" in node:
+            target = root
+            for part in node["$ref"].removeprefix("#/").split("/"):
+                target = target[part]
+            todo.append(target)
+        for key in ("allOf", "anyOf", "oneOf"):
+            todo.extend(node.get(key, []))
+        todo.extend(node[key] for key in ("then", "else") if key in node)
+    return found
+
+
+def _json_type(value):
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    return "string" if isinstance(value, str) else type(value).__name__
 
 
 def model_names():

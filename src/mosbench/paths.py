@@ -12,9 +12,15 @@ RUN = "{framework}/{dataset}/{model}/seed{seed}-gpus{gpus}"
 TRAIN = "results/train/" + RUN  # model.weights.npz (named NumPy arrays) + train.json
 EVALUATE = "results/evaluate/" + RUN  # metrics.json
 PROBE = "results/scaling/" + RUN  # weak.json: the weak-scaling probe (optional)
+# data_pipeline.json: streaming vs caching, once per framework, data set and device (cpu, gpu)
+DATA_PIPELINE = "results/data_pipeline/{framework}/{dataset}/{device}"
 AGGREGATE = "results/aggregate"
 # The aggregate's files by name (the rule's named outputs).
 AGGREGATE_OUTPUTS = {
+    "frameworks_csv": "frameworks.csv", "frameworks_md": "frameworks.md",
+    "frameworks_html": "frameworks.html",
+    "result_cost_csv": "result_cost.csv", "result_cost_md": "result_cost.md",
+    "result_cost_html": "result_cost.html", "result_cost_png": "result_cost.png",
     "runs": "runs.csv", "summary_csv": "summary.csv", "summary_md": "summary.md",
     "summary_html": "summary.html", "scaling_csv": "scaling.csv", "scaling_md": "scaling.md",
     "scaling_html": "scaling.html", "published_csv": "published.csv",

@@ -6,6 +6,8 @@ rule aggregate:
         train=all_runs(f"{paths.TRAIN}/train.json"),
         metrics=all_runs(f"{paths.EVALUATE}/metrics.json"),
         probes=weak_scaling_probes(),
+        data_pipeline=data_pipeline_files(),  # joined to each run by framework, dataset, device
+        evaluate_benchmarks=all_runs(f"results/benchmarks/evaluate/{paths.RUN}.tsv"),  # cost
     output:
         **aggregate_outputs(),
     params:

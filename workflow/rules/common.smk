@@ -10,6 +10,7 @@ from mosbench import paths
 from mosbench.code_hash import code_hash
 from mosbench.config import SPLITS, preset
 from mosbench.engines import FRAMEWORKS
+from mosbench.workload import training_hparams
 
 # Each job's `code` param: the package code's hash per (stage, framework), computed once
 # per Snakemake process (the paper's grid asks for it 1,280 times; it reads the files).
@@ -60,7 +61,14 @@ def canonical(value):
 
 
 def hparams(wildcards):
+    """The whole preset of a (dataset, model): what evaluate reads (it rebuilds the model)."""
     return canonical(preset(config, wildcards.dataset, wildcards.model))
+
+
+def train_hparams(wildcards):
+    """The preset without the keys only evaluation reads (workload.EVALUATION_KEYS): a
+    new dynamic_eval, rank_contexts or test_batch_size reruns evaluate, not training."""
+    return canonical(training_hparams(preset(config, wildcards.dataset, wildcards.model)))
 
 
 def grid():
@@ -83,6 +91,21 @@ def weak_scaling_probes():
     return [f"{paths.PROBE}/weak.json".format(**job) for job in grid() if job["gpus"] >= 1]
 
 
+def data_pipeline_devices():
+    """The hardware kinds the grid trains on: cpu for gpus = 0 jobs, gpu for jobs on GPUs."""
+    gpus = config["run"]["gpus"]
+    return [d for d, used in (("cpu", 0 in gpus), ("gpu", any(g >= 1 for g in gpus))) if used]
+
+
+def data_pipeline_files():
+    """One data-pipeline measurement per (framework, dataset, device) of the grid."""
+    run = config["run"]
+    return [f"{paths.DATA_PIPELINE}/data_pipeline.json".format(
+                framework=framework, dataset=dataset, device=device)
+            for framework, dataset, device in itertools.product(
+                run["frameworks"], run["datasets"], data_pipeline_devices())]
+
+
 def framework_env(wildcards):
     """The conda environment of a job's framework (`--sdm conda`): envs/<framework>.yaml.
 
@@ -93,12 +116,16 @@ def framework_env(wildcards):
 
 
 def raw_source(wildcards):
-    """The raw corpus' source.json: train times preprocessing from the text beside it."""
+    """The raw corpus' source.json: the data-pipeline job times preprocessing the text beside it."""
     return raw_files(wildcards)["source_json"]
 
 
 # Where each aggregate output goes in the HTML report (category, caption); others stay out.
 REPORTED = {
+    # "Answer (start here)" sorts first among the report's categories (they are alphabetical)
+    "frameworks_html": ("Answer (start here)", "frameworks"),
+    "result_cost_html": ("Answer (start here)", "result_cost"),
+    "result_cost_png": ("Answer (start here)", "result_cost_plot"),
     "summary_html": ("Tables", "summary"),
     "scaling_html": ("Tables", "scaling"),
     "published_html": ("Tables", "published"),
@@ -190,6 +217,20 @@ def probe_resources():
     resources = train_resources()
     del resources["runtime"], resources["wall_time_s"]
     return resources
+
+
+def data_pipeline_resources():
+    """SLURM resources of a data-pipeline job besides `gpu`: for device gpu, what a one-GPU
+    training job gets (GPU model, CPUs per GPU), since that host is what the figures
+    describe; time and memory: the profile's."""
+    on_gpu = lambda wildcards: wildcards.device == "gpu"
+    return dict(
+        gpu_model=lambda wildcards: gpu_model(int(on_gpu(wildcards))),
+        cpus_per_gpu=lambda wildcards: (
+            config["cluster"]["train"]["cpus_per_gpu"] if on_gpu(wildcards) else None
+        ),
+        **slurm_placement(),
+    )
 
 
 def evaluate_resources():

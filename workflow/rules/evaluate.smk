@@ -9,7 +9,7 @@ rule evaluate:
     output:
         metrics=f"{paths.EVALUATE}/metrics.json",
     params:
-        hparams=hparams,
+        hparams=hparams,  # the whole preset: an evaluation-only key reruns only this
         code=lambda w: code_hash("evaluate", w.framework),  # an edit reruns, a touch does not
     threads: config["threads"]
     resources:

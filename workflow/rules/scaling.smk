@@ -7,7 +7,7 @@ rule weak_scaling_probe:
     output:
         probe=f"{paths.PROBE}/weak.json",
     params:
-        hparams=hparams,
+        hparams=train_hparams,  # the probe trains: evaluation-only keys rerun no probe
         steps=config["run"]["weak_scaling"]["steps"],
         code=lambda w: code_hash("weak_scaling_probe", w.framework),  # reruns on an edit
     threads: config["threads"]

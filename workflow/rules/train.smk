@@ -4,12 +4,11 @@
 rule train:
     input:
         unpack(data_files),
-        raw=raw_source,  # the text, to time preprocessing against loading the Parquet
     output:
         weights=f"{paths.TRAIN}/model.weights.npz",  # named NumPy arrays, any framework
         summary=f"{paths.TRAIN}/train.json",
     params:
-        hparams=hparams,  # per (dataset, model): a new value reruns only that model's jobs
+        hparams=train_hparams,  # per (dataset, model), evaluation-only keys aside (workload.py)
         # the neutral code and this framework's engine: an engine edit reruns its jobs only
         code=lambda w: code_hash("train", w.framework),
     threads: config["threads"]

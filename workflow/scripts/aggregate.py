@@ -1,4 +1,5 @@
-"""Snakemake wrapper: tables and plots over every run, and an MLflow run holding them.
+"""Snakemake wrapper: tables and plots over every run, and an MLflow run holding them
+(in experiment ``<mlflow.experiment>-aggregate``, apart from the training runs).
 
 The experiment name is read from ``snakemake.config``, not params: it reruns nothing.
 """
@@ -12,7 +13,11 @@ redirect_output(snakemake.log[0])
 from mosbench.reporting.aggregate import aggregate  # noqa: E402
 from mosbench.tracking.mlflow_run import log_aggregate  # noqa: E402
 
-written = aggregate(snakemake.input.train, snakemake.input.metrics,
-                    Path(snakemake.output.runs).parent, prices=snakemake.params.prices,
-                    reference=snakemake.params.reference, probe_files=snakemake.input.probes)
-log_aggregate(snakemake.config["mlflow"]["experiment"], written.values())
+out_dir = Path(snakemake.output.runs).parent
+written = aggregate(snakemake.input.train, snakemake.input.metrics, out_dir,
+                    prices=snakemake.params.prices, reference=snakemake.params.reference,
+                    probe_files=snakemake.input.probes,
+                    data_pipeline_files=snakemake.input.data_pipeline,
+                    evaluate_benchmarks=snakemake.input.evaluate_benchmarks)
+# with the tracking store away the calls wait in out_dir for `mosbench replay-tracking`
+log_aggregate(snakemake.config["mlflow"]["experiment"], written.values(), out_dir)

@@ -29,8 +29,7 @@ try:
           framework=w.framework, dataset=w.dataset, model_name=w.model, seed=int(w.seed),
           gpus=int(w.gpus), hparams=snakemake.params.hparams,
           experiment=snakemake.config["mlflow"]["experiment"], threads=snakemake.threads,
-          config_snapshot=snakemake.config, wall_time_s=budget,
-          raw_dir=Path(snakemake.input.raw).parent, prices=snakemake.config["cost"])
+          config_snapshot=snakemake.config, wall_time_s=budget, prices=snakemake.config["cost"])
 except TrainingPaused as paused:
     # Checkpointed: a retry (profiles/slurm sets `retries`) or the next run resumes.
     print(f"paused: {paused}", file=sys.stderr)

@@ -25,10 +25,16 @@ update per five tokens must stay on the device.
 """
 
 import itertools
+import math
 
 import numpy as np
 
 from mosbench.data.batching import batchify, windows
+from mosbench.progress import reporting
+
+
+def _tokens(window):
+    return window[1].size
 
 
 def decay_rates(statistics, lamb):
@@ -39,14 +45,25 @@ def decay_rates(statistics, lamb):
 
 
 def dynamic_evaluation(engine, train_ids, ids, *, lr, lamb, epsilon, bptt=5, batch_size=1,
-                       stat_batch_size=100, stat_max_batches=None):
-    """Mean NLL (nats per token) of ``ids`` under dynamic evaluation."""
-    stat_windows = windows(batchify(train_ids, stat_batch_size), bptt)
+                       stat_batch_size=100, stat_max_batches=None, what="test"):
+    """Mean NLL (nats per token) of ``ids`` under dynamic evaluation.
+
+    ``what`` names the scored split in the progress reports.
+    """
+    stat_streams = batchify(train_ids, stat_batch_size)
+    stat_count = math.ceil((stat_streams.shape[1] - 1) / bptt)
+    if stat_max_batches is not None:
+        stat_count = min(stat_count, stat_max_batches)
     statistics = engine.gradient_statistics(
-        itertools.islice(stat_windows, stat_max_batches), stat_batch_size)
+        reporting(itertools.islice(windows(stat_streams, bptt), stat_max_batches),
+                  f"dynamic evaluation: gradient statistics ({what})", stat_count,
+                  tokens_per_item=_tokens),
+        stat_batch_size)
     segments = list(windows(batchify(ids, batch_size), bptt))
     with engine.weights_restored():
-        losses = engine.adaptive_losses(segments, statistics, decay_rates(statistics, lamb),
-                                        lr=lr, lamb=lamb, epsilon=epsilon)
+        losses = engine.adaptive_losses(
+            reporting(segments, f"dynamic evaluation ({what})", len(segments),
+                      tokens_per_item=_tokens, unit="segment"),
+            statistics, decay_rates(statistics, lamb), lr=lr, lamb=lamb, epsilon=epsilon)
     tokens = np.array([targets.size for _, targets in segments])
     return float((np.array(losses) * tokens).sum() / tokens.sum())

@@ -2,7 +2,9 @@
 
 Valid perplexity uses ``eval_batch_size`` and test perplexity
 ``test_batch_size`` (the reference uses 10 and 1). Results go to a metrics
-file and into the training job's MLflow run.
+file and into the training job's MLflow run, under the same names
+(:func:`mosbench.tracking.mlflow_run.evaluate_metrics`), with what evaluate
+ran on (tags ``evaluate.<key>``) and the test split as a dataset input.
 """
 
 import time
@@ -22,6 +24,8 @@ from mosbench.evaluation.perplexity import (
 )
 from mosbench.evaluation.rank import logprob_rank
 from mosbench.io import read_json, write_json
+from mosbench.measurement.provenance import as_tags, provenance
+from mosbench.tracking import mlflow_run
 from mosbench.tracking.tracker import Tracker
 from mosbench.training.train import SUMMARY, WEIGHTS
 from mosbench.workload import head_dimension
@@ -62,7 +66,7 @@ def _dynamic_evaluation(engine, data_dir, valid_ids, test_ids, options):
     train_ids, _ = load_split(data_dir, "train")
     results = {}
     for split, ids in (("valid", valid_ids), ("test", test_ids)):
-        loss = dynamic_evaluation(engine, train_ids, ids, **options)
+        loss = dynamic_evaluation(engine, train_ids, ids, **options, what=split)
         results.update({f"dynamic_{split}_loss": loss, f"dynamic_{split}_ppl": perplexity(loss)})
     return results
 
@@ -76,10 +80,13 @@ def evaluate(data_dir, train_dir, out_path, *, model_name, hparams, experiment, 
     engine = load_trained(train_dir, model_name, meta["vocab_size"], hparams, framework, gpus,
                           threads)
     bptt = hparams["bptt"]
-    valid_loss = evaluate_loss(engine, valid_ids, hparams["eval_batch_size"], bptt)
-    batched_tokens_per_s = eval_throughput(engine, valid_ids, hparams["eval_batch_size"], bptt)
+    valid_loss = evaluate_loss(engine, valid_ids, hparams["eval_batch_size"], bptt,
+                               "evaluate valid")
+    batched_tokens_per_s = eval_throughput(engine, valid_ids, hparams["eval_batch_size"], bptt,
+                                           "evaluate valid (timed)")
     start = time.perf_counter()
-    test_loss = evaluate_loss(engine, test_ids, hparams["test_batch_size"], bptt)
+    test_loss = evaluate_loss(engine, test_ids, hparams["test_batch_size"], bptt,
+                              "evaluate test")
     test_time = time.perf_counter() - start
     latency_median, latency_p95 = next_word_latency(engine, test_ids)
     rank, contexts = logprob_rank(engine, test_ids, hparams["rank_contexts"],
@@ -101,20 +108,16 @@ def evaluate(data_dir, train_dir, out_path, *, model_name, hparams, experiment, 
         "rank_bound": _rank_bound(model_name, hparams, meta["vocab_size"], contexts),
         "source_logprob_rank": meta["source"].get("logprob_rank"),
         **dynamic,
+        # what evaluate ran on (its speed figures are this machine's; training's is train.json's)
+        "provenance": provenance(engine.versions(), min(gpus, 1)),
     })
     write_json(out_path, metrics)
 
     with Tracker(Path(out_path).parent, experiment).resume_run(trained["run_id"]) as tracker:
-        tracker.log_metrics({
-            "best/valid_ppl": metrics["best_valid_ppl"], "test/ppl": metrics["test_ppl"],
-            "test/loss": test_loss, "speed/eval_tokens_per_s": batched_tokens_per_s,
-            "speed/test_tokens_per_s": metrics["test_tokens_per_s"],
-            "latency/median_ms": latency_median, "latency/p95_ms": latency_p95,
-            "rank/logprob": rank, "rank/contexts": contexts,
-        })
-        tracker.log_metrics({f"dynamic_eval/{k.removeprefix('dynamic_')}": v
-                             for k, v in dynamic.items()})
-        if metrics["optimal_ppl"] is not None:
-            tracker.log_metrics({"data/optimal_ppl": metrics["optimal_ppl"]})
+        tracker.log_metrics(mlflow_run.evaluate_metrics(metrics))
+        tracker.set_tags(as_tags(metrics["provenance"], prefix="evaluate."))
+        tracker.log_inputs([mlflow_run.dataset_input(Path(data_dir) / "test.parquet",
+                                                     f"{trained['dataset']}/test", "test",
+                                                     meta["tokens"]["test"])])
         tracker.log_artifact(out_path)
     return metrics

@@ -9,27 +9,38 @@ import time
 import numpy as np
 
 from mosbench.data.batching import batchify, windows
+from mosbench.progress import Progress
 
 
-def evaluate_loss(engine, ids, batch_size, bptt):
-    """Mean negative log-likelihood (nats per token) over the batchified stream."""
+def evaluate_loss(engine, ids, batch_size, bptt, what="evaluate"):
+    """Mean negative log-likelihood (nats per token) over the batchified stream.
+
+    ``what`` names the pass in its progress report (:mod:`mosbench.progress`).
+    """
+    streams = batchify(ids, batch_size)
+    progress = Progress(what, math.ceil((streams.shape[1] - 1) / bptt))
     states = engine.initial_state(batch_size)
     total, count = 0.0, 0
-    for inputs, targets in windows(batchify(ids, batch_size), bptt):
-        loss, states = engine.eval_window(inputs, targets, states)
-        total += loss
-        count += targets.size
+    try:
+        for done, (inputs, targets) in enumerate(windows(streams, bptt), start=1):
+            loss, states = engine.eval_window(inputs, targets, states)
+            total += loss
+            count += targets.size
+            progress.update(done, tokens=count,
+                            fields=[("ppl", f"{perplexity(total / count):.2f}")])
+    finally:
+        progress.close()
     return total / count
 
 
-def eval_throughput(engine, ids, batch_size, bptt):
+def eval_throughput(engine, ids, batch_size, bptt, what="evaluate (timed)"):
     """Tokens per second of batched scoring: one timed pass over ``ids``.
 
     Call it after the engine has scored the same stream once, so tracing or
     compiling (full and short last window) is not in the time.
     """
     start = time.perf_counter()
-    evaluate_loss(engine, ids, batch_size, bptt)
+    evaluate_loss(engine, ids, batch_size, bptt, what)
     return len(ids) / (time.perf_counter() - start)
 
 

@@ -11,6 +11,7 @@ a float32-appropriate tolerance, since the rows come from float32 arithmetic.
 import numpy as np
 
 from mosbench.data.batching import batchify, windows
+from mosbench.progress import Progress
 
 FLOAT32_EPS = float(np.finfo(np.float32).eps)
 
@@ -24,12 +25,17 @@ def logprob_matrix(engine, ids, contexts, batch_size=10, bptt=35):
     batch_size = max(1, min(batch_size, (len(ids) - 1) // 2))
     states = engine.initial_state(batch_size)
     collected, count = [], 0
-    for inputs, _ in windows(batchify(ids, batch_size), bptt):
-        block, states = engine.log_prob_rows(inputs, states)
-        collected.append(block)
-        count += block.shape[0]
-        if count >= contexts:
-            break
+    progress = Progress("rank: log-probability rows", contexts, unit="row")
+    try:
+        for inputs, _ in windows(batchify(ids, batch_size), bptt):
+            block, states = engine.log_prob_rows(inputs, states)
+            collected.append(block)
+            count += block.shape[0]
+            progress.update(min(count, contexts))
+            if count >= contexts:
+                break
+    finally:
+        progress.close()
     return np.concatenate(collected)[:contexts]
 
 

@@ -7,6 +7,11 @@ that yield the training loop's ``(inputs, targets)`` windows: streamed from
 Parquet on every pass, cached in memory, and cached in a file on disk
 (``Engine.input_pipelines``: ``tf.data`` for TensorFlow, ``torch.utils.data``
 for PyTorch). The timing and the check of what each pass yields are here.
+
+The *data_pipeline* rule runs it once per (framework, data set, hardware kind)
+through :func:`data_pipeline_record`, with windows of one shape for every model
+(config key ``data_pipeline``): the figures do not depend on the model, so the
+training jobs no longer repeat them.
 """
 
 import shutil
@@ -20,7 +25,15 @@ import pyarrow.parquet as pq
 from mosbench.config import SPLITS
 from mosbench.data.batching import batchify
 from mosbench.data.tokenise import build_vocab, load_split, read_metadata, read_tokens
+from mosbench.engines import load_engine
 from mosbench.errors import MosbenchError
+from mosbench.measurement.provenance import provenance
+
+DEVICES = ("cpu", "gpu")  # the {device} wildcard: the host of a CPU job, or of a GPU job
+# The figures whose absence a record explains (data_train_tokens is the rates' numerator).
+DATA_FIGURES = ("data_preprocess_s", "data_parquet_load_s", "data_stream_tokens_per_s",
+                "data_cache_memory_fill_tokens_per_s", "data_cache_memory_tokens_per_s",
+                "data_cache_file_fill_tokens_per_s", "data_cache_file_tokens_per_s")
 
 
 def preprocess(raw_dir, subset=None):
@@ -108,3 +121,38 @@ def measure_data_pipeline(engine, raw_dir, data_dir, *, batch_size, bptt, scratc
         "data_cache_file_fill_tokens_per_s": tokens / passes_s["cache_file"][0],
         "data_cache_file_tokens_per_s": tokens / min(passes_s["cache_file"][1:]),
     }
+
+
+def data_pipeline_record(framework, dataset, device, raw_dir, data_dir, *, batch_size, bptt,
+                         passes, scratch_dir, threads=None):
+    """The data_pipeline.json of one (framework, data set, device): figures and provenance.
+
+    ``{"framework", "dataset", "device", "batch_size", "bptt", "passes", <the figures of
+    measure_data_pipeline>, "absent": {figure: reason}, "provenance": {...}}``. ``device``
+    "gpu" places the engine on one GPU, as a GPU training job's process is (the pipelines
+    themselves run on the host); "cpu" on none. A measurement that fails its own checks
+    leaves its figures absent with the reason rather than failing the workflow; a batch
+    larger than the train split allows is a configuration error.
+    """
+    if device not in DEVICES:
+        raise MosbenchError(f"data pipeline: device '{device}'; allowed: {list(DEVICES)}")
+    tokens = read_metadata(Path(data_dir) / "train.parquet")["tokens"]["train"]
+    if tokens // batch_size < 2:
+        raise MosbenchError(
+            f"config key 'data_pipeline.batch_size': {batch_size} sequences need at least "
+            f"{2 * batch_size} train tokens, and data set '{dataset}' has {tokens}; expected "
+            f"at most {tokens // 2}")
+    gpus = int(device == "gpu")
+    engine = load_engine(framework, gpus=gpus, threads=threads)
+    try:
+        figures = measure_data_pipeline(engine, raw_dir, data_dir, batch_size=batch_size,
+                                        bptt=bptt, scratch_dir=scratch_dir, passes=passes)
+        absent = {}
+    except MosbenchError as exc:
+        print(f"data measurements skipped: {exc}", flush=True)
+        figures, absent = {}, {name: f"not measured: {exc}" for name in DATA_FIGURES}
+    finally:
+        engine.close()
+    return {"framework": framework, "dataset": dataset, "device": device,
+            "batch_size": batch_size, "bptt": bptt, "passes": passes, **figures,
+            "absent": absent, "provenance": provenance(engine.versions(), gpus)}

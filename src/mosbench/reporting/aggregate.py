@@ -5,14 +5,25 @@ with the reason for each figure absent on its machine) and metrics.json
 (evaluation). Outputs, all written atomically into ``out_dir`` (names in
 :data:`OUTPUTS`):
 
-* ``runs.csv``: one row per run, every figure;
-* ``summary.*``: mean and sample std over seeds per (dataset, model, gpus, framework);
+* ``frameworks.*``: the answer: each question, framework against framework,
+  with Welch t-tests over seeds (:mod:`mosbench.reporting.frameworks`);
+* ``result_cost.*``: the cost of a result, per framework and GPU count
+  (:mod:`mosbench.reporting.result_cost`);
+* ``runs.csv``: one row per run, every figure, the run's provenance;
+* ``summary.*``: mean and sample std over seeds per (dataset, model, gpus, framework,
+  environment);
 * ``scaling.*``: speed-up and efficiency against GPUs, per framework;
 * ``published.*``: our perplexities minus the published, per framework;
 * ``ease_of_use.*``: built in vs written, from the code, per framework run;
 
-each of these four as CSV (data), Markdown and HTML (to read; the report);
-* ``valid_ppl.png``, ``scaling.png``, ``memory.png``, ``latency.png``.
+each of these as CSV (data), Markdown and HTML (to read; the report);
+* ``valid_ppl.png``, ``scaling.png``, ``memory.png``, ``latency.png``, ``result_cost.png``.
+
+Optional inputs: data-pipeline files (:mod:`mosbench.reporting.data_loading`;
+without them the training jobs' own data figures are used), the evaluate
+jobs' benchmark files (their wall time enters the cost of a result) and
+weak-scaling probes. Seeds that ran on different hardware or library
+versions are never averaged together (:mod:`mosbench.reporting.environments`).
 
 A run is identified by its framework as well as its dataset, model, seed and
 GPUs: the same cell run in TensorFlow and in PyTorch is two runs, and every
@@ -30,23 +41,30 @@ from mosbench.engines import FRAMEWORKS
 from mosbench.errors import MosbenchError
 from mosbench.io import atomic_path, read_json
 from mosbench.measurement.cost import cost
-from mosbench.reporting import ease_of_use, plots
+from mosbench.reporting import data_loading, ease_of_use, environments, frameworks, plots
+from mosbench.reporting import result_cost as result_costs
 from mosbench.reporting.html import markdown_to_html
-from mosbench.reporting.published import compare_published
+from mosbench.reporting.published import compare_published, unmatched
 from mosbench.reporting.scaling import scaling_table
 from mosbench.reporting.tables import format_value, markdown_table, mean_std
 
 RUN_KEY = ["dataset", "model", "framework", "seed", "gpus"]
-GROUP_KEY = ["dataset", "model", "gpus", "framework"]  # one cell's frameworks side by side
-SORT_KEY = ["dataset", "model", "gpus", "framework", "seed"]
+# one cell's frameworks side by side; seeds of one cell that ran in different environments
+# (processor, library versions) are separate rows
+GROUP_KEY = ["dataset", "model", "gpus", "framework", "environment"]
+CELL = GROUP_KEY[:4]
+SORT_KEY = ["dataset", "model", "gpus", "framework", "environment", "seed"]
 TRAIN_COLUMNS = ["run_id", "n_params", "epochs", "best_epoch", "train_time_s"]
+TEXT_COLUMNS = ["environment", "hardware", *environments.PROVENANCE_COLUMNS, "absent"]
 OUTPUTS = paths.AGGREGATE_OUTPUTS
+PAGES = ("frameworks", "result_cost", "summary", "scaling", "published", "ease_of_use")
 
 # Summary sections: title -> {metric: (header, number style)}. Every metric is
 # given as mean ± std over seeds; columns no run has are left out of the Markdown.
 SECTIONS = {
     "Perplexity": {
         "best_valid_ppl": ("valid ppl", "ppl"), "test_ppl": ("test ppl", "ppl"),
+        "dynamic_valid_ppl": ("valid ppl, dynamic eval", "ppl"),
         "dynamic_test_ppl": ("test ppl, dynamic eval", "ppl"),
         "logprob_rank": ("log-prob rank", "int"), "n_params": ("params", "int"),
     },
@@ -83,11 +101,14 @@ GROUP_VALUES = {"rank_bound": ("rank bound", "int"), "optimal_ppl": ("best possi
 
 
 def aggregate(train_files, metrics_files, out_dir, *, prices=None, reference=None,
-              probe_files=()):
+              probe_files=(), data_pipeline_files=(), evaluate_benchmarks=None):
     """Write every file of :data:`OUTPUTS` into ``out_dir``; return {name: path}.
 
     ``prices`` (config key ``cost``) prices every run's epochs; ``reference``
-    holds the published perplexities; ``probe_files`` are weak-scaling probes.
+    holds the published perplexities and targets; ``probe_files`` are
+    weak-scaling probes; ``data_pipeline_files`` the data-pipeline rule's
+    files; ``evaluate_benchmarks`` the evaluate jobs' Snakemake benchmark files
+    (None: not given, and the cost of a result is training only).
     """
     train_files, metrics_files = list(train_files), list(metrics_files)
     if not train_files and not metrics_files:
@@ -95,32 +116,46 @@ def aggregate(train_files, metrics_files, out_dir, *, prices=None, reference=Non
     train = _load(train_files, "train.json")
     metrics = _load(metrics_files, "metrics.json")
     _check_pairs(train, metrics)
+    pipelines = data_loading.load_data_pipeline(data_pipeline_files)
+    eval_seconds = (None if evaluate_benchmarks is None
+                    else result_costs.read_benchmarks(evaluate_benchmarks))
 
-    runs = build_runs_table(train, metrics, prices)
-    absent = absent_reasons(train)
+    runs, reasons = build_runs_table(train, metrics, prices, pipelines=pipelines,
+                                     reference=reference, eval_seconds=eval_seconds)
+    absent = absent_reasons(reasons)
     summary = summarize(runs)
     probes = _probe_table(probe_files)
     scaling = scaling_table(runs, probes)
     published = compare_published(summary, reference)
     currency = (prices or {}).get("currency")
+    data = data_loading.data_table(pipelines, runs, list(SECTIONS["Data loading"]))
+    splits = environments.split_notes(runs, CELL)
+    cost_table = result_costs.cost_summary(runs, GROUP_KEY)
 
     out = {name: Path(out_dir) / filename for name, filename in OUTPUTS.items()}
+    inventory = ease_of_use.write_inventory(out["ease_of_use_csv"], out["ease_of_use_md"],
+                                            frameworks=_frameworks(runs))
+    comparison = frameworks.comparison_table(runs, reasons, scaling)
+    data_rows = frameworks.data_comparison(data)
     texts = {
-        "summary_md": summary_markdown(summary, absent, currency),
+        "frameworks_md": frameworks.page_markdown(comparison, data_rows, inventory, currency,
+                                                  splits),
+        "result_cost_md": result_cost_markdown(cost_table, absent, currency, splits),
+        "summary_md": summary_markdown(summary, absent, currency, data=data,
+                                       from_files=bool(pipelines), split_notes=splits),
         "scaling_md": scaling_markdown(scaling),
-        "published_md": published_markdown(published),
+        "published_md": published_markdown(published, unmatched(summary, reference)),
     }
     tables = {"runs": runs, "summary_csv": summary, "scaling_csv": scaling,
-              "published_csv": published}
+              "published_csv": published, "result_cost_csv": cost_table,
+              "frameworks_csv": pd.concat([data_rows, comparison], ignore_index=True)}
     for name, table in tables.items():
         with atomic_path(out[name]) as tmp:
             table.to_csv(tmp, index=False)
     for name, text in texts.items():
         with atomic_path(out[name]) as tmp:
             tmp.write_text(text, encoding="utf-8")
-    ease_of_use.write_inventory(out["ease_of_use_csv"], out["ease_of_use_md"],
-                                frameworks=_frameworks(runs))
-    for page in ("summary", "scaling", "published", "ease_of_use"):
+    for page in PAGES:
         text = out[f"{page}_md"].read_text(encoding="utf-8")
         with atomic_path(out[f"{page}_html"]) as tmp:
             tmp.write_text(markdown_to_html(text, page.replace("_", " ")), encoding="utf-8")
@@ -129,6 +164,7 @@ def aggregate(train_files, metrics_files, out_dir, *, prices=None, reference=Non
         "scaling_png": lambda p: plots.plot_scaling(runs, scaling, p),
         "memory_png": lambda p: plots.plot_memory(runs, absent, p),
         "latency_png": lambda p: plots.plot_latency(runs, p),
+        "result_cost_png": lambda p: plots.plot_result_cost(runs, currency, p),
     }
     for name, draw in figures.items():
         with atomic_path(out[name]) as tmp:
@@ -196,25 +232,44 @@ def _numeric_columns(records):
     return [c for c in columns if c not in rejected]
 
 
-def _measurements(train_data):
-    """A run's measurements; runs from before they existed give epoch figures only."""
+def _measurements(train_data, pipelines):
+    """A run's measurements and why any is absent; runs from before measurements existed
+    give epoch figures only. With data-pipeline files, the data figures come from the one of
+    the run's framework, data set and device, not from train.json."""
     history = train_data.get("history") or []
     measured = {"epoch_time_s": _mean(h.get("epoch_time_s") for h in history),
                 "tokens_per_s": _mean(h.get("tokens_per_s") for h in history)}
     measured.update(train_data.get("measurements") or {})
-    return measured
+    reasons = dict(train_data.get("absent") or {})
+    if pipelines:
+        measured = {k: v for k, v in measured.items() if not data_loading.is_data_figure(k)}
+        reasons = {k: v for k, v in reasons.items() if not data_loading.is_data_figure(k)}
+        figures, data_reasons = data_loading.for_run(
+            pipelines, train_data["framework"], train_data["dataset"], train_data["gpus"])
+        measured.update(figures)
+        if "data_pipeline" in data_reasons:  # no file for this run: every data figure
+            data_reasons = dict.fromkeys(SECTIONS["Data loading"], data_reasons["data_pipeline"])
+        reasons.update(data_reasons)
+    return measured, reasons
 
 
-def build_runs_table(train, metrics, prices=None):
-    """One row per run: identity, training facts and measurements, evaluation metrics,
-    and why any figure is absent. With ``prices``, ``cost_per_epoch`` is recomputed."""
-    measured = {key: _measurements(tr) for key, (_, tr) in train.items()}
+def build_runs_table(train, metrics, prices=None, *, pipelines=None, reference=None,
+                     eval_seconds=None):
+    """One row per run: identity, training facts and measurements, evaluation metrics, the
+    cost of the result, provenance and environment, and why any figure is absent.
+
+    Returns (table, {table index: {figure: why absent}}). With ``prices``,
+    ``cost_per_epoch`` is recomputed.
+    """
+    measured, run_reasons = {}, {}
+    for key, (_, tr) in train.items():
+        measured[key], run_reasons[key] = _measurements(tr, pipelines)
     measure_cols = [c for c in _numeric_columns(measured.values()) if c not in TRAIN_COLUMNS]
     metric_cols = [c for c in _numeric_columns(data for _, data in metrics.values())
                    if c not in TRAIN_COLUMNS + measure_cols]
     if prices and "cost_per_epoch" not in measure_cols:
         measure_cols.append("cost_per_epoch")
-    rows = []
+    rows, reasons = [], []
     for key, (_, tr) in train.items():
         ev = metrics[key][1]
         row = dict(zip(RUN_KEY, key, strict=True))
@@ -225,27 +280,41 @@ def build_runs_table(train, metrics, prices=None):
         if prices and _is_number(row.get("epoch_time_s")):
             row["cost_per_epoch"] = cost(row["epoch_time_s"], row["gpus"], prices)
         row.update((c, ev.get(c)) for c in metric_cols)
-        row["absent"] = "; ".join(f"{k}: {v}" for k, v in sorted((tr.get("absent") or {}).items()))
+        row.update(environment=environments.environment_of(tr),
+                   hardware=environments.hardware_of(tr), **environments.provenance_of(tr))
         rows.append(row)
-    columns = RUN_KEY + TRAIN_COLUMNS + measure_cols + metric_cols + ["absent"]
+        reasons.append(run_reasons[key])
+    columns = (RUN_KEY + TRAIN_COLUMNS + measure_cols + metric_cols
+               + [c for c in TEXT_COLUMNS if c != "absent"])
     runs = pd.DataFrame(rows, columns=columns)
-    numeric = [c for c in columns if c not in RUN_KEY + ["run_id", "epochs", "absent"]]
+    numeric = [c for c in columns if c not in RUN_KEY + ["run_id", "epochs"] + TEXT_COLUMNS]
     runs[numeric] = runs[numeric].apply(pd.to_numeric, errors="coerce")
-    return runs.sort_values(SORT_KEY, kind="stable").reset_index(drop=True)
+    costs, cost_reasons = result_costs.cost_of_results(train, runs, prices=prices,
+                                                       reference=reference,
+                                                       eval_seconds=eval_seconds)
+    for (index, figure), reason in cost_reasons.items():
+        reasons[index].setdefault(figure, reason)
+    runs = pd.concat([runs, costs], axis=1)
+    runs["absent"] = ["; ".join(f"{k}: {v}" for k, v in sorted(r.items())) for r in reasons]
+    order = (columns[:len(columns) - len(TEXT_COLUMNS) + 1] + list(costs.columns)
+             + TEXT_COLUMNS)
+    runs = runs[order].sort_values(SORT_KEY, kind="stable")
+    reasons = {new: reasons[old] for new, old in enumerate(runs.index)}
+    return runs.reset_index(drop=True), reasons
 
 
-def absent_reasons(train):
+def absent_reasons(reasons):
     """{figure: why it is absent}, over all runs (the first reason met per figure)."""
-    reasons = {}
-    for _, tr in train.values():
-        for name, reason in (tr.get("absent") or {}).items():
-            reasons.setdefault(name, reason)
-    return reasons
+    found = {}
+    for run_reasons in reasons.values():
+        for name, reason in run_reasons.items():
+            found.setdefault(name, reason)
+    return found
 
 
 def summarize(runs):
-    """Per (dataset, model, gpus, framework): n_seeds, mean/std of every summary metric,
-    group values."""
+    """Per (dataset, model, gpus, framework, environment): n_seeds, mean/std of every summary
+    metric, group values."""
     wanted = list(SUMMARY_METRICS) + list(GROUP_VALUES)
     runs = runs.reindex(columns=list(runs.columns) + [c for c in wanted if c not in runs])
     grouped = runs.groupby(GROUP_KEY, sort=True)
@@ -258,9 +327,27 @@ def summarize(runs):
     return table.reset_index()
 
 
-def summary_markdown(summary, absent=None, currency=None):
+def _environment_columns(table):
+    """(header cells, {environment: tag}) for tables that must show environments: only where
+    some cell's seeds were split."""
+    if not environments.is_split(table, CELL):
+        return [], {}
+    return ["env"], environments.environment_tags(table)
+
+
+def _split_lines(tags, split_notes):
+    if not tags:
+        return []
+    return (["", "Environments (processor; library versions):", ""]
+            + environments.environment_legend(tags)
+            + ["", *(f"- {note}" for note in split_notes)])
+
+
+def summary_markdown(summary, absent=None, currency=None, *, data=None, from_files=False,
+                     split_notes=()):
     """Markdown: one table per section with "mean ± std" cells, then what is absent and why."""
     absent = absent or {}
+    env_header, tags = _environment_columns(summary)
     lines = [
         "# Language-model benchmark summary",
         "",
@@ -269,21 +356,26 @@ def summary_markdown(summary, absent=None, currency=None):
         "memory in "
         f"MiB{f', money in {currency}' if currency else ''}. Step times exclude the first "
         "step, which traces and compiles (its time is 'first step'); latency is one next "
-        "word at batch size 1.",
+        "word at batch size 1. Seeds that ran on different hardware or library versions "
+        "are not averaged together.",
     ]
-    ident = ["dataset", "model", "gpus", "framework", "seeds"]
+    ident = ["dataset", "model", "gpus", "framework", *env_header, "seeds"]
     for title, section in SECTIONS.items():
+        lines += ["", f"## {title}", ""]
+        if title == "Data loading" and data is not None and from_files:
+            lines += _data_section(data)
+            continue
         metrics = [m for m in section if summary[f"{m}_mean"].notna().any()]
         values = [v for v in GROUP_VALUES if title == "Perplexity" and summary[v].notna().any()]
         gone = [m for m in section if m not in metrics and m in absent]
-        lines += ["", f"## {title}", ""]
         if metrics:
             header = ident + [section[m][0] for m in metrics] + [GROUP_VALUES[v][0] for v in values]
-            rows = [[r["dataset"], r["model"], r["gpus"], r["framework"], r["n_seeds"]]
+            rows = [[r["dataset"], r["model"], r["gpus"], r["framework"]]
+                    + [tags[r["environment"]] for _ in env_header] + [r["n_seeds"]]
                     + [mean_std(r[f"{m}_mean"], r[f"{m}_std"], section[m][1]) for m in metrics]
                     + [format_value(r[v], GROUP_VALUES[v][1]) for v in values]
                     for r in (row._asdict() for row in summary.itertuples(index=False))]
-            lines += markdown_table(header, rows, text_columns=4)
+            lines += markdown_table(header, rows, text_columns=4 + len(env_header))
         else:
             lines.append("No run recorded these figures.")
         if gone:
@@ -294,6 +386,63 @@ def summary_markdown(summary, absent=None, currency=None):
                       "test contexts; rank bound: the most it can be (d+2 for a softmax or MoC "
                       "head on d dimensions: the softmax bottleneck). Best possible ppl: the "
                       "synthetic source's entropy rate, as a perplexity."]
+    lines += _split_lines(tags, split_notes)
+    return "\n".join(lines) + "\n"
+
+
+def _data_section(data):
+    """The data-loading section from the data-pipeline files: one row per measurement."""
+    section = SECTIONS["Data loading"]
+    metrics = [m for m in section if data[f"{m}_mean"].notna().any()]
+    lines = ["Measured once per framework, data set and device by the data-pipeline rule "
+             "(the same for every model and seed).", ""]
+    if not metrics:
+        return lines + ["No data-pipeline file recorded these figures."]
+    rows = [[r["dataset"], r["device"], r["framework"]]
+            + [format_value(r[f"{m}_mean"], section[m][1]) for m in metrics]
+            for _, r in data.iterrows()]
+    return lines + markdown_table(["dataset", "device", "framework"]
+                                  + [section[m][0] for m in metrics], rows, text_columns=3)
+
+
+def result_cost_markdown(table, absent, currency=None, split_notes=()):
+    """The cost of a result per (dataset, model, gpus, framework): totals and time to target."""
+    money = f" ({currency})" if currency else ""
+    env_header, tags = _environment_columns(table)
+    lines = [
+        "# The cost of a result",
+        "",
+        "What a run costs, mean ± std over seeds: its training time (every epoch, finetune "
+        "included, over every launch of the job; not the validation passes or start-up) plus "
+        "its evaluate job's wall time, priced with the config's `cost` prices (a job on N "
+        "GPUs pays N GPU-hours per hour). *To target*: training time and money up to the end "
+        "of the first epoch whose validation perplexity reaches the target (the config's "
+        "`reference.<dataset>.<model>.target_valid_ppl`, else the published `valid_ppl`); "
+        "*reached* counts the seeds that got there.",
+        "",
+    ]
+    if table.empty:
+        return "\n".join(lines + ["No runs."]) + "\n"
+    rows = [[r["dataset"], r["model"], r["gpus"], r["framework"]]
+            + [tags[r["environment"]] for _ in env_header]
+            + [r["n_seeds"], mean_std(r["train_time_s_mean"], r["train_time_s_std"], "sig"),
+               mean_std(r["total_time_s_mean"], r["total_time_s_std"], "sig"),
+               mean_std(r["total_cost_mean"], r["total_cost_std"], "sig"),
+               format_value(r["target_valid_ppl"], "ppl"), f"{r['n_reached']}/{r['n_seeds']}",
+               mean_std(r["time_to_target_s_mean"], r["time_to_target_s_std"], "sig"),
+               mean_std(r["cost_to_target_mean"], r["cost_to_target_std"], "sig")]
+            for _, r in table.iterrows()]
+    lines += markdown_table(["dataset", "model", "gpus", "framework", *env_header, "seeds",
+                             "training (s)", "training + evaluation (s)", f"cost{money}",
+                             "target valid ppl", "reached", "time to target (s)",
+                             f"cost to target{money}"], rows, text_columns=4 + len(env_header))
+    notes = [f"- *{label}*: absent: {absent[figure]}" for figure, label in (
+        ("eval_time_s", "evaluation time"), ("total_cost", "cost"),
+        ("target_valid_ppl", "target"), ("time_to_target_s", "time to target"))
+        if figure in absent]
+    if notes:
+        lines += ["", "Where a figure is missing (the first reason met):", "", *notes]
+    lines += _split_lines(tags, split_notes)
     return "\n".join(lines) + "\n"
 
 
@@ -314,20 +463,28 @@ def scaling_markdown(scaling):
     return "\n".join(lines) + "\n"
 
 
-def published_markdown(published):
+def published_markdown(published, unmatched=()):
+    """Ours against the published perplexities; rows whose ours is missing say why."""
     lines = ["# Our perplexities against the published ones", "",
              "Difference: ours (mean over seeds, per framework) minus published; positive means "
-             "ours is worse. Published numbers come from the config's `reference` block.", ""]
+             "ours is worse. Published numbers come from the config's `reference` block "
+             "(its `target_valid_ppl` entries are targets, not published numbers: see "
+             "result_cost.md).", ""]
     if published.empty:
-        return "\n".join(lines + ["No published numbers for the data sets and models of this "
-                                  "run."]) + "\n"
-    rows = [[r.dataset, r.model, r.gpus, r.framework, r.metric, r.n_seeds,
-             mean_std(r.ours_mean, r.ours_std, "ppl"), format_value(r.published, "ppl"),
-             f"{r.difference:+.2f}", f"{r.relative_pct:+.1f}", r.source]
-            for r in published.itertuples(index=False)]
-    lines += markdown_table(["dataset", "model", "gpus", "framework", "metric", "seeds", "ours",
-                             "published", "difference", "relative (%)", "source"], rows,
-                            text_columns=5)
+        lines.append("No published numbers for the data sets and models of this run.")
+    else:
+        rows = [[r.dataset, r.model, r.gpus, r.framework, r.metric, r.n_seeds,
+                 mean_std(r.ours_mean, r.ours_std, "ppl") if not r.note else f"– ({r.note})",
+                 format_value(r.published, "ppl"),
+                 "–" if r.note else f"{r.difference:+.2f}",
+                 "–" if r.note else f"{r.relative_pct:+.1f}", r.source]
+                for r in published.itertuples(index=False)]
+        lines += markdown_table(["dataset", "model", "gpus", "framework", "metric", "seeds",
+                                 "ours", "published", "difference", "relative (%)", "source"],
+                                rows, text_columns=5)
+    if unmatched:
+        lines += ["", "Published numbers of this run's data sets for models it did not train: "
+                  + ", ".join(f"{d}/{m}" for d, m in unmatched) + "."]
     return "\n".join(lines) + "\n"
 
 

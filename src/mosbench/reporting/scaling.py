@@ -7,14 +7,16 @@ per-GPU batch fixed (the global batch grows with the GPUs). In both, the
 speed-up is tokens/s over tokens/s at the smallest GPU count run, and the
 efficiency is the speed-up over the ideal one (GPUs over that smallest count).
 CPU runs (gpus = 0) are not part of either. Each framework scales against its
-own smallest GPU count: a row is one framework's.
+own smallest GPU count: a row is one framework's; a curve is also one
+environment's (GPU model and library versions), so runs on other GPUs never
+enter each other's speed-up.
 """
 
 import pandas as pd
 
-COLUMNS = ["dataset", "model", "framework", "scaling", "gpus", "n_seeds", "tokens_per_s_mean",
-           "tokens_per_s_std", "base_gpus", "speedup", "efficiency"]
-CURVE = ["dataset", "model", "framework"]  # one scaling curve
+COLUMNS = ["dataset", "model", "framework", "environment", "scaling", "gpus", "n_seeds",
+           "tokens_per_s_mean", "tokens_per_s_std", "base_gpus", "speedup", "efficiency"]
+CURVE = ["dataset", "model", "framework", "environment"]  # one scaling curve
 
 
 def scaling_table(runs, probes=None):
@@ -28,6 +30,8 @@ def scaling_table(runs, probes=None):
 
 def _scale(table, mode):
     gpu_runs = table[table["gpus"] >= 1]
+    if "environment" not in gpu_runs:  # probes carry no provenance
+        gpu_runs = gpu_runs.assign(environment="unknown")
     stats = (gpu_runs.groupby([*CURVE, "gpus"])["tokens_per_s"]
              .agg(n_seeds="count", tokens_per_s_mean="mean", tokens_per_s_std="std")
              .reset_index())

@@ -10,11 +10,21 @@ take yet.
 
 import contextlib
 import fcntl
+import hashlib
+import json
 import os
-import subprocess
 from pathlib import Path
 
+from mosbench.measurement.provenance import as_tags, git_state
+
 DEFAULT_STORE = Path("results") / "mlflow.db"
+# The experiment's kind as MLflow 3 records it: model training, not GenAI ("genai_development").
+# MLflow's UIs that read the tag open such an experiment on its runs; 3.17's follows its
+# sidebar switch instead (README: Tracking).
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+# numbers of metrics.json not logged as its metrics: params, and training's figure
+# (evaluate re-scores the same weights; the run keeps one value per name)
+NOT_EVALUATE_METRICS = ("seed", "gpus", "best_valid_loss")
 
 
 def tracking_uri():
@@ -32,17 +42,8 @@ def _artifact_location(uri):
 
 def git_commit():
     """The commit of the code that ran, marked ``-dirty`` with uncommitted changes."""
-    here = Path(__file__).resolve().parent
-
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
-
-    try:
-        commit = git("rev-parse", "HEAD")
-        return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    commit, dirty = git_state()
+    return "unknown" if commit is None else commit + ("-dirty" if dirty else "")
 
 
 def flatten(params, prefix=""):
@@ -97,19 +98,31 @@ def experiment_id(client, experiment, uri):
 
     found = client.get_experiment_by_name(experiment)
     if found is not None:
-        return found.experiment_id
+        return _of_kind(client, found)
     with store_lock(uri):  # jobs that start together: one creates it, the others find it
         found = client.get_experiment_by_name(experiment)
         if found is not None:
-            return found.experiment_id
+            return _of_kind(client, found)
         try:
             return client.create_experiment(experiment,
-                                            artifact_location=_artifact_location(uri))
+                                            artifact_location=_artifact_location(uri),
+                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
         except MlflowException as exc:
             # On a tracking server another job may have created it just now.
             if exc.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
-        return client.get_experiment_by_name(experiment).experiment_id
+        return _of_kind(client, client.get_experiment_by_name(experiment))
+
+
+def _of_kind(client, experiment):
+    """The experiment's id, after marking it a model-training experiment if it is not marked.
+
+    An experiment created before mosbench set the kind gets it here, once; one
+    a user marked otherwise keeps the user's choice.
+    """
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return experiment.experiment_id
 
 
 def _sqlite_path(uri):
@@ -148,11 +161,11 @@ def store_lock(uri):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def run_tags(dataset, model, seed, gpus, framework, versions):
-    """The run's identity and what it ran on: ``versions`` from ``Engine.versions()``."""
+def run_tags(dataset, model, seed, gpus, framework, provenance):
+    """The run's identity and what it ran on (``provenance``: see measurement.provenance)."""
     tags = {"dataset": dataset, "model": model, "seed": str(seed), "gpus": str(gpus),
-            "framework": framework, "git_commit": git_commit()}
-    tags.update((key, str(value)) for key, value in versions.items() if value is not None)
+            "framework": framework}
+    tags.update(as_tags(provenance))
     return tags
 
 
@@ -160,25 +173,81 @@ def run_name(dataset, model, seed, gpus, framework):
     return f"{framework}-{dataset}-{model}-seed{seed}-gpus{gpus}"
 
 
+# Metric names: an MLflow metric is named by where its value sits in the job's JSON file,
+# so that the MLflow UI and train.json / metrics.json say the same thing:
+#   history/<key>       a train.json epoch record's number, at step = the epoch
+#   measurements/<key>  train.json's job figures
+#   <key>               train.json's best_epoch, best_valid_loss, train_time_s, and every
+#                       number of metrics.json but seed and gpus (params) and its re-scored
+#                       best_valid_loss (the run holds training's: the same weights' loss)
+
+
+def _is_number(value):
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def epoch_metrics(record):
-    """The MLflow metrics of one epoch record of train.json, with namespaced keys."""
-    metrics = {"train/loss": record["train_loss"], "valid/loss": record["valid_loss"],
-               "valid/ppl": record["valid_ppl"], "time/epoch_s": record["epoch_time_s"],
-               "speed/tokens_per_s": record["tokens_per_s"], "train/lr": record["lr"]}
-    optional = {"time/step_median_s": "step_time_median_s", "time/step_p95_s": "step_time_p95_s",
-                "cost/epoch": "cost_per_epoch"}
-    metrics.update((name, record[key]) for name, key in optional.items()
-                   if record.get(key) is not None)
+    """The MLflow metrics of one epoch record of train.json: ``history/<key>``."""
+    return {f"history/{key}": value for key, value in record.items()
+            if key != "epoch" and _is_number(value)}
+
+
+def train_metrics(summary):
+    """The MLflow metrics of train.json, besides its epochs (see :func:`epoch_metrics`)."""
+    metrics = {key: summary[key] for key in ("best_epoch", "best_valid_loss", "train_time_s")}
+    metrics.update((f"measurements/{key}", value)
+                   for key, value in summary["measurements"].items() if _is_number(value))
     return metrics
 
 
-def log_aggregate(experiment, files):
+def evaluate_metrics(metrics):
+    """The MLflow metrics of metrics.json: its numbers, under their keys (see above)."""
+    return {key: value for key, value in metrics.items()
+            if key not in NOT_EVALUATE_METRICS and _is_number(value)}
+
+
+def dataset_input(path, name, context, tokens):
+    """A tokenised Parquet split as an MLflow dataset input (``Tracker.log_inputs``).
+
+    ``name`` is ``<dataset>/<split>``; the digest is the first 16 hex digits
+    of the file's SHA-256, so a run names the exact data version it used;
+    ``context`` (training, validation, test) is what the run used it for.
+    """
+    from mlflow.types import ColSpec, DataType, Schema
+
+    path = Path(path).resolve()
+    sha = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            sha.update(block)
+    schema = Schema([ColSpec(DataType.integer, "id")])
+    return {"name": name, "digest": sha.hexdigest()[:16], "source_type": "local",
+            "source": json.dumps({"uri": str(path)}),
+            "schema": json.dumps({"mlflow_colspec": schema.to_dict()}),
+            "profile": json.dumps({"num_tokens": int(tokens)}), "context": context}
+
+
+def aggregate_experiment(experiment):
+    """Where the aggregate's runs go: an experiment of their own beside the training runs'."""
+    return f"{experiment}-aggregate"
+
+
+def log_aggregate(experiment, files, folder):
     """A run named "aggregate" holding the aggregate's tables and plots as artefacts.
 
-    Each aggregation makes a new one, so earlier reports stay browsable.
+    It goes to :func:`aggregate_experiment` (``<experiment>-aggregate``), so the
+    training runs' experiment holds training runs only. Each aggregation makes
+    a new run, so earlier reports stay browsable. The calls go through a
+    :class:`~mosbench.tracking.tracker.Tracker` whose spool is in ``folder``:
+    with the store away the aggregate still succeeds, and
+    ``mosbench replay-tracking FOLDER`` delivers the run later. Returns whether
+    everything was delivered.
     """
-    mlflow = connect(experiment)
-    tags = {"mosbench.stage": "aggregate", "git_commit": git_commit()}
-    with mlflow.start_run(run_name="aggregate", tags=tags):
-        for path in files:
-            mlflow.log_artifact(str(path))
+    from mosbench.tracking.tracker import Tracker  # it imports this module
+
+    tracker = Tracker(folder, aggregate_experiment(experiment))
+    tracker.create_run("aggregate", tags={"mosbench.stage": "aggregate",
+                                          "git_commit": git_commit()})
+    for path in files:
+        tracker.log_artifact(path)
+    return tracker.end_run("FINISHED")

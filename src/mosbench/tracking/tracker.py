@@ -1,16 +1,19 @@
 """Every MLflow call of a job, kept on disk while the tracking store cannot take it.
 
-*train* and *evaluate* make all their MLflow calls through a :class:`Tracker`
-with explicit run ids (``MlflowClient``), never through MLflow's global
-active run. A call goes straight to the store when nothing is waiting; when
-the store cannot be reached (connection refused or reset, timeout, a 5xx or
+*train*, *evaluate* and *aggregate* make all their MLflow calls through a
+:class:`Tracker` with explicit run ids (``MlflowClient``), never through
+MLflow's global active run. A call goes straight to the store when nothing is
+waiting; when the store cannot be reached (connection refused or reset, timeout, a 5xx or
 429 answer, SQLite's ``database is locked``), the call is appended to the
 job folder's spool (:mod:`mosbench.tracking.spool`) and so is every call
 after it, in order, until a delivery succeeds. Delivery is tried again at the
 next call (at most every few seconds, backing off to a minute), and at the
-end of the job for up to ``MOSBENCH_TRACKING_WAIT_S`` seconds (60 by default;
-none when the job pauses or fails). What is still kept then stays in the
-spool, and ``mosbench replay-tracking FOLDER`` delivers it later.
+end of the job for up to ``MOSBENCH_TRACKING_WAIT_S`` seconds: by default 60
+when the store took calls of this job before (an outage that may end soon),
+none when it never answered (it is away or the URI is wrong: waiting would
+only stall the workflow), and none when the job pauses or fails. What is
+still kept then stays in the spool, one line says so, and
+``mosbench replay-tracking FOLDER`` delivers it later.
 
 Each call is delivered once:
 
@@ -51,7 +54,7 @@ from mosbench.tracking.spool import SPOOL, Spool
 
 PENDING = "pending:"
 TOKEN_TAG = "mosbench.run_token"
-EPOCH_KEY = "valid/ppl"  # one per epoch: which epochs a run holds
+EPOCH_KEY = "history/valid_ppl"  # one per epoch: which epochs a run holds
 WAIT_ENV = "MOSBENCH_TRACKING_WAIT_S"
 DEFAULT_WAIT_S = 60.0
 # MLflow's own retries would stall a job for minutes per call while the server is away,
@@ -136,9 +139,10 @@ class Tracker:
         self._monitor = None
         self._ended = False
         self._retry_at, self._retry_s = 0.0, FIRST_RETRY_S
+        self._answered = False  # whether the store took a call of this tracker
         self._seen = {}  # (run id, key) -> metric values the run holds, during one delivery
 
-    # --- what train and evaluate call ---
+    # --- what the stages call ---
 
     def create_run(self, run_name, tags, params=None, dicts=None):
         """A new run named ``run_name``; returns its id (``pending:...`` until it exists)."""
@@ -181,6 +185,10 @@ class Tracker:
     def log_artifact(self, path):
         self._submit({"op": "log_artifact", "path": str(Path(path).resolve())})
 
+    def log_inputs(self, datasets):
+        """Dataset inputs of the run: dicts from :func:`mlflow_run.dataset_input`."""
+        self._submit({"op": "log_inputs", "datasets": list(datasets)})
+
     def log_epochs(self, history):
         """Log the epochs of ``history`` (train.json records) that the run does not hold yet.
 
@@ -200,15 +208,21 @@ class Tracker:
     def end_run(self, status="FINISHED", wait_s=None):
         """End the run with ``status``; wait up to ``wait_s`` for kept calls to go.
 
-        ``wait_s`` defaults to ``MOSBENCH_TRACKING_WAIT_S`` (60 s) for a
-        finished run and to none otherwise. Returns whether nothing is left kept.
+        ``wait_s`` defaults to ``MOSBENCH_TRACKING_WAIT_S`` for a finished run
+        (unset: 60 s if the store took any call of this job, none if it never
+        answered) and to none otherwise. Returns whether nothing is left kept.
         """
         self._stop_monitor()
         self._ended = True
         self._submit({"op": "end_run", "status": status, "end_time": _now_ms()})
         if wait_s is None:
-            wait_s = float(os.environ.get(WAIT_ENV, DEFAULT_WAIT_S)) if status == "FINISHED" else 0
+            wait_s = self._default_wait() if status == "FINISHED" else 0
         return self.drain(wait_s)
+
+    def _default_wait(self):
+        if WAIT_ENV in os.environ:
+            return float(os.environ[WAIT_ENV])
+        return DEFAULT_WAIT_S if self._answered else 0.0
 
     def __enter__(self):
         return self
@@ -238,20 +252,21 @@ class Tracker:
             return False
         if self.last_error is not None:
             _say(f"the tracking store answers again: delivered {count} kept call(s)")
-        self.last_error, self._retry_s = None, FIRST_RETRY_S
+        self.last_error, self._retry_s, self._answered = None, FIRST_RETRY_S, True
         self._settle()
         self._start_monitor()
         return True
 
     def drain(self, wait_s=0.0):
         """Try to deliver the kept calls until none is left or ``wait_s`` has passed."""
-        deadline = time.monotonic() + wait_s
+        began = time.monotonic()
+        deadline = began + wait_s
         while not self.flush(force=True):
             left = deadline - time.monotonic()
             if left <= 0:
-                _say(f"{self.spool.pending} MLflow call(s) not delivered, kept in "
-                     f"{self.spool.path}; send them with: mosbench replay-tracking "
-                     f"{self.spool.path.parent}")
+                _say(f"{self.spool.pending} MLflow call(s) not delivered (waited "
+                     f"{time.monotonic() - began:.0f} s), kept in {self.spool.path}; send them "
+                     f"with: mosbench replay-tracking {self.spool.path.parent}")
                 return False
             time.sleep(min(2.0, left))
         return True
@@ -276,6 +291,7 @@ class Tracker:
             self._note(exc)
             self._keep(record)
             return
+        self._answered = True
         self._settle()
         self._start_monitor()  # if it stopped on a failure of its own
 
@@ -333,6 +349,8 @@ class Tracker:
             client.log_dict(run_id, record["data"], record["name"])
         elif op == "log_artifact":
             client.log_artifact(run_id, record["path"])
+        elif op == "log_inputs":  # the store keeps one input per dataset: idempotent
+            client.log_inputs(run_id, datasets=[_dataset_input(d) for d in record["datasets"]])
         elif op == "end_run":
             client.set_terminated(run_id, record["status"], record["end_time"])
         else:
@@ -463,25 +481,46 @@ class Tracker:
             self._monitor = None
 
 
+def _dataset_input(fields):
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    dataset = Dataset(fields["name"], fields["digest"], fields["source_type"], fields["source"],
+                      fields.get("schema"), fields.get("profile"))
+    return DatasetInput(dataset, tags=[InputTag(MLFLOW_DATASET_CONTEXT, fields["context"])])
+
+
+def kept_spools(path):
+    """The spool files ``path`` names: itself (a spool file), a job folder's, or, for a
+    folder without one of its own (``results``, say), every spool below it."""
+    path = Path(path)
+    if not path.exists():
+        raise MosbenchError(f"{path}: no such folder or spool file")
+    if not path.is_dir():
+        return [path]
+    if (path / SPOOL).exists():
+        return [path / SPOOL]
+    return sorted(path.rglob(SPOOL))
+
+
 def replay(paths):
-    """Deliver the calls kept in each of ``paths`` (a job folder or a spool file).
+    """Deliver the calls kept in each of ``paths`` (see :func:`kept_spools`).
 
     Uses ``MLFLOW_TRACKING_URI`` if set, else the store the job was logging to.
     Folders may come in any order: a folder whose run another one creates
     waits for it. Raises MosbenchError if anything is left undelivered.
     """
     trackers = []
-    for path in map(Path, paths):
-        spool = path / SPOOL if path.is_dir() else path
-        if not path.exists():
-            raise MosbenchError(f"{path}: no such folder or spool file")
-        if not spool.exists():
-            print(f"{path}: nothing kept")
-            continue
-        records = Spool(spool).read()[2]
-        recorded = [r["uri"] for r in records if "uri" in r]
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or (recorded[-1] if recorded else None)
-        trackers.append((path, Tracker(spool.parent, uri=uri, spool=spool)))
+    for given in map(Path, paths):
+        spools = kept_spools(given)
+        if not spools:
+            print(f"{given}: nothing kept")
+        for spool in spools:
+            path = given if spool in (given, given / SPOOL) else spool.parent
+            records = Spool(spool).read()[2]
+            recorded = [r["uri"] for r in records if "uri" in r]
+            uri = os.environ.get("MLFLOW_TRACKING_URI") or (recorded[-1] if recorded else None)
+            trackers.append((path, Tracker(spool.parent, uri=uri, spool=spool)))
     progress = True
     while progress:
         progress = False

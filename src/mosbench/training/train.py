@@ -16,10 +16,12 @@ averaged weights once NT-ASGD has switched) and ``train.json``, both written
 last.
 
 Around the loop the job measures what the study compares
-(:mod:`mosbench.measurement`): data loading and the input pipeline, time to
-the first step, step times, epoch time and its cost, and the hardware
-(device and host memory, GPU utilisation and power; absent, with the reason,
-where there is no GPU).
+(:mod:`mosbench.measurement`): time to the first step, step times, epoch
+time and its cost, and the hardware (device and host memory, GPU utilisation
+and power; absent, with the reason, where there is no GPU); the data pipeline
+has a stage of its own. It records what it ran on
+(:mod:`mosbench.measurement.provenance`, in train.json and as MLflow tags) and
+reports its progress as it goes (:mod:`mosbench.progress`).
 """
 
 import math
@@ -38,9 +40,10 @@ from mosbench.errors import MosbenchError, TrainingPaused
 from mosbench.evaluation.perplexity import evaluate_loss, perplexity
 from mosbench.io import atomic_path, write_json
 from mosbench.measurement.cost import cost
-from mosbench.measurement.data_pipeline import measure_data_pipeline
 from mosbench.measurement.hardware import HardwareMonitor, hardware_metrics
+from mosbench.measurement.provenance import as_tags, provenance
 from mosbench.measurement.timing import StepTimer
+from mosbench.progress import Progress
 from mosbench.tracking import mlflow_run
 from mosbench.tracking.tracker import Tracker
 from mosbench.training import checkpoint
@@ -75,12 +78,13 @@ def fresh_state(hparams, seed):
 
 def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experiment,
           framework="tensorflow", threads=None, config_snapshot=None, wall_time_s=None,
-          devices=None, raw_dir=None, prices=None):
+          devices=None, prices=None):
     """Train one (framework, dataset, model, seed, gpus) job; return the summary (train.json).
 
-    ``raw_dir`` (the corpus' text files) lets the job time preprocessing from
-    text; ``prices`` (config key ``cost``) prices its epochs; ``devices``
-    replaces the GPUs (the tests' logical CPU devices).
+    ``prices`` (config key ``cost``) prices its epochs; ``devices`` replaces
+    the GPUs (the tests' logical CPU devices). The data pipeline (streaming vs
+    caching) is measured by its own stage, once per data set and device
+    (:func:`mosbench.measurement.data_pipeline.data_pipeline_record`).
     """
     out_dir = Path(out_dir)
     started = time.monotonic()
@@ -115,26 +119,30 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
         state = fresh_state(hparams, seed)
         state["fingerprint"] = fingerprint
     rng = restore_rng(state["rng"])
-    if "data" not in state:  # measured once per job, not again on resume
-        began = time.monotonic()
-        state["data"], state["data_absent"] = _measure_data(engine, raw_dir, data_dir, hparams,
-                                                            out_dir)
-        state["data_measure_s"] = time.monotonic() - began  # not part of a job's start-up
+
+    # --- what it runs on (this launch's; a resumed job may have moved) ---
+    ran_on = provenance(engine.versions(), gpus)
+    _note_launch(state, ran_on)
 
     # --- tracking ---
     tracker = Tracker(out_dir, experiment, system_metrics=True)  # keeps what MLflow can't take
     if state["run_id"] is None:
         state["run_id"] = tracker.create_run(
             mlflow_run.run_name(dataset, model_name, seed, gpus, framework),
-            tags=mlflow_run.run_tags(dataset, model_name, seed, gpus, framework,
-                                     engine.versions()),
+            tags=mlflow_run.run_tags(dataset, model_name, seed, gpus, framework, ran_on),
             params=mlflow_run.flatten({
                 "framework": framework, "dataset": dataset, "model": model_name, "seed": seed,
                 "gpus": gpus, "n_params": engine.n_params, "vocab_size": meta["vocab_size"],
                 "train_tokens": meta["tokens"]["train"], **hparams}),
             dicts=None if config_snapshot is None else {"config.yaml": config_snapshot})
+        tracker.log_inputs(mlflow_run.dataset_input(Path(data_dir) / f"{split}.parquet",
+                                                    f"{dataset}/{split}", context,
+                                                    meta["tokens"][split])
+                           for split, context in (("train", "training"),
+                                                  ("valid", "validation")))
     else:
         tracker.resume_run(state["run_id"])
+        tracker.set_tags(as_tags(ran_on))
     tracker.log_epochs(state["history"])
 
     def save(position, hidden_states=None):
@@ -142,11 +150,16 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
         checkpoint.save(out_dir, engine, state, hidden_states)
 
     def validate():
+        what = f"validate epoch {state['epoch'] + 1}"
         if state["averaging"]:
             with engine.averaged():
                 return evaluate_loss(engine, valid_ids, hparams["eval_batch_size"],
-                                     hparams["bptt"])
-        return evaluate_loss(engine, valid_ids, hparams["eval_batch_size"], hparams["bptt"])
+                                     hparams["bptt"], what)
+        return evaluate_loss(engine, valid_ids, hparams["eval_batch_size"], hparams["bptt"], what)
+
+    # epochs of the whole budget (NT-ASGD or the finetune's stopping rule may end it sooner)
+    budget = hparams["epochs"] + (hparams.get("finetune_epochs") or 0)
+    epoch_steps = math.ceil((streams.shape[1] - 1) / hparams["bptt"])  # mean window ~ bptt
 
     stop, timer = StopSignal(), StepTimer()
     monitor = HardwareMonitor(gpus=gpus).__enter__()  # left in the `finally` below
@@ -159,6 +172,11 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
                       else engine.initial_state(batch_size))  # reset at each epoch start
             hidden = None
             step_name = "asgd" if state["averaging"] else "sgd"
+            left_after = budget - state["epoch"] - 1
+            progress = Progress(f"train epoch {state['epoch'] + 1}/{budget}", epoch_steps,
+                                unit="step", approximate=bool(hparams["variable_bptt"]),
+                                more_label=f"run ({budget} epochs)", elapsed_before=epoch_time)
+            step = round(state["position"] / hparams["bptt"])  # where a resumed epoch is
             for start, length, scale in epoch_windows(
                     rng, streams.shape[1], hparams["bptt"], hparams["variable_bptt"],
                     hparams.get("max_seq_len_delta"), start=state["position"]):
@@ -170,22 +188,28 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
                 faults.point("train-step")
                 if "first_step_s" not in state:  # the job's first step: tracing, compiling
                     state["first_step_s"] = time.perf_counter() - step_start
-                    state["time_to_first_step_s"] = (time.monotonic() - started
-                                                     - state["data_measure_s"])
+                    state["time_to_first_step_s"] = time.monotonic() - started
                 if not math.isfinite(nll):
                     raise MosbenchError(f"training diverged: the loss became {nll} at epoch "
                                         f"{state['epoch'] + 1}; lower lr or clip")
                 loss_sum += nll * length * batch_size
                 tokens += length * batch_size
+                step += 1
+                progress.update(step, tokens=tokens,
+                                fraction=(start + length) / (streams.shape[1] - 1),
+                                fields=[("loss", f"{loss_sum / tokens:.3f}")],
+                                more=left_after)
                 # Checked after the step, before the next window's length is drawn, so the
                 # saved RNG state redraws exactly the windows that are left.
                 if stop.requested or _out_of_time(wall_time_s, started):
+                    progress.close()
                     state["partial"] = [loss_sum, tokens, epoch_time + time.monotonic() - t0]
                     save(start + length, engine.state_arrays(states))
                     raise TrainingPaused(f"stopped in epoch {state['epoch'] + 1} at window "
                                          f"position {start + length}; run the job again to "
                                          "resume")
             epoch_time += time.monotonic() - t0
+            progress.close()
             state["train_time_s"] += epoch_time
 
             # --- validate, keep the best, apply the schedule ---
@@ -231,39 +255,24 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
                "gpus": gpus, "run_id": tracker.run_id, "n_params": engine.n_params,
                "vocab_size": meta["vocab_size"], "history": state["history"],
                "best_epoch": state["best_epoch"], "best_valid_loss": state["best_loss"],
-               "train_time_s": state["train_time_s"]}
+               "train_time_s": state["train_time_s"], "provenance": ran_on}
+    if len(state["launches"]) > 1:  # a resumed job that moved: say so, keep the others
+        summary["provenance_earlier"] = state["launches"][:-1]
     summary["measurements"], summary["absent"] = _job_measurements(state, monitor, prices, gpus,
                                                                    engine)
     engine.close()
-    tracker.log_metrics({"best/valid_loss": state["best_loss"], "best/epoch": state["best_epoch"]})
-    tracker.log_metrics({f"measure/{k}": v for k, v in summary["measurements"].items()
-                         if v is not None})
+    tracker.log_metrics(mlflow_run.train_metrics(summary))
     tracker.set_tags({f"absent.{k}": reason for k, reason in summary["absent"].items()})
     with atomic_path(out_dir / WEIGHTS, suffix=".npz") as tmp:
         shutil.copyfile(out_dir / state["best_file"], tmp)
     write_json(out_dir / SUMMARY, summary)
     faults.point("finished")
     tracker.log_artifact(out_dir / SUMMARY)
+    tracker.log_artifact(out_dir / WEIGHTS)
     tracker.set_tags({"mosbench.state": "finished"})
     tracker.end_run("FINISHED")  # waits a while for calls the store could not take yet
     checkpoint.remove(out_dir)  # done: a forced rerun must train afresh, not resume
     return summary
-
-
-DATA_FIGURES = ("data_preprocess_s", "data_parquet_load_s", "data_stream_tokens_per_s",
-                "data_cache_memory_tokens_per_s", "data_cache_file_tokens_per_s")
-
-
-def _measure_data(engine, raw_dir, data_dir, hparams, out_dir):
-    """Data loading and input-pipeline figures, and why any is absent."""
-    if raw_dir is None:
-        return {}, {name: "the job was not given the raw text (raw_dir)" for name in DATA_FIGURES}
-    try:
-        return measure_data_pipeline(engine, raw_dir, data_dir, batch_size=hparams["batch_size"],
-                                     bptt=hparams["bptt"], scratch_dir=out_dir), {}
-    except MosbenchError as exc:  # a measurement, not the training's input: train anyway
-        print(f"data measurements skipped: {exc}", flush=True)
-        return {}, {name: f"not measured: {exc}" for name in DATA_FIGURES}
 
 
 def _job_measurements(state, monitor, prices, gpus, engine):
@@ -273,8 +282,8 @@ def _job_measurements(state, monitor, prices, gpus, engine):
     median over epochs); epoch time and tokens/s leave out the compiled steps'
     first calls, which trace and compile (``first_step_s`` has the first one).
     ``time_to_first_step_s`` runs from the job's start to the end of its first
-    step, without the data measurements. Hardware figures are those of the launch that
-    finished the job (the same model and batch as any earlier launch).
+    step. Hardware figures are those of the launch that finished the job (the
+    same model and batch as any earlier launch).
     """
     history = state["history"]
 
@@ -293,9 +302,8 @@ def _job_measurements(state, monitor, prices, gpus, engine):
         "first_step_s": state.get("first_step_s"),
         "time_to_first_step_s": state.get("time_to_first_step_s"),
         "cost_per_epoch": over_epochs("cost_per_epoch", np.mean),
-        **state["data"],
     }
-    absent = dict(state["data_absent"])
+    absent = {}
     if not prices:
         absent["cost_per_epoch"] = "no prices configured (config key cost)"
     hardware, hardware_absent = hardware_metrics(monitor)
@@ -308,6 +316,26 @@ def _job_measurements(state, monitor, prices, gpus, engine):
         if value is None:
             absent.setdefault(name, "not measured in this job")
     return figures, absent
+
+
+def _note_launch(state, ran_on):
+    """Keep each distinct provenance of the job's launches; say so when a resume moved it.
+
+    Host names and the tree's state aside, a job resumed on other hardware or
+    software has timings of two kinds: train.json keeps the earlier kinds.
+    """
+    launches = state.setdefault("launches", [])
+    ignored = ("hostname", "git_dirty")
+    if launches and any(launches[-1].get(k) != v for k, v in ran_on.items() if k not in ignored):
+        changed = sorted(k for k, v in ran_on.items()
+                         if k not in ignored and launches[-1].get(k) != v)
+        print(f"this launch runs on other hardware or software than the last one "
+              f"({', '.join(changed)}); train.json keeps both (provenance_earlier)", flush=True)
+        launches.append(ran_on)
+    elif not launches:
+        launches.append(ran_on)
+    else:
+        launches[-1] = ran_on
 
 
 def _out_of_time(wall_time_s, started):

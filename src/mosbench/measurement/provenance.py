@@ -1,0 +1,117 @@
+"""What a job ran on: framework and library versions, GPUs, CPU, host, Python, code.
+
+:func:`provenance` returns one flat dict with exactly :data:`KEYS`, None where
+a value does not exist on the machine (no GPU, no git checkout, a framework
+without Keras). Training writes it to ``train.json["provenance"]`` and to its
+MLflow run as tags; the aggregate compares it between seeds, so that runs on
+different GPU models or library versions are never averaged together.
+"""
+
+import os
+import platform
+import socket
+import subprocess
+from pathlib import Path
+
+KEYS = ("framework", "framework_version", "keras_version", "cuda_version", "cudnn_version",
+        "nvidia_driver", "gpu_model", "gpu_count", "cpu_model", "hostname", "python_version",
+        "git_commit", "git_dirty")
+VERSION_KEYS = KEYS[:5]  # what Engine.versions() reports
+
+
+def provenance(versions, gpus=0):
+    """The provenance dict of a job that uses ``gpus`` GPUs (0: a CPU job).
+
+    ``versions`` is the engine's ``Engine.versions()`` (framework, its
+    version, and Keras, CUDA and cuDNN where they apply); keys it lacks are
+    None. The GPUs are the first ``gpus`` of those ``CUDA_VISIBLE_DEVICES``
+    shows, as the job's hardware monitor samples them; a CPU job records no
+    GPU and no driver, whatever the machine has.
+    """
+    record = {key: _text(versions.get(key)) for key in VERSION_KEYS}
+    driver, model = gpu_description(gpus) if gpus else (None, None)
+    commit, dirty = git_state()
+    record.update(nvidia_driver=driver, gpu_model=model, gpu_count=int(gpus),
+                  cpu_model=cpu_model(), hostname=socket.gethostname() or None,
+                  python_version=platform.python_version(), git_commit=commit,
+                  git_dirty=dirty)
+    return record
+
+
+def as_tags(record, prefix=""):
+    """MLflow tags of a provenance dict: absent values left out, booleans in lower case."""
+    return {f"{prefix}{key}": str(value).lower() if isinstance(value, bool) else str(value)
+            for key, value in record.items() if value is not None}
+
+
+def gpu_description(gpus):
+    """``(driver version, model name)`` of the job's first ``gpus`` GPUs, from NVML.
+
+    Several models on one job are named together (``"A100 + V100"``), so such
+    a job never looks like either. ``(None, None)`` without NVML or a GPU.
+    """
+    from mosbench.gpu_slots import machine_gpus
+    from mosbench.measurement.hardware import nvml_indices
+
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception:  # no package, no driver library, or no driver
+        return None, None
+    try:
+        handles = [pynvml.nvmlDeviceGetHandleByIndex(i)
+                   for i in range(pynvml.nvmlDeviceGetCount())]
+        uuids = [pynvml.nvmlDeviceGetUUID(h) for h in handles]
+        mine = [handles[i] for i in nvml_indices(machine_gpus(), uuids)[:gpus]]
+        names = sorted({_text(pynvml.nvmlDeviceGetName(h)) for h in mine})
+        driver = _text(pynvml.nvmlSystemGetDriverVersion())
+    except (pynvml.NVMLError, ValueError):
+        return None, None
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except pynvml.NVMLError:
+            pass
+    return driver, " + ".join(names) or None
+
+
+def cpu_model(cpuinfo=Path("/proc/cpuinfo")):
+    """The CPU's model name: /proc/cpuinfo's ``model name`` (Linux), else the platform's."""
+    try:
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Model", "cpu model") and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or None
+
+
+def git_state():
+    """``(commit, dirty)`` of the checkout this package runs from; ``(None, None)`` outside one.
+
+    ``dirty``: tracked files differ from the commit (untracked files do not count).
+    """
+    here = Path(__file__).resolve().parent
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True,
+                              timeout=10, check=True, env={**os.environ, "LC_ALL": "C"}
+                              ).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+    return commit or None, dirty
+
+
+def _text(value):
+    if value is None:
+        return None
+    if isinstance(value, bytes):  # older nvidia-ml-py returns bytes
+        value = value.decode()
+    value = str(value).strip()
+    return value or None

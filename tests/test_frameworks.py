@@ -1,0 +1,343 @@
+"""The frameworks page, its Welch t-test, the cost of a result, provenance splits, data-pipeline
+files and the figures, on hand-made run files (tests/test_aggregate.py writes them)."""
+
+import math
+
+import matplotlib.image
+import pandas as pd
+import pytest
+from scipy import stats
+from test_aggregate import make_run
+
+from mosbench.errors import MosbenchError
+from mosbench.io import write_json
+from mosbench.reporting import ease_of_use
+from mosbench.reporting.aggregate import aggregate
+from mosbench.reporting.statistics import not_tested_reason, verdict, welch_test
+
+
+def test_welch_test_by_hand():
+    # welch_test is SciPy's; these are the independent check, worked out on paper.
+    # a = 1, 3 and b = 4, 6: both variances 2, squared standard errors 1 and 1, so
+    # t = (2 - 5) / sqrt(2) and df = (1 + 1)^2 / (1^2/1 + 1^2/1) = 2. With 2 degrees of
+    # freedom Student's t has a closed form: P(|T| > t) = 1 - t / sqrt(2 + t^2).
+    result = welch_test([1.0, 3.0], [4.0, 6.0])
+    t = -3 / math.sqrt(2)
+    assert result.t == pytest.approx(t) and result.df == pytest.approx(2.0)
+    assert result.p_value == pytest.approx(1 - abs(t) / math.sqrt(2 + t * t))  # 0.168
+    half = 4.302653 * math.sqrt(2)  # t(0.975, 2) from a printed table
+    assert (result.ci_low, result.ci_high) == pytest.approx((-3 - half, -3 + half), rel=1e-6)
+    # unequal sizes and variances: a = 10, 12, 14 (var 4, n 3), b = 11, 11.5, 12, 12.5
+    # (var 5/12, n 4): se^2 = 4/3 and 5/48; Welch-Satterthwaite
+    # df = (4/3 + 5/48)^2 / ((4/3)^2 / 2 + (5/48)^2 / 3)
+    result = welch_test([10.0, 12.0, 14.0], [11.0, 11.5, 12.0, 12.5])
+    se_a, se_b = 4 / 3, 5 / 48
+    assert result.t == pytest.approx(0.25 / math.sqrt(se_a + se_b))
+    assert result.df == pytest.approx((se_a + se_b) ** 2 / (se_a ** 2 / 2 + se_b ** 2 / 3))
+    assert result.df == pytest.approx(2.31529, rel=1e-5)
+
+
+def test_welch_test_needs_two_seeds_a_side_and_some_spread():
+    assert welch_test([1.0], [2.0, 3.0]) is None
+    assert welch_test([2.0, 2.0], [2.0, 2.0]) is None
+    assert not_tested_reason(1, 3, "tensorflow", "pytorch") == (
+        "no test: tensorflow has 1 seed (a test needs 2 per framework)")
+    assert not_tested_reason(0, 3, "tensorflow", "pytorch") == (
+        "no test: tensorflow did not run this cell")
+
+
+def test_verdict_sentences():
+    clear = welch_test([60.0, 61.0, 62.0], [50.0, 51.0, 52.0])
+    assert verdict(clear, "tensorflow", "pytorch").startswith(
+        "pytorch has the lower perplexity, significant at 0.05 (p = ")
+    unclear = welch_test([60.0, 61.0, 62.0], [60.5, 61.5, 59.0])
+    assert verdict(unclear, "tensorflow", "pytorch").startswith(
+        "no significant difference at 0.05 (p = ")
+
+
+def _inventory_stub(monkeypatch):
+    def inventory(csv_path, md_path, frameworks=("tensorflow",)):
+        table = pd.DataFrame(
+            [{"framework": f, "component": c, "provided": p, "lines": n}
+             for f in frameworks for c, p, n in (("LSTM", "built in", None),
+                                                 ("Embedding", "built in", None),
+                                                 ("NT-ASGD", "written", 40),
+                                                 ("MoS head", "written", 30 + len(f)))],
+            columns=ease_of_use.COLUMNS)
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(csv_path, index=False)
+        md_path.write_text("# Ease of use\n")
+        return table
+
+    monkeypatch.setattr(ease_of_use, "write_inventory", inventory)
+
+
+def _patch(path, **changes):
+    data = pd.read_json(path, typ="series").to_dict()
+    data.update(changes)
+    write_json(path, data)
+
+
+PPL = {"tensorflow": (60.0, 61.0, 62.5), "pytorch": (55.0, 56.0, 56.5)}
+
+
+@pytest.fixture
+def grid(tmp_path, monkeypatch):
+    """PTB awd-lstm-mos: 3 seeds per framework on 1 GPU (PyTorch clearly lower ppl), on
+    2 GPUs TensorFlow only, one seed each on the CPU; memory, latency and provenance."""
+    _inventory_stub(monkeypatch)
+    files = []
+    cells = [(f, s, 1) for f in PPL for s in (1, 2, 3)] + [("tensorflow", s, 2) for s in (1, 2)]
+    cells += [(f, 1, 0) for f in PPL]
+    for framework, seed, gpus in cells:
+        ppl = PPL[framework][seed - 1]
+        train, metrics = make_run(tmp_path / "runs", "ptb", "awd-lstm-mos", seed, gpus, ppl,
+                                  ppl - 2, [80.0, 65.0, ppl], framework=framework,
+                                  dynamic_valid_ppl=ppl - 8)
+        fast = 1.3 if framework == "pytorch" else 1.0
+        _patch(train, measurements={
+            "tokens_per_s": fast * {0: 100, 1: 1000 + 10 * seed, 2: 1800 + 10 * seed}[gpus],
+            "host_rss_peak_mb": 900.0 + seed, "allocator_peak_mb": 500.0 * fast + seed,
+            "data_stream_tokens_per_s": 1e5, "data_cache_memory_tokens_per_s": 5e5},
+            provenance={"framework": framework, "framework_version": "2.21.0"
+                        if framework == "tensorflow" else "2.13.0",
+                        "keras_version": "3.15.1" if framework == "tensorflow" else None,
+                        "cuda_version": "12.8" if gpus else None, "cudnn_version": None,
+                        "nvidia_driver": "570.1" if gpus else None,
+                        "gpu_model": "NVIDIA H100" if gpus else None, "gpu_count": gpus,
+                        "cpu_model": "AMD EPYC 9654", "hostname": "node1",
+                        "python_version": "3.11.7", "git_commit": "abc1234",
+                        "git_dirty": False})
+        files.append((train, metrics))
+    train_files, metrics_files = (list(f) for f in zip(*files, strict=True))
+    reference = {"ptb": {"awd-lstm-mos": {"valid_ppl": 56.54, "dynamic_valid_ppl": 48.33,
+                                          "dynamic_test_ppl": 47.69, "source": "paper"}}}
+    prices = {"currency": "USD", "gpu_hour": 3.6, "cpu_hour": 0.36}
+    paths = aggregate(train_files, metrics_files, tmp_path / "out", reference=reference,
+                      prices=prices)
+    return paths, train_files, metrics_files
+
+
+def _rows(paths):
+    table = pd.read_csv(paths["frameworks_csv"])
+    data = table["question"] == "Data loading"
+    assert table.loc[data, "gpus"].isna().all() and set(table.loc[data, "device"]) == {"cpu",
+                                                                                      "gpu"}
+    table = table[~data].astype({"gpus": int})
+    assert (table["device"] == table["gpus"].map({0: "cpu", 1: "gpu", 2: "gpu"})).all()
+    return table.set_index(["gpus", "figure"])
+
+
+def test_frameworks_page_tests_perplexity_against_scipy(grid):
+    paths, _, _ = grid
+    runs = pd.read_csv(paths["runs"])
+    one_gpu = runs[runs["gpus"] == 1]
+    rows = _rows(paths)
+    for figure in ("best_valid_ppl", "test_ppl", "dynamic_valid_ppl", "tokens_per_s"):
+        row = rows.loc[(1, figure)]
+        tf, pt = (one_gpu.loc[one_gpu["framework"] == f, figure] for f in PPL)
+        expected = stats.ttest_ind(tf, pt, equal_var=False)
+        assert row["p_value"] == pytest.approx(expected.pvalue), figure
+        assert row["t"] == pytest.approx(expected.statistic), figure
+        assert row["ratio"] == pytest.approx(tf.mean() / pt.mean()), figure
+        assert row["tensorflow_n"] == 3 and row["pytorch_n"] == 3
+    assert rows.loc[(1, "best_valid_ppl"), "better"] == "pytorch"
+    assert rows.loc[(1, "tokens_per_s"), "better"] == "pytorch"
+    assert rows.loc[(1, "allocator_peak_mb"), "better"] == "tensorflow"
+    text = paths["frameworks_md"].read_text(encoding="utf-8")
+    p = rows.loc[(1, "best_valid_ppl"), "p_value"]
+    assert p < 0.05
+    assert (f"- valid ppl: tensorflow − pytorch = +5.33 (95 % interval "
+            f"{rows.loc[(1, 'best_valid_ppl'), 'ci_low']:+.3g} to ") in text
+    assert f"pytorch has the lower perplexity, significant at 0.05 (p = {p:.3g}" in text
+    assert "| Perplexity | valid ppl | 61.17 ± 1.26 (3) | 55.83 ± 0.76 (3) | 1.10 | pytorch |" in (
+        text)
+    assert text.index("## Data loading") < text.index("## ptb · awd-lstm-mos · CPU")
+    # ease of use side by side: 2 built in, 2 written and their lines per framework
+    assert "| tensorflow | 2 | 2 | 80 |" in text and "| pytorch | 2 | 2 | 77 |" in text
+
+
+def test_frameworks_page_says_why_a_cell_is_empty(grid):
+    paths, _, _ = grid
+    rows = _rows(paths)
+    two = rows.loc[(2, "best_valid_ppl")]  # TensorFlow only
+    assert two["pytorch_reason"] == "not run" and math.isnan(two["p_value"])
+    assert two["note"] == "no value from pytorch"
+    cpu = rows.loc[(0, "best_valid_ppl")]  # one seed each
+    assert cpu["note"] == ("tensorflow has 1 seed and pytorch has 1 seed (a test needs 2 per "
+                           "framework)")
+    assert cpu["better"] == "pytorch (untested)"
+    assert rows.loc[(0, "efficiency"), "tensorflow_reason"] == "CPU job: no multi-GPU scaling"
+    assert rows.loc[(2, "efficiency"), "tensorflow_mean"] == pytest.approx(
+        100 * (1815 / 1020) / 2)
+    text = paths["frameworks_md"].read_text(encoding="utf-8")
+    assert "| Perplexity | valid ppl | 60.00 (1 seed: no std) | 55.00 (1 seed: no std) |" in text
+    assert "– (tensorflow has 1 seed and pytorch has 1 seed" in text
+    assert ("| Perplexity | valid ppl | 60.50 ± 0.71 (2) | not run | – | – | – (no value from "
+            in text)
+    assert "- valid ppl: no Welch test: no value from pytorch." in text
+
+
+def test_cost_of_a_result(grid):
+    paths, _, _ = grid
+    runs = pd.read_csv(paths["runs"]).set_index(["framework", "gpus", "seed"])
+    # make_run: epochs of 2, 3, 4 s; target 56.54 (published): pytorch seeds 1 and 2 reach it
+    # at epoch 3 (9 s of training), seed 3 (56.5) too; tensorflow never does
+    one = runs.loc[("pytorch", 1, 1)]
+    assert one["target_valid_ppl"] == 56.54 and one["epochs_to_target"] == 3
+    assert one["time_to_target_s"] == pytest.approx(9.0)
+    assert one["cost_to_target"] == pytest.approx(9.0 / 3600 * 3.6)
+    assert one["total_time_s"] == pytest.approx(10.0)  # train_time_s only: no benchmarks given
+    assert one["total_cost"] == pytest.approx(10.0 / 3600 * 3.6)
+    assert runs.loc[("tensorflow", 2, 1), "total_cost"] == pytest.approx(10 / 3600 * 7.2)
+    tf = runs.loc[("tensorflow", 1, 1)]
+    assert math.isnan(tf["time_to_target_s"])
+    assert "time_to_target_s: target valid ppl 56.54 not reached in 3 epochs (best 60.00)" in (
+        tf["absent"])
+    assert "eval_time_s: the aggregate was not given the evaluate jobs' benchmark files" in (
+        tf["absent"])
+    table = pd.read_csv(paths["result_cost_csv"]).set_index(["framework", "gpus"])
+    assert table.loc[("pytorch", 1), "n_reached"] == 3
+    assert table.loc[("tensorflow", 1), "n_reached"] == 0
+    text = paths["result_cost_md"].read_text(encoding="utf-8")
+    assert "| ptb | awd-lstm-mos | 1 | pytorch | 3 | 10.0 ± 0 | 10.0 ± 0 |" in text
+    assert "| 56.54 | 3/3 | 9.00 ± 0 |" in text
+
+
+def test_evaluation_time_from_the_benchmark_files(tmp_path, monkeypatch):
+    _inventory_stub(monkeypatch)
+    train, metrics = make_run(tmp_path, "ptb", "lstm", 1, 2, 90.0, 85.0, [120.0, 90.0],
+                              framework="pytorch")
+    bench = tmp_path / "benchmarks" / "evaluate" / "pytorch" / "ptb" / "lstm" / "seed1-gpus2.tsv"
+    bench.parent.mkdir(parents=True)
+    bench.write_text("s\th:m:s\tmax_rss\n30.5\t0:00:30\t900\n")
+    reference = {"ptb": {"lstm": {"target_valid_ppl": 100.0, "valid_ppl": 86.2,
+                                  "source": "Zaremba"}}}
+    paths = aggregate([train], [metrics], tmp_path / "out", reference=reference,
+                      prices={"currency": "EUR", "gpu_hour": 2.0, "cpu_hour": 0.1},
+                      evaluate_benchmarks=[bench])
+    row = pd.read_csv(paths["runs"]).iloc[0]
+    assert row["eval_time_s"] == 30.5 and row["total_time_s"] == pytest.approx(40.5)
+    assert row["total_cost"] == pytest.approx(40.5 / 3600 * 4.0)
+    assert row["target_valid_ppl"] == 100.0  # the config's target before the published one
+    assert row["epochs_to_target"] == 2 and row["time_to_target_s"] == pytest.approx(5.0)
+    published = pd.read_csv(paths["published_csv"])
+    assert published["metric"].tolist() == ["valid_ppl"]  # a target is not published
+    bad = bench.with_name("whatever.tsv")
+    bad.write_text("s\n1\n")
+    with pytest.raises(MosbenchError, match="whatever.tsv: its path should end in"):
+        aggregate([train], [metrics], tmp_path / "out", evaluate_benchmarks=[bad])
+
+
+def test_published_rows_say_why_ours_is_missing(grid):
+    paths, _, _ = grid
+    published = pd.read_csv(paths["published_csv"])
+    one = published[(published["gpus"] == 1) & (published["framework"] == "pytorch")]
+    assert one["metric"].tolist() == ["valid_ppl", "dynamic_valid_ppl", "dynamic_test_ppl"]
+    dynamic = one.set_index("metric")
+    assert dynamic.loc["dynamic_valid_ppl", "ours_mean"] == pytest.approx(55.83 - 8, abs=0.01)
+    assert dynamic.loc["dynamic_valid_ppl", "difference"] == pytest.approx(
+        55.8333 - 8 - 48.33, abs=1e-3)
+    assert math.isnan(dynamic.loc["dynamic_test_ppl", "ours_mean"])
+    assert "dynamic_eval block" in dynamic.loc["dynamic_test_ppl", "note"]
+    text = paths["published_md"].read_text(encoding="utf-8")
+    assert "| dynamic_test_ppl | 3 | – (no run of this cell reported it: evaluate computes" in (
+        text)
+    summary = pd.read_csv(paths["summary_csv"])
+    assert summary["dynamic_valid_ppl_mean"].notna().all()
+
+
+def test_runs_on_different_gpus_are_not_averaged(tmp_path, monkeypatch):
+    _inventory_stub(monkeypatch)
+    files = []
+    for seed, gpu in ((1, "NVIDIA A100"), (2, "NVIDIA A100"), (3, "NVIDIA H100"), (4, None)):
+        train, metrics = make_run(tmp_path / "runs", "ptb", "lstm", seed, 1, 80.0 + seed,
+                                  78.0 + seed, [90.0, 80.0 + seed])
+        if gpu:
+            _patch(train, provenance={"framework": "tensorflow", "framework_version": "2.21.0",
+                                      "keras_version": "3.15.1", "gpu_model": gpu,
+                                      "cpu_model": "Xeon", "git_dirty": True})
+        files.append((train, metrics))
+    train_files, metrics_files = (list(f) for f in zip(*files, strict=True))
+    paths = aggregate(train_files, metrics_files, tmp_path / "out")
+    runs = pd.read_csv(paths["runs"])
+    assert {"framework_version", "keras_version", "cuda_version", "cudnn_version",
+            "nvidia_driver", "gpu_model", "gpu_count", "cpu_model", "hostname",
+            "python_version", "git_commit", "git_dirty"} <= set(runs.columns)
+    assert runs.set_index("seed").loc[3, "gpu_model"] == "NVIDIA H100"
+    summary = pd.read_csv(paths["summary_csv"]).set_index("environment")
+    assert len(summary) == 3
+    a100 = "NVIDIA A100; tensorflow 2.21.0; Keras 3.15.1"
+    assert summary.loc[a100, "n_seeds"] == 2
+    assert summary.loc[a100, "best_valid_ppl_mean"] == pytest.approx(81.5)  # seeds 1, 2
+    assert summary.loc["NVIDIA H100; tensorflow 2.21.0; Keras 3.15.1", "n_seeds"] == 1
+    assert summary.loc["unknown", "n_seeds"] == 1  # a train.json without provenance
+    text = paths["summary_md"].read_text(encoding="utf-8")
+    assert "| dataset | model | gpus | framework | env | seeds |" in text
+    assert ("- ptb / lstm / 1 / tensorflow: split into 3 rows, not averaged, because its seeds "
+            "ran on different hardware or library versions (seeds 1, 2 on " + a100) in text
+    assert "- E1: " + a100 in text
+    page = paths["frameworks_md"].read_text(encoding="utf-8")
+    assert "## Seeds not averaged together" in page
+    assert "## ptb · lstm · 1 GPU (NVIDIA A100)" in page
+    scaling = pd.read_csv(paths["scaling_csv"])
+    assert len(scaling) == 3  # one curve per environment
+
+
+def test_data_loading_comes_from_the_data_pipeline_files(tmp_path, monkeypatch):
+    _inventory_stub(monkeypatch)
+    files = []
+    for framework in ("tensorflow", "pytorch"):
+        for gpus in (0, 1):
+            train, metrics = make_run(tmp_path / "runs", "ptb", "lstm", 1, gpus, 80.0, 78.0,
+                                      [90.0, 80.0], framework=framework)
+            _patch(train, measurements={"data_stream_tokens_per_s": 1.0,  # old figure: ignored
+                                        "tokens_per_s": 500.0})
+            files.append((train, metrics))
+    pipeline = []
+    for framework, speed in (("tensorflow", 2e6), ("pytorch", 3e6)):
+        pipeline.append(tmp_path / "dp" / framework / "ptb" / "cpu" / "data_pipeline.json")
+        write_json(pipeline[-1], {
+            "framework": framework, "dataset": "ptb", "device": "cpu",
+            "data_preprocess_s": 1.5, "data_parquet_load_s": 0.05,
+            "data_stream_tokens_per_s": speed, "data_cache_memory_tokens_per_s": 4 * speed,
+            "data_cache_file_tokens_per_s": None,
+            "absent": {"data_cache_file_tokens_per_s": "no scratch disk"},
+            "provenance": {"framework": framework}})
+    train_files, metrics_files = (list(f) for f in zip(*files, strict=True))
+    paths = aggregate(train_files, metrics_files, tmp_path / "out",
+                      data_pipeline_files=pipeline)
+    runs = pd.read_csv(paths["runs"]).set_index(["framework", "gpus"])
+    assert runs.loc[("pytorch", 0), "data_stream_tokens_per_s"] == 3e6
+    assert math.isnan(runs.loc[("pytorch", 1), "data_stream_tokens_per_s"])  # no gpu file
+    assert "no data-pipeline measurement for pytorch/ptb/gpu" in runs.loc[("pytorch", 1),
+                                                                           "absent"]
+    assert "data_cache_file_tokens_per_s: no scratch disk" in runs.loc[("pytorch", 0), "absent"]
+    text = paths["summary_md"].read_text(encoding="utf-8")
+    assert "Measured once per framework, data set and device" in text
+    assert "| ptb | cpu | pytorch | 1.50 | 0.0500 | 3,000,000 | 1.2e+07 |" in text
+    page = paths["frameworks_md"].read_text(encoding="utf-8")
+    assert ("| Data loading | streaming from Parquet, tokens/s | 2,000,000 | 3,000,000 "
+            "| 0.667 | pytorch |") in page
+    assert "| Data loading | memory cache over streaming (×) | 4.00 | 4.00 | 1.00 | – | – |" in page
+    assert "### ptb · gpu" in page and "no data-pipeline measurement" in page
+    bad = tmp_path / "bad.json"
+    write_json(bad, {"framework": "pytorch", "dataset": "ptb", "device": "tpu"})
+    with pytest.raises(MosbenchError, match=r"device 'tpu'; allowed: \['cpu', 'gpu'\]"):
+        aggregate(train_files, metrics_files, tmp_path / "out", data_pipeline_files=[bad])
+
+
+def _ink(path):
+    """The share of pixels that are not the white background."""
+    image = matplotlib.image.imread(path)[..., :3]
+    return float((image.min(axis=-1) < 0.95).mean())
+
+
+def test_no_figure_is_blank_and_each_is_legible(grid):
+    paths, _, _ = grid
+    for name in ("valid_ppl_png", "scaling_png", "memory_png", "latency_png",
+                 "result_cost_png"):
+        image = matplotlib.image.imread(paths[name])
+        height, width = image.shape[:2]
+        assert height >= 400 and width >= 800, name  # 110 dpi: at least ~7 x 3.6 inches
+        assert _ink(paths[name]) > 0.03, name  # lines, bars and points, not text alone
