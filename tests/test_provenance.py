@@ -22,6 +22,8 @@ def test_a_cpu_job_records_every_key_with_its_engines_versions(framework):
     assert (record["keras_version"] is None) == (framework == "pytorch")  # Keras: TF only
     # a CPU job: no GPU, and no driver even on a machine that has one
     assert (record["gpu_model"], record["gpu_count"], record["nvidia_driver"]) == (None, 0, None)
+    # ... and no CUDA or cuDNN, though TensorFlow's wheel names the ones it was built with
+    assert (record["cuda_version"], record["cudnn_version"]) == (None, None)
     assert record["hostname"] == socket.gethostname()
     assert record["python_version"] == platform.python_version()
     assert record["cpu_model"]
@@ -45,8 +47,8 @@ def test_the_cpu_model_is_read_from_cpuinfo(tmp_path):
 
 
 def test_a_gpu_job_without_nvml_records_its_count_and_no_model():
-    record = prov.provenance({"framework": "pytorch"}, gpus=2)
-    assert record["gpu_count"] == 2
+    record = prov.provenance({"framework": "pytorch", "cuda_version": "13.0"}, gpus=2)
+    assert record["gpu_count"] == 2 and record["cuda_version"] == "13.0"
     if prov.gpu_description(2) == (None, None):  # no NVIDIA driver here
         assert record["gpu_model"] is None and record["nvidia_driver"] is None
     else:

@@ -196,7 +196,8 @@ def build_parser(config_path=DEFAULT_CONFIG):
     parser = argparse.ArgumentParser(prog="mosbench", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=DEFAULT_CONFIG, type=Path,
                         help="config file (default: %(default)s)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command",
+                                help="the stage to run (`mosbench COMMAND --help` for its own)")
 
     p = sub.add_parser("download", help="download and check (or generate) a raw corpus")
     p.add_argument("source", help=f"the corpus: {_one_of(sources, 'sources')}")

@@ -26,9 +26,12 @@ def provenance(versions, gpus=0):
     version, and Keras, CUDA and cuDNN where they apply); keys it lacks are
     None. The GPUs are the first ``gpus`` of those ``CUDA_VISIBLE_DEVICES``
     shows, as the job's hardware monitor samples them; a CPU job records no
-    GPU and no driver, whatever the machine has.
+    GPU, no driver and no CUDA or cuDNN, whatever the machine or the wheel has
+    (TensorFlow reports the CUDA it was built with on any machine).
     """
     record = {key: _text(versions.get(key)) for key in VERSION_KEYS}
+    if not gpus:
+        record.update(cuda_version=None, cudnn_version=None)
     driver, model = gpu_description(gpus) if gpus else (None, None)
     commit, dirty = git_state()
     record.update(nvidia_driver=driver, gpu_model=model, gpu_count=int(gpus),
