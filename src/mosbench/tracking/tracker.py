@@ -93,6 +93,25 @@ def is_transient(exc):
     return False
 
 
+def _log_inputs(client, run_id, datasets, tries=5):
+    """``client.log_inputs``, again when another job inserted the same data set first.
+
+    MLflow's store looks a data set up, then inserts it: jobs of one data set
+    starting together race, and the losers get a unique-constraint error for
+    a data set that now exists (the next try finds and links it).
+    """
+    for attempt in range(tries):
+        try:
+            return client.log_inputs(run_id, datasets=datasets)
+        except Exception as exc:
+            text = str(exc).lower()  # SQLite, PostgreSQL and MySQL word it differently
+            lost_race = "datasets" in text and ("unique constraint" in text
+                                                or "duplicate" in text)
+            if attempt == tries - 1 or not lost_race:
+                raise
+            time.sleep(0.1 * (attempt + 1))
+
+
 def _now_ms():
     return int(time.time() * 1000)
 
@@ -350,7 +369,7 @@ class Tracker:
         elif op == "log_artifact":
             client.log_artifact(run_id, record["path"])
         elif op == "log_inputs":  # the store keeps one input per dataset: idempotent
-            client.log_inputs(run_id, datasets=[_dataset_input(d) for d in record["datasets"]])
+            _log_inputs(client, run_id, [_dataset_input(d) for d in record["datasets"]])
         elif op == "end_run":
             client.set_terminated(run_id, record["status"], record["end_time"])
         else:
