@@ -299,26 +299,33 @@ def test_a_run_file_without_a_known_framework_is_refused(tmp_path):
         aggregate([train], [metrics], tmp_path / "out")
 
 
-@pytest.fixture
-def two_frameworks(tmp_path, monkeypatch):
-    """The same cells in TensorFlow and PyTorch (PyTorch 10 % faster, 1 ppl better), on 0, 1
-    and 2 GPUs; the ease-of-use inventory stubbed (tests/test_ease_of_use.py builds it)."""
+def stub_inventory(monkeypatch, components):
+    """Replace the ease-of-use inventory (tests/test_ease_of_use.py builds the real one) by
+    ``components(framework)``: (component, provided, lines) rows. Returns the list of the
+    frameworks each call asked for."""
     asked = []
 
     def inventory(csv_path, md_path, frameworks=("tensorflow",)):
         asked.append(list(frameworks))
         table = pd.DataFrame(
             [{"framework": f, "component": c, "provided": p, "lines": n}
-             for f in frameworks for c, p, n in (("LSTM", "built in", None),
-                                                 ("NT-ASGD", "written", 40),
-                                                 ("MoS head", "written", 25 + len(f)))],
-            columns=ease_of_use.COLUMNS)
+             for f in frameworks for c, p, n in components(f)], columns=ease_of_use.COLUMNS)
         csv_path.parent.mkdir(parents=True, exist_ok=True)
         table.to_csv(csv_path, index=False)
         md_path.write_text("# Ease of use\n")
         return table
 
     monkeypatch.setattr(ease_of_use, "write_inventory", inventory)
+    return asked
+
+
+@pytest.fixture
+def two_frameworks(tmp_path, monkeypatch):
+    """The same cells in TensorFlow and PyTorch (PyTorch 10 % faster, 1 ppl better), on 0, 1
+    and 2 GPUs; the ease-of-use inventory stubbed (tests/test_ease_of_use.py builds it)."""
+    asked = stub_inventory(monkeypatch, lambda f: [("LSTM", "built in", None),
+                                                    ("NT-ASGD", "written", 40),
+                                                    ("MoS head", "written", 25 + len(f))])
     pairs, probes = [], []
     for framework, speed, better in (("tensorflow", 1.0, 0.0), ("pytorch", 1.1, 1.0)):
         for seed in (1, 2):

@@ -7,11 +7,10 @@ import matplotlib.image
 import pandas as pd
 import pytest
 from scipy import stats
-from test_aggregate import make_run
+from test_aggregate import make_run, stub_inventory
 
 from mosbench.errors import MosbenchError
 from mosbench.io import write_json
-from mosbench.reporting import ease_of_use
 from mosbench.reporting.aggregate import aggregate
 from mosbench.reporting.statistics import not_tested_reason, verdict, welch_test
 
@@ -56,20 +55,10 @@ def test_verdict_sentences():
 
 
 def _inventory_stub(monkeypatch):
-    def inventory(csv_path, md_path, frameworks=("tensorflow",)):
-        table = pd.DataFrame(
-            [{"framework": f, "component": c, "provided": p, "lines": n}
-             for f in frameworks for c, p, n in (("LSTM", "built in", None),
-                                                 ("Embedding", "built in", None),
-                                                 ("NT-ASGD", "written", 40),
-                                                 ("MoS head", "written", 30 + len(f)))],
-            columns=ease_of_use.COLUMNS)
-        csv_path.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(csv_path, index=False)
-        md_path.write_text("# Ease of use\n")
-        return table
-
-    monkeypatch.setattr(ease_of_use, "write_inventory", inventory)
+    stub_inventory(monkeypatch, lambda f: [("LSTM", "built in", None),
+                                           ("Embedding", "built in", None),
+                                           ("NT-ASGD", "written", 40),
+                                           ("MoS head", "written", 30 + len(f))])
 
 
 def _patch(path, **changes):

@@ -45,6 +45,7 @@ from mosbench.reporting import data_loading, ease_of_use, environments, framewor
 from mosbench.reporting import result_cost as result_costs
 from mosbench.reporting.html import markdown_to_html
 from mosbench.reporting.published import compare_published, unmatched
+from mosbench.reporting.record_files import describe, load_keyed
 from mosbench.reporting.scaling import scaling_table
 from mosbench.reporting.tables import format_value, markdown_table, mean_std
 
@@ -174,31 +175,11 @@ def aggregate(train_files, metrics_files, out_dir, *, prices=None, reference=Non
 
 def _load(files, kind):
     """Read JSON run files into {(dataset, model, framework, seed, gpus): (path, data)}."""
-    runs = {}
-    for path in map(Path, files):
-        try:
-            data = read_json(path)
-        except (OSError, ValueError) as exc:
-            raise MosbenchError(f"cannot read {kind} file {path}: {exc}") from exc
-        if not isinstance(data, dict):
-            raise MosbenchError(f"{kind} file {path} should hold a JSON object")
-        missing = [k for k in RUN_KEY if k not in data]
-        if missing:
-            raise MosbenchError(f"{kind} file {path} lacks {', '.join(missing)}; "
-                                f"expected the keys {', '.join(RUN_KEY)}")
-        if data["framework"] not in FRAMEWORKS:
-            raise MosbenchError(f"{kind} file {path}: unknown framework "
-                                f"'{data['framework']}'; allowed: {list(FRAMEWORKS)}")
-        key = tuple(data[k] for k in RUN_KEY)
-        if key in runs:
-            raise MosbenchError(f"duplicate {kind} files for run {_describe(key)}: "
-                                f"{runs[key][0]} and {path}")
-        runs[key] = (path, data)
-    return runs
+    return load_keyed(files, kind, RUN_KEY)
 
 
 def _describe(key):
-    return ", ".join(f"{name}={value}" for name, value in zip(RUN_KEY, key, strict=True))
+    return describe(RUN_KEY, key)
 
 
 def _check_pairs(train, metrics):

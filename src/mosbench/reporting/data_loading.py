@@ -10,13 +10,11 @@ data-pipeline files the aggregate takes those instead (averaged over a
 framework's jobs of the data set and device).
 """
 
-from pathlib import Path
 
 import pandas as pd
 
-from mosbench.engines import FRAMEWORKS
 from mosbench.errors import MosbenchError
-from mosbench.io import read_json
+from mosbench.reporting.record_files import load_keyed
 
 DEVICES = ("cpu", "gpu")
 IDENTITY = ("framework", "dataset", "device")
@@ -34,29 +32,11 @@ def is_data_figure(name):
 
 def load_data_pipeline(files):
     """{(framework, dataset, device): file contents}, each file checked."""
-    found = {}
-    for path in map(Path, files):
-        try:
-            data = read_json(path)
-        except (OSError, ValueError) as exc:
-            raise MosbenchError(f"cannot read data-pipeline file {path}: {exc}") from exc
-        if not isinstance(data, dict):
-            raise MosbenchError(f"data-pipeline file {path} should hold a JSON object")
-        missing = [k for k in IDENTITY if k not in data]
-        if missing:
-            raise MosbenchError(f"data-pipeline file {path} lacks {', '.join(missing)}; "
-                                f"expected the keys {', '.join(IDENTITY)}")
+    found = load_keyed(files, "data-pipeline", IDENTITY)
+    for path, data in found.values():
         if data["device"] not in DEVICES:
             raise MosbenchError(f"data-pipeline file {path}: device '{data['device']}'; "
                                 f"allowed: {list(DEVICES)}")
-        if data["framework"] not in FRAMEWORKS:
-            raise MosbenchError(f"data-pipeline file {path}: unknown framework "
-                                f"'{data['framework']}'; allowed: {list(FRAMEWORKS)}")
-        key = tuple(data[k] for k in IDENTITY)
-        if key in found:
-            raise MosbenchError(f"two data-pipeline files for {'/'.join(key)}: "
-                                f"{found[key][0]} and {path}")
-        found[key] = (path, data)
     return {key: data for key, (_, data) in found.items()}
 
 
