@@ -47,7 +47,7 @@ from mosbench.reporting.html import markdown_to_html
 from mosbench.reporting.published import compare_published, unmatched
 from mosbench.reporting.record_files import describe, load_keyed
 from mosbench.reporting.scaling import scaling_table
-from mosbench.reporting.tables import format_value, markdown_table, mean_std
+from mosbench.reporting.tables import format_value, markdown_table, mean_std, mean_std_by
 
 RUN_KEY = ["dataset", "model", "framework", "seed", "gpus"]
 # one cell's frameworks side by side; seeds of one cell that ran in different environments
@@ -296,13 +296,9 @@ def absent_reasons(reasons):
 def summarize(runs):
     """Per (dataset, model, gpus, framework, environment): n_seeds, mean/std of every summary
     metric, group values."""
-    wanted = list(SUMMARY_METRICS) + list(GROUP_VALUES)
-    runs = runs.reindex(columns=list(runs.columns) + [c for c in wanted if c not in runs])
-    grouped = runs.groupby(GROUP_KEY, sort=True)
-    table = grouped.size().rename("n_seeds").to_frame()
-    for name in SUMMARY_METRICS:
-        table[f"{name}_mean"] = grouped[name].mean()
-        table[f"{name}_std"] = grouped[name].std(ddof=1)
+    runs = runs.reindex(columns=list(runs.columns)
+                        + [c for c in GROUP_VALUES if c not in runs])
+    table, grouped = mean_std_by(runs, GROUP_KEY, list(SUMMARY_METRICS), "n_seeds")
     for name in GROUP_VALUES:
         table[name] = grouped[name].first()  # first non-null value
     return table.reset_index()

@@ -15,6 +15,7 @@ import pandas as pd
 
 from mosbench.errors import MosbenchError
 from mosbench.reporting.record_files import load_keyed
+from mosbench.reporting.tables import mean_std_by
 
 DEVICES = ("cpu", "gpu")
 IDENTITY = ("framework", "dataset", "device")
@@ -81,11 +82,5 @@ def data_table(pipelines, runs, figures):
         numbers = [c for c in table if c.endswith(("_mean", "_std"))]
         table[numbers] = table[numbers].apply(pd.to_numeric)
         return table
-    frame = runs.assign(device=runs["gpus"].map(device_of))
-    frame = frame.reindex(columns=list(frame.columns) + [f for f in figures if f not in frame])
-    grouped = frame.groupby(KEY, sort=True)
-    table = grouped.size().rename("n").to_frame()
-    for f in figures:
-        table[f"{f}_mean"] = grouped[f].mean()
-        table[f"{f}_std"] = grouped[f].std(ddof=1)
+    table, _ = mean_std_by(runs.assign(device=runs["gpus"].map(device_of)), KEY, figures, "n")
     return table.reset_index()

@@ -28,6 +28,7 @@ import pandas as pd
 from mosbench import paths
 from mosbench.errors import MosbenchError
 from mosbench.measurement.cost import cost
+from mosbench.reporting.tables import mean_std_by
 
 RUN_COLUMNS = ["eval_time_s", "total_time_s", "train_cost", "eval_cost", "total_cost",
                "target_valid_ppl", "epochs_to_target", "time_to_target_s", "cost_to_target"]
@@ -149,11 +150,7 @@ SUMMARY_FIGURES = ["train_time_s", "total_time_s", "total_cost", "time_to_target
 def cost_summary(runs, cell):
     """Per ``cell`` (columns): seeds, seeds that reached the target, mean and std of the
     figures."""
-    grouped = runs.groupby(cell, sort=True)
-    table = grouped.size().rename("n_seeds").to_frame()
-    table["n_reached"] = grouped["time_to_target_s"].count()
-    table["target_valid_ppl"] = grouped["target_valid_ppl"].first()
-    for name in SUMMARY_FIGURES:
-        table[f"{name}_mean"] = grouped[name].mean()
-        table[f"{name}_std"] = grouped[name].std(ddof=1)
+    table, grouped = mean_std_by(runs, cell, list(SUMMARY_FIGURES), "n_seeds")
+    table.insert(1, "n_reached", grouped["time_to_target_s"].count())
+    table.insert(2, "target_valid_ppl", grouped["target_valid_ppl"].first())
     return table.reset_index()

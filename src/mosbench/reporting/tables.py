@@ -34,6 +34,21 @@ def mean_std(mean, std, style):
     return f"{format_value(mean, style)} ± {format_value(std, style)}"
 
 
+def mean_std_by(frame, keys, figures, count):
+    """Per group of ``keys``: its row count (column ``count``) and every figure's mean and
+    sample std (``<figure>_mean``, ``<figure>_std``; NaN for a figure ``frame`` lacks).
+
+    Returns the table, indexed by ``keys``, and the groupby, for callers that add columns.
+    """
+    frame = frame.reindex(columns=list(frame.columns) + [f for f in figures if f not in frame])
+    grouped = frame.groupby(keys, sort=True)
+    table = grouped.size().rename(count).to_frame()
+    for figure in figures:
+        table[f"{figure}_mean"] = grouped[figure].mean()
+        table[f"{figure}_std"] = grouped[figure].std(ddof=1)
+    return table, grouped
+
+
 def markdown_table(header, rows, text_columns):
     """A Markdown table; the first ``text_columns`` columns are left-aligned, the rest right."""
     align = ["---"] * text_columns + ["---:"] * (len(header) - text_columns)
