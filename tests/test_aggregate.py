@@ -243,7 +243,8 @@ def test_measurements_and_absent_reasons_reach_the_tables(tmp_path):
     assert "target_valid_ppl: no target validation perplexity" in row["absent"]
     text = paths["summary_md"].read_text(encoding="utf-8")
     assert "money in EUR" in text
-    assert "*device peak, allocator (MiB)*: absent: no GPU visible to TensorFlow" in text
+    assert ("*GPU peak, allocator, sum over devices (MiB)*: absent: no GPU visible to "
+            "TensorFlow") in text
     assert "| ptb | lstm | 2 | tensorflow | 1 | 900 ± – |" in text  # host RSS, the one figure
 
 

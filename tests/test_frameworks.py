@@ -87,6 +87,7 @@ def grid(tmp_path, monkeypatch):
         _patch(train, measurements={
             "tokens_per_s": fast * {0: 100, 1: 1000 + 10 * seed, 2: 1800 + 10 * seed}[gpus],
             "host_rss_peak_mb": 900.0 + seed, "allocator_peak_mb": 500.0 * fast + seed,
+            "gpu_memory_peak_mb": 2000.0 / fast + seed,
             "data_stream_tokens_per_s": 1e5, "data_cache_memory_tokens_per_s": 5e5},
             provenance={"framework": framework, "framework_version": "2.21.0"
                         if framework == "tensorflow" else "2.13.0",
@@ -144,6 +145,24 @@ def test_frameworks_page_tests_perplexity_against_scipy(grid):
     assert text.index("## Data loading") < text.index("## ptb · awd-lstm-mos · CPU")
     # ease of use side by side: 2 built in, 2 written and their lines per framework
     assert "| tensorflow | 2 | 2 | 80 |" in text and "| pytorch | 2 | 2 | 77 |" in text
+
+
+def test_gpu_memory_headline_is_the_allocator_and_nvml_is_secondary(grid):
+    # The allocators' peaks (summed over replicas/devices) compare like with like; NVML's
+    # figure, with CUDA contexts and cached memory, follows it and says it is secondary.
+    paths, _, _ = grid
+    rows = _rows(paths)
+    allocator, nvml = rows.loc[(1, "allocator_peak_mb")], rows.loc[(1, "gpu_memory_peak_mb")]
+    assert allocator["measure"] == (
+        "GPU memory peak, framework allocator, summed over replicas/devices (MiB)")
+    assert nvml["measure"] == (
+        "GPU memory reserved by the driver, secondary (NVML, job's processes; MiB)")
+    assert (allocator["better"], nvml["better"]) == ("tensorflow", "pytorch")
+    text = paths["frameworks_md"].read_text(encoding="utf-8")
+    cell = text[text.index("## ptb · awd-lstm-mos · 1 GPU"):]
+    assert 0 < cell.index("| Hardware use | GPU memory peak, framework allocator") < cell.index(
+        "| Hardware use | GPU memory reserved by the driver, secondary")
+    assert "GPU memory: the headline is the framework allocator's peak" in text
 
 
 def test_frameworks_page_says_why_a_cell_is_empty(grid):

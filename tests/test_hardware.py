@@ -1,6 +1,8 @@
 """Hardware measurements: host RSS sampled, GPU figures absent (never 0) without a GPU."""
 
 import os
+import signal
+import subprocess
 import sys
 import threading
 import time
@@ -14,12 +16,14 @@ import pytest
 from mosbench.measurement import hardware
 from mosbench.measurement.hardware import (
     GPU_FIGURES,
+    PROCESS_TREE,
     HardwareMonitor,
     hardware_metrics,
     nvml_indices,
 )
 
 MIB = 2**20
+GIB = 1024 * MIB
 ALLOC_MB = 200
 
 
@@ -125,13 +129,20 @@ Process = namedtuple("Process", "pid usedGpuMemory")
 
 
 class FakeNVML(types.ModuleType):
-    """Three GPUs; this process holds 1 GiB on GPU 1, another process 5 GiB on each."""
+    """Three GPUs; by default this process holds 1 GiB on GPU 1, another process 5 GiB on each.
+
+    ``processes`` (device -> [Process]) replaces what the process lists show; a test may
+    assign a new one while the monitor samples.
+    """
 
     NVMLError = type("NVMLError", (Exception,), {})
 
-    def __init__(self, list_processes=True):
+    def __init__(self, list_processes=True, processes=None):
         super().__init__("pynvml")
         self.list_processes, self.shutdowns = list_processes, 0
+        self.processes = processes if processes is not None else {
+            h: [Process(1, 5 * GIB), *([Process(os.getpid(), GIB)] if h == 1 else [])]
+            for h in range(3)}
 
     def nvmlInit(self):
         pass
@@ -149,13 +160,12 @@ class FakeNVML(types.ModuleType):
         return UUIDS[h]
 
     def nvmlDeviceGetMemoryInfo(self, h):
-        return types.SimpleNamespace(used=(6 if h == 1 else 5) * 1024 * MIB)
+        return types.SimpleNamespace(used=(6 if h == 1 else 5) * GIB)
 
     def nvmlDeviceGetComputeRunningProcesses(self, h):
         if not self.list_processes:
             raise self.NVMLError("Not Supported")
-        own = [Process(os.getpid(), 1024 * MIB)] if h == 1 else []
-        return [Process(1, 5 * 1024 * MIB), *own]
+        return list(self.processes.get(h, []))
 
     def nvmlDeviceGetUtilizationRates(self, h):
         return types.SimpleNamespace(gpu=10 * (h + 1))
@@ -165,7 +175,7 @@ class FakeNVML(types.ModuleType):
 
 
 @pytest.mark.parametrize("list_processes, memory, source", [
-    (True, 1024.0, "process"),
+    (True, 1024.0, PROCESS_TREE),
     (False, 6 * 1024.0, "device used memory (all processes): process list unavailable"),
 ])
 def test_gpu_figures_from_nvml(monkeypatch, list_processes, memory, source):
@@ -199,3 +209,55 @@ def test_sampling_errors_become_reasons(monkeypatch):
     assert "Not Supported" in monitor.absent["gpu_power_max_w"]
     assert result["gpu_memory_peak_mb"] == 1024.0
     assert result["gpu_util_mean_pct"] == 15 and result["gpu_util_max_pct"] == 20
+
+
+def test_gpu_memory_falls_back_when_the_job_is_never_listed(monkeypatch):
+    # GPU 2 lists another process only (as in a separate PID namespace): the device's use.
+    monkeypatch.setitem(sys.modules, "pynvml", FakeNVML())
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2")
+    with HardwareMonitor(gpus=1, interval_s=0.01) as monitor:
+        pass
+    assert monitor.result()["gpu_memory_peak_mb"] == 5 * 1024.0
+    assert monitor.gpu_memory_source == (
+        "device used memory (all processes): no process of the job's tree "
+        f"(pid {os.getpid()} and its descendants) ever in the process list")
+
+
+def _wait_for(read, what, timeout_s=10):
+    deadline = time.monotonic() + timeout_s
+    while not (value := read()):
+        assert time.monotonic() < deadline, f"no {what} after {timeout_s} s"
+        time.sleep(0.01)
+    return value
+
+
+def test_gpu_memory_counts_the_jobs_process_tree(monkeypatch):
+    """A PyTorch job runs ranks 1..N-1 as child processes: their memory is the job's too,
+    summed over its GPUs per sample, while another job's process on those GPUs is not."""
+    nvml = FakeNVML(processes={1: [Process(os.getpid(), 4 * GIB)]})  # rank 0 builds alone
+    monkeypatch.setitem(sys.modules, "pynvml", nvml)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1,2")
+    other = os.getppid()  # alive and not a descendant: stands for another job
+    worker = None
+    try:
+        with HardwareMonitor(gpus=2, interval_s=0.01) as monitor:  # GPUs 1 and 2
+            _wait_for(lambda: monitor._mem, "sample")
+            # Started after the monitor, as the workers are; a grandchild too (sh's sleep).
+            worker = subprocess.Popen(["sh", "-c", "sleep 60 & wait"], start_new_session=True)
+            grandchild = _wait_for(lambda: psutil.Process(worker.pid).children(),
+                                   "grandchild")[0].pid
+            nvml.processes = {
+                0: [Process(worker.pid, 9 * GIB)],  # a GPU the job does not use
+                1: [Process(os.getpid(), GIB), Process(worker.pid, 2 * GIB),
+                    Process(other, 7 * GIB), Process(grandchild, None)],  # None: not known
+                2: [Process(worker.pid, 3 * GIB), Process(grandchild, GIB // 2),
+                    Process(1, 5 * GIB), Process(other, 7 * GIB)],
+            }
+        # The sample at the exit saw the workers alive. The peak is of the per-sample sum:
+        # 1 + 2 + 3 + 0.5 GiB, not the 4 GiB rank 0 held alone, nor a sum of the peaks (9.5).
+        assert monitor.result()["gpu_memory_peak_mb"] == 6.5 * 1024
+        assert monitor.gpu_memory_source == PROCESS_TREE
+    finally:
+        if worker is not None:
+            os.killpg(worker.pid, signal.SIGKILL)  # its own session: sh and its sleep
+            worker.wait()

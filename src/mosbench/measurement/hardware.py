@@ -5,7 +5,6 @@ A figure that could not be measured is None with a reason, never 0: a CPU job's
 zero would read as a measurement of a GPU that used nothing.
 """
 
-import os
 import resource
 import sys
 import threading
@@ -17,6 +16,7 @@ from mosbench.gpu_slots import machine_gpus
 MIB = 2**20
 GPU_FIGURES = ("gpu_memory_peak_mb", "gpu_util_mean_pct", "gpu_util_max_pct",
                "gpu_power_mean_w", "gpu_power_max_w")
+PROCESS_TREE = "process tree (the job's process and its descendants)"
 
 
 def nvml_indices(visible, uuids):
@@ -42,6 +42,9 @@ def nvml_indices(visible, uuids):
 class HardwareMonitor:
     """Samples the job's GPUs and this process's RSS every ``interval_s`` in a daemon thread.
 
+    GPU memory is what NVML lists for the job's process tree (the process that made the
+    monitor and its descendants, such as data-parallel workers) on the job's GPUs.
+
     Use as a context manager around the job; read :meth:`result` and :attr:`absent`
     after it exits. ``gpus`` is the number of GPUs the job uses (0: a CPU job): the
     first ``gpus`` of those ``CUDA_VISIBLE_DEVICES`` shows (all GPUs if unset).
@@ -53,7 +56,7 @@ class HardwareMonitor:
         self._nvml, self._handles, self._no_gpu = None, [], None
         self._errors = {}  # series -> last error while sampling it
         self._rss, self._mem, self._util, self._power = [], [], [], []
-        self._pid_seen, self._no_process_list = False, None
+        self._tree_seen, self._no_process_list = False, None
         self._process = psutil.Process()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="hardware-monitor", daemon=True)
@@ -121,9 +124,15 @@ class HardwareMonitor:
         except Exception as e:
             self._errors[series] = f"{type(e).__name__}: {e}"
 
+    def _job_pids(self):
+        """The job's process and its descendants now: re-read at each sample, since data-
+        parallel workers start after the monitor and may be restarted."""
+        return {self._process.pid, *(c.pid for c in self._process.children(recursive=True))}
+
     def _memory(self):
-        """(this process's, whole devices') used memory, MiB, summed over the job's GPUs."""
-        nv, pid, own, used = self._nvml, os.getpid(), 0, 0
+        """(the job's process tree's, whole devices') used memory, MiB, summed over the job's
+        GPUs: a framework that runs a process per GPU is counted whole, like one that runs one."""
+        nv, pids, own, used = self._nvml, self._job_pids(), 0, 0
         for h in self._handles:
             used += nv.nvmlDeviceGetMemoryInfo(h).used
             try:
@@ -132,8 +141,8 @@ class HardwareMonitor:
                 self._no_process_list = f"process list unavailable: {e}"
                 continue
             for p in procs:
-                if p.pid == pid and p.usedGpuMemory is not None:
-                    own, self._pid_seen = own + p.usedGpuMemory, True
+                if p.pid in pids and p.usedGpuMemory is not None:
+                    own, self._tree_seen = own + p.usedGpuMemory, True
         return own / MIB, used / MIB
 
     def _gpu_figures(self):
@@ -143,13 +152,14 @@ class HardwareMonitor:
         if self._no_gpu:
             return figures, dict.fromkeys(GPU_FIGURES, self._no_gpu)
         if self._mem:
-            # Before the job touches a GPU its pid is in no process list, so take the
-            # per-process series if the pid was ever seen; else (separate PID namespace,
-            # or no list) the whole devices' use, which counts other processes too.
-            self.gpu_memory_source = "process" if self._pid_seen else (
+            # Before the job touches a GPU none of its processes is in a process list, so
+            # take the process-tree series if one was ever seen; else (separate PID
+            # namespace, or no list) the whole devices' use, which counts other jobs too.
+            self.gpu_memory_source = PROCESS_TREE if self._tree_seen else (
                 "device used memory (all processes): " + (
-                    self._no_process_list or f"pid {os.getpid()} never in the process list"))
-            figures["gpu_memory_peak_mb"] = max(m[0 if self._pid_seen else 1] for m in self._mem)
+                    self._no_process_list or f"no process of the job's tree (pid "
+                    f"{self._process.pid} and its descendants) ever in the process list"))
+            figures["gpu_memory_peak_mb"] = max(m[0 if self._tree_seen else 1] for m in self._mem)
         else:
             absent["gpu_memory_peak_mb"] = self._errors.get("gpu_memory", "no sample")
         util = [u for sample in self._util for u in sample]

@@ -82,8 +82,9 @@ SECTIONS = {
         "eval_tokens_per_s": ("batched eval tokens/s", "sig"),
     },
     "Hardware": {
-        "allocator_peak_mb": ("device peak, allocator (MiB)", "sig"),
-        "gpu_memory_peak_mb": ("device peak, NVML (MiB)", "sig"),
+        "allocator_peak_mb": ("GPU peak, allocator, sum over devices (MiB)", "sig"),
+        "gpu_memory_peak_mb": ("GPU reserved by the driver (NVML, job's processes, MiB)",
+                               "sig"),
         "gpu_util_mean_pct": ("GPU util (%)", "pct"),
         "gpu_power_mean_w": ("GPU power (W)", "sig"),
         "host_rss_peak_mb": ("host peak RSS (MiB)", "sig"),

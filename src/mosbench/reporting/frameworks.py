@@ -34,8 +34,13 @@ QUESTIONS = [
     ("Prediction time", "eval_tokens_per_s", "batched evaluation tokens/s", "higher", "sig"),
     ("Multi-GPU scaling", "efficiency", "parallel efficiency, strong scaling (%)", "higher",
      "pct"),
-    ("Hardware use", "allocator_peak_mb", "device peak, allocator (MiB)", "lower", "sig"),
-    ("Hardware use", "gpu_memory_peak_mb", "device peak, NVML (MiB)", "lower", "sig"),
+    # GPU memory: the allocators' peaks of live tensors compare like with like (the headline);
+    # the driver's figure adds CUDA contexts and each allocator's cache policy (secondary).
+    ("Hardware use", "allocator_peak_mb",
+     "GPU memory peak, framework allocator, summed over replicas/devices (MiB)", "lower", "sig"),
+    ("Hardware use", "gpu_memory_peak_mb",
+     "GPU memory reserved by the driver, secondary (NVML, job's processes; MiB)", "lower",
+     "sig"),
     ("Hardware use", "gpu_util_mean_pct", "GPU utilisation (%)", None, "pct"),
     ("Hardware use", "host_rss_peak_mb", "host peak RSS (MiB)", "lower", "sig"),
     ("Perplexity", "best_valid_ppl", "valid ppl", "lower", "ppl"),
@@ -296,7 +301,11 @@ def page_markdown(comparison, data_rows, inventory=None, currency=None, split_no
         f"with the better mean, and adds *not significant* when a two-sided Welch t-test "
         f"over seeds gives p ≥ {ALPHA:g} (*untested* with fewer than 2 seeds a side). "
         "Times in seconds, memory in MiB"
-        f"{f', money in {currency}' if currency else ''}. Cost of a result: every training "
+        f"{f', money in {currency}' if currency else ''}. GPU memory: the headline is the "
+        "framework allocator's peak of live tensors, summed over the job's replicas/devices; "
+        "the driver's figure (NVML: the peak, summed over the job's GPUs, of what it lists "
+        "for the job's process and its descendants) adds CUDA contexts and the memory each "
+        "allocator keeps cached, so it is secondary. Cost of a result: every training "
         "epoch (finetune included) plus the evaluate job; the target is the config's "
         "`target_valid_ppl`, else the published validation perplexity (see result_cost.md).",
     ]

@@ -6,6 +6,8 @@ it has nothing to show (no GPU runs, a figure absent on this machine) rather
 than leaving an empty frame. Panels are sized to be read at the report's width.
 """
 
+import textwrap
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -184,9 +186,9 @@ def _framework_bars(ax, runs, column, ylabel, title, reason):
     ax.legend(fontsize="small")
 
 
-MEMORY_SERIES = [  # column, title
-    ("allocator_peak_mb", "device peak, framework allocator"),
-    ("gpu_memory_peak_mb", "device peak, as the driver sees the process (NVML)"),
+MEMORY_SERIES = [  # column, title: the allocator's is the like-with-like GPU figure
+    ("allocator_peak_mb", "GPU peak, framework allocator, summed over replicas/devices"),
+    ("gpu_memory_peak_mb", "GPU reserved by the driver (secondary): NVML, job's processes"),
     ("host_rss_peak_mb", "host peak resident set"),
 ]
 
@@ -203,7 +205,7 @@ def plot_memory(runs, absent, path):
                              figsize=(max(_width(runs), 8.0 / max(len(present), 1))
                                       * max(len(present), 1), 5.0), squeeze=False)
     for ax, (column, title) in zip(axes[0], present, strict=False):
-        _framework_bars(ax, runs, column, "MiB", title, "")
+        _framework_bars(ax, runs, column, "MiB", textwrap.fill(title, 40), "")
     if not present:
         _say(axes[0, 0], "no memory figures recorded")
     notes = [f"{title}: absent ({absent.get(column, 'not recorded')})"
