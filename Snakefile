@@ -40,7 +40,7 @@ wildcard_constraints:
 include: "workflow/rules/download.smk"
 include: "workflow/rules/tokenise.smk"
 include: "workflow/rules/train.smk"
-include: "workflow/rules/scaling.smk"
+include: "workflow/rules/probe.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/data_pipeline.smk"
 include: "workflow/rules/aggregate.smk"

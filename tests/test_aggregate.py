@@ -1,6 +1,7 @@
 import math
 
 import matplotlib.image
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -267,10 +268,12 @@ def test_scaling_table_from_gpu_runs_and_weak_probes(tmp_path):
     assert list(scaling.loc["strong"].index) == [1, 2, 4]  # the CPU runs are not scaled
     assert scaling.loc[("strong", 4), "speedup"] == pytest.approx(3.0)
     assert scaling.loc[("strong", 4), "efficiency"] == pytest.approx(0.75)
-    assert scaling.loc[("strong", 2), "n_seeds"] == 2
+    assert scaling.loc[("strong", 2), "n"] == 2
+    assert set(scaling.loc["strong", "source"]) == {"training"}  # no strong probes: the runs
     assert scaling.loc[("weak", 2), "efficiency"] == pytest.approx(0.95)
     text = paths["scaling_md"].read_text(encoding="utf-8")
-    assert "| ptb | mos | tensorflow | strong | 4 | 2 | 3,000 ± 0 | 3.00 | 75.0 |" in text
+    assert "| ptb | mos | tensorflow | strong | training | 4 | 2 | 3,000 ± 0 | 3.00 | 75.0 |" in (
+        text)
 
 
 def test_difference_to_published_perplexities(runs):
@@ -378,8 +381,8 @@ def test_every_table_keeps_the_frameworks_apart(two_frameworks):
             1600 * speed)
         assert scaling.loc[(framework, "strong", 2), "efficiency"] == pytest.approx(0.8)
         assert scaling.loc[(framework, "weak", 2), "efficiency"] == pytest.approx(0.9)
-    assert "| ptb | awd-lstm-mos | pytorch | strong | 2 | 2 | 1,760 ± 0 | 1.60 | 80.0 |" in (
-        paths["scaling_md"].read_text(encoding="utf-8"))
+    row = "| ptb | awd-lstm-mos | pytorch | strong | training | 2 | 2 | 1,760 ± 0 | 1.60 | 80.0 |"
+    assert row in paths["scaling_md"].read_text(encoding="utf-8")
 
     published = pd.read_csv(paths["published_csv"]).set_index(["gpus", "framework"])
     assert len(published) == 6
@@ -395,3 +398,44 @@ def test_the_figures_draw_both_frameworks(two_frameworks):
                  "result_cost_png"):
         image = matplotlib.image.imread(paths[name])
         assert image.ndim == 3 and image[..., :3].std() > 0.01, name
+
+
+def _probe(path, framework, scaling, gpus, blocks, allocator=None):
+    write_json(path, {"framework": framework, "dataset": "ptb", "model": "mos", "gpus": gpus,
+                      "scaling": scaling, "tokens_per_s": float(np.median(blocks)),
+                      "tokens_per_s_blocks": blocks, "step_time_median_s": 0.1,
+                      "allocator_peak_mb": allocator, "gpu_memory_peak_mb": None,
+                      "provenance": {"framework": framework, "framework_version": "1.0",
+                                     "gpu_model": "NVIDIA H200", "cpu_model": "x"}})
+    return path
+
+
+def test_probes_give_scaling_and_the_frameworks_side_by_side(tmp_path):
+    # full trainings at one GPU only (the study's shape); speed and scaling from the probes
+    pairs = [make_run(tmp_path / "runs", "ptb", "mos", seed, 1, 60.0, 58.0, [70.0, 60.0],
+                      framework=framework)
+             for seed in (1, 2) for framework in ("tensorflow", "pytorch")]
+    train_files, metrics_files = (list(files) for files in zip(*pairs, strict=True))
+    probes = [_probe(tmp_path / f"{f}-{s}-{g}.json", f, s, g,
+                     [speed * g * eff * b for b in (0.98, 1.0, 1.02)], allocator=100.0 * g)
+              for f, speed in (("tensorflow", 1000.0), ("pytorch", 1500.0))
+              for s, eff in (("strong", 0.8), ("weak", 0.9)) for g in (1, 2, 4)
+              if not (s == "weak" and g == 1)]
+    paths = aggregate(train_files, metrics_files, tmp_path / "out", probe_files=probes)
+    scaling = pd.read_csv(paths["scaling_csv"]).set_index(["framework", "scaling", "gpus"])
+    assert set(scaling["source"]) == {"probe"}  # the one-GPU runs give way to the probes
+    # strong: 0.8 of ideal at 2 and 4 GPUs against the 1-GPU probe, which ran at 0.8 too
+    assert scaling.loc[("pytorch", "strong", 4), "efficiency"] == pytest.approx(1.0)
+    assert scaling.loc[("pytorch", "strong", 4), "n"] == 3  # three timed blocks
+    assert scaling.loc[("tensorflow", "weak", 4), "speedup"] == pytest.approx(2.0)
+    table = pd.read_csv(paths["probes_csv"]).set_index(["framework", "scaling", "gpus"])
+    assert len(table) == 10
+    assert table.loc[("pytorch", "strong", 2), "speed_ratio"] == pytest.approx(1.5)
+    assert table.loc[("tensorflow", "strong", 2), "speed_ratio"] == pytest.approx(1.0)
+    assert table.loc[("pytorch", "weak", 4), "tokens_per_s_min"] == pytest.approx(
+        1500 * 4 * 0.9 * 0.98)
+    assert (table["baseline"] == "tensorflow").all()
+    page = paths["frameworks_md"].read_text(encoding="utf-8")
+    assert "## Speed, scaling and memory at each GPU count (probes)" in page
+    assert ("| ptb | mos | strong | 4 | pytorch | NVIDIA H200; pytorch 1.0 | 4,800 (4,704-4,896) "
+            "| 1.50 | 400 | – |") in page

@@ -43,15 +43,22 @@ def test_the_grid_plans_every_job_with_its_cluster_resources(tmp_path, capsys):
     jobs = planned_jobs(done.stdout)
     by_rule = {rule: [j for j in jobs if j.rule == rule] for rule in {j.rule for j in jobs}}
     assert {rule: len(js) for rule, js in by_rule.items()} == {
-        "download_corpus": 2, "tokenise": 2, "data_pipeline": 4, "train": 640, "evaluate": 640,
-        "aggregate": 1}
+        "download_corpus": 2, "tokenise": 2, "data_pipeline": 4, "train": 160, "evaluate": 160,
+        "probe": 112, "aggregate": 1}
     config = yaml.safe_load(GRID.read_text())
-    keys = ("frameworks", "datasets", "models", "seeds", "gpus")
-    grid = {(f, d, m, str(s), str(g)) for f, d, m, s, g in itertools.product(
-        *(config["run"][key] for key in keys))}
+    run = config["run"]
+    # trained to convergence at one GPU count only (run.train_gpus) ...
+    trained = {(f, d, m, str(s), "1") for f, d, m, s in itertools.product(
+        *(run[key] for key in ("frameworks", "datasets", "models", "seeds")))}
     for rule in ("train", "evaluate"):
         assert {tuple(j.wildcards[k] for k in ("framework", "dataset", "model", "seed", "gpus"))
-                for j in by_rule[rule]} == grid
+                for j in by_rule[rule]} == trained
+    # ... and probed at every GPU count, strong and (on 2 or more GPUs) weak, per framework
+    probed = {(f, d, m, s, str(g)) for f, d, m, s, g in itertools.product(
+        run["frameworks"], run["datasets"], run["models"], ("strong", "weak"), run["gpus"])
+        if s == "strong" or g >= 2}
+    assert {tuple(j.wildcards[k] for k in ("framework", "dataset", "model", "scaling", "gpus"))
+            for j in by_rule["probe"]} == probed
 
     for job in by_rule["train"]:  # the same request whatever the framework
         r, w = job.resources, job.wildcards
@@ -63,8 +70,18 @@ def test_the_grid_plans_every_job_with_its_cluster_resources(tmp_path, capsys):
         assert int(r["wall_time_s"]) == 60 * runtime - min(max(6 * runtime, 300), 1800)
         assert (r["slurm_partition"], r["slurm_account"]) == ("gpu-test", "proj-test")
         assert "gpu_model" not in r  # none configured: any GPU
+        assert "slurm_extra" not in r  # training shares nodes
     for job in by_rule["evaluate"]:
-        assert job.resources["gpu"] == "1" and job.resources["slurm_partition"] == "gpu-test"
+        r = job.resources
+        assert r["gpu"] == "1" and r["slurm_partition"] == "gpu-test"
+        assert (r["runtime"], r["mem_mb"]) == ("120", "16000")
+    for job in by_rule["probe"]:  # minutes, on a whole node (cluster.exclusive)
+        r = job.resources
+        assert r["gpu"] == job.wildcards["gpus"] and r["runtime"] == "30"
+        assert r["slurm_extra"] == "--exclusive" and r["cpus_per_gpu"] == "8"
+    # a cell's frameworks are probed one after the other in one SLURM job (a group job)
+    assert done.stdout.count("Group job probe-") == 56
+    assert "Group job probe-wikitext2-awd-lstm-mos-weak-gpus8" in done.stdout
 
 
 def test_a_gpu_model_is_asked_for_by_gpu_jobs_only(tmp_path):
@@ -82,22 +99,28 @@ def test_a_gpu_model_is_asked_for_by_gpu_jobs_only(tmp_path):
             assert ("cpus_per_gpu" in job.resources) == (job.rule == "train" and gpus > 0)
 
 
-def test_weak_scaling_probes_are_planned_only_when_asked_and_only_for_gpu_counts(tmp_path):
+def test_probes_are_planned_only_when_asked(tmp_path):
     config = yaml.safe_load(GRID.read_text())
-    config["run"].update(datasets=["ptb"], models=["awd-lstm-mos"], seeds=[1, 2], gpus=[0, 1, 4])
-    configfile = tmp_path / "weak.yaml"
-    probed = {(f, s, g) for f in config["run"]["frameworks"] for s in "12" for g in "14"}
+    config["run"].update(datasets=["ptb"], models=["awd-lstm-mos"], seeds=[1, 2], gpus=[0, 1, 4],
+                         train_gpus=None)
+    configfile = tmp_path / "probes.yaml"
+    frameworks = config["run"]["frameworks"]
+    probed = {(f, s, g) for f in frameworks for s, g in
+              (("strong", "0"), ("strong", "1"), ("strong", "4"), ("weak", "4"))}
     for enabled, expected in ((False, set()), (True, probed)):
-        config["run"]["weak_scaling"] = {"enabled": enabled, "steps": 10}
+        config["run"]["probes"] = {"enabled": enabled, "steps": 10}
         configfile.write_text(yaml.safe_dump(config))
         done = run_snakemake(tmp_path, "--dry-run", configfile=configfile)
         assert done.returncode == 0, done.stderr[-3000:]
-        probes = [j for j in planned_jobs(done.stdout) if j.rule == "weak_scaling_probe"]
-        assert {(j.wildcards["framework"], j.wildcards["seed"], j.wildcards["gpus"])
+        jobs = planned_jobs(done.stdout)
+        probes = [j for j in jobs if j.rule == "probe"]
+        assert {(j.wildcards["framework"], j.wildcards["scaling"], j.wildcards["gpus"])
                 for j in probes} == expected
+        # trained at the smallest GPU count (train_gpus is null), however many are probed
+        assert {j.wildcards["gpus"] for j in jobs if j.rule == "train"} == {"0"}
         for job in probes:
             assert job.resources["gpu"] == job.wildcards["gpus"]
-            assert "runtime" not in job.resources  # minutes: the profile's default limit
+            assert job.resources["runtime"] == "30"  # cluster.probe.runtime
 
 
 # --- a real one-node SLURM -------------------------------------------------------

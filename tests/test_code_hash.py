@@ -78,7 +78,7 @@ def test_every_stage_hashes_existing_modules_into_a_short_digest():
 
 
 def test_the_engine_stages_hash_the_neutral_code_and_their_own_engine_only():
-    assert FRAMEWORK_STAGES == {"train", "weak_scaling_probe", "data_pipeline", "evaluate"}
+    assert FRAMEWORK_STAGES == {"train", "probe", "data_pipeline", "evaluate"}
     for stage in FRAMEWORK_STAGES:
         files = {f: set(stage_files(stage, f)) for f in FRAMEWORKS}
         shared = files["tensorflow"] & files["pytorch"]
@@ -95,13 +95,13 @@ def test_the_engine_stages_hash_the_neutral_code_and_their_own_engine_only():
     train = set(stage_files("train", "tensorflow"))
     assert "engines/tensorflow/models/__init__.py" in train
     assert not {"engines/tensorflow/inventory.py", "engines/pytorch/transfer.py",
-                "measurement/scaling_probe.py"} & (train | set(stage_files("train", "pytorch")))
+                "measurement/probe.py"} & (train | set(stage_files("train", "pytorch")))
 
 
 def test_each_stage_hashes_what_its_entries_import_and_nothing_else():
     """Probe and data-pipeline jobs run no training procedure; training runs no probe."""
-    probe = set(stage_files("weak_scaling_probe", "tensorflow"))
-    assert "measurement/scaling_probe.py" in probe
+    probe = set(stage_files("probe", "tensorflow"))
+    assert "measurement/probe.py" in probe
     assert not {"training/train.py", "training/bptt.py", "evaluation/perplexity.py"} & probe
     pipeline = set(stage_files("data_pipeline", "pytorch"))
     assert "measurement/data_pipeline.py" in pipeline and "training/train.py" not in pipeline
@@ -120,7 +120,7 @@ def test_the_evaluation_only_keys_are_read_by_evaluation_alone():
     for key in EVALUATION_KEYS:
         assert key in preset_keys, key
         literal = re.compile(rf"""["']{key}["']""")
-        for stage in ("train", "weak_scaling_probe"):
+        for stage in ("train", "probe"):
             for framework in FRAMEWORKS:
                 readers = [f for f in stage_files(stage, framework) if f != "workload.py"
                            and literal.search((PACKAGE_ROOT / f).read_text())]  # declares
@@ -155,8 +155,8 @@ def test_an_edit_changes_exactly_the_stages_that_run_the_module(code):
     assert changed_since(before, code) == {("evaluate", f) for f in FRAMEWORKS}
 
     before = hashes(code)
-    append(code / "measurement" / "scaling_probe.py")  # the probe only: no training job
-    assert changed_since(before, code) == {("weak_scaling_probe", f) for f in FRAMEWORKS}
+    append(code / "measurement" / "probe.py")  # the probe only: no training job
+    assert changed_since(before, code) == {("probe", f) for f in FRAMEWORKS}
 
 
 @pytest.mark.parametrize("framework", FRAMEWORKS)

@@ -49,12 +49,13 @@ def planned_jobs(output):
     """Rule, wildcards and resources of every job a dry run lists (the `all` target aside)."""
     jobs = []
     for line in output.splitlines():
+        line = line.strip()  # the jobs of a group job are indented once more
         if match := JOB.match(line):
             jobs.append(SimpleNamespace(rule=match[1], wildcards={}, resources={}))
-        elif jobs and line.startswith("    wildcards: "):
-            jobs[-1].wildcards = _pairs(line.removeprefix("    wildcards: "))
-        elif jobs and line.startswith("    resources: "):
-            jobs[-1].resources = _pairs(line.removeprefix("    resources: "))
+        elif jobs and line.startswith("wildcards: "):
+            jobs[-1].wildcards = _pairs(line.removeprefix("wildcards: "))
+        elif jobs and line.startswith("resources: "):
+            jobs[-1].resources = _pairs(line.removeprefix("resources: "))
     return [job for job in jobs if job.rule != "all"]
 
 

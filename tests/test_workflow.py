@@ -72,6 +72,7 @@ def test_pipeline_runs_end_to_end_and_tracks_every_run(tmp_path):
     assert set(inventory["framework"]) == set(FRAMEWORKS)
     check_measurements(runs, read_metadata(results / "data" / "tiny" / "train.parquet"))
     check_data_pipeline(results, runs)
+    check_probes(results)
     assert "*GPU util (%)*: absent: gpus=0: a CPU job" in summary
 
     # the default store is results/mlflow.db in the working directory, artefacts beside it
@@ -270,16 +271,44 @@ def test_bad_config_is_refused_before_any_job(tmp_path):
 
 
 def test_demo_and_grid_configs_plan_the_expected_jobs(tmp_path):
-    # frameworks x datasets x models x seeds x GPU counts
-    for configfile, trains in ((REPO / "config" / "demo.yaml", 2 * 1 * 4 * 2 * 1),
-                               (REPO / "config" / "config.yaml", 2 * 2 * 4 * 10 * 4)):
+    # trained: frameworks x datasets x models x seeds x train GPU counts; probed: frameworks x
+    # datasets x models x (strong at every GPU count + weak at 2 or more)
+    for configfile, trains, probes in ((REPO / "config" / "demo.yaml", 2 * 1 * 4 * 2 * 1,
+                                        2 * 1 * 4 * 1),
+                                       (REPO / "config" / "config.yaml", 2 * 2 * 4 * 10 * 1,
+                                        2 * 2 * 4 * (4 + 3))):
         done = snakemake(tmp_path, "--dry-run", configfile=configfile)
         assert done.returncode == 0, done.stderr[-2000:]
         counts = dict(line.split()[:2] for line in done.stdout.splitlines()
                       if len(line.split()) == 2 and line.split()[1].isdigit())
         assert int(counts["train"]) == trains and int(counts["evaluate"]) == trains
-        assert int(counts["aggregate"]) == 1
-    assert trains == 640
+        assert int(counts["probe"]) == probes and int(counts["aggregate"]) == 1
+    assert trains == 160  # a quarter of the 640 of full training at 1, 2, 4 and 8 GPUs
+
+
+def check_probes(results):
+    """One strong probe per framework and model on the CPU (tiny.yaml: gpus [0]), timed as
+    the config says, and its figures in probes.csv, scaling.csv and the frameworks page."""
+    from mosbench.io import read_json
+
+    records = sorted(results.glob("probe/*/*/*/*/probe.json"))
+    assert [p.relative_to(results).parts[1:5] for p in records] == [
+        (f, "tiny", m, "strong-gpus0") for f in sorted(FRAMEWORKS)
+        for m in ("awd-lstm-mos", "lstm")]
+    for path in records:
+        probe = read_json(path)
+        assert (probe["timed_steps"], probe["warmup_steps"], probe["repeats"]) == (3, 1, 2)
+        assert len(probe["tokens_per_s_blocks"]) == 2 and probe["tokens_per_s"] > 0
+        assert probe["provenance"]["framework"] == probe["framework"]
+        assert probe["absent"]["allocator_peak_mb"] == "gpus=0: a CPU job"
+    table = pd.read_csv(results / "aggregate" / "probes.csv")
+    assert len(table) == 4 and (table["blocks"] == 2).all()
+    baseline = table[table["framework"] == table["baseline"]]
+    assert (baseline["speed_ratio"] == 1.0).all() and len(baseline) == 2
+    assert (table["speed_ratio"] > 0).all()
+    page = (results / "aggregate" / "frameworks.md").read_text()
+    assert "## Speed, scaling and memory at each GPU count (probes)" in page
+    assert "| tiny | lstm | strong | 0 | pytorch |" in page
 
 
 def check_data_pipeline(results, runs):

@@ -2,7 +2,8 @@
 
 ``mosbench download|tokenise|train|evaluate|aggregate``, plus ``params`` (a
 preset's parameter count), ``rank`` (the softmax-bottleneck analysis) and
-``replay-tracking`` (MLflow calls kept during a tracking outage); each reads the same
+``replay-tracking`` (MLflow calls kept during a tracking outage) and ``plan`` (the jobs
+of a study and their cost, before submitting); each reads the same
 config file as the workflow and writes where the workflow would
 (:mod:`mosbench.paths`). ``train``, ``evaluate``, ``params`` and ``rank`` take
 ``--framework`` (default tensorflow). User errors print one clear line and exit with 2.
@@ -130,14 +131,27 @@ def _aggregate(args, config):
     from mosbench.reporting.aggregate import aggregate
 
     def found(template, name):  # every run's file, whatever its framework, dataset, ...
-        pattern = template.format(framework="*", dataset="*", model="*", seed="*", gpus="*")
+        pattern = template.format(framework="*", dataset="*", model="*", seed="*", gpus="*",
+                                  scaling="*")
         return sorted(glob.glob(f"{pattern}/{name}"))
 
     written = aggregate(found(paths.TRAIN, "train.json"), found(paths.EVALUATE, "metrics.json"),
                         paths.AGGREGATE, prices=config["cost"], reference=config["reference"],
-                        probe_files=found(paths.PROBE, "weak.json"))
+                        probe_files=found(paths.PROBE, "probe.json"))
     for path in written.values():
         print(f"wrote {path}")
+
+
+def _plan(args, config):
+    from mosbench.plan import plan, profile_settings, report
+
+    if args.configfile is not None:  # Snakemake's spelling, so the README's commands match
+        config = load_config(args.configfile)
+    retries, runtime = profile_settings(args.profile)
+    rules, warnings = plan(config, retries=retries, results=args.results,
+                           default_runtime_min=runtime)
+    origin = args.configfile or args.config
+    print("\n".join(report(rules, warnings, config, retries=retries, origin=origin)))
 
 
 def _replay_tracking(args, config):
@@ -228,6 +242,17 @@ def build_parser(config_path=DEFAULT_CONFIG):
 
     p = sub.add_parser("aggregate", help="tables and plots over every evaluated run")
     p.set_defaults(func=_aggregate)
+
+    p = sub.add_parser("plan", help="the jobs of a study and what they cost, before submitting")
+    p.add_argument("--configfile", type=Path, default=None,
+                   help="the study's config file (default: --config)")
+    p.add_argument("--profile", type=Path, default=Path("profiles/slurm"),
+                   help="the Snakemake profile it will run under, for its retries and default "
+                        "time limit (default: %(default)s)")
+    p.add_argument("--results", type=Path, default=Path("results"),
+                   help="earlier runs and probes whose epoch times replace the published "
+                        "ones (default: %(default)s)")
+    p.set_defaults(func=_plan)
 
     p = sub.add_parser("replay-tracking", help="send MLflow calls that jobs kept while the "
                        "tracking store was unreachable (idempotent)")

@@ -13,7 +13,7 @@ inside a function, with the packages (``__init__.py``) around them, found by
 reading their ``import`` statements. Modules imported by name at run time
 (``load_engine``'s ``engines/<framework>/engine.py``, the ease-of-use
 inventories) are entries themselves. So a stage hashes exactly the modules
-it can run: an edit of the weak-scaling probe reruns no training job, and a
+it can run: an edit of the probes reruns no training job, and a
 new import is covered the moment it is written.
 
 The stages that run a framework's engine (:data:`FRAMEWORK_STAGES`) hash per
@@ -47,7 +47,7 @@ ENTRIES = {
     "generate_synthetic_corpus": ("data/synthetic.py",),
     "tokenise": ("data/tokenise.py",),
     "train": ("training/train.py", ENGINE),
-    "weak_scaling_probe": ("measurement/scaling_probe.py", ENGINE),
+    "probe": ("measurement/probe.py", ENGINE),
     "data_pipeline": ("measurement/data_pipeline.py", ENGINE),
     "evaluate": ("evaluation/evaluate.py", ENGINE),
     # the ease-of-use inventory of every framework, imported by name; the run it logs
@@ -61,7 +61,7 @@ FRAMEWORK_STAGES = frozenset(s for s, entries in ENTRIES.items() if ENGINE in en
 # Modules no stage hashes: paths, config parsing, file plumbing, tracking, progress, the CLI.
 PLUMBING = (
     "__init__.py", "cli.py", "code_hash.py", "config.py", "errors.py", "gpu_slots.py",
-    "io.py", "paths.py", "tracking/*.py", "faults.py", "progress.py",
+    "io.py", "paths.py", "tracking/*.py", "faults.py", "progress.py", "study.py", "plan.py",
 )
 
 

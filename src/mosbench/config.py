@@ -169,8 +169,9 @@ def check_gpus(config, gpus, where="--gpus"):
 def check_consistency(config):
     """Rules a schema cannot express: names that must refer to other entries, limits."""
     sources, datasets, presets = config["sources"], config["datasets"], config["presets"]
-    for i, gpus in enumerate(config["run"]["gpus"]):
-        check_gpus(config, gpus, f"config key 'run.gpus[{i}]'")
+    for key in ("gpus", "train_gpus"):
+        for i, gpus in enumerate(config["run"].get(key) or []):
+            check_gpus(config, gpus, f"config key 'run.{key}[{i}]'")
     for name, dataset in datasets.items():
         if dataset["source"] not in sources:
             raise MosbenchError(
@@ -213,10 +214,12 @@ def check_grid(config):
     cells = [f"{dataset} {model} gpus={gpus} (batch_size {batch})"
              for dataset in run["datasets"] for model in run["models"]
              if (batch := presets.get(dataset, {}).get(model, {}).get("batch_size")) is not None
-             for gpus in run["gpus"] if gpus > batch]
+             for gpus in sorted(set(run["gpus"]) | set(run.get("train_gpus") or []))
+             if gpus > batch]
     if cells:
         raise MosbenchError(
-            "config keys 'run.gpus' and 'presets.<dataset>.<model>.batch_size': these cells "
+            "config keys 'run.gpus' / 'run.train_gpus' and "
+            "'presets.<dataset>.<model>.batch_size': these cells "
             "split a batch over more GPUs than it has sequences: " + "; ".join(cells)
             + ". Expected gpus <= batch_size: drop those GPU counts or raise the batch size"
         )

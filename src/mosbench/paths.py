@@ -11,14 +11,15 @@ DATA = "results/data/{dataset}"  # {split}.parquet + vocab.parquet
 RUN = "{framework}/{dataset}/{model}/seed{seed}-gpus{gpus}"
 TRAIN = "results/train/" + RUN  # model.weights.npz (named NumPy arrays) + train.json
 EVALUATE = "results/evaluate/" + RUN  # metrics.json
-PROBE = "results/scaling/" + RUN  # weak.json: the weak-scaling probe (optional)
+# probe.json: a timed probe (speed, scaling, memory) at one GPU count and scaling mode
+PROBE = "results/probe/{framework}/{dataset}/{model}/{scaling}-gpus{gpus}"
 # data_pipeline.json: streaming vs caching, once per framework, data set and device (cpu, gpu)
 DATA_PIPELINE = "results/data_pipeline/{framework}/{dataset}/{device}"
 AGGREGATE = "results/aggregate"
 # The aggregate's files by name (the rule's named outputs).
 AGGREGATE_OUTPUTS = {
     "frameworks_csv": "frameworks.csv", "frameworks_md": "frameworks.md",
-    "frameworks_html": "frameworks.html",
+    "frameworks_html": "frameworks.html", "probes_csv": "probes.csv",
     "result_cost_csv": "result_cost.csv", "result_cost_md": "result_cost.md",
     "result_cost_html": "result_cost.html", "result_cost_png": "result_cost.png",
     "runs": "runs.csv", "summary_csv": "summary.csv", "summary_md": "summary.md",

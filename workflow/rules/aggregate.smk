@@ -5,7 +5,7 @@ rule aggregate:
     input:
         train=all_runs(f"{paths.TRAIN}/train.json"),
         metrics=all_runs(f"{paths.EVALUATE}/metrics.json"),
-        probes=weak_scaling_probes(),
+        probes=probe_files(),  # speed, scaling and memory per GPU count
         data_pipeline=data_pipeline_files(),  # joined to each run by framework, dataset, device
         evaluate_benchmarks=all_runs(f"results/benchmarks/evaluate/{paths.RUN}.tsv"),  # cost
     output:

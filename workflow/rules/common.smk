@@ -2,11 +2,10 @@
 # conda environments per framework, code hashes (params) and cluster resources.
 
 import functools
-import itertools
 import os
 import re
 
-from mosbench import paths
+from mosbench import paths, study
 from mosbench.code_hash import code_hash
 from mosbench.config import SPLITS, preset
 from mosbench.engines import FRAMEWORKS
@@ -72,38 +71,38 @@ def train_hparams(wildcards):
 
 
 def grid():
-    """Every (framework, dataset, model, seed, gpus) job of the run."""
-    run = config["run"]
-    for framework, dataset, model, seed, gpus in itertools.product(
-        run["frameworks"], run["datasets"], run["models"], run["seeds"], run["gpus"]
-    ):
-        yield dict(framework=framework, dataset=dataset, model=model, seed=seed, gpus=gpus)
+    """Every (framework, dataset, model, seed, gpus) trained to convergence (mosbench.study)."""
+    return study.training_jobs(config)
 
 
 def all_runs(template):
     return [template.format(**job) for job in grid()]
 
 
-def weak_scaling_probes():
-    """The weak-scaling probe files the aggregate reads: none unless run.weak_scaling asks."""
-    if not config["run"]["weak_scaling"]["enabled"]:
+def probe_files():
+    """Every probe's record (run.probes): speed, scaling and memory at each GPU count."""
+    return [f"{paths.PROBE}/probe.json".format(**job) for job in study.probe_jobs(config)]
+
+
+def probe_settings():
+    """Steps, warm-up, repeats and seed of every probe."""
+    probes = config["run"]["probes"]
+    return dict(steps=probes["steps"], warmup=probes["warmup"], repeats=probes["repeats"],
+                seed=study.probe_seed(config))
+
+
+def previous_probe(wildcards):
+    """The same cell's probe of the framework before this one (nothing for the first)."""
+    previous = study.previous_framework(config, wildcards.framework)
+    if previous is None:
         return []
-    return [f"{paths.PROBE}/weak.json".format(**job) for job in grid() if job["gpus"] >= 1]
-
-
-def data_pipeline_devices():
-    """The hardware kinds the grid trains on: cpu for gpus = 0 jobs, gpu for jobs on GPUs."""
-    gpus = config["run"]["gpus"]
-    return [d for d, used in (("cpu", 0 in gpus), ("gpu", any(g >= 1 for g in gpus))) if used]
+    return f"{paths.PROBE}/probe.json".format(**{**wildcards, "framework": previous})
 
 
 def data_pipeline_files():
-    """One data-pipeline measurement per (framework, dataset, device) of the grid."""
-    run = config["run"]
-    return [f"{paths.DATA_PIPELINE}/data_pipeline.json".format(
-                framework=framework, dataset=dataset, device=device)
-            for framework, dataset, device in itertools.product(
-                run["frameworks"], run["datasets"], data_pipeline_devices())]
+    """One data-pipeline measurement per (framework, dataset, device) of the study."""
+    return [f"{paths.DATA_PIPELINE}/data_pipeline.json".format(**job)
+            for job in study.data_pipeline_jobs(config)]
 
 
 def framework_env(wildcards):
@@ -212,10 +211,13 @@ def train_resources():
 
 
 def probe_resources():
-    """SLURM resources of a weak-scaling probe: a training job's GPUs, CPUs and memory; the
-    profile's time limit (a probe runs minutes)."""
+    """SLURM resources of a probe: a training job's GPUs, CPUs and memory, the probe's time
+    limit, and the whole node with `cluster.exclusive` (nothing else shares it while it times)."""
     resources = train_resources()
-    del resources["runtime"], resources["wall_time_s"]
+    resources["runtime"] = config["cluster"]["probe"]["runtime"]
+    del resources["wall_time_s"]
+    if config["cluster"]["exclusive"]:
+        resources["slurm_extra"] = "--exclusive"
     return resources
 
 
@@ -234,5 +236,7 @@ def data_pipeline_resources():
 
 
 def evaluate_resources():
-    """SLURM resources of an evaluation job besides `gpu`; time and memory: the profile's."""
-    return dict(gpu_model=lambda wildcards: gpu_model(wildcards.gpus), **slurm_placement())
+    """SLURM resources of an evaluation job besides `gpu`: `cluster.evaluate`'s time and memory."""
+    return dict(gpu_model=lambda wildcards: gpu_model(wildcards.gpus),
+                mem_mb=config["cluster"]["evaluate"]["mem_mb"],
+                runtime=config["cluster"]["evaluate"]["runtime"], **slurm_placement())

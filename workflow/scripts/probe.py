@@ -1,4 +1,4 @@
-"""Snakemake wrapper: time training steps at a fixed per-GPU batch (weak scaling)."""
+"""Snakemake wrapper: one timed probe (speed, scaling, memory) of a framework at a GPU count."""
 
 from pathlib import Path
 
@@ -9,14 +9,14 @@ redirect_output(snakemake.log[0])
 assign_devices(int(snakemake.wildcards.gpus))  # this job's own GPUs, before the framework loads
 
 from mosbench.io import write_json  # noqa: E402
-from mosbench.measurement.scaling_probe import weak_scaling_probe  # noqa: E402
+from mosbench.measurement.probe import run_probe  # noqa: E402
 
-w = snakemake.wildcards
-result = weak_scaling_probe(Path(snakemake.input.train).parent, model_name=w.model,
-                            hparams=snakemake.params.hparams, seed=int(w.seed),
-                            gpus=int(w.gpus), steps=snakemake.params.steps,
-                            threads=snakemake.threads, framework=w.framework)
+w, settings = snakemake.wildcards, snakemake.params.settings
+result = run_probe(Path(snakemake.input.train).parent, model_name=w.model,
+                   hparams=snakemake.params.hparams, seed=settings["seed"], gpus=int(w.gpus),
+                   scaling=w.scaling, steps=settings["steps"], warmup=settings["warmup"],
+                   repeats=settings["repeats"], threads=snakemake.threads,
+                   framework=w.framework)
 write_json(snakemake.output.probe, {"framework": w.framework, "dataset": w.dataset,
-                                    "model": w.model, "seed": int(w.seed), "gpus": int(w.gpus),
-                                    **result})
-print(result)
+                                    "model": w.model, "gpus": int(w.gpus), **result})
+print({k: v for k, v in result.items() if k != "provenance"})

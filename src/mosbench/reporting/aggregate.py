@@ -22,8 +22,9 @@ each of these as CSV (data), Markdown and HTML (to read; the report);
 Optional inputs: data-pipeline files (:mod:`mosbench.reporting.data_loading`;
 without them the training jobs' own data figures are used), the evaluate
 jobs' benchmark files (their wall time enters the cost of a result) and
-weak-scaling probes. Seeds that ran on different hardware or library
-versions are never averaged together (:mod:`mosbench.reporting.environments`).
+the probes (``probes.csv``, and the probes' section of the frameworks page).
+Seeds that ran on different hardware or library versions are never averaged
+together (:mod:`mosbench.reporting.environments`).
 
 A run is identified by its framework as well as its dataset, model, seed and
 GPUs: the same cell run in TensorFlow and in PyTorch is two runs, and every
@@ -39,9 +40,10 @@ import pandas as pd
 from mosbench import paths
 from mosbench.engines import FRAMEWORKS
 from mosbench.errors import MosbenchError
-from mosbench.io import atomic_path, read_json
+from mosbench.io import atomic_path
 from mosbench.measurement.cost import cost
 from mosbench.reporting import data_loading, ease_of_use, environments, frameworks, plots
+from mosbench.reporting import probes as probe_report
 from mosbench.reporting import result_cost as result_costs
 from mosbench.reporting.html import markdown_to_html
 from mosbench.reporting.published import compare_published, unmatched
@@ -108,9 +110,10 @@ def aggregate(train_files, metrics_files, out_dir, *, prices=None, reference=Non
 
     ``prices`` (config key ``cost``) prices every run's epochs; ``reference``
     holds the published perplexities and targets; ``probe_files`` are
-    weak-scaling probes; ``data_pipeline_files`` the data-pipeline rule's
-    files; ``evaluate_benchmarks`` the evaluate jobs' Snakemake benchmark files
-    (None: not given, and the cost of a result is training only).
+    the probes' records (speed, scaling, memory per GPU count);
+    ``data_pipeline_files`` the data-pipeline rule's files; ``evaluate_benchmarks``
+    the evaluate jobs' Snakemake benchmark files (None: not given, and the cost of a
+    result is training only).
     """
     train_files, metrics_files = list(train_files), list(metrics_files)
     if not train_files and not metrics_files:
@@ -126,7 +129,8 @@ def aggregate(train_files, metrics_files, out_dir, *, prices=None, reference=Non
                                      reference=reference, eval_seconds=eval_seconds)
     absent = absent_reasons(reasons)
     summary = summarize(runs)
-    probes = _probe_table(probe_files)
+    probes = probe_report.probe_table(probe_files)
+    probe_rows = probe_report.comparison(probes, _frameworks(runs))
     scaling = scaling_table(runs, probes)
     published = compare_published(summary, reference)
     currency = (prices or {}).get("currency")
@@ -141,7 +145,8 @@ def aggregate(train_files, metrics_files, out_dir, *, prices=None, reference=Non
     data_rows = frameworks.data_comparison(data)
     texts = {
         "frameworks_md": frameworks.page_markdown(comparison, data_rows, inventory, currency,
-                                                  splits),
+                                                  splits)
+        + "\n".join(["", *probe_report.comparison_markdown(probe_rows)]),
         "result_cost_md": result_cost_markdown(cost_table, absent, currency, splits),
         "summary_md": summary_markdown(summary, absent, currency, data=data,
                                        from_files=bool(pipelines), split_notes=splits),
@@ -150,7 +155,8 @@ def aggregate(train_files, metrics_files, out_dir, *, prices=None, reference=Non
     }
     tables = {"runs": runs, "summary_csv": summary, "scaling_csv": scaling,
               "published_csv": published, "result_cost_csv": cost_table,
-              "frameworks_csv": pd.concat([data_rows, comparison], ignore_index=True)}
+              "frameworks_csv": pd.concat([data_rows, comparison], ignore_index=True),
+              "probes_csv": probe_rows}
     for name, table in tables.items():
         with atomic_path(out[name]) as tmp:
             table.to_csv(tmp, index=False)
@@ -428,16 +434,18 @@ def scaling_markdown(scaling):
     lines = ["# Multi-GPU scaling", "",
              "Speed-up: training tokens/s over tokens/s at the smallest GPU count, in the "
              "same framework; efficiency: speed-up over the ideal (GPUs / smallest GPU count). "
-             "Strong scaling keeps the global batch fixed, weak scaling the per-GPU batch.", ""]
+             "Strong scaling keeps the global batch fixed, weak scaling the per-GPU batch. "
+             "From: the probes (bounded timed steps at each GPU count; n = timed blocks) or, "
+             "for a curve without strong probes, the training runs (n = seeds).", ""]
     if scaling.empty:
         lines.append("No GPU runs in this grid (gpus = 0 only): nothing to scale.")
         return "\n".join(lines) + "\n"
-    rows = [[r.dataset, r.model, r.framework, r.scaling, r.gpus, r.n_seeds,
+    rows = [[r.dataset, r.model, r.framework, r.scaling, r.source, r.gpus, r.n,
              mean_std(r.tokens_per_s_mean, r.tokens_per_s_std, "sig"),
              format_value(r.speedup, "sig"), format_value(100 * r.efficiency, "pct")]
             for r in scaling.itertuples(index=False)]
-    lines += markdown_table(["dataset", "model", "framework", "scaling", "gpus", "seeds",
-                             "tokens/s", "speed-up", "efficiency (%)"], rows, text_columns=4)
+    lines += markdown_table(["dataset", "model", "framework", "scaling", "from", "gpus", "n",
+                             "tokens/s", "speed-up", "efficiency (%)"], rows, text_columns=5)
     return "\n".join(lines) + "\n"
 
 
@@ -484,9 +492,3 @@ def _history_table(train):
 def _frameworks(runs):
     """The frameworks of ``runs``, in mosbench's order (FRAMEWORKS)."""
     return [f for f in FRAMEWORKS if f in set(runs["framework"])]
-
-
-def _probe_table(files):
-    """Weak-scaling probe results (dataset, model, framework, seed, gpus, tokens_per_s)."""
-    rows = [read_json(path) for path in files]
-    return pd.DataFrame(rows, columns=RUN_KEY + ["tokens_per_s"]) if rows else None

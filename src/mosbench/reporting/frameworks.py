@@ -162,7 +162,7 @@ def _efficiency(scaling, ident, framework, environment):
     if row["gpus"] == row["base_gpus"]:
         return Sample.of([], f"{int(row['gpus'])} GPU(s) is the base count it scales from")
     sample = Sample.of([100.0 * row["efficiency"]])
-    sample.n = int(row["n_seeds"])
+    sample.n = int(row["n"])
     return sample
 
 
