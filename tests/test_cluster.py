@@ -9,6 +9,8 @@ from /etc/slurm/slurm.conf while the test runs: the srun inside each job
 drops $SLURM_CONF and reads only the default path.
 """
 
+import dataclasses
+import importlib.metadata
 import itertools
 import os
 import pwd
@@ -321,3 +323,30 @@ def test_the_tiny_workflow_runs_through_slurm_with_the_profile(slurm, tmp_path, 
         "rule_evaluate"] * 8 + ["rule_train"] * 8
     assert {j.split("|")[1] for j in jobs} == {"COMPLETED"}
     assert len(list(logs.glob("rule_train/*/*.log"))) == 8
+
+
+# --- the profile's requeue / retry decision (profiles/slurm/config.yaml says why) -------
+
+PROFILE = REPO / "profiles" / "slurm" / "config.yaml"
+
+
+def test_the_profile_leaves_preemption_to_slurm_and_paused_jobs_to_snakemake_s_retries():
+    from snakemake_executor_plugin_slurm import ExecutorSettings
+
+    profile = yaml.safe_load(PROFILE.read_text())
+    # SLURM requeues preempted and node-failed jobs under their own id; the plugin then
+    # keeps waiting on them instead of also reporting a failure for Snakemake to resubmit.
+    assert profile["slurm-requeue"] is True and not profile.get("slurm-no-requeue")
+    # Time-limited or paused (exit 75) training is never requeued by SLURM: only a
+    # retry resubmits it to resume from its checkpoint.
+    assert profile["retries"] >= 1
+    assert profile["slurm-keep-successful-logs"] is True  # a run's pauses stay on record
+    # every slurm-* key is a setting of the plugin (a misspelt one would be an error at start)
+    fields = {f.name for f in dataclasses.fields(ExecutorSettings)}
+    keys = [k for k in profile if k.startswith("slurm-")]
+    assert keys and all(k.removeprefix("slurm-").replace("-", "_") in fields for k in keys)
+    # The decision rests on how these versions map SLURM states (PREEMPTED, REQUEUED and
+    # NODE_FAIL with requeue: still running; TIMEOUT, FAILED: failed) and on Snakemake
+    # running the job itself with --retries 0: re-read the profile's comment on an upgrade.
+    assert importlib.metadata.version("snakemake-executor-plugin-slurm") == "2.8.0"
+    assert importlib.metadata.version("snakemake") == "9.27.1"
