@@ -103,8 +103,7 @@ def test_a_gpu_model_is_asked_for_by_gpu_jobs_only(tmp_path):
 
 def test_probes_are_planned_only_when_asked(tmp_path):
     config = yaml.safe_load(GRID.read_text())
-    config["run"].update(datasets=["ptb"], models=["awd-lstm-mos"], seeds=[1, 2], gpus=[0, 1, 4],
-                         train_gpus=None)
+    config["run"].update(datasets=["ptb"], models=["awd-lstm-mos"], seeds=[1, 2], gpus=[0, 1, 4])
     configfile = tmp_path / "probes.yaml"
     frameworks = config["run"]["frameworks"]
     probed = {(f, s, g) for f in frameworks for s, g in
@@ -283,7 +282,8 @@ def slurm(tmp_path_factory):
 @pytest.mark.slow
 def test_the_tiny_workflow_runs_through_slurm_with_the_profile(slurm, tmp_path, capsys):
     config = yaml.safe_load(TINY_CONFIG.read_text())
-    config["cluster"] = {"train": {"mem_mb": 1000, "runtime": 10}}  # what this node can give
+    # what this node can give; a cell's two probes run in series in one group job: 2 x 5 min
+    config["cluster"] = {"train": {"mem_mb": 1000, "runtime": 10}, "probe": {"runtime": 5}}
     configfile = tmp_path / "tiny-slurm.yaml"
     configfile.write_text(yaml.safe_dump(config))
     work, logs = tmp_path / "work", tmp_path / "slurm-logs"

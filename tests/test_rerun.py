@@ -171,25 +171,31 @@ def test_another_tracking_store_and_a_touch_plan_nothing(tiny_run):
 # What an edit of each kind of module reruns: one framework's jobs, or both frameworks';
 # the data-pipeline job of a framework too where it imports the module (its engine does).
 # The tiny config runs 2 frameworks x 2 models x 2 seeds, and 1 data set on the CPU.
+# module edited: (frameworks retrained, data-pipeline jobs per framework, probe jobs). A
+# framework's probes rerun with its engine, and so do the next framework's probes of the same
+# cells (tiny.yaml: tensorflow, then pytorch), which must be timed beside them again.
 EDITS = {
-    "the TensorFlow engine's LSTM": ("engines/tensorflow/models/lstm.py", {"tensorflow"}, 1),
-    "the PyTorch engine's LSTM": ("engines/pytorch/models/lstm.py", {"pytorch"}, 1),
-    "the neutral training procedure": ("training/bptt.py", set(FRAMEWORKS), 0),
-    "the engine interface": ("engines/interface.py", set(FRAMEWORKS), 1),
+    "the TensorFlow engine's LSTM": ("engines/tensorflow/models/lstm.py", {"tensorflow"}, 1, 4),
+    "the PyTorch engine's LSTM": ("engines/pytorch/models/lstm.py", {"pytorch"}, 1, 2),
+    "the neutral training procedure": ("training/bptt.py", set(FRAMEWORKS), 0, 0),
+    "the engine interface": ("engines/interface.py", set(FRAMEWORKS), 1, 4),
 }
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("edit", EDITS)
 def test_a_code_edit_plans_train_evaluate_aggregate_of_its_frameworks_only(tiny_run, edit):
-    module, frameworks, pipelines = EDITS[edit]
+    module, frameworks, pipelines, probes = EDITS[edit]
     with edited(tiny_run.code / module, lambda text: text + "\n# a real edit\n"):
         jobs = planned_jobs(dry_run(tiny_run))
     expected = {"train": 4 * len(frameworks), "evaluate": 4 * len(frameworks), "aggregate": 1}
     if pipelines:
         expected["data_pipeline"] = pipelines * len(frameworks)
+    if probes:
+        expected["probe"] = probes
     assert counts(jobs) == expected
-    assert {job.wildcards["framework"] for job in jobs if job.rule != "aggregate"} == frameworks
+    assert {job.wildcards["framework"] for job in jobs
+            if job.rule not in ("aggregate", "probe")} == frameworks
     # the same content again, with a newer mtime: the hash matches the recorded one
     assert "Nothing to be done" in dry_run(tiny_run)
 
@@ -208,7 +214,8 @@ def test_a_hyperparameter_change_plans_only_that_models_jobs(tiny_run):
     changed = tiny_run.root / "lstm-lr4.yaml"
     changed.write_text(yaml.safe_dump(config))  # keys now sorted: a new order reruns nothing
     jobs = planned_jobs(dry_run(tiny_run, configfile=changed))
-    assert counts(jobs) == {"train": 4, "evaluate": 4, "aggregate": 1}  # both frameworks'
+    # both frameworks': 2 seeds of training and evaluation, 1 probe each
+    assert counts(jobs) == {"train": 4, "evaluate": 4, "probe": 2, "aggregate": 1}
     assert {job.wildcards["model"] for job in jobs if job.rule != "aggregate"} == {"lstm"}
 
     # The README's way to see which outputs a params change invalidates.
@@ -217,7 +224,9 @@ def test_a_hyperparameter_change_plans_only_that_models_jobs(tiny_run):
     assert stale == {f"results/{stage}/{framework}/tiny/lstm/seed{seed}-gpus0/{name}"
                      for framework in FRAMEWORKS for seed in (1, 2) for stage, names in (
                          ("train", ("model.weights.npz", "train.json")),
-                         ("evaluate", ("metrics.json",))) for name in names}
+                         ("evaluate", ("metrics.json",))) for name in names} | {
+                         f"results/probe/{framework}/tiny/lstm/strong-gpus0/probe.json"
+                         for framework in FRAMEWORKS}
 
 
 def changed_config(tiny_run, name, change):
