@@ -7,12 +7,33 @@ import pytest
 import yaml
 
 from mosbench.config import validate_config
+from mosbench.cpu_features import bfloat16_support
 from mosbench.data.synthetic import generate_synthetic
 from mosbench.data.tokenise import tokenise
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
 TINY_CONFIG = TESTS / "config" / "tiny.yaml"
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "cpu_bfloat16: computes in bfloat16 on the CPU (matmul_precision: "
+        "mixed_bfloat16); skipped where the CPU has no bfloat16 instructions")
+
+
+def pytest_collection_modifyitems(config, items):
+    # Such a CPU crashes inside the framework (oneDNN's LSTM) and a job refuses it
+    # (mosbench.cpu_features): skip with the probe's reason rather than fail.
+    marked = [item for item in items if item.get_closest_marker("cpu_bfloat16")]
+    if not marked:
+        return
+    support = bfloat16_support()
+    if support.supported is False:
+        skip = pytest.mark.skip(reason=f"mixed_bfloat16 needs bfloat16 on this CPU, and "
+                                       f"{support.detail}")
+        for item in marked:
+            item.add_marker(skip)
 
 
 @pytest.fixture

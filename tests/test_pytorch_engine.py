@@ -352,6 +352,7 @@ def test_evaluation_steps_agree_with_each_other():
 # --------------------------------------------------------------------------- precision
 
 
+@pytest.mark.cpu_bfloat16
 def test_each_precision_sets_the_flags():
     expected = {"float32": (False, False, "highest"), "tf32": (True, True, "high"),
                 "mixed_bfloat16": (False, False, "highest")}
@@ -363,6 +364,7 @@ def test_each_precision_sets_the_flags():
         load_engine("pytorch", precision="float16")
 
 
+@pytest.mark.cpu_bfloat16
 def test_a_mixed_bfloat16_step_trains_float32_weights_to_a_close_loss():
     full, mixed = engine(), engine(precision="mixed_bfloat16")
     mixed.load_weights(full.weights())

@@ -105,6 +105,7 @@ HP = dict(emsize=8, nhid=16, nhidlast=16, nlayers=2, dropout=0.1, dropouth=0.1, 
           beta=1.0, clip=0.25, small_batch_size=None, tie_weights=True)
 
 
+@pytest.mark.cpu_bfloat16
 @pytest.mark.parametrize("model_name", ["lstm", "awd-lstm", "awd-lstm-moc", "awd-lstm-mos"])
 def test_every_model_trains_in_mixed_bfloat16_with_float32_weights(model_name):
     hp = dict(HP, nhid=8, nlayers=1) if model_name == "lstm" else dict(HP)

@@ -11,6 +11,7 @@ is not installed, and the other way round.
 
 import importlib
 
+from mosbench.cpu_features import check_precision_hardware
 from mosbench.errors import MosbenchError
 
 FRAMEWORKS = ("tensorflow", "pytorch")
@@ -31,5 +32,11 @@ def engine_class(framework):
 
 
 def load_engine(framework, **placement):
-    """An engine of ``framework`` placed as ``placement`` says (see :class:`Engine`)."""
+    """An engine of ``framework`` placed as ``placement`` says (see :class:`Engine`).
+
+    The CPU is checked first, before the framework is imported: a precision it
+    cannot compute is refused in one line rather than crashing inside the framework.
+    """
+    check_precision_hardware(placement.get("precision", "float32"), placement.get("gpus", 0),
+                             placement.get("devices"))
     return engine_class(framework)(**placement)

@@ -14,7 +14,7 @@ from mosbench.engines.interface import Engine
 from mosbench.engines.tensorflow import input_pipeline, steps
 from mosbench.engines.tensorflow.averaging import IterateAverage
 from mosbench.engines.tensorflow.devices import configure_devices, set_matmul_precision
-from mosbench.engines.tensorflow.models import build_model
+from mosbench.engines.tensorflow.models.cudnn_lstm import build_for_job
 from mosbench.errors import MosbenchError
 
 MIB = 2**20
@@ -61,7 +61,9 @@ class TensorFlowEngine(Engine):
 
     def build(self, model_name, vocab_size, hparams):
         with tf.device(self.device), self.strategy.scope():
-            self.model = build_model(model_name, vocab_size, hparams)
+            # On a GPU the LSTMs must run cuDNN's kernel, as the PyTorch engine's do: a silent
+            # fallback to a loop would time another algorithm.
+            self.model = build_for_job(model_name, vocab_size, hparams, self.gpus)
         self._eval_step = steps.make_eval_step(self.model)
         self._predict = steps.make_predict_step(self.model)
         self._rows = steps.make_log_prob_step(self.model)

@@ -5,7 +5,11 @@ from mosbench.workload import AWD_KEYS, MODELS
 
 
 def build_model(name, vocab_size, hparams, use_cudnn="auto"):
-    """Build and initialise the named model from its preset's hyperparameters."""
+    """Build and initialise the named model from its preset's hyperparameters.
+
+    ``use_cudnn`` goes to every LSTM layer: ``"auto"`` (cuDNN where a GPU is visible),
+    ``True`` (cuDNN or an error; the engine's GPU jobs, ``cudnn_lstm.py``), ``False``.
+    """
     if name not in MODELS:
         raise MosbenchError(f"unknown model '{name}'; allowed: {list(MODELS)}")
     if name == "lstm":
@@ -15,6 +19,7 @@ def build_model(name, vocab_size, hparams, use_cudnn="auto"):
             vocab_size, hparams["emsize"], hparams["nhid"], hparams["nlayers"],
             dropout=hparams["dropout"], tie_weights=hparams["tie_weights"],
             init_range=hparams["init_range"], xla_decoder=hparams.get("xla_decoder", False),
+            use_cudnn=use_cudnn,
         )
     else:
         from mosbench.engines.tensorflow.models.awd_lstm import AWDLanguageModel

@@ -34,6 +34,10 @@ class LSTMLanguageModel(keras.Model):
         tie_weights: decode with the transposed embedding matrix.
         init_range: embedding initialised uniform(-init_range, init_range).
         xla_decoder: compile the decoder's loss (:meth:`nll`) with XLA.
+        use_cudnn: ``"auto"`` runs Keras' LSTM layers (cuDNN) when a GPU is
+            visible and the hand-differentiated recurrence otherwise, ``True``
+            insists on cuDNN (the layers raise instead of falling back),
+            ``False`` always runs the recurrence.
 
     Call arguments:
         tokens: int tensor ``(batch, time)``.
@@ -51,8 +55,11 @@ class LSTMLanguageModel(keras.Model):
     """
 
     def __init__(self, vocab_size, emsize, nhid, nlayers, dropout=0.5, tie_weights=True,
-                 init_range=0.1, xla_decoder=False, **kwargs):
+                 init_range=0.1, xla_decoder=False, use_cudnn="auto", **kwargs):
         super().__init__(**kwargs)
+        if use_cudnn not in ("auto", True, False):
+            raise ValueError(f"use_cudnn must be 'auto', True or False, got {use_cudnn!r}")
+        self.use_cudnn = use_cudnn
         # --- layers ---
         self.vocab_size, self.nhid, self.nlayers = vocab_size, nhid, nlayers
         self.embedding = keras.layers.Embedding(
@@ -67,7 +74,7 @@ class LSTMLanguageModel(keras.Model):
                 kernel_initializer=keras.initializers.RandomUniform(-bound, bound),
                 recurrent_initializer=keras.initializers.RandomUniform(-bound, bound),
                 bias_initializer=keras.initializers.RandomUniform(-bound, bound),
-                unit_forget_bias=False,
+                unit_forget_bias=False, use_cudnn=use_cudnn,
             )
             for _ in range(nlayers)
         ]
@@ -78,7 +85,7 @@ class LSTMLanguageModel(keras.Model):
         # --- config ---
         self._config = dict(vocab_size=vocab_size, emsize=emsize, nhid=nhid, nlayers=nlayers,
                             dropout=dropout, tie_weights=tie_weights, init_range=init_range,
-                            xla_decoder=xla_decoder)
+                            xla_decoder=xla_decoder, use_cudnn=use_cudnn)
 
     def initial_state(self, batch_size):
         zeros = ops.zeros((batch_size, self.nhid))
@@ -95,7 +102,8 @@ class LSTMLanguageModel(keras.Model):
     def features(self, tokens, states, training=False):
         """Everything before the decoder: ``(dropped_last, new_states, raw_last)``."""
         x = self.drop(self.embedding(tokens), training=training)  # (B, T, E)
-        fused = bool(tf.config.list_logical_devices("GPU"))  # Keras picks cuDNN there
+        fused = self.use_cudnn is True or (  # Keras picks cuDNN on a GPU, raises if True
+            self.use_cudnn == "auto" and bool(tf.config.list_logical_devices("GPU")))
         new_states = []
         for rnn, (h, c) in zip(self.rnns, states, strict=True):
             if fused:
