@@ -1,30 +1,42 @@
 """Data parallelism over processes that the engine starts and stops itself.
 
-The job's process is rank 0. :class:`Workers` spawns the other ranks (the
-``spawn`` start method: CUDA does not survive ``fork``), each running
-:func:`serve`: it joins the process group (NCCL on GPUs, gloo on the CPU,
-rendezvous through a TCP store on a port the OS picked), owns a
-:class:`~mosbench.engines.pytorch.replica.Replica` and runs the commands rank 0
-sends over its pipe, in order, until told to stop. The collectives inside the
-commands (DDP's gradient all-reduce, weight broadcasts) keep the replicas in
-step; pipes carry only commands, windows and small results.
+The job's process is rank 0. :class:`Workers` starts the other ranks, each a
+fresh interpreter (``python -P -m mosbench.engines.pytorch.worker``): not
+``fork``, which CUDA does not survive, and not multiprocessing's ``spawn``,
+which runs the job's main module again in every child (a Snakemake
+``script:`` needs its ``snakemake`` object there, and would train a job of
+its own). A worker gets rank 0's import path, the job's stdout and stderr
+(its log), and its own end of a socket pair, wrapped as a
+:mod:`multiprocessing.connection` connection: private to the two processes, so
+no port to guard. Rank 0's multiprocessing ``authkey`` travels over it first,
+as ``spawn`` passed it on: torch sends tensors through shared memory whose
+file descriptors only a holder of that key may fetch.
+
+Each worker runs :func:`serve`: it joins the process group (NCCL on GPUs,
+gloo on the CPU, rendezvous through a TCP store on a port the OS picked), owns
+a :class:`~mosbench.engines.pytorch.replica.Replica` and runs the commands
+rank 0 sends over its connection, in order, until told to stop. The
+collectives inside the commands (DDP's gradient all-reduce, weight broadcasts)
+keep the replicas in step; connections carry only commands, windows and small
+results.
 
 Workers ignore SIGINT and SIGTERM, which a terminal or a scheduler sends to
 the whole process group: rank 0 decides when to stop (it checkpoints on
 SIGTERM, which needs them), and they exit when it closes them, when its end
-of the pipe closes, or when they see that it is gone.
+of the connection closes, or when they see that it is gone.
 """
 
 import os
-import signal
+import subprocess
+import sys
 import threading
 import time
 import traceback
 from datetime import timedelta
+from multiprocessing import Pipe, current_process
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 # Generous: the first collective waits for every replica's model and first steps.
 TIMEOUT = timedelta(minutes=10)
@@ -40,12 +52,14 @@ def _watch_parent(parent):
 
 
 def serve(rank, world, port, device, settings, conn, parent):
-    """A worker's life: configure torch as rank 0 did, join the group, run commands."""
+    """A worker's life: configure torch as rank 0 did, join the group, run commands.
+
+    Called by :mod:`mosbench.engines.pytorch.worker`, which has already set
+    SIGINT and SIGTERM aside.
+    """
     from mosbench.engines.pytorch.replica import Replica
     from mosbench.engines.pytorch.runtime import configure
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     try:
         device = torch.device(device)
@@ -77,6 +91,17 @@ def serve(rank, world, port, device, settings, conn, parent):
             dist.destroy_process_group()
 
 
+def _worker_env():
+    """The job's environment with rank 0's import path, as ``spawn`` gave its children.
+
+    So a worker imports the same mosbench and torch as rank 0, also where these
+    came from a path the job added (Snakemake's script preamble does). Absolute:
+    ``''`` is rank 0's working directory (``python -c``), and the worker runs
+    with ``-P``, which adds nothing of its own in front.
+    """
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(os.path.abspath(p) for p in sys.path)}
+
+
 class WorkerError(RuntimeError):
     """A worker process failed; the message holds its traceback."""
 
@@ -90,18 +115,9 @@ class Workers:
         backend = "nccl" if devices[0].type == "cuda" else "gloo"
         self.store = dist.TCPStore("127.0.0.1", 0, self.world, is_master=True,
                                    wait_for_workers=False, timeout=TIMEOUT)
-        context = mp.get_context("spawn")
-        for rank, device in enumerate(devices[1:], start=1):
-            ours, theirs = context.Pipe()
-            process = context.Process(
-                target=serve, name=f"mosbench-replica-{rank}",
-                args=(rank, self.world, self.store.port, str(device), settings, theirs,
-                      os.getpid()))
-            process.start()
-            theirs.close()
-            self.processes.append(process)
-            self.conns.append(ours)
         try:
+            for rank, device in enumerate(devices[1:], start=1):
+                self._start(rank, device, settings)
             self._receive("started", deadline=time.monotonic() + START_TIMEOUT_S)
             if devices[0].type == "cuda":
                 torch.cuda.set_device(devices[0])
@@ -111,19 +127,43 @@ class Workers:
             self.close()
             raise
 
+    def _start(self, rank, device, settings):
+        """Start replica ``rank``'s interpreter and tell it who it is."""
+        ours, theirs = Pipe()  # a socket pair; the worker inherits only its own end
+        self.conns.append(ours)
+        with theirs:
+            fd = theirs.fileno()
+            # stdout and stderr inherited: the job's log (mosbench.io.redirect_output)
+            self.processes.append(subprocess.Popen(
+                [sys.executable, "-P", "-m", "mosbench.engines.pytorch.worker", str(fd)],
+                pass_fds=[fd], stdin=subprocess.DEVNULL, env=_worker_env()))
+        try:
+            ours.send((bytes(current_process().authkey),
+                       (rank, self.world, self.store.port, str(device), settings, os.getpid())))
+        except OSError:  # it died at once: _receive reports its exit code
+            pass
+
+    def _ended(self, rank, wait_s=5.0):
+        """Why replica ``rank``'s connection ended: its exit code, once it has one."""
+        try:
+            code = self.processes[rank - 1].wait(timeout=wait_s)
+        except subprocess.TimeoutExpired:
+            return f"replica {rank} closed its connection"
+        return f"replica {rank} exited with code {code}"
+
     def _receive(self, expected="ok", deadline=None):
         """One message from every worker; raises :class:`WorkerError` on a failure."""
         results = []
         for rank, (conn, process) in enumerate(zip(self.conns, self.processes, strict=True), 1):
             while not conn.poll(0.5):
-                if not process.is_alive():
-                    raise WorkerError(f"replica {rank} exited with code {process.exitcode}")
+                if process.poll() is not None:
+                    raise WorkerError(f"replica {rank} exited with code {process.returncode}")
                 if deadline and time.monotonic() > deadline:
                     raise WorkerError(f"replica {rank} did not start in {START_TIMEOUT_S:.0f} s")
             try:
                 kind, value = conn.recv()
-            except EOFError:
-                raise WorkerError(f"replica {rank} closed its pipe") from None
+            except (EOFError, OSError):  # OSError: reset, as it died with a command unread
+                raise WorkerError(self._ended(rank)) from None
             if kind == "error":
                 raise WorkerError(f"replica {rank} failed:\n{value}")
             assert kind == expected, (kind, expected)
@@ -136,29 +176,32 @@ class Workers:
             if conn.poll():
                 try:
                     kind, value = conn.recv()
-                except EOFError:
-                    raise WorkerError(f"replica {rank} has exited") from None
+                except (EOFError, OSError):
+                    raise WorkerError(self._ended(rank)) from None
                 raise WorkerError(f"replica {rank} failed:\n{value}" if kind == "error"
                                   else f"replica {rank} sent an unexpected {kind!r}")
 
     def send(self, name, args_per_worker, reply):
         self.check()
-        for conn, args in zip(self.conns, args_per_worker, strict=True):
-            conn.send((name, tuple(args), reply))
+        for rank, (conn, args) in enumerate(zip(self.conns, args_per_worker, strict=True), 1):
+            try:
+                conn.send((name, tuple(args), reply))
+            except OSError:  # it died since check(): say how
+                raise WorkerError(self._ended(rank)) from None
 
     def receive(self):
         return self._receive()
 
     def failure(self, wait_s=5.0):
-        """A worker's failure report if one arrives within ``wait_s`` (after a collective broke)."""
+        """A worker's failure report, or its exit, within ``wait_s`` (after a collective broke)."""
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             for rank, conn in enumerate(self.conns, 1):
                 if conn.poll():
                     try:
                         kind, value = conn.recv()
-                    except EOFError:
-                        continue
+                    except (EOFError, OSError):  # died without a report (a crash, a kill)
+                        return self._ended(rank)
                     if kind == "error":
                         return f"replica {rank} failed:\n{value}"
             time.sleep(0.05)
@@ -172,13 +215,11 @@ class Workers:
             except (OSError, ValueError):
                 pass
         for process in self.processes:
-            process.join(timeout=30)
-            if process.is_alive():
-                process.terminate()
-                process.join(timeout=5)
-            if process.is_alive():
-                process.kill()
-                process.join()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()  # not SIGTERM first: workers ignore it
+                process.wait()
         for conn in self.conns:
             conn.close()
         self.processes, self.conns = [], []
