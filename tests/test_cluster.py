@@ -308,20 +308,28 @@ def test_the_tiny_workflow_runs_through_slurm_with_the_profile(slurm, tmp_path, 
     mlflow.set_tracking_uri(f"sqlite:///{work / 'results' / 'mlflow.db'}")
     assert set(mlflow.search_runs(experiment_names=["mosbench-test"])["status"]) == {"FINISHED"}
 
-    # Data pipeline, train and evaluate went through sbatch, with the profile's and config's
-    # requests.
+    # Data pipeline, train, evaluate and the probes went through sbatch, with the profile's
+    # and config's requests: a cell's two probes (tensorflow, then pytorch) in one group job
     calls = [line for line in output.splitlines() if "sbatch call: sbatch" in line]
-    assert len(calls) == 18 and output.count("has been submitted with SLURM jobid") == 18
+    assert len(calls) == 20 and output.count("has been submitted with SLURM jobid") == 20
     for call in calls:
         assert " -p debug" in call and "--requeue" in call and " -t 10" in call
         assert " --mem 1000" in call and "--gpus" not in call  # CPU jobs
     assert sum("rule_train_wildcards" in call and "--nodes=1" in call for call in calls) == 8
-    # ... and SLURM ran them: all eighteen completed, local rules never submitted
+    # ... and SLURM ran them: all twenty completed, local rules never submitted
     jobs = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%k|%T"], capture_output=True,
                           text=True, check=True).stdout.split()
-    assert sorted(j.split("_wildcards")[0] for j in jobs) == ["rule_data_pipeline"] * 2 + [
-        "rule_evaluate"] * 8 + ["rule_train"] * 8
+    names = [j.split("|")[0] for j in jobs]
+    groups = sorted(n for n in names if "probe-tiny-" in n)  # named after their group
+    assert [g.split("probe-tiny-")[1][:len(cell)] for g, cell in zip(
+        groups, ("awd-lstm-mos-strong-gpus0", "lstm-strong-gpus0"), strict=True)] == [
+        "awd-lstm-mos-strong-gpus0", "lstm-strong-gpus0"]
+    assert sorted(n.split("_wildcards")[0] for n in names if n not in groups) == [
+        "rule_data_pipeline"] * 2 + ["rule_evaluate"] * 8 + ["rule_train"] * 8
     assert {j.split("|")[1] for j in jobs} == {"COMPLETED"}
+    probes = sorted(p.relative_to(work / "results" / "probe").parts[:2]
+                    for p in (work / "results" / "probe").rglob("probe.json"))
+    assert probes == [(f, "tiny") for f in ("pytorch", "tensorflow") for _ in range(2)]
     assert len(list(logs.glob("rule_train/*/*.log"))) == 8
 
 
