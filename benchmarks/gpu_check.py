@@ -1,24 +1,48 @@
-"""A few minutes' check of the PyTorch engine on a GPU: the paper's MoS PTB preset, bounded.
+"""The GPU smoke's PyTorch part that fits one GPU, in minutes, on a machine without TensorFlow.
 
-For a GPU machine with PyTorch (2.11 or later) and without TensorFlow: builds
-the ``ptb awd-lstm-mos`` preset of config/config.yaml through the PyTorch
-engine on one GPU, asserts that the LSTMs run cuDNN's fused kernel, times
-``--steps`` training steps and ``--steps`` evaluation windows on random ids
-(after a warm-up), and prints the versions, tokens/s, the allocator's peak
-(``torch.cuda.max_memory_allocated``) and NVML's peak of the device memory,
-with the GPU's utilisation and power. It stops after ``--budget-s`` seconds
-of timed work whatever ``--steps`` says.
+For a single-GPU machine with PyTorch (2.11 or later), offline, holding only
+the project's tree: for each PTB model of ``--config`` (the presets and probe
+settings of config/gpu-smoke.yaml by default) it runs, in a process of its own
+so that no model's memory counts in another's figures,
+
+* the strong-scaling probe on 1 GPU through the workflow's own code
+  (:func:`mosbench.measurement.probe.run_probe`, ``framework="pytorch"``):
+  tokens/s (median and per timed block), median step time, the allocator's
+  peak and NVML's peak of the process' device memory (``gpu_memory_peak_mb``);
+* the cuDNN assertion of the PyTorch engine (``assert_fused_lstm``, under the
+  engine's autocast, so in the dtype the steps run in);
+* a few evaluation windows at the preset's ``eval_batch_size``, timed.
+
+The data is a synthetic corpus with PTB's vocabulary of 10,000 words, written
+to a temporary folder as text and turned into Parquet by the project's
+tokeniser. (The project's Markov source, ``mosbench.data.synthetic``, needs a
+dense 10,000 x 10,000 transition matrix and its SVD: minutes, not seconds, so
+the words come from its word list with Zipf frequencies instead; the speed of
+a step does not depend on which words they are.) It prints the versions
+(torch, CUDA, cuDNN, GPU, driver) and one Markdown table, and writes both as
+JSON to ``--out``. ``--budget-s`` bounds the whole run: a model still running
+then is stopped, the rest are not started, and the report says so.
 
 Usage::
 
-    python benchmarks/gpu_check.py [--steps 50] [--budget-s 240] [--precision float32]
+    python3 benchmarks/gpu_check.py --out "$OUT/gpu_check.json"    # the GPU machine
+    .venv/bin/python benchmarks/gpu_check.py --cpu --steps 2          # the script itself, on a CPU
 
-Needs the project's source (``src/``) importable and nvidia-ml-py for the
-NVML figures (absent, with the reason, otherwise). Prints a Markdown table.
+Needs numpy, torch, pyarrow, PyYAML, psutil and jsonschema (the presets are
+validated and completed by the config schema), and nvidia-ml-py for the NVML
+figures (absent, with the reason, otherwise). Exit status: 0 when every model
+ran (or the budget stopped the run) and cuDNN ran every LSTM; 1 when a model
+failed or the assertion did; 2 when the check could not start.
 """
 
 import argparse
+import importlib.util
+import json
+import os
+import signal
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,94 +51,327 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from mosbench.config import load_config, preset  # noqa: E402
-from mosbench.engines import load_engine  # noqa: E402
-from mosbench.measurement.hardware import HardwareMonitor, hardware_metrics  # noqa: E402
+VOCAB = 10_000  # PTB's
+# Enough for every window of a probe to be fresh text (a probe window is at most
+# 20 x 71 tokens) and for the evaluation windows at eval_batch_size 10.
+TOKENS = {"train": 200_000, "valid": 20_000, "test": 5_000}
+NEEDED = ("numpy", "torch", "pyarrow", "yaml", "psutil", "jsonschema")
+# jsonschema and its dependencies, for a machine without it (and without a network).
+WHEELS = ("jsonschema jsonschema-specifications referencing rpds-py "
+          "(attrs and typing-extensions too, where absent)")
+MIN_START_S = 10  # a model started with less left would only import torch before its stop
+COLUMNS = ("model", "parameters", "batch x bptt", "tokens/s (median)", "tokens/s per block",
+           "step median (ms)", "warm-up (s)", "allocator peak (MiB)", "NVML peak (MiB)",
+           "eval window median (ms)", "eval tokens/s", "cuDNN fused LSTM", "wall (s)")
+TEXT = {"model", "tokens/s per block", "cuDNN fused LSTM"}  # left-aligned; figures right
 
-VOCAB = 10000  # PTB's
+
+# --- the corpus -------------------------------------------------------------------------------
+
+def write_corpus(root, seed=0):
+    """A tokenised corpus with exactly :data:`VOCAB` word types under ``root/data``; its path.
+
+    Words are drawn with Zipf frequencies and sentence ends as in the project's
+    synthetic source (its defaults), and the training split starts with every
+    word once, so the tokeniser finds the whole vocabulary (it checks the count).
+    """
+    from mosbench.data.synthetic import DEFAULTS, word_list
+    from mosbench.data.tokenise import tokenise
+    from mosbench.io import write_json
+
+    words = np.array(word_list(VOCAB), dtype=object)  # id 0 is <eos>
+    rng = np.random.default_rng(seed)
+    popularity = np.arange(1, VOCAB, dtype=np.float64) ** -DEFAULTS["zipf_exponent"]
+    raw = Path(root) / "raw"
+    raw.mkdir(parents=True)
+    for split, count in TOKENS.items():
+        ids = rng.choice(np.arange(1, VOCAB), size=count, p=popularity / popularity.sum())
+        ids[rng.random(count) < DEFAULTS["eos_prob"]] = 0
+        if split == "train":
+            ids = np.concatenate([rng.permutation(np.arange(1, VOCAB)), ids])
+        ids[-1] = 0
+        ends = np.flatnonzero(ids == 0)
+        starts = np.concatenate(([0], ends[:-1] + 1))
+        # one sentence a line, without its <eos>: the tokeniser appends one to every line
+        lines = (" ".join(words[ids[a:b]]) for a, b in zip(starts, ends, strict=True))
+        (raw / f"{split}.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_json(raw / "source.json", {"name": "gpu-check", "kind": "zipf", "vocab_size": VOCAB,
+                                     "tokens": TOKENS, "seed": seed})
+    tokenise(raw, Path(root) / "data", expected_vocab=VOCAB)
+    return Path(root) / "data"
 
 
-def timed(step, windows, budget_s):
-    """Seconds per call of ``step`` over ``windows``, until they or the budget run out."""
-    times, began = [], time.perf_counter()
-    for inputs, targets in windows:
-        start = time.perf_counter()
-        step(inputs, targets)
-        times.append(time.perf_counter() - start)
-        if time.perf_counter() - began > budget_s:
+# --- one model, in a process of its own -------------------------------------------------------
+
+def run_model(job):
+    """Probe, cuDNN assertion and evaluation windows of one model; 1 if any failed.
+
+    The probe comes first, in a fresh process as in the workflow. The record is
+    written to ``job["out"]`` after each part, so a run the budget stops keeps
+    what it measured.
+    """
+    from mosbench.config import load_config, preset
+    from mosbench.data.tokenise import load_split
+    from mosbench.engines import load_engine
+    from mosbench.engines.pytorch.models import assert_fused_lstm
+    from mosbench.io import write_json
+    from mosbench.measurement.probe import run_probe
+    from mosbench.workload import training_hparams
+
+    model, gpus, out = job["model"], job["gpus"], Path(job["out"])
+    # the probe job's hyperparameters: the preset without the evaluation-only keys
+    hp = training_hparams(preset(load_config(job["config"]), "ptb", model))
+    if job["precision"]:
+        hp["matmul_precision"] = job["precision"]
+    threads = os.cpu_count() if not gpus else None
+    record = {"model": model, "precision": hp["matmul_precision"],
+              "batch": hp["batch_size"], "bptt": hp["bptt"]}
+    errors = []
+    try:
+        record["probe"] = run_probe(job["data"], model_name=model, hparams=hp,
+                                    seed=job["seed"], gpus=gpus, scaling="strong",
+                                    steps=job["steps"], warmup=job["warmup"],
+                                    repeats=job["repeats"], threads=threads,
+                                    framework="pytorch")
+    except Exception as exc:  # reported; the assertion below still says whether cuDNN runs
+        errors.append(f"probe: {type(exc).__name__}: {exc}")
+    write_json(out, {**record, "error": "; ".join(errors) or None})
+
+    engine = load_engine("pytorch", gpus=gpus, threads=threads, seed=job["seed"],
+                         precision=hp["matmul_precision"])
+    try:
+        valid, meta = load_split(job["data"], "valid")
+        if not gpus:
+            record["cudnn"] = {"status": "skipped", "detail": "--cpu: cuDNN runs on a CUDA "
+                               "device only, so there is nothing to assert"}
+            engine.build(model, meta["vocab_size"], hp)
+        else:
+            try:
+                engine.build(model, meta["vocab_size"], hp)  # asserts too, on a GPU
+                with engine.replica.autocast():  # the dtype the steps compute in
+                    assert_fused_lstm(engine.model)
+                record["cudnn"] = {"status": "passed",
+                                   "detail": "every LSTM weight on the GPU; aten::_cudnn_rnn ran"}
+            except RuntimeError as exc:
+                if not str(exc).startswith("the fused cuDNN LSTM"):
+                    raise  # out of memory, say: not the assertion's answer
+                record["cudnn"] = {"status": "failed", "detail": str(exc)}
+                errors.append(f"cuDNN: {exc}")
+        if record["cudnn"]["status"] != "failed":
+            record["parameters"] = engine.n_params
+            write_json(out, {**record, "error": "; ".join(errors) or None})
+            record["eval"] = _eval_windows(engine, hp, valid, job)
+    finally:
+        engine.close()
+    write_json(out, {**record, "error": "; ".join(errors) or None})
+    return 1 if errors else 0
+
+
+def _eval_windows(engine, hp, valid, job):
+    """Median time of ``eval_windows`` full evaluation windows after ``warmup`` untimed ones."""
+    from mosbench.data.batching import batchify, windows
+
+    batch, bptt = hp["eval_batch_size"], hp["bptt"]
+    states, times = engine.initial_state(batch), []
+    for i, (inputs, targets) in enumerate(windows(batchify(valid, batch), bptt)):
+        if i == job["warmup"] + job["eval_windows"] or inputs.shape[1] < bptt:
             break
-    return times
+        began = time.perf_counter()
+        _, states = engine.eval_window(inputs, targets, states)  # .item(): synchronised
+        if i >= job["warmup"]:
+            times.append(time.perf_counter() - began)
+    median = float(np.median(times))
+    return {"windows": len(times), "batch": batch, "bptt": bptt, "window_median_s": median,
+            "tokens_per_s": batch * bptt / median}
+
+
+# --- the run ----------------------------------------------------------------------------------
+
+def missing_modules():
+    return [name for name in NEEDED if importlib.util.find_spec(name) is None]
+
+
+def versions(gpus):
+    """torch, CUDA, cuDNN, GPU and driver (NVML), host: without starting CUDA in this process,
+    whose memory would then sit on the GPU beside the models'."""
+    import torch
+
+    from mosbench.engines.pytorch.engine import PyTorchEngine
+    from mosbench.measurement.provenance import provenance
+
+    built = PyTorchEngine.versions()
+    record = provenance(built, gpus)
+    record.update(cuda_build=torch.version.cuda, cudnn_build=built["cudnn_version"],
+                  cuda_available=torch.cuda.is_available())
+    return record
+
+
+def run_all(args, settings, data, deadline, log_dir):
+    """Each model in turn, in a child process, within the budget; the list of records."""
+    records = []
+    for model in settings["models"]:
+        left = deadline - time.monotonic()
+        if left < MIN_START_S:
+            records.append({"model": model, "status": "not started",
+                            "detail": f"{max(left, 0):.0f} s of the budget left"})
+            continue
+        out, log = log_dir / f"{model}.json", log_dir / f"{model}.log"
+        job = {**settings, "model": model, "data": str(data), "out": str(out)}
+        began = time.monotonic()
+        with open(log, "w") as sink:
+            child = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(job)],
+                                     stdout=sink, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+            try:
+                code = child.wait(timeout=left)
+                status = "ok" if code == 0 else "failed"
+            except subprocess.TimeoutExpired:
+                os.killpg(child.pid, signal.SIGKILL)  # the child's own session: it and its own
+                child.wait()
+                status = "stopped"
+        record = json.loads(out.read_text()) if out.exists() else {"model": model}
+        record.update(status=status, wall_s=time.monotonic() - began)
+        if status == "stopped":
+            record["detail"] = (f"the {args.budget_s:g} s budget ran out after "
+                                f"{record['wall_s']:.0f} s")
+        elif status == "failed":  # the child's own account, else its output's end
+            record["detail"] = record.get("error") or "\n".join(
+                log.read_text(errors="replace").splitlines()[-15:])
+        print(f"[gpu_check] {model}: {status} in {record['wall_s']:.1f} s", file=sys.stderr,
+              flush=True)
+        records.append(record)
+    return records
+
+
+def _number(value, digits=0):
+    return "—" if value is None else f"{value:,.{digits}f}"
+
+
+def table(records):
+    """The Markdown table: one row per model, "—" where a figure is absent (why: below it)."""
+    lines = ["| " + " | ".join(COLUMNS) + " |",
+             "|" + "".join("---|" if c in TEXT else "---:|" for c in COLUMNS)]
+    notes = []
+    for r in records:
+        probe, ev, cudnn = r.get("probe") or {}, r.get("eval") or {}, r.get("cudnn") or {}
+        blocks = probe.get("tokens_per_s_blocks")
+        step = probe.get("step_time_median_s")
+        window = ev.get("window_median_s")
+        cells = [r["model"], _number(r.get("parameters")),
+                 f"{r['batch']} x {r['bptt']}" if "batch" in r else "—",
+                 _number(probe.get("tokens_per_s")),
+                 ", ".join(f"{b:,.0f}" for b in blocks) if blocks else "—",
+                 _number(step and step * 1e3, 1), _number(probe.get("warmup_s"), 1),
+                 _number(probe.get("allocator_peak_mb")),
+                 _number(probe.get("gpu_memory_peak_mb")),
+                 _number(window and window * 1e3, 1), _number(ev.get("tokens_per_s")),
+                 cudnn.get("status", "—"), _number(r.get("wall_s"), 1)]
+        lines.append("| " + " | ".join(cells) + " |")
+        if r["status"] != "ok":
+            notes.append(f"- {r['model']}: {r['status']}: {r.get('detail', '')}")
+        if cudnn.get("status") in ("failed", "skipped"):
+            notes.append(f"- {r['model']}: cuDNN assertion {cudnn['status']}: {cudnn['detail']}")
+        for key in ("allocator_peak_mb", "gpu_memory_peak_mb"):
+            if key in (probe.get("absent") or {}):
+                notes.append(f"- {r['model']}: {key} absent: {probe['absent'][key]}")
+    return lines + ([""] + notes if notes else [])
+
+
+def versions_block(record):
+    keys = ("framework_version", "cuda_build", "cudnn_build", "gpu_model", "nvidia_driver",
+            "cuda_available", "python_version", "cpu_model", "hostname", "git_commit",
+            "git_dirty")
+    return [f"- {key}: {record.get(key)}" for key in keys]
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, default=REPO / "config" / "gpu-smoke.yaml",
+                        help="presets (presets.ptb) and probe settings (run.probes) "
+                             "(default: config/gpu-smoke.yaml)")
+    parser.add_argument("--models", nargs="+", help="default: the config's run.models")
+    parser.add_argument("--steps", type=int, help="timed steps a block (default: run.probes)")
+    parser.add_argument("--warmup", type=int, help="untimed steps (and evaluation windows) "
+                                                   "first (default: run.probes; --cpu: 1)")
+    parser.add_argument("--repeats", type=int, help="timed blocks (default: run.probes)")
+    parser.add_argument("--eval-windows", type=int, default=None,
+                        help="timed evaluation windows (default 10; --cpu: 2)")
+    parser.add_argument("--budget-s", type=float, default=240.0,
+                        help="seconds for the whole run, the corpus included (default 240)")
+    parser.add_argument("--precision", choices=["float32", "tf32", "mixed_bfloat16"],
+                        help="default: the preset's matmul_precision")
+    parser.add_argument("--cpu", action="store_true",
+                        help="run on the CPU (gpus=0), to check the script without a GPU")
+    parser.add_argument("--out", type=Path, help="also write the report as JSON here")
+    parser.add_argument("--child", help=argparse.SUPPRESS)  # one model's job, as JSON
+    return parser.parse_args(argv)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--budget-s", type=float, default=240.0)
-    parser.add_argument("--precision", choices=["float32", "tf32", "mixed_bfloat16"])
-    args = parser.parse_args(argv)
+    args = parse_args(argv)
+    if args.child:
+        return run_model(json.loads(args.child))
+    started = time.monotonic()
+    deadline = started + args.budget_s
+    missing = missing_modules()
+    if missing:
+        print(f"gpu_check: missing Python packages: {', '.join(missing)}. Offline, carry them as "
+              f"wheels (for jsonschema: {WHEELS}), install them with `pip install --no-index "
+              "--no-deps --target DIR`, and run with PYTHONPATH=DIR", file=sys.stderr)
+        return 2
+    from mosbench.config import load_config, preset
+    from mosbench.errors import MosbenchError
+    from mosbench.study import probe_seed
 
-    import torch
+    gpus = 0 if args.cpu else 1
+    try:
+        config = load_config(args.config)
+        probes = config["run"]["probes"]
+        settings = {
+            "config": str(args.config), "models": args.models or config["run"]["models"],
+            "gpus": gpus, "seed": probe_seed(config),
+            "steps": args.steps or probes["steps"],
+            "warmup": args.warmup or (1 if args.cpu else probes["warmup"]),
+            "repeats": args.repeats or probes["repeats"],
+            "eval_windows": args.eval_windows or (2 if args.cpu else 10),
+            "precision": args.precision, "budget_s": args.budget_s}
+        for model in settings["models"]:
+            preset(config, "ptb", model)  # an unknown model stops here, not in each child
+        ran_on = versions(gpus)
+        if gpus and not ran_on["cuda_available"]:
+            raise MosbenchError("PyTorch sees no CUDA device: run on a GPU, or with --cpu")
+    except MosbenchError as exc:
+        print(f"gpu_check: {exc}", file=sys.stderr)
+        return 2
 
-    from mosbench.engines.pytorch.models import assert_fused_lstm
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
+        data = write_corpus(Path(tmp) / "corpus")
+        records = run_all(args, settings, data, deadline, Path(tmp))
+    elapsed = time.monotonic() - started
+    stopped = [r["model"] for r in records if r["status"] in ("stopped", "not started")]
+    failed = [r["model"] for r in records if r["status"] == "failed"
+              or (r.get("cudnn") or {}).get("status") == "failed"]
+    report = {"versions": ran_on, "settings": settings, "corpus": {"vocab_size": VOCAB,
+              "tokens": TOKENS}, "models": records, "elapsed_s": elapsed,
+              "stopped_early": bool(stopped), "failed": failed}
 
-    if not torch.cuda.is_available():
-        sys.exit("no CUDA device visible to PyTorch: this check needs a GPU")
-    hp = preset(load_config(REPO / "config" / "config.yaml"), "ptb", "awd-lstm-mos")
-    if args.precision:
-        hp["matmul_precision"] = args.precision
-    rng = np.random.default_rng(0)
-
-    def windows(batch, count):
-        ids = rng.integers(0, VOCAB, (count, batch, hp["bptt"] + 1), dtype=np.int32)
-        return [(w[:, :-1].copy(), w[:, 1:].copy()) for w in ids]
-
-    with HardwareMonitor(gpus=1) as monitor:
-        engine = load_engine("pytorch", gpus=1, seed=0, precision=hp["matmul_precision"])
-        engine.build("awd-lstm-mos", VOCAB, hp)
-        assert_fused_lstm(engine.model)  # raises unless cuDNN's fused LSTM kernel runs
-        engine.prepare_training(hp, hp["batch_size"])
-        state = {"train": engine.initial_state(hp["batch_size"]),
-                 "eval": engine.initial_state(hp["eval_batch_size"])}
-
-        def train(inputs, targets):
-            _, state["train"] = engine.train_step(inputs, targets, state["train"], hp["lr"],
-                                                  False)
-
-        def evaluate(inputs, targets):
-            _, state["eval"] = engine.eval_window(inputs, targets, state["eval"])
-
-        timed(train, windows(hp["batch_size"], args.warmup), args.budget_s)
-        train_times = timed(train, windows(hp["batch_size"], args.steps), args.budget_s / 2)
-        timed(evaluate, windows(hp["eval_batch_size"], args.warmup), args.budget_s)
-        eval_times = timed(evaluate, windows(hp["eval_batch_size"], args.steps),
-                           args.budget_s / 2)
-    figures, absent = hardware_metrics(monitor)
-    allocator, reason = engine.allocator_peak_mb()
-
-    versions = engine.versions()
-    print(f"GPU: {torch.cuda.get_device_name(0)}; "
-          + ", ".join(f"{k} {v}" for k, v in versions.items() if v is not None)
-          + f"; precision {hp['matmul_precision']}; cuDNN fused LSTM: asserted")
-    print(f"preset ptb awd-lstm-mos: {engine.n_params:,} parameters, batch {hp['batch_size']} "
-          f"(eval {hp['eval_batch_size']}), bptt {hp['bptt']}\n")
-    print("| step | steps timed | tokens/s | median (ms) | p95 (ms) |")
-    print("|---|---:|---:|---:|---:|")
-    for name, times, batch in (("train", train_times, hp["batch_size"]),
-                               ("eval", eval_times, hp["eval_batch_size"])):
-        median, p95 = np.percentile(times, [50, 95])
-        print(f"| {name} | {len(times)} | {batch * hp['bptt'] / median:,.0f} | "
-              f"{median * 1e3:.1f} | {p95 * 1e3:.1f} |")
-    print()
-
-    def show(value, why, unit):
-        return f"{value:,.0f} {unit}" if value is not None else f"absent ({why})"
-
-    print(f"allocator peak: {show(allocator, reason, 'MiB')}")
-    for key, unit in (("gpu_memory_peak_mb", "MiB"), ("gpu_util_mean_pct", "%"),
-                      ("gpu_power_mean_w", "W")):
-        print(f"{key}: {show(figures.get(key), absent.get(key), unit)}")
+    device = "CPU (--cpu)" if args.cpu else f"1 GPU ({ran_on.get('gpu_model')})"
+    lines = ["## Versions", "", *versions_block(ran_on), "",
+             f"## PyTorch on {device}: strong-scaling probes, PTB presets of {args.config.name}",
+             "",
+             f"Synthetic corpus, vocabulary {VOCAB:,}; probe: {settings['warmup']} warm-up + "
+             f"{settings['repeats']} x {settings['steps']} timed steps; "
+             f"{settings['eval_windows']} evaluation windows; {elapsed:.0f} s of a "
+             f"{args.budget_s:g} s budget.", "", *table(records)]
+    if stopped:
+        lines += ["", f"Stopped early: the {args.budget_s:g} s budget ran out; not measured "
+                      f"in full: {', '.join(stopped)}."]
+    print("\n".join(lines), flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2, default=str) + "\n", encoding="utf-8")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
