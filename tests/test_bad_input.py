@@ -219,7 +219,8 @@ def test_more_gpus_than_the_machine_has_fails_before_training(tmp_path, monkeypa
     status, err = run_cli(tmp_path, monkeypatch, capsys,
                           ["train", "tiny", "lstm", "--seed", "1", "--gpus", str(gpus)])
     assert_one_clear_line(status, err, f"gpus={gpus} was asked for",
-                          f"this machine shows {gpus - 1} GPU(s)", "use gpus: [0]")
+                          f"TensorFlow sees {gpus - 1} GPU(s)", "CUDA",
+                          "tensorflow-cuda", "gpus: [0] runs the job on the CPU")
     assert files_under(tmp_path / "results") == []  # no train.json, no weights, no checkpoint
     assert not (tmp_path / "mlflow.db").exists()  # no MLflow run was started
 

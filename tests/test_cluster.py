@@ -283,7 +283,8 @@ def slurm(tmp_path_factory):
 def test_the_tiny_workflow_runs_through_slurm_with_the_profile(slurm, tmp_path, capsys):
     config = yaml.safe_load(TINY_CONFIG.read_text())
     # what this node can give; a cell's two probes run in series in one group job: 2 x 5 min
-    config["cluster"] = {"train": {"mem_mb": 1000, "runtime": 10}, "probe": {"runtime": 5}}
+    config["cluster"] = {"train": {"mem_mb": 1000, "runtime": 10}, "probe": {"runtime": 5},
+                         "evaluate": {"mem_mb": 1000, "runtime": 10}}
     configfile = tmp_path / "tiny-slurm.yaml"
     configfile.write_text(yaml.safe_dump(config))
     work, logs = tmp_path / "work", tmp_path / "slurm-logs"
@@ -313,8 +314,9 @@ def test_the_tiny_workflow_runs_through_slurm_with_the_profile(slurm, tmp_path, 
     calls = [line for line in output.splitlines() if "sbatch call: sbatch" in line]
     assert len(calls) == 20 and output.count("has been submitted with SLURM jobid") == 20
     for call in calls:
-        assert " -p debug" in call and "--requeue" in call and " -t 10" in call
-        assert " --mem 1000" in call and "--gpus" not in call  # CPU jobs
+        flags = call.split(" --wrap")[0]
+        assert " -p debug" in flags and "--requeue" in flags and " -t 10" in flags, flags
+        assert " --mem 1000" in flags and "--gpus" not in flags, flags  # CPU jobs
     assert sum("rule_train_wildcards" in call and "--nodes=1" in call for call in calls) == 8
     # ... and SLURM ran them: all twenty completed, local rules never submitted
     jobs = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%k|%T"], capture_output=True,

@@ -288,7 +288,10 @@ def test_a_grid_with_gpu_jobs_plans_one_data_pipeline_job_per_device(tiny_run):
     assert done.returncode == 0, done.stderr[-3000:]
     jobs = planned_jobs(done.stdout + done.stderr)
     pipelines = [job for job in jobs if job.rule == "data_pipeline"]
-    assert counts(jobs)["train"] == 16  # 2 frameworks x 2 models x 2 seeds x 2 GPU counts
+    # trained at the smallest GPU count (2 frameworks x 2 models x 2 seeds), probed at both
+    assert counts(jobs)["train"] == 8 and counts(jobs)["probe"] == 8
+    assert {j.wildcards["gpus"] for j in jobs if j.rule == "train"} == {"0"}
+    assert {j.wildcards["gpus"] for j in jobs if j.rule == "probe"} == {"0", "1"}
     assert sorted((j.wildcards["framework"], j.wildcards["device"]) for j in pipelines) == [
         (framework, device) for framework in sorted(FRAMEWORKS) for device in ("cpu", "gpu")]
     for job in pipelines:  # a GPU node's host for the gpu figures, as a 1-GPU training job
