@@ -39,6 +39,10 @@ def _broken(edit):
         (lambda c: c["run"].update(frameworks="pytorch"), "run.frameworks"),
         (lambda c: c["run"].update(seeds=[-1]), "run.seeds[0]"),
         (lambda c: c["run"].update(seeds=[1.5]), "run.seeds[0]"),
+        (lambda c: c["run"].update(seeds=[1, 2**32]), "run.seeds[1]"),  # 32-bit generators
+        (lambda c: c["datasets"].update({"../escape": {"source": "tiny"}}), "datasets"),
+        (lambda c: c["sources"].update({".hidden": c["sources"]["tiny"]}), "sources"),
+        (lambda c: c["datasets"].update({"a/b": {"source": "tiny"}}), "does not match"),
         (lambda c: c["run"].update(gpus=["two"]), "run.gpus[0]"),
         (lambda c: c["run"].pop("seeds"), "'seeds' is a required property"),
         (lambda c: c["presets"]["tiny"]["lstm"].update(lr="fast"), "presets.tiny.lstm.lr"),
