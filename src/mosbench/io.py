@@ -61,7 +61,7 @@ def write_json(path, data):
 
 # Files one stage writes for the next: which stage to run when one is missing.
 _WRITTEN_BY = {"train.json": "train", "metrics.json": "evaluate", "source.json": "download",
-               "weak.json": "weak-scaling probe"}
+               "probe.json": "probe"}
 
 
 def read_json(path):

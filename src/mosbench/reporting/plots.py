@@ -104,7 +104,8 @@ def plot_valid_ppl(curves, runs, path):
 
 def plot_scaling(runs, scaling, path):
     """Per data set and model: training throughput against the device count (the CPU
-    included) and, with GPU runs, parallel efficiency; one line per framework."""
+    included; training runs and probes) and, with GPU runs, parallel efficiency; one line
+    per framework and source."""
     pairs = sorted(set(zip(runs["dataset"], runs["model"], strict=True)))
     with_gpus = not scaling.empty
     ncols = 2 if with_gpus else min(len(pairs), 2)
@@ -124,13 +125,14 @@ def plot_scaling(runs, scaling, path):
             left.errorbar(x, group["mean"], yerr=group["std"].fillna(0), marker="o",
                           color=_colour(framework), capsize=3,
                           label=framework + (f" ({env})" if several else ""))
-        weak = scaling[(scaling["scaling"] == "weak") & (scaling["dataset"] == dataset)
-                       & (scaling["model"] == model)]
-        for framework, group in weak.groupby("framework"):
+        probed = scaling[(scaling["source"] == "probe") & (scaling["dataset"] == dataset)
+                         & (scaling["model"] == model)]
+        for (framework, mode), group in probed.groupby(["framework", "scaling"]):
             left.errorbar([position[g] for g in group["gpus"]], group["tokens_per_s_mean"],
-                          yerr=group["tokens_per_s_std"].fillna(0), linestyle="--",
-                          marker="s", color=_colour(framework), capsize=3,
-                          label=f"{framework}, weak scaling")
+                          yerr=group["tokens_per_s_std"].fillna(0),
+                          linestyle="--" if mode == "weak" else "-.",
+                          marker="s" if mode == "weak" else "^", color=_colour(framework),
+                          capsize=3, label=f"{framework}, {mode} scaling (probes)")
         left.set(xlabel="devices", ylabel="training tokens/s",
                  title=f"{dataset} · {model}: throughput")
         left.set_xticks(*ticks)
