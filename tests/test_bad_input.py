@@ -443,3 +443,25 @@ def test_checkpoint_of_a_different_model_is_refused(tiny_config, tmp_path, frame
     checkpoint.save(tmp_path, saved, {"epoch": 1})
     state, _ = checkpoint.load(tmp_path, saved)
     assert state["epoch"] == 1
+
+
+@pytest.mark.parametrize("damage", ["truncated", "unreadable"])
+def test_an_unreadable_checkpoint_is_kept_and_named(damage, tokenised, tmp_path, monkeypatch,
+                                                    capsys, mlflow_store):
+    """A checkpoint.json that cannot be read (a node crash, EIO on a network file system)
+    proves nothing about its settings: the job stops in one line and deletes nothing."""
+    run = tmp_path / "results" / "train" / "tensorflow" / "tiny" / "lstm" / "seed1-gpus0"
+    run.mkdir(parents=True)
+    state = run / "checkpoint.json"
+    if damage == "truncated":
+        state.write_text('{"format_version": 2, "arrays": "checkpoint-3.np')
+    else:  # a directory where the file should be: reading it fails with an OSError
+        state.mkdir()
+    (run / "checkpoint-3.npz").write_bytes(b"three epochs of work")
+    (run / "best-2.weights.npz").write_bytes(b"the best weights so far")
+    before = files_under(run)
+    status, err = run_cli(tmp_path, monkeypatch, capsys, ["train", "tiny", "lstm", "--seed", "1"])
+    assert_one_clear_line(status, err, f"{state.relative_to(tmp_path)}: unreadable (",
+                          "the checkpoint and its arrays are kept, nothing was deleted")
+    assert files_under(run) == before  # nothing deleted, nothing trained
+    assert (run / "checkpoint-3.npz").read_bytes() == b"three epochs of work"

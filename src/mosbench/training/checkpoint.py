@@ -96,11 +96,21 @@ def load(folder, engine):
 
 
 def same_job(folder, fingerprint):
-    """Whether the checkpoint in ``folder`` was written by a job with these settings."""
+    """Whether the checkpoint in ``folder`` was written by a job with these settings.
+
+    Only a readable checkpoint can prove it is of other settings (and be deleted by
+    the caller): an unreadable one (a truncated file after a node crash, EIO or
+    ESTALE on a network file system) raises, and every file is kept.
+    """
+    path = Path(folder) / STATE
     try:
-        state = json.loads((Path(folder) / STATE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise MosbenchError(
+            f"{path}: unreadable ({reason}); the checkpoint and its arrays are kept, nothing "
+            f"was deleted. Run the job again once the file system is back; to start afresh, "
+            f"delete {Path(folder) / 'checkpoint'}*") from None
     return state.get("fingerprint") == json.loads(json.dumps(fingerprint))
 
 
