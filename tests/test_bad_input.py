@@ -465,3 +465,19 @@ def test_an_unreadable_checkpoint_is_kept_and_named(damage, tokenised, tmp_path,
                           "the checkpoint and its arrays are kept, nothing was deleted")
     assert files_under(run) == before  # nothing deleted, nothing trained
     assert (run / "checkpoint-3.npz").read_bytes() == b"three epochs of work"
+
+
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_a_truncated_weights_file_is_one_clear_error(tiny_config, tmp_path, framework):
+    from mosbench.evaluation.evaluate import load_trained
+    from mosbench.training.train import WEIGHTS
+
+    hparams = tiny_config["presets"]["tiny"]["lstm"]
+    engine = load_engine(framework)
+    engine.build("lstm", 40, hparams)
+    np.savez(tmp_path / WEIGHTS, **engine.weights())
+    whole = (tmp_path / WEIGHTS).read_bytes()
+    (tmp_path / WEIGHTS).write_bytes(whole[: len(whole) // 2])  # a copy cut short
+    with pytest.raises(MosbenchError, match=r"model\.weights\.npz: not a whole weights file "
+                                            r"\(.*\); run its train job again"):
+        load_trained(tmp_path, "lstm", 40, hparams, framework=framework)

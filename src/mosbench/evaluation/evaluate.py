@@ -8,6 +8,7 @@ ran on (tags ``evaluate.<key>``) and the test split as a dataset input.
 """
 
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,9 @@ def load_trained(train_dir, model_name, vocab_size, hparams, framework="tensorfl
     try:
         with np.load(path) as arrays:
             engine.load_weights(dict(arrays))
+    except (zipfile.BadZipFile, EOFError) as exc:  # cut short: a full disk, a killed copy
+        raise MosbenchError(f"{path}: not a whole weights file ({exc}); run its train job "
+                            "again to write it") from None
     except (ValueError, OSError, MosbenchError) as exc:
         raise MosbenchError(
             f"{path}: cannot load these weights into {model_name} with the configured "
