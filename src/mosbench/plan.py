@@ -87,6 +87,7 @@ class EpochTimes:
     """Seconds per epoch by (framework, dataset, model, gpus), and where each came from."""
 
     def __init__(self, results="results"):
+        self.results, self.tokens = results, {}
         self.trained, self.probed = {}, {}
         for path in glob.glob(f"{results}/train/*/*/*/seed*-gpus*/train.json"):
             record = read_json(path)
@@ -98,15 +99,18 @@ class EpochTimes:
             record = read_json(path)
             key = tuple(record[k] for k in ("framework", "dataset", "model", "gpus"))
             self.probed[key] = record["tokens_per_s"]
-        self.results = results
 
     def train_tokens(self, dataset):
-        data = Path(self.results) / "data" / dataset / "train.parquet"
-        if data.exists():
-            from mosbench.data.tokenise import read_metadata
+        """The training split's tokens: tokenised data when there is some (read once)."""
+        if dataset not in self.tokens:
+            data = Path(self.results) / "data" / dataset / "train.parquet"
+            if data.exists():
+                from mosbench.data.tokenise import read_metadata
 
-            return read_metadata(data)["tokens"]["train"]
-        return TRAIN_TOKENS.get(dataset)
+                self.tokens[dataset] = read_metadata(data)["tokens"]["train"]
+            else:
+                self.tokens[dataset] = TRAIN_TOKENS.get(dataset)
+        return self.tokens[dataset]
 
     def get(self, framework, dataset, model, gpus):
         """``(seconds, source)``, or ``(None, reason)`` when nothing says."""
@@ -123,11 +127,10 @@ class EpochTimes:
 
 
 def _limit_h(config, rule, dataset=None, model=None):
-    cluster = config["cluster"]
+    """A job's time limit in hours: the training one per (dataset, model), else the rule's."""
     if rule == "train":
-        override = cluster["overrides"].get(dataset, {}).get(model, {})
-        return override.get("runtime", cluster["train"]["runtime"]) / 60
-    return cluster[rule]["runtime"] / 60 if rule in ("probe", "evaluate") else None
+        return study.train_limit(config, dataset, model, "runtime") / 60
+    return config["cluster"][rule]["runtime"] / 60
 
 
 def plan(config, *, retries=0, results="results", default_runtime_min=120):

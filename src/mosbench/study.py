@@ -14,6 +14,14 @@ import itertools
 from mosbench.errors import MosbenchError
 
 
+def train_limit(config, dataset, model, key):
+    """``cpus_per_gpu``, ``mem_mb`` or ``runtime`` of a training job: ``cluster.train``,
+    unless ``cluster.overrides.<dataset>.<model>`` says otherwise."""
+    cluster = config["cluster"]
+    override = cluster["overrides"].get(dataset, {}).get(model, {})
+    return override.get(key, cluster["train"][key])
+
+
 def train_gpus(config):
     """The GPU counts models are trained to convergence at."""
     run = config["run"]

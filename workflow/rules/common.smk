@@ -174,9 +174,7 @@ def slurm_placement():
 
 def train_limit(wildcards, key):
     """cpus_per_gpu, mem_mb or runtime of one (dataset, model), from `cluster:`."""
-    cluster = config["cluster"]
-    override = cluster["overrides"].get(wildcards.dataset, {}).get(wildcards.model, {})
-    return override.get(key, cluster["train"][key])
+    return study.train_limit(config, wildcards.dataset, wildcards.model, key)
 
 
 def wall_time_s(runtime_min):
