@@ -100,8 +100,18 @@ def test_assign_sets_cuda_visible_devices(tmp_path):
     assert env["CUDA_VISIBLE_DEVICES"] == ""  # a CPU job sees no GPU at all
 
 
-def test_under_slurm_nothing_is_assigned(tmp_path):
-    env = {"SLURM_JOB_ID": "42", "CUDA_VISIBLE_DEVICES": "1"}
-    assert assign_devices(1, env, lock_dir=tmp_path) is None
-    assert env == {"SLURM_JOB_ID": "42", "CUDA_VISIBLE_DEVICES": "1"}
-    assert not os.listdir(tmp_path)
+def test_under_slurm_jobs_share_out_their_allocation(tmp_path):
+    """A local executor inside salloc: jobs get the allocation's GPUs in turn, not all GPU 0."""
+    allocation = {"SLURM_JOB_ID": "42", "CUDA_VISIBLE_DEVICES": "1,3"}
+    first, second, cpu = dict(allocation), dict(allocation), dict(allocation)
+    assert assign_devices(1, first, lock_dir=tmp_path) == ["1"]
+    assert assign_devices(1, second, lock_dir=tmp_path) == ["3"]
+    assert (first["CUDA_VISIBLE_DEVICES"], second["CUDA_VISIBLE_DEVICES"]) == ("1", "3")
+    assert assign_devices(0, cpu, lock_dir=tmp_path) == [] and cpu["CUDA_VISIBLE_DEVICES"] == ""
+    with pytest.raises(MosbenchError, match="no 1 free GPU"):  # both held: a third waits
+        claim(1, ["1", "3"], lock_dir=tmp_path / "slurm-42", poll_s=0.01, timeout_s=0.05)
+    # Another allocation on the node whose cgroup also numbers its GPU 1 is not kept waiting.
+    other = {"SLURM_JOB_ID": "43", "CUDA_VISIBLE_DEVICES": "1"}
+    assert assign_devices(1, other, lock_dir=tmp_path) == ["1"]
+    assert sorted(os.listdir(tmp_path)) == ["slurm-42", "slurm-43"]
+    assert os.stat(tmp_path / "slurm-42").st_mode & 0o1777 == 0o1777

@@ -8,8 +8,14 @@ TensorFlow only those, through ``CUDA_VISIBLE_DEVICES``, which must happen
 before TensorFlow is imported. The kernel drops a lock when its process ends,
 however it ends, so a crashed job frees its GPUs.
 
-Under SLURM this does nothing: SLURM sets ``CUDA_VISIBLE_DEVICES`` to the
-job's own allocation.
+Under SLURM the claim is made among the allocation's own devices (SLURM sets
+``CUDA_VISIBLE_DEVICES`` to them), with locks of that allocation only
+(``slurm-<SLURM_JOB_ID>`` below the lock folder). A job submitted by itself
+claims what it was given; several jobs run by a local executor inside one
+``salloc``/``srun`` allocation share it out, instead of all landing on its
+first GPU. The allocation's folder is its own because jobs of two
+allocations on one node may both see their GPU as device 0 (cgroups
+renumber), and must not wait for each other.
 """
 
 import fcntl
@@ -78,6 +84,18 @@ def _try_lock(f):
         return False
 
 
+def _make_shared(folder):
+    """Create ``folder`` and its missing parents shared like /tmp: any user's jobs may add locks."""
+    if folder.exists():
+        return
+    _make_shared(folder.parent)
+    try:
+        folder.mkdir()
+        os.chmod(folder, 0o1777)
+    except FileExistsError:  # another job made it first
+        pass
+
+
 def claim(n, devices, lock_dir=None, poll_s=1.0, timeout_s=None):
     """Hold ``n`` of ``devices`` exclusively among all claimants using ``lock_dir``.
 
@@ -90,11 +108,7 @@ def claim(n, devices, lock_dir=None, poll_s=1.0, timeout_s=None):
             f"({','.join(devices) or 'none'}); use gpus: [0] to train on the CPU"
         )
     lock_dir = Path(lock_dir or os.environ.get(LOCK_DIR_ENV) or DEFAULT_LOCK_DIR)
-    try:
-        lock_dir.mkdir(parents=True)
-        os.chmod(lock_dir, 0o1777)  # shared like /tmp: every user's jobs may add locks
-    except FileExistsError:
-        pass
+    _make_shared(lock_dir)
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     waiting = False
     while True:
@@ -124,12 +138,13 @@ def claim(n, devices, lock_dir=None, poll_s=1.0, timeout_s=None):
 def assign_devices(gpus, environ=None, lock_dir=None):
     """Make exactly ``gpus`` devices of this machine visible to this process; call before TF.
 
-    Returns the device IDs now in ``CUDA_VISIBLE_DEVICES``, or None under SLURM
-    (which assigns devices itself). The claim lasts until the process exits.
+    Returns the device IDs now in ``CUDA_VISIBLE_DEVICES``. The claim lasts
+    until the process exits.
     """
     environ = os.environ if environ is None else environ
-    if "SLURM_JOB_ID" in environ:
-        return None
+    if "SLURM_JOB_ID" in environ:  # share out this allocation's devices among its jobs
+        base = Path(lock_dir or environ.get(LOCK_DIR_ENV) or DEFAULT_LOCK_DIR)
+        lock_dir = base / f"slurm-{environ['SLURM_JOB_ID']}"
     devices = []
     if gpus > 0:
         held = claim(gpus, machine_gpus(environ), lock_dir=lock_dir)
