@@ -98,22 +98,29 @@ class PyTorchEngine(Engine):
 
     # --- data parallelism ----------------------------------------------------------------
 
-    def _everywhere(self, name, *args, reply=False, each=None):
+    def _everywhere(self, name, *args, reply=False, each=None, settle=None):
         """Run a replica method in every process (rank 0 here); with ``reply``, every result.
 
-        ``each`` gives each worker its own arguments instead of ``args``.
+        ``each`` gives each worker its own arguments instead of ``args``;
+        ``settle`` turns rank 0's result into a host value (on a GPU, the wait
+        for the command's collectives).
         """
         self.workers.send(name, each or [args] * (self.workers.world - 1), reply)
         try:
             mine = getattr(self.replica, name)(*args)
-            return [mine, *self.workers.receive()] if reply else mine
+            if settle is not None:
+                mine = settle(mine)
+            results = [mine, *self.workers.receive()] if reply else mine
         except WorkerError:
             raise
-        except Exception as exc:  # a collective broke: say which worker broke it
-            report = self.workers.failure()
-            if report:
-                raise WorkerError(report) from exc
+        except Exception:  # a collective broke: a dead worker is the cause, say which
+            failure = self.workers.failure()
+            if failure:
+                raise failure from None
             raise
+        # An NCCL collective that the death of a worker aborted returns, with garbage: raise
+        self.workers.check()
+        return results
 
     def close(self):
         """Stop the worker processes, if any (idempotent)."""
@@ -193,8 +200,8 @@ class PyTorchEngine(Engine):
         carried = states.key if isinstance(states, ShardedStates) else self.state_arrays(states)
         self._step += 1
         nll = self._everywhere("train_window", inputs, targets, carried, lr, average,
-                               self.replica.shared_rng(), self._step)
-        return nll.item(), ShardedStates(self._step)
+                               self.replica.shared_rng(), self._step, settle=torch.Tensor.item)
+        return nll, ShardedStates(self._step)
 
     def _average(self):
         if self.replica.average is None:

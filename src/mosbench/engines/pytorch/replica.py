@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from mosbench import faults
 from mosbench.engines.pytorch.averaging import IterateAverage
 from mosbench.engines.pytorch.models import assert_fused_lstm, build_model, masks
 from mosbench.engines.pytorch.models.activation_regularisation import (
@@ -155,6 +156,7 @@ class Replica:
         self.model.train()
         x, y = tokens(inputs, self.device), tokens(targets, self.device)
         self.optimizer.zero_grad(set_to_none=True)
+        faults.point(f"replica-{self.rank}-step")  # a replica dies mid-step, the others wait
         with masks.drawn_from(**self.generators):
             total, new_states = self._accumulate(x, y, states)
         if self.world > 1:
