@@ -7,6 +7,8 @@ of a study and their cost, before submitting); each reads the same
 config file as the workflow and writes where the workflow would
 (:mod:`mosbench.paths`). ``train``, ``evaluate``, ``params`` and ``rank`` take
 ``--framework`` (default tensorflow). User errors print one clear line and exit with 2.
+A stage that fails leaves none of its outputs, not even the previous run's, as
+under Snakemake (:func:`mosbench.io.all_or_nothing`).
 """
 
 import argparse
@@ -18,6 +20,7 @@ from mosbench import paths
 from mosbench.config import check_gpus, load_config, model_names, preset, source_of
 from mosbench.engines import FRAMEWORKS
 from mosbench.errors import PAUSED_EXIT_CODE, MosbenchError, TrainingPaused
+from mosbench.io import all_or_nothing
 
 DEFAULT_CONFIG = Path("config/config.yaml")
 
@@ -102,16 +105,19 @@ def _run_dirs(args):
 
 
 def _train(args, config):
-    from mosbench.training.train import train
+    from mosbench.training.train import SUMMARY, WEIGHTS, train
 
     check_gpus(config, args.gpus)
     train_dir, _ = _run_dirs(args)
-    summary = train(paths.DATA.format(dataset=args.dataset), train_dir,
-                    framework=args.framework, dataset=args.dataset, model_name=args.model,
-                    seed=args.seed, gpus=args.gpus,
-                    hparams=preset(config, args.dataset, args.model),
-                    experiment=config["mlflow"]["experiment"], threads=config["threads"],
-                    config_snapshot=config, prices=config["cost"])
+    # As under Snakemake: a failed (or paused) rerun leaves no outputs, not the previous
+    # run's; the checkpoint is not an output and stays. The code hash: train computes it.
+    with all_or_nothing(Path(train_dir) / WEIGHTS, Path(train_dir) / SUMMARY):
+        summary = train(paths.DATA.format(dataset=args.dataset), train_dir,
+                        framework=args.framework, dataset=args.dataset, model_name=args.model,
+                        seed=args.seed, gpus=args.gpus,
+                        hparams=preset(config, args.dataset, args.model),
+                        experiment=config["mlflow"]["experiment"], threads=config["threads"],
+                        config_snapshot=config, prices=config["cost"])
     print(f"wrote {train_dir}; best valid loss {summary['best_valid_loss']:.4f}")
 
 
@@ -119,11 +125,13 @@ def _evaluate(args, config):
     from mosbench.evaluation.evaluate import evaluate
 
     train_dir, eval_dir = _run_dirs(args)
-    metrics = evaluate(paths.DATA.format(dataset=args.dataset), train_dir,
-                       f"{eval_dir}/metrics.json", model_name=args.model,
-                       hparams=preset(config, args.dataset, args.model),
-                       experiment=config["mlflow"]["experiment"], gpus=args.gpus,
-                       threads=config["threads"], framework=args.framework)
+    metrics_path = f"{eval_dir}/metrics.json"
+    with all_or_nothing(metrics_path):  # a failed rerun leaves no metrics, not the last run's
+        metrics = evaluate(paths.DATA.format(dataset=args.dataset), train_dir, metrics_path,
+                           model_name=args.model,
+                           hparams=preset(config, args.dataset, args.model),
+                           experiment=config["mlflow"]["experiment"], gpus=args.gpus,
+                           threads=config["threads"], framework=args.framework)
     print(f"valid ppl {metrics['best_valid_ppl']:.2f}, test ppl {metrics['test_ppl']:.2f}")
 
 

@@ -3,9 +3,15 @@
 Every output is written to a temporary file in the same folder and renamed
 into place (``os.replace`` is atomic on POSIX), so a killed job leaves either
 the old file, or nothing, never a truncated file that looks complete.
+With ``durable=True`` the file is also on disk before it is renamed and the
+rename is on disk before the writer goes on (fsync of the file, then of its
+folder): for files whose predecessor the writer deletes next (checkpoints)
+or that replace one (the job's final outputs), so a power loss or node crash
+cannot leave neither.
 """
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -14,11 +20,37 @@ from pathlib import Path
 from mosbench.errors import MissingInput
 
 
+def fsync_file(path):
+    """Flush ``path``'s data to disk (the writer may have closed it already)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_folder(folder):
+    """Flush ``folder``'s entries (a rename, a new file) to disk.
+
+    A file system that cannot sync a folder (EINVAL, ENOTSUP: some FUSE and
+    SMB mounts) orders its metadata itself or not at all; nothing more to do there.
+    """
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
-def atomic_path(path, suffix=".tmp"):
+def atomic_path(path, suffix=".tmp", durable=False):
     """Yield a temporary path next to ``path``; rename it onto ``path`` on success.
 
     ``suffix`` is for writers that insist on an extension (Keras wants ``.weights.h5``).
+    ``durable``: fsync the file before the rename and the folder after it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -26,7 +58,11 @@ def atomic_path(path, suffix=".tmp"):
     os.close(fd)
     try:
         yield Path(tmp)
+        if durable:
+            fsync_file(tmp)
         os.replace(tmp, path)
+        if durable:
+            fsync_folder(path.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -53,9 +89,9 @@ def all_or_nothing(*paths):
         raise
 
 
-def write_json(path, data):
-    """Write ``data`` as indented JSON, atomically."""
-    with atomic_path(path) as tmp:
+def write_json(path, data, durable=False):
+    """Write ``data`` as indented JSON, atomically (``durable``: see :func:`atomic_path`)."""
+    with atomic_path(path, durable=durable) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 

@@ -29,7 +29,8 @@ try:
           framework=w.framework, dataset=w.dataset, model_name=w.model, seed=int(w.seed),
           gpus=int(w.gpus), hparams=snakemake.params.hparams,
           experiment=snakemake.config["mlflow"]["experiment"], threads=snakemake.threads,
-          config_snapshot=snakemake.config, wall_time_s=budget, prices=snakemake.config["cost"])
+          config_snapshot=snakemake.config, wall_time_s=budget, prices=snakemake.config["cost"],
+          code_hash=snakemake.params.code)  # the code this run is for: resume only its checkpoint
 except TrainingPaused as paused:
     # Checkpointed: a retry (profiles/slurm sets `retries`) or the next run resumes.
     print(f"paused: {paused}", file=sys.stderr)

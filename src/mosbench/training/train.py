@@ -11,7 +11,8 @@ phase restarts from the best weights with averaging from the start (MoS).
 Every epoch end writes a checkpoint (:mod:`mosbench.training.checkpoint`);
 SIGTERM or the wall-time budget writes one mid-epoch and stops with
 :class:`TrainingPaused`, and the next run of the same job resumes from it
-into the same MLflow run. Outputs: ``model.weights.npz`` (best by validation,
+into the same MLflow run; a checkpoint of other settings, train code or data
+is discarded, and the job starts afresh. Outputs: ``model.weights.npz`` (best by validation,
 averaged weights once NT-ASGD has switched) and ``train.json``, both written
 last.
 
@@ -24,6 +25,7 @@ has a stage of its own. It records what it ran on
 reports its progress as it goes (:mod:`mosbench.progress`).
 """
 
+import hashlib
 import math
 import shutil
 import signal
@@ -32,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mosbench import code_hash as code_hashes
 from mosbench import faults
 from mosbench.data.batching import batchify
 from mosbench.data.tokenise import load_split
@@ -78,10 +81,13 @@ def fresh_state(hparams, seed):
 
 def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experiment,
           framework="tensorflow", threads=None, config_snapshot=None, wall_time_s=None,
-          devices=None, prices=None):
+          devices=None, prices=None, code_hash=None):
     """Train one (framework, dataset, model, seed, gpus) job; return the summary (train.json).
 
-    ``prices`` (config key ``cost``) prices its epochs; ``devices`` replaces
+    ``code_hash`` is the hash of the train code the job runs (the rule's
+    ``params.code``; None computes it, as the rule does): a checkpoint written
+    by other code, or from other data, is not resumed. ``prices`` (config key
+    ``cost``) prices its epochs; ``devices`` replaces
     the GPUs (the tests' logical CPU devices). The data pipeline (streaming vs
     caching) is measured by its own stage, once per data set and device
     (:func:`mosbench.measurement.data_pipeline.data_pipeline_record`).
@@ -104,9 +110,13 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
 
     # --- resume or start ---
     hidden = None
+    # What a checkpoint must share to be resumed: the settings, and the code and data the
+    # rule reruns the job for (a fix or new data trains afresh, not on from the old run).
     fingerprint = {"framework": framework, "dataset": dataset, "model": model_name,
                    "seed": seed, "gpus": gpus, "vocab_size": meta["vocab_size"],
-                   "hparams": hparams}
+                   "hparams": hparams,
+                   "code": code_hash or code_hashes.code_hash("train", framework),
+                   "data": _data_digest(train_ids, valid_ids)}
     if checkpoint.exists(out_dir) and not checkpoint.same_job(out_dir, fingerprint):
         print(f"{out_dir}: the checkpoint there is of other settings; starting afresh",
               flush=True)
@@ -232,7 +242,7 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
             if valid_loss < state["best_loss"]:
                 state["best_loss"], state["best_epoch"] = valid_loss, state["epoch"]
                 state["best_file"] = _save_best(engine, state["averaging"], out_dir,
-                                                state["epoch"])
+                                                state["epoch"], state.get("generation", 0))
                 state["keep"] = [state["best_file"]]  # not a checkpoint's to delete
             _schedule(state, valid_loss, hparams, engine, out_dir)
             state["partial"] = [0.0, 0, 0.0]
@@ -263,9 +273,10 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
     engine.close()
     tracker.log_metrics(mlflow_run.train_metrics(summary))
     tracker.set_tags({f"absent.{k}": reason for k, reason in summary["absent"].items()})
-    with atomic_path(out_dir / WEIGHTS, suffix=".npz") as tmp:
+    # durable: on disk before the checkpoint is removed below, so a crash cannot lose both
+    with atomic_path(out_dir / WEIGHTS, suffix=".npz", durable=True) as tmp:
         shutil.copyfile(out_dir / state["best_file"], tmp)
-    write_json(out_dir / SUMMARY, summary)
+    write_json(out_dir / SUMMARY, summary, durable=True)
     faults.point("finished")
     tracker.log_artifact(out_dir / SUMMARY)
     tracker.log_artifact(out_dir / WEIGHTS)
@@ -338,21 +349,37 @@ def _note_launch(state, ran_on):
         launches[-1] = ran_on
 
 
+def _data_digest(*splits):
+    """sha256 of the token ids the job trains and validates on.
+
+    The ids themselves, not the metadata's source checksums: a tokeniser fix
+    changes the ids of the same text. About a second per 100M tokens, once a launch.
+    """
+    digest = hashlib.sha256()
+    for ids in splits:  # length-prefixed: tokens moved from one split to the next count
+        digest.update(len(ids).to_bytes(8, "little"))
+        digest.update(np.ascontiguousarray(ids, dtype=np.int32))
+    return digest.hexdigest()
+
+
 def _out_of_time(wall_time_s, started):
     """Whether this job has used its wall-time budget (None: no budget)."""
     return bool(wall_time_s) and time.monotonic() - started > wall_time_s
 
 
-def _save_best(engine, averaged, out_dir, epoch):
+def _save_best(engine, averaged, out_dir, epoch, generation):
     """Save the best weights so far (averaged ones while NT-ASGD averages); return the name.
 
     One file per epoch, named in the checkpoint: a job killed after this but
     before the epoch's checkpoint resumes with the best weights the checkpoint
     knows. The job's output, model.weights.npz, is a copy made at the end:
-    Snakemake deletes the outputs of a job that failed or paused.
+    Snakemake deletes the outputs of a job that failed or paused. On disk
+    before the checkpoint that names it; a full disk stops the job with
+    ``generation``, the checkpoint in place, kept.
     """
     name = f"best-{epoch}.weights.npz"
-    with atomic_path(out_dir / name, suffix=".npz") as tmp:
+    with (checkpoint.stop_on_full_disk(out_dir, name, generation),
+          atomic_path(out_dir / name, suffix=".npz", durable=True) as tmp):
         if averaged:
             with engine.averaged():
                 np.savez(tmp, **engine.weights())
