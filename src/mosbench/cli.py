@@ -165,7 +165,7 @@ def _plan(args, config):
 def _replay_tracking(args, config):
     from mosbench.tracking.tracker import replay
 
-    replay(args.paths)
+    replay(args.paths, uri=args.tracking_uri)
 
 
 def _nonnegative_int(text):
@@ -266,6 +266,10 @@ def build_parser(config_path=DEFAULT_CONFIG):
                        "tracking store was unreachable (idempotent)")
     p.add_argument("paths", nargs="+", type=Path, metavar="PATH",
                    help="a train or evaluate job's folder, or its tracking-spool.jsonl")
+    p.add_argument("--tracking-uri", metavar="URI", default=None,
+                   help="the tracking store to deliver to (default: $MLFLOW_TRACKING_URI; never "
+                        "the one a spool names). Credentials: MLFLOW_TRACKING_USERNAME and "
+                        "MLFLOW_TRACKING_PASSWORD, not the URI (a command line is visible to all)")
     p.set_defaults(func=_replay_tracking)
     return parser
 

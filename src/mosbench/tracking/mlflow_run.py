@@ -6,6 +6,11 @@ embedded SQLite store ``results/mlflow.db`` with artefacts beside it in
 tracking server reruns nothing. Jobs make their calls through
 :class:`mosbench.tracking.tracker.Tracker`, which keeps what the store cannot
 take yet.
+
+Credentials never go where a URI is written or printed: :func:`safe_uri` and
+:func:`redact` are applied to everything that is, and :func:`store_uri` hands
+a server's ``user:password@`` to MLflow through its credential variables, so
+that MLflow's own messages (which quote the request URL) cannot show it.
 """
 
 import contextlib
@@ -13,7 +18,9 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from mosbench.measurement.provenance import as_tags, git_state
 
@@ -31,6 +38,43 @@ def tracking_uri():
     """``MLFLOW_TRACKING_URI`` if set, else the local SQLite store under results/."""
     uri = os.environ.get("MLFLOW_TRACKING_URI")
     return uri if uri else f"sqlite:///{DEFAULT_STORE.resolve()}"
+
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^\s'\"<>]+")
+_USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#\s]*@")  # to the netloc's last @
+
+
+def safe_uri(uri):
+    """``uri`` fit to write or print: ``user:password@`` and the query's values masked.
+
+    ``http://alice:pw@host:5000/?token=t`` -> ``http://***@host:5000/?token=***``.
+    A query value may be a token and a name alone says too little to tell, so every
+    value is masked.
+    """
+    head, mark, query = str(uri).partition("?")
+    return _USERINFO.sub(r"\1***@", head) + mark + re.sub(r"=[^&#]*", "=***", query)
+
+
+def redact(text):
+    """``text`` (a message, an exception's) with every URL in it made :func:`safe_uri`."""
+    return _URL.sub(lambda match: safe_uri(match.group()), str(text))
+
+
+def store_uri(uri):
+    """``uri`` as MLflow is to get it: a server's ``user:password@`` moved to the environment.
+
+    MLflow takes a server's credentials from ``MLFLOW_TRACKING_USERNAME`` and
+    ``MLFLOW_TRACKING_PASSWORD`` (set here, for this process and its children);
+    left in the URI they would be in the message of every failed request. A
+    database URL (``postgresql://user:pw@...``) keeps them: its driver reads them
+    there and masks them in its messages.
+    """
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or parts.password is None:
+        return uri
+    os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(parts.username or "")
+    os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(parts.password)
+    return uri.replace(parts.netloc, parts.netloc.rpartition("@")[2], 1)
 
 
 def _artifact_location(uri):
@@ -62,7 +106,7 @@ def connect(experiment):
     """Point MLflow at the tracking store and select ``experiment``, creating it if needed."""
     import mlflow
 
-    uri = tracking_uri()
+    uri = store_uri(tracking_uri())
     mlflow.set_tracking_uri(uri)
     experiment_id(open_store(uri), experiment, uri)
     mlflow.set_experiment(experiment)

@@ -9,17 +9,20 @@ good). Lines are only ever appended, each with one ``write`` and an
 ``mosbench replay-tracking`` of the same folder never deliver the same call
 at once. Once every call is marked, the file is removed (still under the
 lock; a waiter that then gets the lock on the removed file notices and opens
-the path again).
+the path again). The file is its owner's only (mode 0600): it holds the run's
+data before the store has it.
 """
 
 import contextlib
 import fcntl
 import json
 import os
+import stat
 import uuid
 from pathlib import Path
 
 SPOOL = "tracking-spool.jsonl"
+MODE = 0o600
 
 
 class Spool:
@@ -33,6 +36,8 @@ class Spool:
         line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._locked(create=True) as fd:
+            if stat.S_IMODE(os.fstat(fd).st_mode) != MODE:
+                os.fchmod(fd, MODE)  # kept by an older mosbench, readable by all
             size = os.fstat(fd).st_size
             if size and os.pread(fd, 1, size - 1) != b"\n":
                 line = b"\n" + line  # a line torn by a crash stays apart, and unread
@@ -76,7 +81,7 @@ class Spool:
         while True:
             flags = os.O_RDWR | os.O_APPEND | (os.O_CREAT if create else 0)
             try:
-                fd = os.open(self.path, flags, 0o644)
+                fd = os.open(self.path, flags, MODE)
             except FileNotFoundError:
                 if create:
                     raise

@@ -13,7 +13,11 @@ when the store took calls of this job before (an outage that may end soon),
 none when it never answered (it is away or the URI is wrong: waiting would
 only stall the workflow), and none when the job pauses or fails. What is
 still kept then stays in the spool, one line says so, and
-``mosbench replay-tracking FOLDER`` delivers it later.
+``mosbench replay-tracking FOLDER --tracking-uri URI`` delivers it later.
+
+A spool is data, not instructions: replay sends to the store it is given
+(never to the one a spool names: that is recorded with its credentials masked,
+as a hint), and uploads artefacts only from inside the spool's job folder.
 
 Each call is delivered once:
 
@@ -121,8 +125,8 @@ def _say(message):
 
 
 def _reason(exc):
-    """A short reason for a failed call, for a one-line message."""
-    text = str(exc)
+    """A short reason for a failed call, for a one-line message (credentials masked)."""
+    text = mlflow_run.redact(exc)
     for cause in ("Connection refused", "timed out", "database is locked", "not in the store yet"):
         if cause in text:
             return cause
@@ -137,7 +141,8 @@ class Tracker:
     """The MLflow run of one job: create or resume it, log to it, end it; see the module doc.
 
     ``folder`` is the job's output folder (the spool goes there); ``uri``
-    defaults to :func:`mlflow_run.tracking_uri`.
+    defaults to :func:`mlflow_run.tracking_uri` (a server's credentials in it go to
+    MLflow's environment variables: :func:`mlflow_run.store_uri`).
     """
 
     def __init__(self, folder, experiment=None, *, uri=None, system_metrics=False, spool=None):
@@ -145,13 +150,14 @@ class Tracker:
             os.environ.setdefault(name, value)
         self.folder = Path(folder)
         self.experiment = experiment
-        self.uri = uri or mlflow_run.tracking_uri()
+        self.uri = mlflow_run.store_uri(uri or mlflow_run.tracking_uri())
         self.spool = Spool(spool or self.folder / SPOOL)
         self.system_metrics = system_metrics
         self.run_id = None  # the MLflow run id, or "pending:<token>" until the run exists
         self.last_error = None
         self.skipped = 0  # metric values not sent again because the run already held them
         self.rejected = 0  # kept calls the store refused for good
+        self.outside = 0  # kept artefact uploads refused: a file outside the job folder
         self._client = None
         self._runs = {}  # token -> run id, for runs created or found
         self._epochs = None  # epochs the run holds or that are on their way
@@ -285,7 +291,8 @@ class Tracker:
             if left <= 0:
                 _say(f"{self.spool.pending} MLflow call(s) not delivered (waited "
                      f"{time.monotonic() - began:.0f} s), kept in {self.spool.path}; send them "
-                     f"with: mosbench replay-tracking {self.spool.path.parent}")
+                     f"with: mosbench replay-tracking {self.spool.path.parent} --tracking-uri "
+                     "URI (or with MLFLOW_TRACKING_URI set)")
                 return False
             time.sleep(min(2.0, left))
         return True
@@ -296,7 +303,8 @@ class Tracker:
         ``checked``: send it through the spool, so delivery first checks what the
         run already holds.
         """
-        record = {"uri": self.uri, "experiment": self.experiment, **record}
+        # the store, masked: a hint for whoever replays the spool, never where replay sends
+        record = {"uri": mlflow_run.safe_uri(self.uri), "experiment": self.experiment, **record}
         if record["op"] != "create_run":
             record = {"run": self.run_id, **record}
         if checked or (self.spool.pending and not self.flush()):
@@ -325,19 +333,36 @@ class Tracker:
         self._retry_at = time.monotonic() + self._retry_s
         self._retry_s = min(2 * self._retry_s, LAST_RETRY_S)
         if first:
-            _say(f"the tracking store at {self.uri} cannot take calls now ({_reason(exc)}); "
+            _say(f"the tracking store at {mlflow_run.safe_uri(self.uri)} cannot take calls now "
+                 f"({_reason(exc)}); "
                  f"keeping them in {self.spool.path} and retrying")
 
     def _deliver(self, record, runs):
-        """Send one kept call, checking first what the run already holds."""
+        """Send one kept call, checking first what the run already holds.
+
+        A spool is only data (anyone who could write the results folder could
+        have edited it): an artefact it names is uploaded only from inside the
+        spool's own job folder, symbolic links resolved; the call naming
+        another file is refused for good.
+        """
+        if record["op"] == "log_artifact":
+            folder = self.spool.path.parent.resolve()
+            path = (folder / str(record.get("path", ""))).resolve()
+            if not path.is_relative_to(folder):
+                self.outside += 1
+                _say(f"{self.spool.path}: a kept call would upload {path}, which is outside "
+                     f"the job folder {folder}; refused, not uploaded")
+                return {"rejected": f"{path}: outside the job folder"}
+            record = {**record, "path": str(path)}  # upload what was checked, not a link
         try:
             return self._send(record, runs, checked=True)
         except Exception as exc:
             if is_transient(exc):
                 raise
             self.rejected += 1
-            _say(f"the tracking store refused a kept call ({record['op']}): {exc}; dropped")
-            return {"rejected": str(exc)[:500]}
+            reason = mlflow_run.redact(exc)
+            _say(f"the tracking store refused a kept call ({record['op']}): {reason}; dropped")
+            return {"rejected": reason[:500]}
 
     def _send(self, record, runs, checked=False):
         """Make the MLflow call ``record`` describes; returns what marks it delivered."""
@@ -491,7 +516,7 @@ class Tracker:
                                                  tracking_uri=self.uri)
             self._monitor.start()
         except Exception as exc:  # system metrics are a nicety: never stop the job for them
-            _say(f"system metrics not started: {exc}")
+            _say(f"system metrics not started: {mlflow_run.redact(exc)}")
             self._monitor = None
 
     def _stop_monitor(self):
@@ -522,24 +547,31 @@ def kept_spools(path):
     return sorted(path.rglob(SPOOL))
 
 
-def replay(paths):
-    """Deliver the calls kept in each of ``paths`` (see :func:`kept_spools`).
+def replay(paths, uri=None):
+    """Deliver the calls kept in each of ``paths`` (see :func:`kept_spools`) to ``uri``.
 
-    Uses ``MLFLOW_TRACKING_URI`` if set, else the store the job was logging to.
-    Folders may come in any order: a folder whose run another one creates
-    waits for it. Raises MosbenchError if anything is left undelivered.
+    ``uri`` defaults to ``MLFLOW_TRACKING_URI``; without either it raises
+    MosbenchError, naming the store the spools recorded as a hint only: a spool
+    could have been edited, so where its calls go is never read from it (nor
+    which files it uploads: see :meth:`Tracker._deliver`). Folders may come in
+    any order: a folder whose run another one creates waits for it. Raises
+    MosbenchError if anything is left undelivered.
     """
-    trackers = []
+    found = []
     for given in map(Path, paths):
         spools = kept_spools(given)
         if not spools:
             print(f"{given}: nothing kept")
-        for spool in spools:
-            path = given if spool in (given, given / SPOOL) else spool.parent
-            records = Spool(spool).read()[2]
-            recorded = [r["uri"] for r in records if "uri" in r]
-            uri = os.environ.get("MLFLOW_TRACKING_URI") or (recorded[-1] if recorded else None)
-            trackers.append((path, Tracker(spool.parent, uri=uri, spool=spool)))
+        found += [(given if spool in (given, given / SPOOL) else spool.parent, spool)
+                  for spool in spools]
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        recorded = sorted({mlflow_run.safe_uri(r["uri"]) for _, spool in found
+                           for r in Spool(spool).read()[2] if isinstance(r.get("uri"), str)})
+        hint = f" (the jobs logged to {', '.join(recorded)})" if recorded else ""
+        raise MosbenchError("replay-tracking: no tracking store to deliver to; name it with "
+                            f"--tracking-uri URI or MLFLOW_TRACKING_URI{hint}")
+    trackers = [(path, Tracker(spool.parent, uri=uri, spool=spool)) for path, spool in found]
     progress = True
     while progress:
         progress = False
@@ -551,9 +583,12 @@ def replay(paths):
     for path, tracker in trackers:
         if tracker.spool.pending:
             left.append(f"{path}: {tracker.spool.pending} call(s) still kept "
-                        f"({tracker.last_error})")
+                        f"({mlflow_run.redact(tracker.last_error)})")
         else:
-            print(f"{path}: delivered to {tracker.uri}; {tracker.skipped} metric value(s) "
-                  f"already there, {tracker.rejected} call(s) refused by the store")
+            outside = (f", {tracker.outside} call(s) naming a file outside the job folder "
+                       "refused" if tracker.outside else "")
+            print(f"{path}: delivered to {mlflow_run.safe_uri(tracker.uri)}; {tracker.skipped} "
+                  f"metric value(s) already there, {tracker.rejected} call(s) refused by the "
+                  f"store{outside}")
     if left:
         raise MosbenchError("; ".join(left))
