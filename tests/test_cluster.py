@@ -298,10 +298,13 @@ def test_the_tiny_workflow_runs_through_slurm_with_the_profile(slurm, tmp_path, 
         "--slurm-logdir", str(logs), "--slurm-keep-successful-logs",
         "--default-resources", "mem_mb=1000", "runtime=10",
         configfile=configfile,
-        env={"SBATCH_PARTITION": "debug"})
+        # jobs on other machines need a store named: here, on purpose, the one node's SQLite file
+        env={"SBATCH_PARTITION": "debug",
+             "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'results' / 'mlflow.db'}"})
     seconds = time.monotonic() - started
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-5000:]
+    assert "log to the SQLite store" in done.stderr  # asked for, and warned about
     with capsys.disabled():
         print(f"\n[tiny workflow through SLURM: {seconds:.0f} s]")
 

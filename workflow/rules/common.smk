@@ -1,9 +1,11 @@
 # Helpers for the stage files: name patterns, input functions, the grid,
-# conda environments per framework, code hashes (params) and cluster resources.
+# conda environments per framework, code hashes (params), cluster resources and, before
+# a cluster run submits anything, the check of its tracking store.
 
 import functools
 import os
 import re
+import sys
 
 from mosbench import paths, study
 from mosbench.code_hash import code_hash
@@ -238,3 +240,25 @@ def evaluate_resources():
     return dict(gpu_model=lambda wildcards: gpu_model(wildcards.gpus),
                 mem_mb=config["cluster"]["evaluate"]["mem_mb"],
                 runtime=config["cluster"]["evaluate"]["runtime"], **slurm_placement())
+
+
+def check_tracking_store():
+    """Before anything is submitted: jobs on other machines (`--profile slurm`) log to the
+    store MLFLOW_TRACKING_URI names, a tracking server by default; never, unasked, to one
+    SQLite file over the cluster's file system (src/mosbench/tracking/shared_store.py)."""
+    from mosbench.errors import MosbenchError
+    from mosbench.tracking.shared_store import cluster_store_line
+
+    if not workflow.non_local_exec:
+        return
+    try:
+        line = cluster_store_line(workflow.executor_plugin.name, os.environ)
+    except MosbenchError as exc:
+        print(f"mosbench: {exc}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    if line:
+        print(f"mosbench: {line}", file=sys.stderr, flush=True)
+
+
+onstart:
+    check_tracking_store()

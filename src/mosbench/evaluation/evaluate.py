@@ -5,6 +5,9 @@ Valid perplexity uses ``eval_batch_size`` and test perplexity
 file and into the training job's MLflow run, under the same names
 (:func:`mosbench.tracking.mlflow_run.evaluate_metrics`), with what evaluate
 ran on (tags ``evaluate.<key>``) and the test split as a dataset input.
+If the store no longer holds that run (deleted in the UI, another store),
+they go to a new run made from train.json and tagged ``mosbench.replaces_run``;
+the metrics file's ``run_id`` names it.
 """
 
 import time
@@ -27,9 +30,9 @@ from mosbench.evaluation.rank import logprob_rank
 from mosbench.io import read_json, write_json
 from mosbench.measurement.provenance import as_tags, provenance
 from mosbench.tracking import mlflow_run
-from mosbench.tracking.tracker import Tracker
+from mosbench.tracking.tracker import REPLACES_TAG, Tracker
 from mosbench.training.train import SUMMARY, WEIGHTS
-from mosbench.workload import head_dimension
+from mosbench.workload import head_dimension, training_hparams
 
 
 def load_trained(train_dir, model_name, vocab_size, hparams, framework="tensorflow", gpus=0,
@@ -75,6 +78,34 @@ def _dynamic_evaluation(engine, data_dir, valid_ids, test_ids, options):
     return results
 
 
+def _replace_training_run(tracker, trained, train_dir, data_dir, hparams, tokens):
+    """A new run in place of the training run the store no longer holds; returns its id.
+
+    Made from train.json as training made its own (name, tags, params, inputs,
+    epochs, figures, train.json and the weights), with the old id as
+    ``mosbench.replaces_run``: the evaluation lands in a run as complete as the
+    lost one, and the job does not fail on every retry.
+    """
+    job = [trained[key] for key in ("dataset", "model", "seed", "gpus", "framework")]
+    run_id = tracker.create_run(
+        mlflow_run.run_name(*job),
+        tags={**mlflow_run.run_tags(*job, trained["provenance"]),
+              REPLACES_TAG: trained["run_id"], "mosbench.state": "finished"},
+        params=mlflow_run.train_params(*job, n_params=trained["n_params"],
+                                       vocab_size=trained["vocab_size"],
+                                       train_tokens=tokens["train"],
+                                       hparams=training_hparams(hparams)))
+    tracker.log_inputs(mlflow_run.training_inputs(data_dir, trained["dataset"], tokens))
+    tracker.log_epochs(trained["history"])
+    tracker.log_metrics({key: value for key, value in mlflow_run.train_metrics(trained).items()
+                         if value is not None})
+    tracker.set_tags({f"absent.{key}": reason
+                      for key, reason in trained.get("absent", {}).items()})
+    tracker.log_artifact(Path(train_dir) / SUMMARY)
+    tracker.log_artifact(Path(train_dir) / WEIGHTS)
+    return run_id
+
+
 def evaluate(data_dir, train_dir, out_path, *, model_name, hparams, experiment, gpus=0,
              threads=None, framework="tensorflow"):
     """Score the trained model; write and return the metrics."""
@@ -115,9 +146,16 @@ def evaluate(data_dir, train_dir, out_path, *, model_name, hparams, experiment, 
         # what evaluate ran on (its speed figures are this machine's; training's is train.json's)
         "provenance": provenance(engine.versions(), min(gpus, 1)),
     })
-    write_json(out_path, metrics)
-
-    with Tracker(Path(out_path).parent, experiment).resume_run(trained["run_id"]) as tracker:
+    tracker = Tracker(Path(out_path).parent, experiment)
+    if gone := tracker.gone(trained["run_id"]):
+        print(f"the training run {trained['run_id']} {gone}; logging train.json and this "
+              f"evaluation to a new run (tag {REPLACES_TAG})", flush=True)
+        metrics["run_id"] = _replace_training_run(tracker, trained, train_dir, data_dir,
+                                                  hparams, meta["tokens"])
+    else:
+        tracker.resume_run(trained["run_id"])
+    with tracker:
+        write_json(out_path, metrics)
         tracker.log_metrics(mlflow_run.evaluate_metrics(metrics))
         tracker.set_tags(as_tags(metrics["provenance"], prefix="evaluate."))
         tracker.log_inputs([mlflow_run.dataset_input(Path(data_dir) / "test.parquet",

@@ -23,6 +23,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from mosbench.measurement.provenance import as_tags, git_state
+from mosbench.tracking import shared_store
 
 DEFAULT_STORE = Path("results") / "mlflow.db"
 # The experiment's kind as MLflow 3 records it: model training, not GenAI ("genai_development").
@@ -121,10 +122,12 @@ def open_store(uri):
     database file's inode in the lock file. A store so noted is opened without
     waiting: opening a complete store only reads it, and it costs each job a
     second or two (MLflow checks the schema version), which would otherwise
-    queue jobs that start together.
+    queue jobs that start together. An SQLite store on a network file system
+    is warned about, once (:mod:`mosbench.tracking.shared_store`).
     """
     from mlflow import MlflowClient
 
+    shared_store.warn_if_on_network(uri)
     if _complete(uri):
         return MlflowClient(uri)
     with store_lock(uri) as lock:
@@ -217,6 +220,14 @@ def run_name(dataset, model, seed, gpus, framework):
     return f"{framework}-{dataset}-{model}-seed{seed}-gpus{gpus}"
 
 
+def train_params(dataset, model, seed, gpus, framework, *, n_params, vocab_size, train_tokens,
+                 hparams):
+    """A training run's params: the job, the model's size, the data and the training preset."""
+    return flatten({"framework": framework, "dataset": dataset, "model": model, "seed": seed,
+                    "gpus": gpus, "n_params": n_params, "vocab_size": vocab_size,
+                    "train_tokens": train_tokens, **hparams})
+
+
 # Metric names: an MLflow metric is named by where its value sits in the job's JSON file,
 # so that the MLflow UI and train.json / metrics.json say the same thing:
 #   history/<key>       a train.json epoch record's number, at step = the epoch
@@ -269,6 +280,13 @@ def dataset_input(path, name, context, tokens):
             "source": json.dumps({"uri": str(path)}),
             "schema": json.dumps({"mlflow_colspec": schema.to_dict()}),
             "profile": json.dumps({"num_tokens": int(tokens)}), "context": context}
+
+
+def training_inputs(data_dir, dataset, tokens):
+    """A training run's dataset inputs: its train and validation splits (``tokens``: per split)."""
+    return [dataset_input(Path(data_dir) / f"{split}.parquet", f"{dataset}/{split}", context,
+                          tokens[split])
+            for split, context in (("train", "training"), ("valid", "validation"))]
 
 
 def aggregate_experiment(experiment):

@@ -33,6 +33,12 @@ Each call is delivered once:
   ``pending:<token>`` (in its checkpoint and ``train.json``); that reference
   resolves to the real run id wherever it is used later.
 
+A run that a job would resume may be gone: deleted in the MLflow UI (a
+paused run shows as KILLED), removed for good, or in another store than the
+job now logs to. :meth:`Tracker.gone` asks the store; only its answer counts,
+never an outage. The job then logs to a new run tagged
+``mosbench.replaces_run`` with the old id, rather than fail on every retry.
+
 While the store is down MLflow's own HTTP retries (7, with exponential
 backoff) would stall the job for minutes per call, and a retry after a
 timeout can log a value twice; so, unless the user has set them, the tracker
@@ -58,6 +64,8 @@ from mosbench.tracking.spool import SPOOL, Spool
 
 PENDING = "pending:"
 TOKEN_TAG = "mosbench.run_token"
+# on a run that stands in for one the store no longer holds: the old run's id
+REPLACES_TAG = "mosbench.replaces_run"
 EPOCH_KEY = "history/valid_ppl"  # one per epoch: which epochs a run holds
 WAIT_ENV = "MOSBENCH_TRACKING_WAIT_S"
 DEFAULT_WAIT_S = 60.0
@@ -192,6 +200,42 @@ class Tracker:
         self._submit({"op": "resume_run"})
         self._start_monitor()
         return self
+
+    def gone(self, run_id):
+        """Why the store no longer holds the run ``run_id`` ("was deleted", ...), else None.
+
+        Only the store's own answer counts: one that cannot be reached now (an
+        outage) or a ``pending:`` run not found (its creation may still wait in
+        a spool) is None, and the job resumes the run as before. A run deleted
+        in the MLflow UI (lifecycle "deleted", which MLflow refuses to log to)
+        or removed for good, or a job pointed at another store, gives a reason.
+        """
+        from mlflow.entities import ViewType
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self._probe()
+            client = self._mlflow()
+            if run_id.startswith(PENDING):
+                experiment = self.experiment and client.get_experiment_by_name(self.experiment)
+                runs = experiment and client.search_runs(
+                    [experiment.experiment_id],
+                    f"tags.`{TOKEN_TAG}` = '{run_id.removeprefix(PENDING)}'",
+                    run_view_type=ViewType.ALL, max_results=1)
+                if not runs:
+                    return None
+                run = runs[0]
+            else:
+                run = client.get_run(run_id)
+        except Exception as exc:
+            if is_transient(exc):
+                return None
+            if isinstance(exc, MlflowException) and exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return "is not in the tracking store (removed for good, or another store)"
+            raise
+        if run.info.lifecycle_stage == "deleted":
+            return "was deleted in the tracking store"
+        return None
 
     def log_params(self, params):
         self._submit({"op": "log_batch", "params": {k: str(v) for k, v in params.items()}})

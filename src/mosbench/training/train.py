@@ -11,8 +11,10 @@ phase restarts from the best weights with averaging from the start (MoS).
 Every epoch end writes a checkpoint (:mod:`mosbench.training.checkpoint`);
 SIGTERM or the wall-time budget writes one mid-epoch and stops with
 :class:`TrainingPaused`, and the next run of the same job resumes from it
-into the same MLflow run; a checkpoint of other settings, train code or data
-is discarded, and the job starts afresh. Outputs: ``model.weights.npz`` (best by validation,
+into the same MLflow run (into a new one tagged ``mosbench.replaces_run``,
+with the earlier epochs, if the store no longer holds it); a checkpoint of
+other settings, train code or data is discarded, and the job starts afresh.
+Outputs: ``model.weights.npz`` (best by validation,
 averaged weights once NT-ASGD has switched) and ``train.json``, both written
 last.
 
@@ -48,7 +50,7 @@ from mosbench.measurement.provenance import as_tags, provenance
 from mosbench.measurement.timing import StepTimer
 from mosbench.progress import Progress
 from mosbench.tracking import mlflow_run
-from mosbench.tracking.tracker import Tracker
+from mosbench.tracking.tracker import REPLACES_TAG, Tracker
 from mosbench.training import checkpoint
 from mosbench.training.bptt import epoch_windows, restore_rng, rng_state
 from mosbench.training.nt_asgd import nonmono_triggered
@@ -136,20 +138,23 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
 
     # --- tracking ---
     tracker = Tracker(out_dir, experiment, system_metrics=True)  # keeps what MLflow can't take
+    replaces = {}  # a paused run deleted meanwhile (or another store): a new run says so
+    if state["run_id"] is not None and (gone := tracker.gone(state["run_id"])):
+        print(f"the MLflow run {state['run_id']} of this job {gone}; logging to a new run "
+              f"(tag {REPLACES_TAG}) with the {len(state['history'])} epoch(s) so far",
+              flush=True)
+        replaces, state["run_id"] = {REPLACES_TAG: state["run_id"]}, None
     if state["run_id"] is None:
         state["run_id"] = tracker.create_run(
             mlflow_run.run_name(dataset, model_name, seed, gpus, framework),
-            tags=mlflow_run.run_tags(dataset, model_name, seed, gpus, framework, ran_on),
-            params=mlflow_run.flatten({
-                "framework": framework, "dataset": dataset, "model": model_name, "seed": seed,
-                "gpus": gpus, "n_params": engine.n_params, "vocab_size": meta["vocab_size"],
-                "train_tokens": meta["tokens"]["train"], **hparams}),
+            tags={**mlflow_run.run_tags(dataset, model_name, seed, gpus, framework, ran_on),
+                  **replaces},
+            params=mlflow_run.train_params(
+                dataset, model_name, seed, gpus, framework, n_params=engine.n_params,
+                vocab_size=meta["vocab_size"], train_tokens=meta["tokens"]["train"],
+                hparams=hparams),
             dicts=None if config_snapshot is None else {"config.yaml": config_snapshot})
-        tracker.log_inputs(mlflow_run.dataset_input(Path(data_dir) / f"{split}.parquet",
-                                                    f"{dataset}/{split}", context,
-                                                    meta["tokens"][split])
-                           for split, context in (("train", "training"),
-                                                  ("valid", "validation")))
+        tracker.log_inputs(mlflow_run.training_inputs(data_dir, dataset, meta["tokens"]))
     else:
         tracker.resume_run(state["run_id"])
         tracker.set_tags(as_tags(ran_on))
