@@ -7,11 +7,10 @@ real library function, and checks three things: the exit status is non-zero
 key or value) and what was expected, and nothing is left behind that a later
 stage could take for a finished output.
 
-Covered elsewhere and counted here, since they need a real training run:
+Covered elsewhere and counted here, since they need a real training run (a
+NaN loss is not bad input but an outcome of the experiment: the job ends
+marked "diverged", tests/test_divergence.py):
 
-* a NaN loss: tests/test_training.py::test_divergence_stops_with_a_failed_run
-  ("training diverged: the loss became nan at epoch 1; lower lr or clip", the
-  MLflow run FAILED, no train.json);
 * a checkpoint of other settings met by `train`: train.py discards it
   (``checkpoint.same_job``) and starts afresh; `evaluate` refusing weights of
   another preset: tests/test_training.py::test_checkpoint_of_another_model_is_refused.

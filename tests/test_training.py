@@ -52,12 +52,17 @@ def test_train_then_evaluate_into_the_same_run(tiny_config, tiny_data, tmp_path,
     assert {"config.yaml", "train.json", "metrics.json"} <= artifacts
 
 
-def test_divergence_stops_with_a_failed_run(tiny_config, tiny_data, tmp_path, mlflow_store):
-    with pytest.raises(MosbenchError, match="training diverged"):
-        _train(tiny_config, tiny_data, tmp_path / "train", init_range=3e38, epochs=1)
+def test_divergence_ends_the_job_marked_with_a_failed_run(tiny_config, tiny_data, tmp_path,
+                                                         mlflow_store):
+    # A NaN loss is an outcome, not bad input (tests/test_divergence.py): no retry, outputs
+    # written and marked, the MLflow run FAILED.
+    summary = _train(tiny_config, tiny_data, tmp_path / "train", init_range=3e38, epochs=1)
+    assert summary["outcome"] == "diverged"
+    assert summary["reason"].startswith("the training loss became ")
+    assert "at epoch 1, step 1 (train phase" in summary["reason"]
     runs = mlflow.search_runs(experiment_names=["unit"])
     assert runs["status"].tolist() == ["FAILED"]
-    assert not (tmp_path / "train" / "train.json").exists()
+    assert json.loads((tmp_path / "train" / "train.json").read_text()) == summary
 
 
 def test_more_gpus_than_the_machine_has(tiny_config, tiny_data, tmp_path, mlflow_store):

@@ -118,6 +118,9 @@ def _train(args, config):
                         hparams=preset(config, args.dataset, args.model),
                         experiment=config["mlflow"]["experiment"], threads=config["threads"],
                         config_snapshot=config, prices=config["cost"])
+    if "reason" in summary:  # diverged: an outcome, so exit status 0 (as under Snakemake)
+        print(f"wrote {train_dir}; {summary['outcome']}: {summary['reason']}")
+        return
     print(f"wrote {train_dir}; best valid loss {summary['best_valid_loss']:.4f}")
 
 
@@ -132,6 +135,9 @@ def _evaluate(args, config):
                            hparams=preset(config, args.dataset, args.model),
                            experiment=config["mlflow"]["experiment"], gpus=args.gpus,
                            threads=config["threads"], framework=args.framework)
+    if "reason" in metrics:  # a diverged run: nothing was scored
+        print(f"wrote {eval_dir}; not scored: training {metrics['outcome']}")
+        return
     print(f"valid ppl {metrics['best_valid_ppl']:.2f}, test ppl {metrics['test_ppl']:.2f}")
 
 
@@ -143,9 +149,21 @@ def _aggregate(args, config):
                                   scaling="*")
         return sorted(glob.glob(f"{pattern}/{name}"))
 
-    written = aggregate(found(paths.TRAIN, "train.json"), found(paths.EVALUATE, "metrics.json"),
-                        paths.AGGREGATE, prices=config["cost"], reference=config["reference"],
-                        probe_files=found(paths.PROBE, "probe.json"))
+    if args.partial:  # the config's grid, what has its files; the rest listed with why
+        from mosbench.reporting.excluded import partial_inputs
+
+        inputs = partial_inputs(config)
+        written = aggregate(inputs.pop("train_files"), inputs.pop("metrics_files"),
+                            paths.AGGREGATE, prices=config["cost"],
+                            reference=config["reference"], **inputs)
+        for row in inputs["missing"]:
+            print(f"not in the report: {paths.RUN.format(**row)}: {row['outcome']}: "
+                  f"{row['reason']}")
+    else:
+        written = aggregate(found(paths.TRAIN, "train.json"),
+                            found(paths.EVALUATE, "metrics.json"), paths.AGGREGATE,
+                            prices=config["cost"], reference=config["reference"],
+                            probe_files=found(paths.PROBE, "probe.json"))
     for path in written.values():
         print(f"wrote {path}")
 
@@ -249,6 +267,10 @@ def build_parser(config_path=DEFAULT_CONFIG):
     p.set_defaults(func=_rank)
 
     p = sub.add_parser("aggregate", help="tables and plots over every evaluated run")
+    p.add_argument("--partial", action="store_true",
+                   help="report the runs of the config's grid that have their files, and list "
+                        "each other run with the last error of its job's log (when jobs "
+                        "failed after their retries and Snakemake cannot run the aggregate)")
     p.set_defaults(func=_aggregate)
 
     p = sub.add_parser("plan", help="the jobs of a study and what they cost, before submitting")

@@ -5,6 +5,8 @@ Valid perplexity uses ``eval_batch_size`` and test perplexity
 file and into the training job's MLflow run, under the same names
 (:func:`mosbench.tracking.mlflow_run.evaluate_metrics`), with what evaluate
 ran on (tags ``evaluate.<key>``) and the test split as a dataset input.
+A diverged run (train.json's ``outcome``) is not scored: its metrics file
+holds the outcome and the reason only.
 If the store no longer holds that run (deleted in the UI, another store),
 they go to a new run made from train.json and tagged ``mosbench.replaces_run``;
 the metrics file's ``run_id`` names it.
@@ -29,6 +31,7 @@ from mosbench.evaluation.perplexity import (
 from mosbench.evaluation.rank import logprob_rank
 from mosbench.io import read_json, write_json
 from mosbench.measurement.provenance import as_tags, provenance
+from mosbench.outcomes import FINISHED, outcome_of
 from mosbench.tracking import mlflow_run
 from mosbench.tracking.tracker import REPLACES_TAG, Tracker
 from mosbench.training.train import SUMMARY, WEIGHTS
@@ -108,8 +111,18 @@ def _replace_training_run(tracker, trained, train_dir, data_dir, hparams, tokens
 
 def evaluate(data_dir, train_dir, out_path, *, model_name, hparams, experiment, gpus=0,
              threads=None, framework="tensorflow"):
-    """Score the trained model; write and return the metrics."""
+    """Score the trained model; write and return the metrics.
+
+    A run that did not finish (diverged) has nothing to score: its metrics.json
+    says so, with train.json's reason, and nothing is logged.
+    """
     trained = read_json(Path(train_dir) / SUMMARY)
+    if outcome_of(trained) != FINISHED:
+        metrics = {key: trained.get(key) for key in ("framework", "dataset", "model", "seed",
+                                                     "gpus", "run_id", "outcome", "reason")}
+        write_json(out_path, metrics)
+        print(f"not evaluated: training {metrics['outcome']}: {metrics['reason']}", flush=True)
+        return metrics
     valid_ids, meta = load_split(data_dir, "valid")
     test_ids, _ = load_split(data_dir, "test")
     engine = load_trained(train_dir, model_name, meta["vocab_size"], hparams, framework, gpus,

@@ -25,6 +25,9 @@ jobs' benchmark files (their wall time enters the cost of a result) and
 the probes (``probes.csv``, and the probes' section of the frameworks page).
 Seeds that ran on different hardware or library versions are never averaged
 together (:mod:`mosbench.reporting.environments`).
+Only finished runs enter the tables and plots: diverged runs, and with
+``missing`` runs without files, are listed with their reason on the summary
+and frameworks pages (:mod:`mosbench.reporting.excluded`).
 
 A run is identified by its framework as well as its dataset, model, seed and
 GPUs: the same cell run in TensorFlow and in PyTorch is two runs, and every
@@ -43,6 +46,7 @@ from mosbench.errors import MosbenchError
 from mosbench.io import atomic_path
 from mosbench.measurement.cost import cost
 from mosbench.reporting import data_loading, ease_of_use, environments, frameworks, plots
+from mosbench.reporting import excluded as excluded_runs
 from mosbench.reporting import probes as probe_report
 from mosbench.reporting import result_cost as result_costs
 from mosbench.reporting.html import markdown_to_html
@@ -105,7 +109,7 @@ GROUP_VALUES = {"rank_bound": ("rank bound", "int"), "optimal_ppl": ("best possi
 
 
 def aggregate(train_files, metrics_files, out_dir, *, prices=None, reference=None,
-              probe_files=(), data_pipeline_files=(), evaluate_benchmarks=None):
+              probe_files=(), data_pipeline_files=(), evaluate_benchmarks=None, missing=()):
     """Write every file of :data:`OUTPUTS` into ``out_dir``; return {name: path}.
 
     ``prices`` (config key ``cost``) prices every run's epochs; ``reference``
@@ -113,14 +117,19 @@ def aggregate(train_files, metrics_files, out_dir, *, prices=None, reference=Non
     the probes' records (speed, scaling, memory per GPU count);
     ``data_pipeline_files`` the data-pipeline rule's files; ``evaluate_benchmarks``
     the evaluate jobs' Snakemake benchmark files (None: not given, and the cost of a
-    result is training only).
+    result is training only). Runs that did not finish (diverged) and ``missing``
+    (rows of :data:`mosbench.reporting.excluded.COLUMNS`: runs without files) are in
+    no figure: the summary and frameworks pages list them with their reason.
     """
-    train_files, metrics_files = list(train_files), list(metrics_files)
-    if not train_files and not metrics_files:
+    train_files, metrics_files, missing = list(train_files), list(metrics_files), list(missing)
+    if not train_files and not metrics_files and not missing:
         raise MosbenchError("no runs to aggregate: got no train.json and no metrics.json files")
     train = _load(train_files, "train.json")
     metrics = _load(metrics_files, "metrics.json")
     _check_pairs(train, metrics)
+    train, metrics, excluded = excluded_runs.split_finished(train, metrics, RUN_KEY, missing)
+    excluded_runs.check_some_finished(train, excluded)
+    excluded_lines = excluded_runs.markdown(excluded, len(train))
     pipelines = data_loading.load_data_pipeline(data_pipeline_files)
     eval_seconds = (None if evaluate_benchmarks is None
                     else result_costs.read_benchmarks(evaluate_benchmarks))
@@ -141,15 +150,16 @@ def aggregate(train_files, metrics_files, out_dir, *, prices=None, reference=Non
     out = {name: Path(out_dir) / filename for name, filename in OUTPUTS.items()}
     inventory = ease_of_use.write_inventory(out["ease_of_use_csv"], out["ease_of_use_md"],
                                             frameworks=_frameworks(runs))
-    comparison = frameworks.comparison_table(runs, reasons, scaling)
+    comparison = frameworks.comparison_table(runs, reasons, scaling, excluded)
     data_rows = frameworks.data_comparison(data)
     texts = {
         "frameworks_md": frameworks.page_markdown(comparison, data_rows, inventory, currency,
-                                                  splits)
+                                                  splits, excluded=excluded_lines)
         + "\n".join(["", *probe_report.comparison_markdown(probe_rows)]),
         "result_cost_md": result_cost_markdown(cost_table, absent, currency, splits),
         "summary_md": summary_markdown(summary, absent, currency, data=data,
-                                       from_files=bool(pipelines), split_notes=splits),
+                                       from_files=bool(pipelines), split_notes=splits,
+                                       excluded=excluded_lines),
         "scaling_md": scaling_markdown(scaling),
         "published_md": published_markdown(published, unmatched(summary, reference)),
     }
@@ -328,8 +338,9 @@ def _split_lines(tags, split_notes):
 
 
 def summary_markdown(summary, absent=None, currency=None, *, data=None, from_files=False,
-                     split_notes=()):
-    """Markdown: one table per section with "mean ± std" cells, then what is absent and why."""
+                     split_notes=(), excluded=()):
+    """Markdown: one table per section with "mean ± std" cells, then what is absent and why;
+    ``excluded``: the lines of the runs not in the figures, after the introduction."""
     absent = absent or {}
     env_header, tags = _environment_columns(summary)
     lines = [
@@ -342,6 +353,7 @@ def summary_markdown(summary, absent=None, currency=None, *, data=None, from_fil
         "step, which traces and compiles (its time is 'first step'); latency is one next "
         "word at batch size 1. Seeds that ran on different hardware or library versions "
         "are not averaged together.",
+        *excluded,
     ]
     ident = ["dataset", "model", "gpus", "framework", *env_header, "seeds"]
     for title, section in SECTIONS.items():

@@ -7,7 +7,8 @@ two-sided Welch t-test over seeds (:mod:`mosbench.reporting.statistics`).
 Perplexities also get the difference with its 95 % interval and a sentence.
 Data loading is a property of the framework's input pipeline on a data set
 and device, not of a model: it has its own table. A cell a framework could
-not fill says why: not run, one seed, or the figure's absent reason.
+not fill says why: not run, one seed, or the figure's absent reason. Runs that
+did not finish are in no cell; the page lists them first.
 """
 
 import itertools
@@ -166,9 +167,22 @@ def _efficiency(scaling, ident, framework, environment):
     return sample
 
 
-def comparison_table(runs, reasons, scaling):
+def _not_finished(excluded, ident, framework):
+    """Why a framework has no run in a cell: not run, or its runs did not finish."""
+    if excluded is None or excluded.empty:
+        return "not run"
+    mine = excluded[(excluded["framework"] == framework)
+                    & (excluded["dataset"] == ident["dataset"])
+                    & (excluded["model"] == ident["model"]) & (excluded["gpus"] == ident["gpus"])]
+    if mine.empty:
+        return "not run"
+    return ("no finished run: " + ", ".join(sorted(set(mine["outcome"])))
+            + " (see Runs not in the figures)")
+
+
+def comparison_table(runs, reasons, scaling, excluded=None):
     """The long table of every (cell, measure): COLUMNS. ``reasons``: {runs index: {figure:
-    reason}}."""
+    reason}}; ``excluded``: the runs that did not finish (:mod:`mosbench.reporting.excluded`)."""
     rows = []
     for ident, environments, groups in _cells(runs):
         for question, figure, label, better_is, _ in QUESTIONS:
@@ -176,7 +190,7 @@ def comparison_table(runs, reasons, scaling):
             for f in FRAMEWORKS:
                 group = groups[f]
                 if group is None:
-                    samples[f] = Sample.of([], "not run")
+                    samples[f] = Sample.of([], _not_finished(excluded, ident, f))
                 elif figure == "efficiency":
                     samples[f] = _efficiency(scaling, ident, f, environments[f])
                 else:
@@ -288,9 +302,11 @@ def _heading(ident, environments, with_environments):
     return text
 
 
-def page_markdown(comparison, data_rows, inventory=None, currency=None, split_notes=()):
-    """The frameworks page: the data-loading table, one table per cell, ease of use, and
-    the cells whose seeds were split by environment."""
+def page_markdown(comparison, data_rows, inventory=None, currency=None, split_notes=(),
+                  excluded=()):
+    """The frameworks page: the runs not in the figures (``excluded``: lines), the
+    data-loading table, one table per cell, ease of use, and the cells whose seeds were split
+    by environment."""
     header = ["question", "measure", *FRAMEWORKS, f"ratio {A} / {B}", "better",
               f"p (Welch, {A} vs {B})"]
     lines = [
@@ -308,6 +324,7 @@ def page_markdown(comparison, data_rows, inventory=None, currency=None, split_no
         "allocator keeps cached, so it is secondary. Cost of a result: every training "
         "epoch (finetune included) plus the evaluate job; the target is the config's "
         "`target_valid_ppl`, else the published validation perplexity (see result_cost.md).",
+        *excluded,
     ]
     if not data_rows.empty:
         lines += ["", "## Data loading: streaming against caching", "",

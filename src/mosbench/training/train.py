@@ -16,7 +16,10 @@ with the earlier epochs, if the store no longer holds it); a checkpoint of
 other settings, train code or data is discarded, and the job starts afresh.
 Outputs: ``model.weights.npz`` (best by validation,
 averaged weights once NT-ASGD has switched) and ``train.json``, both written
-last.
+last. A training or validation loss that becomes NaN or infinite ends the job
+too, successfully (a retry would diverge again), with train.json's
+``outcome`` "diverged" and the reason (:mod:`mosbench.outcomes`), the best
+weights so far (else the current ones), and the MLflow run FAILED.
 
 Around the loop the job measures what the study compares
 (:mod:`mosbench.measurement`): time to the first step, step times, epoch
@@ -41,13 +44,14 @@ from mosbench import faults
 from mosbench.data.batching import batchify
 from mosbench.data.tokenise import load_split
 from mosbench.engines import load_engine
-from mosbench.errors import MosbenchError, TrainingPaused
+from mosbench.errors import TrainingPaused
 from mosbench.evaluation.perplexity import evaluate_loss, perplexity
 from mosbench.io import atomic_path, write_json
 from mosbench.measurement.cost import cost
 from mosbench.measurement.hardware import HardwareMonitor, hardware_metrics
 from mosbench.measurement.provenance import as_tags, provenance
 from mosbench.measurement.timing import StepTimer
+from mosbench.outcomes import DIVERGED, FINISHED
 from mosbench.progress import Progress
 from mosbench.tracking import mlflow_run
 from mosbench.tracking.tracker import REPLACES_TAG, Tracker
@@ -71,6 +75,24 @@ class StopSignal:
 
     def restore(self):
         signal.signal(signal.SIGTERM, self._previous)
+
+
+class Diverged(Exception):  # noqa: N818 (an outcome, not a failure)
+    """A loss became NaN or infinite; carries :func:`_divergence`'s record."""
+
+
+def _divergence(state, loss, value, step=None):
+    """Where and how a job diverged: train.json's ``diverged_at``, with a ``reason`` line.
+
+    ``loss`` is "training" (a step's loss; ``step`` counts the epoch's steps)
+    or "validation" (the epoch's validation loss, after its last step).
+    """
+    epoch = state["epoch"] + 1
+    where = f"epoch {epoch}" + (f", step {step}" if step is not None else "")
+    return {"loss": loss, "value": str(value), "epoch": epoch, "step": step,
+            "phase": state["phase"], "lr": state["lr"],
+            "reason": f"the {loss} loss became {value} at {where} ({state['phase']} phase, "
+                      f"lr {state['lr']:g}); lower lr or clip"}
 
 
 def fresh_state(hparams, seed):
@@ -205,8 +227,8 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
                     state["first_step_s"] = time.perf_counter() - step_start
                     state["time_to_first_step_s"] = time.monotonic() - started
                 if not math.isfinite(nll):
-                    raise MosbenchError(f"training diverged: the loss became {nll} at epoch "
-                                        f"{state['epoch'] + 1}; lower lr or clip")
+                    progress.close()
+                    raise Diverged(_divergence(state, "training", nll, step + 1))
                 loss_sum += nll * length * batch_size
                 tokens += length * batch_size
                 step += 1
@@ -229,6 +251,8 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
 
             # --- validate, keep the best, apply the schedule ---
             valid_loss = validate()
+            if not math.isfinite(valid_loss):  # nothing to keep from this epoch: stop here
+                raise Diverged(_divergence(state, "validation", valid_loss))
             state["epoch"] += 1
             state["phase_epoch"] += 1
             record = {"epoch": state["epoch"], "phase": state["phase"],
@@ -253,6 +277,10 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
             state["partial"] = [0.0, 0, 0.0]
             save(0)
             tracker.log_epochs(state["history"])
+    except Diverged as diverged:  # an outcome, not a fault: ends below, outputs marked
+        state["diverged"] = diverged.args[0]
+        print(f"training diverged: {state['diverged']['reason']}; the job ends with its "
+              "outputs marked diverged (not retried: it would diverge again)", flush=True)
     except TrainingPaused:
         engine.close()  # data-parallel workers (PyTorch), before the tracker waits
         tracker.set_tags({"mosbench.state": "paused"})  # KILLED, and resumed by the next job
@@ -266,28 +294,47 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
         stop.restore()
         monitor.__exit__(None, None, None)
 
+    diverged = state.get("diverged")
+    validated = "best_file" in state  # some epoch validated finitely (always, if finished)
     summary = {"framework": framework, "dataset": dataset, "model": model_name, "seed": seed,
                "gpus": gpus, "run_id": tracker.run_id, "n_params": engine.n_params,
                "vocab_size": meta["vocab_size"], "history": state["history"],
-               "best_epoch": state["best_epoch"], "best_valid_loss": state["best_loss"],
+               "outcome": DIVERGED if diverged else FINISHED,
+               "best_epoch": state["best_epoch"],
+               "best_valid_loss": state["best_loss"] if validated else None,
                "train_time_s": state["train_time_s"], "provenance": ran_on}
+    if diverged:
+        summary["reason"] = diverged["reason"]
+        summary["diverged_at"] = {k: v for k, v in diverged.items() if k != "reason"}
     if len(state["launches"]) > 1:  # a resumed job that moved: say so, keep the others
         summary["provenance_earlier"] = state["launches"][:-1]
     summary["measurements"], summary["absent"] = _job_measurements(state, monitor, prices, gpus,
                                                                    engine)
+    # no best weights (diverged before any finite validation): the current ones, so that the
+    # job's output exists; train.json says what they are
+    current = None if validated else engine.weights()
     engine.close()
-    tracker.log_metrics(mlflow_run.train_metrics(summary))
+    tracker.log_metrics({k: v for k, v in mlflow_run.train_metrics(summary).items()
+                         if v is not None})
     tracker.set_tags({f"absent.{k}": reason for k, reason in summary["absent"].items()})
     # durable: on disk before the checkpoint is removed below, so a crash cannot lose both
     with atomic_path(out_dir / WEIGHTS, suffix=".npz", durable=True) as tmp:
-        shutil.copyfile(out_dir / state["best_file"], tmp)
+        if validated:
+            shutil.copyfile(out_dir / state["best_file"], tmp)
+        else:
+            np.savez(tmp, **current)
     write_json(out_dir / SUMMARY, summary, durable=True)
     faults.point("finished")
     tracker.log_artifact(out_dir / SUMMARY)
     tracker.log_artifact(out_dir / WEIGHTS)
-    tracker.set_tags({"mosbench.state": "finished"})
-    tracker.end_run("FINISHED")  # waits a while for calls the store could not take yet
-    checkpoint.remove(out_dir)  # done: a forced rerun must train afresh, not resume
+    if diverged:  # FAILED in the UI, with the reason; the job itself succeeds
+        tracker.set_tags({"mosbench.state": DIVERGED, "mosbench.reason": diverged["reason"]})
+        tracker.end_run("FAILED")
+    else:
+        tracker.set_tags({"mosbench.state": "finished"})
+        tracker.end_run("FINISHED")  # waits a while for calls the store could not take yet
+    # done, diverged too (it would diverge again): a forced rerun trains afresh, not resumes
+    checkpoint.remove(out_dir)
     return summary
 
 
