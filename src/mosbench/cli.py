@@ -105,13 +105,16 @@ def _run_dirs(args):
 
 
 def _train(args, config):
+    from mosbench.training.job_lock import JobLock
     from mosbench.training.train import SUMMARY, WEIGHTS, train
 
     check_gpus(config, args.gpus)
     train_dir, _ = _run_dirs(args)
     # As under Snakemake: a failed (or paused) rerun leaves no outputs, not the previous
     # run's; the checkpoint is not an output and stays. The code hash: train computes it.
-    with all_or_nothing(Path(train_dir) / WEIGHTS, Path(train_dir) / SUMMARY):
+    # The job's lock first: a second trainer of the job stops before it deletes anything.
+    with JobLock(train_dir), all_or_nothing(Path(train_dir) / WEIGHTS,
+                                            Path(train_dir) / SUMMARY):
         summary = train(paths.DATA.format(dataset=args.dataset), train_dir,
                         framework=args.framework, dataset=args.dataset, model_name=args.model,
                         seed=args.seed, gpus=args.gpus,

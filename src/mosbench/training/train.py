@@ -21,6 +21,10 @@ too, successfully (a retry would diverge again), with train.json's
 ``outcome`` "diverged" and the reason (:mod:`mosbench.outcomes`), the best
 weights so far (else the current ones), and the MLflow run FAILED.
 
+One trainer at a time per job folder: :func:`train` holds the folder's lock
+(:mod:`mosbench.training.job_lock`) from before anything there is read until
+it returns or raises; a second trainer stops before it touches the folder.
+
 Around the loop the job measures what the study compares
 (:mod:`mosbench.measurement`): time to the first step, step times, epoch
 time and its cost, and the hardware (device and host memory, GPU utilisation
@@ -30,6 +34,7 @@ has a stage of its own. It records what it ran on
 reports its progress as it goes (:mod:`mosbench.progress`).
 """
 
+import functools
 import hashlib
 import math
 import shutil
@@ -57,6 +62,7 @@ from mosbench.tracking import mlflow_run
 from mosbench.tracking.tracker import REPLACES_TAG, Tracker
 from mosbench.training import checkpoint
 from mosbench.training.bptt import epoch_windows, restore_rng, rng_state
+from mosbench.training.job_lock import JobLock
 from mosbench.training.nt_asgd import nonmono_triggered
 
 WEIGHTS = "model.weights.npz"
@@ -103,6 +109,21 @@ def fresh_state(hparams, seed):
             "train_time_s": 0.0}
 
 
+def _one_trainer_per_folder(train_job):
+    """Run ``train_job`` holding its folder's lock: taken first, released however it ends.
+
+    A wrapper, not a ``finally`` in the job, because every exit path must
+    release it: errors before the loop (a checkpoint refused), the loop's
+    pause or failure, and the end of a finished job.
+    """
+    @functools.wraps(train_job)
+    def locked(data_dir, out_dir, **settings):
+        with JobLock(out_dir):
+            return train_job(data_dir, out_dir, **settings)
+    return locked
+
+
+@_one_trainer_per_folder
 def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experiment,
           framework="tensorflow", threads=None, config_snapshot=None, wall_time_s=None,
           devices=None, prices=None, code_hash=None):
