@@ -16,7 +16,7 @@ assign_devices(int(snakemake.wildcards.gpus))  # this job's own GPUs, before the
 
 import sys  # noqa: E402
 
-from mosbench.errors import PAUSED_EXIT_CODE, TrainingPaused  # noqa: E402
+from mosbench.errors import PAUSED_EXIT_CODE, MosbenchError, TrainingPaused  # noqa: E402
 from mosbench.training.train import train  # noqa: E402
 
 # Under SLURM, stop (with a checkpoint) before the time limit; locally nothing kills the job.
@@ -35,3 +35,6 @@ except TrainingPaused as paused:
     # Checkpointed: a retry (profiles/slurm sets `retries`) or the next run resumes.
     print(f"paused: {paused}", file=sys.stderr)
     sys.exit(PAUSED_EXIT_CODE)
+except MosbenchError as error:  # a fault it names (a full disk, a lock held): one line, no trace
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(1)

@@ -271,7 +271,8 @@ def build_runs_table(train, metrics, prices=None, *, pipelines=None, reference=N
     for key, (_, tr) in train.items():
         ev = metrics[key][1]
         row = dict(zip(RUN_KEY, key, strict=True))
-        row.update(run_id=tr.get("run_id", ev.get("run_id")), n_params=tr.get("n_params"),
+        # evaluate's id first: it names the run that replaced a deleted one
+        row.update(run_id=ev.get("run_id", tr.get("run_id")), n_params=tr.get("n_params"),
                    epochs=len(tr.get("history") or []), best_epoch=tr.get("best_epoch"),
                    train_time_s=tr.get("train_time_s"))
         row.update((c, measured[key].get(c)) for c in measure_cols)
