@@ -77,6 +77,7 @@ def test_the_grid_plans_every_job_with_its_cluster_resources(tmp_path, capsys):
         r = job.resources
         assert r["gpu"] == "1" and r["slurm_partition"] == "gpu-test"
         assert (r["runtime"], r["mem_mb"]) == ("120", "16000")
+        assert int(r["wall_time_s"]) == 120 * 60 - 12 * 60  # evaluate pauses 12 min before
     for job in by_rule["probe"]:  # minutes, on a whole node (cluster.exclusive)
         r = job.resources
         assert r["gpu"] == job.wildcards["gpus"] and r["runtime"] == "30"

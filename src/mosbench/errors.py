@@ -22,10 +22,17 @@ class MissingInput(MosbenchError, FileNotFoundError):
         return self.args[0] if self.args else ""
 
 
-# EX_TEMPFAIL from sysexits.h: "try again later". A paused training job exits
-# with it; running the same job again resumes from its checkpoint.
+# EX_TEMPFAIL from sysexits.h: "try again later". A paused training or
+# evaluation job exits with it; running the same job again resumes where it was.
 PAUSED_EXIT_CODE = 75
 
 
 class TrainingPaused(Exception):  # noqa: N818 (a state, not a failure)
     """Training stopped early (SIGTERM or wall-time budget) after writing a checkpoint."""
+
+
+class EvaluationPaused(TrainingPaused):
+    """Evaluation stopped early (SIGTERM or wall-time budget) after saving its progress.
+
+    A TrainingPaused, so what ends a paused job with PAUSED_EXIT_CODE ends this one too.
+    """

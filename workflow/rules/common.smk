@@ -180,10 +180,11 @@ def train_limit(wildcards, key):
 
 
 def wall_time_s(runtime_min):
-    """Seconds training may run under a `runtime` limit (minutes): it then checkpoints and ends.
+    """Seconds a train or evaluate job may run under a `runtime` limit (minutes): it then
+    saves where it is (checkpoint, evaluation progress) and ends.
 
     The margin, 10 % of the limit but 5 to 30 minutes (and at most half),
-    covers the job's start-up and writing the checkpoint.
+    covers the job's start-up and writing what it saves.
     """
     limit = 60 * runtime_min
     return limit - min(max(limit // 10, 5 * 60), 30 * 60, limit // 2)
@@ -237,9 +238,11 @@ def data_pipeline_resources():
 
 def evaluate_resources():
     """SLURM resources of an evaluation job besides `gpu`: `cluster.evaluate`'s time and memory."""
+    runtime = config["cluster"]["evaluate"]["runtime"]
     return dict(gpu_model=lambda wildcards: gpu_model(wildcards.gpus),
-                mem_mb=config["cluster"]["evaluate"]["mem_mb"],
-                runtime=config["cluster"]["evaluate"]["runtime"], **slurm_placement())
+                mem_mb=config["cluster"]["evaluate"]["mem_mb"], runtime=runtime,
+                wall_time_s=wall_time_s(runtime),  # read by workflow/scripts/evaluate.py
+                **slurm_placement())
 
 
 def check_tracking_store():

@@ -6,7 +6,8 @@ never touches a framework tensor: windows go in as NumPy int32 arrays
 ``(batch, time)``, losses come out as Python floats, and everything that is
 saved crosses as named NumPy arrays. The carried LSTM state is opaque to the
 procedure (whatever the engine's steps take and return) except when it is
-checkpointed (:meth:`Engine.state_arrays`).
+checkpointed (:meth:`Engine.state_arrays`), as in a training checkpoint or a
+paused dynamic-evaluation pass (:class:`AdaptiveCarry`).
 
 An engine is one job's: it is constructed with the job's placement, builds
 one model, and keeps its compiled steps, optimiser and iterate average.
@@ -14,6 +15,25 @@ one model, and keeps its compiled steps, optimiser and iterate average.
 
 import abc
 import contextlib
+
+
+class AdaptiveCarry:
+    """What one dynamic-evaluation pass carries from a chunk of windows to the next.
+
+    The pass can then stop after any window and go on later, in this process
+    or, from these arrays saved, in another (:mod:`mosbench.evaluation.resume`).
+    ``trained``: the weights the updates decay towards, as
+    :meth:`Engine.weights` names them (the engine takes its current weights
+    at the first chunk when None); ``states``: the LSTM states carried into
+    the next window, as :meth:`Engine.state_arrays` gives them (None: zero
+    states, before the first window). ``cache`` holds what the engine builds
+    once per pass (device copies of the constants, a compiled update).
+    """
+
+    def __init__(self, trained=None, states=None):
+        self.trained = trained
+        self.states = states
+        self.cache = {}
 
 
 class Engine(abc.ABC):
@@ -138,13 +158,20 @@ class Engine(abc.ABC):
         """
 
     @abc.abstractmethod
-    def adaptive_losses(self, windows, statistics, rates, *, lr, lamb, epsilon):
+    def adaptive_losses(self, windows, statistics, rates, *, lr, lamb, epsilon, carry=None):
         """Dynamic evaluation's pass; returns each window's mean NLL, scored before its update.
 
         After each window: ``w += lamb * rate * (w_trained - w) - lr * g / (ms + epsilon)``,
         ``ms`` the statistics and ``rates`` the capped decay rates
         (:func:`mosbench.evaluation.dynamic_eval.decay_rates`). Leaves the
         weights adapted (the caller restores them).
+
+        ``carry`` (an :class:`AdaptiveCarry`) runs one pass in chunks of
+        windows, each call taking the next chunk with the same statistics and
+        settings: the call reads the trained weights and carried states from it
+        and leaves there the states after its last window. Without it the
+        call is a whole pass: the current weights are the trained ones and
+        the states start at zero.
         """
 
     # --- measurement -------------------------------------------------------------------------

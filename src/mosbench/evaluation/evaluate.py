@@ -5,23 +5,42 @@ Valid perplexity uses ``eval_batch_size`` and test perplexity
 file and into the training job's MLflow run, under the same names
 (:func:`mosbench.tracking.mlflow_run.evaluate_metrics`), with what evaluate
 ran on (tags ``evaluate.<key>``) and the test split as a dataset input.
-A diverged run (train.json's ``outcome``) is not scored: its metrics file
-holds the outcome and the reason only.
 If the store no longer holds that run (deleted in the UI, another store),
 they go to a new run made from train.json and tagged ``mosbench.replaces_run``;
 the metrics file's ``run_id`` names it.
+A diverged run (train.json's ``outcome``) is not scored: its metrics file
+holds the outcome and the reason only.
+
+Resumable: each stage (the scores and timings, the rank, dynamic
+evaluation's gradient statistics, its valid and its test pass) is saved in
+the output folder when it ends (:mod:`mosbench.evaluation.resume`). On
+SIGTERM or once ``wall_time_s`` is used, evaluate stops at the next stage or
+dynamic-evaluation segment, saves where it is and raises
+:class:`~mosbench.errors.EvaluationPaused`; the next run of the same job
+skips the finished stages and goes on with the pass from its saved segment
+and adapted weights, to the metrics of an uninterrupted run. The speed
+figures are measured once, in one stage, by the launch whose provenance
+metrics.json records. The progress files go once the metrics are logged.
 """
 
+import functools
 import time
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from mosbench.code_hash import PACKAGE_ROOT, code_hash
 from mosbench.data.tokenise import load_split
 from mosbench.engines import load_engine
-from mosbench.errors import MosbenchError
-from mosbench.evaluation.dynamic_eval import dynamic_evaluation
+from mosbench.errors import EvaluationPaused, MosbenchError
+from mosbench.evaluation.dynamic_eval import (
+    PASS_OPTIONS,
+    STATISTICS_OPTIONS,
+    adaptive_pass,
+    gradient_statistics,
+    options_for,
+)
 from mosbench.evaluation.perplexity import (
     eval_throughput,
     evaluate_loss,
@@ -29,12 +48,13 @@ from mosbench.evaluation.perplexity import (
     perplexity,
 )
 from mosbench.evaluation.rank import logprob_rank
+from mosbench.evaluation.resume import PROGRESS, SavedProgress, weights_digest
 from mosbench.io import read_json, write_json
 from mosbench.measurement.provenance import as_tags, provenance
 from mosbench.outcomes import FINISHED, outcome_of
 from mosbench.tracking import mlflow_run
 from mosbench.tracking.tracker import REPLACES_TAG, Tracker
-from mosbench.training.train import SUMMARY, WEIGHTS
+from mosbench.training.train import SUMMARY, WEIGHTS, StopSignal
 from mosbench.workload import head_dimension, training_hparams
 
 
@@ -69,16 +89,88 @@ def _rank_bound(model_name, hparams, vocab_size, contexts):
     return full if dim is None else min(dim + 2, full)
 
 
-def _dynamic_evaluation(engine, data_dir, valid_ids, test_ids, options):
-    """Valid and test perplexity under dynamic evaluation, when the preset asks for it."""
+def _stages(engine, data_dir, hparams, valid_ids, test_ids, saved, should_stop):
+    """``(name, run)`` of every stage in order; ``run()`` returns its results and arrays."""
+    bptt = hparams["bptt"]
+
+    def scores():  # every speed figure in one stage: one launch's, measured warm
+        valid_loss = evaluate_loss(engine, valid_ids, hparams["eval_batch_size"], bptt,
+                                   "evaluate valid")
+        batched_tokens_per_s = eval_throughput(engine, valid_ids, hparams["eval_batch_size"],
+                                               bptt, "evaluate valid (timed)")
+        start = time.perf_counter()
+        test_loss = evaluate_loss(engine, test_ids, hparams["test_batch_size"], bptt,
+                                  "evaluate test")
+        test_time = time.perf_counter() - start
+        latency_median, latency_p95 = next_word_latency(engine, test_ids)
+        return {"best_valid_loss": valid_loss, "test_loss": test_loss,
+                "eval_tokens_per_s": batched_tokens_per_s,
+                "test_tokens_per_s": len(test_ids) / test_time,
+                "latency_ms_median": latency_median, "latency_ms_p95": latency_p95}, None
+
+    def rank():
+        rank, contexts = logprob_rank(engine, test_ids, hparams["rank_contexts"],
+                                      hparams["eval_batch_size"], bptt)
+        return {"logprob_rank": rank, "rank_contexts": contexts}, None
+
+    stages = [("scores", scores), ("rank", rank)]
+    options = hparams.get("dynamic_eval")
     if not options:
-        return {}
-    train_ids, _ = load_split(data_dir, "train")
-    results = {}
-    for split, ids in (("valid", valid_ids), ("test", test_ids)):
-        loss = dynamic_evaluation(engine, train_ids, ids, **options, what=split)
-        results.update({f"dynamic_{split}_loss": loss, f"dynamic_{split}_ppl": perplexity(loss)})
-    return results
+        return stages
+
+    def statistics():  # once, for both passes
+        train_ids, _ = load_split(data_dir, "train")
+        return {}, gradient_statistics(engine, train_ids,
+                                       **options_for(STATISTICS_OPTIONS, options))
+
+    def dynamic_pass(split, ids):
+        stage = f"dynamic_{split}"
+        loss, where = adaptive_pass(engine, ids, saved.statistics(),
+                                    **options_for(PASS_OPTIONS, options), what=split,
+                                    resume=saved.paused_pass(stage), stop=should_stop)
+        if loss is None:
+            saved.pause_pass(stage, where)
+            raise EvaluationPaused(f"dynamic evaluation ({split}) stopped after segment "
+                                   f"{len(where.losses)}, saved in {saved.folder / PROGRESS}; "
+                                   "run the job again to resume")
+        return {f"dynamic_{split}_loss": loss, f"dynamic_{split}_ppl": perplexity(loss)}, None
+
+    return [*stages, ("dynamic_statistics", statistics),
+            ("dynamic_valid", lambda: dynamic_pass("valid", valid_ids)),
+            ("dynamic_test", lambda: dynamic_pass("test", test_ids))]
+
+
+def _run_stages(stages, saved, should_stop):
+    """Run and save the stages not finished yet; once ``should_stop()``, pause between two.
+
+    A launch always finishes something first, so a budget used up by the
+    start-up still moves the job on.
+    """
+    done = [name for name, _ in stages if name in saved.stages]
+    if done:
+        print(f"resuming evaluation: {', '.join(done)} done", flush=True)
+    ran = False
+    for name, run in stages:
+        if name in saved.stages:
+            continue
+        if ran and should_stop():
+            raise EvaluationPaused(f"stopped before {name}; the stages before it are saved in "
+                                   f"{saved.folder / PROGRESS}; run the job again to resume")
+        results, arrays = run()
+        saved.finish(name, results, arrays)
+        ran = True
+
+
+def _fingerprint(trained, train_dir, framework, model_name, hparams):
+    """What saved progress must be of: this trained run's weights, preset and evaluate code."""
+    return {"run_id": trained["run_id"], "weights_sha256": weights_digest(train_dir / WEIGHTS),
+            "framework": framework, "model": model_name, "hparams": hparams,
+            "code": _running_code(framework)}
+
+
+@functools.cache  # the code running does not change; hashing it parses every module
+def _running_code(framework):
+    return code_hash("evaluate", framework, root=PACKAGE_ROOT)
 
 
 def _replace_training_run(tracker, trained, train_dir, data_dir, hparams, tokens):
@@ -110,11 +202,13 @@ def _replace_training_run(tracker, trained, train_dir, data_dir, hparams, tokens
 
 
 def evaluate(data_dir, train_dir, out_path, *, model_name, hparams, experiment, gpus=0,
-             threads=None, framework="tensorflow"):
+             threads=None, framework="tensorflow", wall_time_s=None):
     """Score the trained model; write and return the metrics.
 
     A run that did not finish (diverged) has nothing to score: its metrics.json
-    says so, with train.json's reason, and nothing is logged.
+    says so, with train.json's reason, and nothing is logged. SIGTERM, or
+    ``wall_time_s`` seconds after the start (None: no budget), saves and
+    raises EvaluationPaused; the next call resumes.
     """
     trained = read_json(Path(train_dir) / SUMMARY)
     if outcome_of(trained) != FINISHED:
@@ -123,42 +217,50 @@ def evaluate(data_dir, train_dir, out_path, *, model_name, hparams, experiment, 
         write_json(out_path, metrics)
         print(f"not evaluated: training {metrics['outcome']}: {metrics['reason']}", flush=True)
         return metrics
-    valid_ids, meta = load_split(data_dir, "valid")
-    test_ids, _ = load_split(data_dir, "test")
-    engine = load_trained(train_dir, model_name, meta["vocab_size"], hparams, framework, gpus,
-                          threads)
-    bptt = hparams["bptt"]
-    valid_loss = evaluate_loss(engine, valid_ids, hparams["eval_batch_size"], bptt,
-                               "evaluate valid")
-    batched_tokens_per_s = eval_throughput(engine, valid_ids, hparams["eval_batch_size"], bptt,
-                                           "evaluate valid (timed)")
-    start = time.perf_counter()
-    test_loss = evaluate_loss(engine, test_ids, hparams["test_batch_size"], bptt,
-                              "evaluate test")
-    test_time = time.perf_counter() - start
-    latency_median, latency_p95 = next_word_latency(engine, test_ids)
-    rank, contexts = logprob_rank(engine, test_ids, hparams["rank_contexts"],
-                                  hparams["eval_batch_size"], bptt)
-    dynamic = _dynamic_evaluation(engine, data_dir, valid_ids, test_ids,
-                                  hparams.get("dynamic_eval"))
+    started = time.monotonic()
+    stop = StopSignal()  # SLURM's warning before a time limit or preemption
+    try:
+        valid_ids, meta = load_split(data_dir, "valid")
+        test_ids, _ = load_split(data_dir, "test")
+        engine = load_trained(train_dir, model_name, meta["vocab_size"], hparams, framework,
+                              gpus, threads)
+        saved = SavedProgress.open(Path(out_path).parent, _fingerprint(
+            trained, Path(train_dir), framework, model_name, hparams))
+        saved.start_launch(provenance(engine.versions(), min(gpus, 1)))
+
+        def should_stop():
+            return stop.requested or (bool(wall_time_s)
+                                      and time.monotonic() - started > wall_time_s)
+
+        _run_stages(_stages(engine, data_dir, hparams, valid_ids, test_ids, saved, should_stop),
+                    saved, should_stop)
+    finally:
+        stop.restore()
+    results = {key: value for stage in saved.stages.values() for key, value in stage.items()}
 
     metrics = {key: trained[key]
                for key in ("framework", "dataset", "model", "seed", "gpus", "run_id")}
     metrics.update({
         # the best checkpoint's (the weights train.json names best): re-scored here
-        "best_valid_loss": valid_loss, "best_valid_ppl": perplexity(valid_loss),
-        "test_loss": test_loss, "test_ppl": perplexity(test_loss),
-        "eval_tokens_per_s": batched_tokens_per_s,  # batch eval_batch_size, warm
-        "test_tokens_per_s": len(test_ids) / test_time,  # batch test_batch_size (reference: 1)
-        "latency_ms_median": latency_median, "latency_ms_p95": latency_p95,
+        "best_valid_loss": results["best_valid_loss"],
+        "best_valid_ppl": perplexity(results["best_valid_loss"]),
+        "test_loss": results["test_loss"], "test_ppl": perplexity(results["test_loss"]),
+        "eval_tokens_per_s": results["eval_tokens_per_s"],  # batch eval_batch_size, warm
+        # batch test_batch_size (reference: 1)
+        "test_tokens_per_s": results["test_tokens_per_s"],
+        "latency_ms_median": results["latency_ms_median"],
+        "latency_ms_p95": results["latency_ms_p95"],
         "optimal_ppl": meta.get("optimal_ppl"),
-        "logprob_rank": rank, "rank_contexts": contexts,
-        "rank_bound": _rank_bound(model_name, hparams, meta["vocab_size"], contexts),
+        "logprob_rank": results["logprob_rank"], "rank_contexts": results["rank_contexts"],
+        "rank_bound": _rank_bound(model_name, hparams, meta["vocab_size"],
+                                  results["rank_contexts"]),
         "source_logprob_rank": meta["source"].get("logprob_rank"),
-        **dynamic,
-        # what evaluate ran on (its speed figures are this machine's; training's is train.json's)
-        "provenance": provenance(engine.versions(), min(gpus, 1)),
+        **{key: value for key, value in results.items() if key.startswith("dynamic_")},
+        # what evaluate ran on (its speed figures are that launch's; training's is train.json's)
+        "provenance": saved.launch_of("scores"),
     })
+    if len(saved.launches) > 1:  # resumed: every launch's, in order
+        metrics["provenance_launches"] = saved.launches
     tracker = Tracker(Path(out_path).parent, experiment)
     if gone := tracker.gone(trained["run_id"]):
         print(f"the training run {trained['run_id']} {gone}; logging train.json and this "
@@ -175,4 +277,5 @@ def evaluate(data_dir, train_dir, out_path, *, model_name, hparams, experiment, 
                                                      f"{trained['dataset']}/test", "test",
                                                      meta["tokens"]["test"])])
         tracker.log_artifact(out_path)
+    saved.remove()  # done: a forced rerun evaluates afresh
     return metrics

@@ -20,7 +20,7 @@ import weakref
 import numpy as np
 import torch
 
-from mosbench.engines.interface import Engine
+from mosbench.engines.interface import AdaptiveCarry, Engine
 from mosbench.engines.pytorch import input_pipeline
 from mosbench.engines.pytorch.distributed import WorkerError, Workers
 from mosbench.engines.pytorch.replica import Replica, detached, tokens, trainable
@@ -321,18 +321,24 @@ class PyTorchEngine(Engine):
             torch._foreach_addcmul_(squares, grads, grads)
         return [_host(s.sqrt_()) for s in squares]
 
-    def adaptive_losses(self, windows, statistics, rates, *, lr, lamb, epsilon):
+    def adaptive_losses(self, windows, statistics, rates, *, lr, lamb, epsilon, carry=None):
         params = self.replica.params
+        carry = AdaptiveCarry() if carry is None else carry
+        if not carry.cache:  # the pass's first chunk: its constants, on the device once
 
-        def constant(values):
-            return [torch.as_tensor(v, dtype=p.dtype, device=p.device)
-                    for v, p in zip(values, params, strict=True)]
+            def constant(values):
+                return [torch.as_tensor(v, dtype=p.dtype, device=p.device)
+                        for v, p in zip(values, params, strict=True)]
 
-        decay = constant([lamb * np.asarray(r) for r in rates])
-        scale = constant([lr / (np.asarray(s) + epsilon) for s in statistics])
-        with torch.no_grad():
-            trained = [p.detach().clone() for p in params]
-        losses, states = [], None
+            if carry.trained is None:
+                carry.trained = self.weights()
+            carry.cache.update(
+                decay=constant([lamb * np.asarray(r) for r in rates]),
+                scale=constant([lr / (np.asarray(s) + epsilon) for s in statistics]),
+                trained=constant([carry.trained[name] for name in self._param_names()]))
+        decay, scale, trained = (carry.cache[k] for k in ("decay", "scale", "trained"))
+        losses = []
+        states = None if carry.states is None else self.states_from_arrays(carry.states)
         for inputs, targets in windows:
             if states is None:
                 states = self.model.initial_state(inputs.shape[0])
@@ -343,6 +349,8 @@ class PyTorchEngine(Engine):
                 torch._foreach_mul_(step, decay)
                 torch._foreach_addcmul_(step, scale, grads, value=-1.0)
                 torch._foreach_add_(params, step)
+        if states is not None:
+            carry.states = self.state_arrays(states)
         return torch.stack(losses).tolist() if losses else []
 
     # --- measurement -------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mosbench.engines.interface import Engine
+from mosbench.engines.interface import AdaptiveCarry, Engine
 from mosbench.engines.tensorflow import input_pipeline, steps
 from mosbench.engines.tensorflow.averaging import IterateAverage
 from mosbench.engines.tensorflow.devices import configure_devices, set_matmul_precision
@@ -170,19 +170,27 @@ class TensorFlowEngine(Engine):
                     square += np.square(grad.numpy(), dtype=np.float64)
         return [np.sqrt(square) for square in squares]
 
-    def adaptive_losses(self, windows, statistics, rates, *, lr, lamb, epsilon):
+    def adaptive_losses(self, windows, statistics, rates, *, lr, lamb, epsilon, carry=None):
         variables = self.model.trainable_variables
-        decay = [tf.constant(lamb * r, v.dtype) for r, v in zip(rates, variables, strict=True)]
-        scale = [tf.constant(lr / (s + epsilon), v.dtype)
-                 for s, v in zip(statistics, variables, strict=True)]
-        trained = [tf.identity(v) for v in variables]
+        carry = AdaptiveCarry() if carry is None else carry
+        if not carry.cache:  # the pass's first chunk: its constants and update, traced once
+            if carry.trained is None:
+                carry.trained = self.weights()
+            decay = [tf.constant(lamb * r, v.dtype) for r, v in zip(rates, variables, strict=True)]
+            scale = [tf.constant(lr / (s + epsilon), v.dtype)
+                     for s, v in zip(statistics, variables, strict=True)]
+            trained = [tf.constant(carry.trained[n], v.dtype)
+                       for n, v in zip(_names(variables), variables, strict=True)]
 
-        @tf.function
-        def adapt(grads):
-            for v, g, s, d, w0 in zip(variables, grads, scale, decay, trained, strict=True):
-                v.assign_add(d * (w0 - v) - s * g)
+            @tf.function
+            def adapt(grads):
+                for v, g, s, d, w0 in zip(variables, grads, scale, decay, trained, strict=True):
+                    v.assign_add(d * (w0 - v) - s * g)
 
-        losses, states = [], None
+            carry.cache["adapt"] = adapt
+        adapt = carry.cache["adapt"]
+        losses = []
+        states = None if carry.states is None else self.states_from_arrays(carry.states)
         with tf.device(self.device):
             for inputs, targets in windows:
                 states = states or self.model.initial_state(inputs.shape[0])
@@ -190,6 +198,8 @@ class TensorFlowEngine(Engine):
                                                      states)
                 losses.append(float(loss))  # scored before the weights see these targets
                 adapt(grads)
+        if states is not None:
+            carry.states = self.state_arrays(states)
         return losses
 
     # --- measurement -------------------------------------------------------------------------
