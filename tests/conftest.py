@@ -1,11 +1,22 @@
 """Shared fixtures: a tiny tokenised synthetic corpus and an isolated MLflow store."""
 
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import mlflow
 import pytest
 import yaml
 
+from mosbench.code_hash import PACKAGE_ROOT, ROOT_ENV
 from mosbench.config import validate_config
 from mosbench.cpu_features import bfloat16_support
 from mosbench.data.synthetic import generate_synthetic
@@ -60,3 +71,81 @@ def mlflow_store(tmp_path, monkeypatch):
     mlflow.set_tracking_uri(uri)  # the test's own queries too, whatever an earlier test set
     yield uri
     mlflow.set_tracking_uri(None)
+
+
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+
+
+def run_snakemake(workdir, *args, configfile=TINY_CONFIG, env=None, cwd=REPO):
+    """The real `snakemake` on the repository's Snakefile, in ``workdir``."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", ROOT_ENV)}
+    cmd = [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(configfile), *args]
+    return subprocess.run(cmd, env={**clean, **(env or {})}, cwd=cwd, capture_output=True,
+                          text=True, timeout=900)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def mlflow_server(store):
+    """`make mlflow-server` on a free loopback port; yields its URI, stops it on exit."""
+    port = free_port()
+    # -o: never reinstall .venv from inside a test
+    cmd = ["make", "-o", ".venv/.installed", "mlflow-server", f"PORT={port}",
+           f"MLFLOW_DIR={store}", "MLFLOW_WORKERS=1"]
+    log = open(store.parent / "mlflow-server.log", "w")  # noqa: SIM115 (closed below)
+    server = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2).read()
+                break
+            except OSError:
+                assert server.poll() is None, (store.parent / "mlflow-server.log").read_text()
+                assert time.monotonic() < deadline, "mlflow server did not start in 120 s"
+                time.sleep(0.5)
+        yield uri
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # make, mlflow and its workers: one group
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_workflow(tmp_path_factory):
+    """The one real run of the tiny workflow that the end-to-end and rerun tests share.
+
+    Every stage through the real `snakemake`, logging to a real `make mlflow-server` on
+    loopback (the cluster recipe's store), hashing a copy of the package
+    (``MOSBENCH_CODE_ROOT``) that the rerun tests edit, never the sources. The server
+    stays up for the session: tests/test_workflow.py reads the runs from it.
+    """
+    root = tmp_path_factory.mktemp("workflow")
+    code = root / "mosbench"
+    shutil.copytree(PACKAGE_ROOT, code, ignore=shutil.ignore_patterns("__pycache__"))
+    work = root / "work"
+    with mlflow_server(root / "tracking") as uri:
+        # Jobs that start together race to create a missing experiment on a server
+        # (mlflow_run.connect locks only for SQLite); create it first, as the README says.
+        mlflow.set_tracking_uri(uri)
+        mlflow.create_experiment("mosbench-test")
+        mlflow.set_tracking_uri(None)
+        env = {ROOT_ENV: str(code), "MLFLOW_TRACKING_URI": uri,
+               "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1",  # the tiny jobs last seconds
+               "MOSBENCH_PROGRESS_STEPS": "10", "MOSBENCH_PROGRESS_S": "0"}  # lines in logs
+        done = run_snakemake(work, "--cores", "2", env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        yield SimpleNamespace(root=root, code=code, work=work, uri=uri,
+                              output=done.stdout + done.stderr)

@@ -1,44 +1,27 @@
 """After a real run, a dry run plans exactly the jobs that a change invalidated.
 
-The run hashes a copy of the package (``MOSBENCH_CODE_ROOT``), so these tests
-edit the copy, never the sources. It logs to a real `make mlflow-server` on
-loopback, and the dry runs afterwards see no tracking URI: switching the
-tracking store reruns nothing.
+The run is the session's one run of the tiny workflow (conftest.tiny_workflow,
+shared with tests/test_workflow.py). It hashes a copy of the package
+(``MOSBENCH_CODE_ROOT``), so these tests edit the copy, never the sources. It
+logs to a real `make mlflow-server` on loopback, and the dry runs afterwards
+see no tracking URI: switching the tracking store reruns nothing.
 """
 
 import contextlib
 import json
 import os
 import re
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
-from pathlib import Path
 from types import SimpleNamespace
 
-import mlflow
 import pytest
 import yaml
 
-from conftest import REPO, TINY_CONFIG
-from mosbench.code_hash import PACKAGE_ROOT, ROOT_ENV
+from conftest import TINY_CONFIG, run_snakemake  # run_snakemake: other tests import it here
+from mosbench.code_hash import ROOT_ENV
 from mosbench.engines import FRAMEWORKS
 
-SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 JOB = re.compile(r"^(?:local)?rule (\S+):$")
-
-
-def run_snakemake(workdir, *args, configfile=TINY_CONFIG, env=None, cwd=REPO):
-    """The real `snakemake` on the repository's Snakefile, in ``workdir``."""
-    clean = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", ROOT_ENV)}
-    cmd = [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(configfile), *args]
-    return subprocess.run(cmd, env={**clean, **(env or {})}, cwd=cwd, capture_output=True,
-                          text=True, timeout=900)
 
 
 def _pairs(text):
@@ -59,60 +42,10 @@ def planned_jobs(output):
     return [job for job in jobs if job.rule != "all"]
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def mlflow_server(store):
-    """`make mlflow-server` on a free loopback port; yields its URI, stops it on exit."""
-    port = free_port()
-    # -o: never reinstall .venv from inside a test
-    cmd = ["make", "-o", ".venv/.installed", "mlflow-server", f"PORT={port}",
-           f"MLFLOW_DIR={store}", "MLFLOW_WORKERS=1"]
-    log = open(store.parent / "mlflow-server.log", "w")  # noqa: SIM115 (closed below)
-    server = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=2).read()
-                break
-            except OSError:
-                assert server.poll() is None, (store.parent / "mlflow-server.log").read_text()
-                assert time.monotonic() < deadline, "mlflow server did not start in 120 s"
-                time.sleep(0.5)
-        yield uri
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)  # make, mlflow and its workers: one group
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait()
-        log.close()
-
-
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """One real run of the tiny workflow, shared by the tests below."""
-    root = tmp_path_factory.mktemp("rerun")
-    code = root / "mosbench"
-    shutil.copytree(PACKAGE_ROOT, code, ignore=shutil.ignore_patterns("__pycache__"))
-    work = root / "work"
-    with mlflow_server(root / "tracking") as uri:
-        # Jobs that start together race to create a missing experiment on a server
-        # (mlflow_run.connect locks only for SQLite); create it first, as the README says.
-        mlflow.set_tracking_uri(uri)
-        mlflow.create_experiment("mosbench-test")
-        done = run_snakemake(work, "--cores", "2",
-                             env={ROOT_ENV: str(code), "MLFLOW_TRACKING_URI": uri})
-        assert done.returncode == 0, done.stderr[-3000:]
-        yield SimpleNamespace(root=root, code=code, work=work, uri=uri)
+def tiny_run(tiny_workflow):
+    """The session's one real run of the tiny workflow (conftest.tiny_workflow)."""
+    return tiny_workflow
 
 
 def dry_run(tiny_run, *args, configfile=TINY_CONFIG):
@@ -138,24 +71,6 @@ def edited(path, edit):
         yield
     finally:
         path.write_text(original)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("framework", FRAMEWORKS)
-def test_the_run_was_tracked_on_the_mlflow_server(tiny_run, framework):
-    mlflow.set_tracking_uri(tiny_run.uri)
-    tracked = mlflow.search_runs(experiment_names=["mosbench-test"],
-                                 filter_string=f"tags.framework = '{framework}'")
-    assert sorted(tracked["tags.mlflow.runName"]) == [
-        f"{framework}-tiny-{model}-seed{seed}-gpus0" for model in ("awd-lstm-mos", "lstm")
-        for seed in (1, 2)]
-    assert set(tracked["status"]) == {"FINISHED"}
-    assert tracked["metrics.test_ppl"].notna().all()  # evaluate logged into the same runs
-    assert (tiny_run.root / "tracking" / "mlflow.db").stat().st_size > 0
-    assert not (tiny_run.work / "results" / "mlflow.db").exists()  # nothing fell back to SQLite
-    board = mlflow.search_runs(experiment_names=["mosbench-test-aggregate"],
-                               filter_string="tags.`mosbench.stage` = 'aggregate'")
-    assert len(board) >= 1  # the aggregate's run, on the server too, apart from training's
 
 
 @pytest.mark.slow

@@ -11,8 +11,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import REPO, TINY_CONFIG
+from conftest import REPO, TINY_CONFIG, run_snakemake
 from mosbench import paths
+from mosbench.code_hash import ROOT_ENV
 from mosbench.data.tokenise import read_metadata
 from mosbench.engines import FRAMEWORKS
 
@@ -33,16 +34,16 @@ def snakemake(workdir, *args, configfile=TINY_CONFIG):
 
 
 @pytest.mark.slow
-def test_pipeline_runs_end_to_end_and_tracks_every_run(tmp_path):
-    done = snakemake(tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
-    results = tmp_path / "results"
+def test_pipeline_runs_end_to_end_and_tracks_every_run(tiny_workflow):
+    """The session's one run of the tiny workflow (conftest.tiny_workflow), on a real server."""
+    workdir = tiny_workflow.work
+    results = workdir / "results"
     for name in OUTPUTS:
         assert (results / "aggregate" / name).stat().st_size > 0
     for rule in ("synthetic/tiny", "tokenise/tiny", "train/tensorflow/tiny/lstm/seed1-gpus0",
                  "train/pytorch/tiny/lstm/seed1-gpus0", "evaluate/pytorch/tiny/lstm/seed2-gpus0",
                  "evaluate/tensorflow/tiny/awd-lstm-mos/seed2-gpus0", "aggregate/aggregate"):
-        assert (tmp_path / "logs" / f"{rule}.log").exists()
+        assert (workdir / "logs" / f"{rule}.log").exists()
     for framework in FRAMEWORKS:
         assert (results / "train" / framework / "tiny" / "awd-lstm-mos" / "seed1-gpus0" /
                 "model.weights.npz").stat().st_size > 0
@@ -75,8 +76,10 @@ def test_pipeline_runs_end_to_end_and_tracks_every_run(tmp_path):
     check_probes(results)
     assert "*GPU util (%)*: absent: gpus=0: a CPU job" in summary
 
-    # the default store is results/mlflow.db in the working directory, artefacts beside it
-    mlflow.set_tracking_uri(f"sqlite:///{results / 'mlflow.db'}")
+    # every stage logged to the server (tests/test_cli.py checks the default local store)
+    assert (tiny_workflow.root / "tracking" / "mlflow.db").stat().st_size > 0
+    assert not (results / "mlflow.db").exists()  # nothing fell back to SQLite
+    mlflow.set_tracking_uri(tiny_workflow.uri)
     for framework in FRAMEWORKS:
         tracked = mlflow.search_runs(experiment_names=["mosbench-test"],
                                      filter_string=f"tags.framework = '{framework}'")
@@ -99,7 +102,7 @@ def test_pipeline_runs_end_to_end_and_tracks_every_run(tmp_path):
     dynamic = tracked["metrics.dynamic_test_ppl"].tolist()
     assert dynamic[:4] == pytest.approx(mos["dynamic_test_ppl"].tolist())
     assert tracked["tags.git_commit"].str.len().min() == 40
-    assert any((results / "mlartifacts").rglob("metrics.json"))
+    assert any((tiny_workflow.root / "tracking" / "mlartifacts").rglob("metrics.json"))
     one = mlflow.MlflowClient().get_run(runs["run_id"][0])
     assert one.data.metrics["measurements/first_step_s"] > 0
     assert one.data.tags["absent.gpu_memory_peak_mb"] == "gpus=0: a CPU job"
@@ -116,11 +119,12 @@ def test_pipeline_runs_end_to_end_and_tracks_every_run(tmp_path):
     assert len(board) == 1
     artefacts = {a.path for a in mlflow.MlflowClient().list_artifacts(board["run_id"][0])}
     assert artefacts == set(OUTPUTS)
-    check_progress_provenance_and_mlflow_runs(tmp_path, runs, done.stdout + done.stderr)
+    check_progress_provenance_and_mlflow_runs(workdir, runs, tiny_workflow.output)
 
     # the HTML report embeds every plot, byte for byte
     report = results / "report.html"
-    done = snakemake(tmp_path, "--report", str(report))
+    code_copy = {ROOT_ENV: str(tiny_workflow.code)}  # the sources may be edited meanwhile
+    done = run_snakemake(workdir, "--cores", "2", "--report", str(report), env=code_copy)
     assert done.returncode == 0, done.stderr[-3000:]
     html = report.read_text()
     for name in PLOTS + ["summary.html", "scaling.html", "published.html", "ease_of_use.html"]:
@@ -128,7 +132,7 @@ def test_pipeline_runs_end_to_end_and_tracks_every_run(tmp_path):
         assert content in html, name
     check_answer_pages(results / "aggregate", html)
 
-    again = snakemake(tmp_path, "--dry-run")
+    again = run_snakemake(workdir, "--dry-run", env=code_copy)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
 
