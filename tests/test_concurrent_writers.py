@@ -12,7 +12,7 @@ is opened before the fork.
 """
 
 import json
-import os
+import sqlite3
 import subprocess
 import sys
 
@@ -104,40 +104,94 @@ def test_sixteen_writers_on_one_sqlite_store(tmp_path):
         assert not (tmp_path / name / SPOOL).exists(), name  # nothing left undelivered
 
 
-RACER = """
-import sys, time
+RACE = """
+import io, json, multiprocessing as mp, os, sys
 from pathlib import Path
-from mosbench.tracking import mlflow_run
-from mosbench.tracking.tracker import Tracker
-root, name, writers = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
-tracker = Tracker(root / name, "racers")
-tracker.create_run(name, tags={}, params={})
-(root / f"{name}.ready").touch()
-while len(list(root.glob("*.ready"))) < writers:  # a barrier across separate interpreters
-    time.sleep(0.001)
-tracker.log_inputs([mlflow_run.dataset_input(root / "train.parquet", "tiny/train", "training",
-                                             100)])
-tracker.end_run("FINISHED")
+root, racers = Path(sys.argv[1]), int(sys.argv[2])
+os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{root / 'mlflow.db'}"
+import mlflow.store.tracking.sqlalchemy_store  # noqa: F401 (imported once, before the forks)
+from mlflow.store.tracking.dbmodels.models import SqlDataset
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+from mosbench.tracking import mlflow_run, tracker as tracking
+(root / "train.parquet").write_bytes(b"one split for every job")
+
+def connect():  # in a child: the launcher opens no store that its forks would share
+    for experiment in ("without-retry", "with-retry"):
+        mlflow_run.connect(experiment)
+
+def racer(name, experiment, tries, looked_up, results):
+    sys.stderr = io.StringIO()  # the tracker's messages, returned with the outcome
+    pending = [True]
+    def hold_the_insert(session, context, instances):
+        # MLflow looked the data set up and found nothing; no racer inserts it until
+        # every racer has looked: the race, every time, not by chance
+        if pending[0] and any(isinstance(row, SqlDataset) for row in session.new):
+            pending[0] = False
+            looked_up.wait(timeout=120)
+    event.listen(Session, "before_flush", hold_the_insert)
+    if tries is not None:  # else the tracker's own; one try shows what the retry is for
+        original = tracking._log_inputs
+        tracking._log_inputs = lambda *args: original(*args, tries=tries)
+    tracker = tracking.Tracker(root / name, experiment)
+    tracker.create_run(name, tags={}, params={})
+    try:
+        tracker.log_inputs([mlflow_run.dataset_input(root / "train.parquet", "tiny/train",
+                                                     "training", 100)])
+        error = None
+    except Exception as exc:
+        error = str(exc)
+    tracker.end_run("FINISHED" if error is None else "FAILED")
+    results.put({"name": name, "error": error, "said": sys.stderr.getvalue()})
+
+fork = mp.get_context("fork")
+setup = fork.Process(target=connect)
+setup.start()
+setup.join()
+report = {}
+for experiment, tries in (("without-retry", 1), ("with-retry", None)):
+    looked_up, results = fork.Barrier(racers), fork.Queue()
+    procs = [fork.Process(target=racer, args=(f"{experiment}-{i}", experiment, tries,
+                                              looked_up, results)) for i in range(racers)]
+    for p in procs:
+        p.start()
+    report[experiment] = [results.get(timeout=300) for _ in procs]
+    for p in procs:
+        p.join()
+print(json.dumps(report))
 """
+RACERS = 6
 
 
 def test_jobs_of_one_data_set_that_log_it_at_once_all_keep_it(tmp_path):
     # MLflow's store looks a data set up and then inserts it, so jobs of one data set
     # that start together race; before the tracker retried, the losers failed with
-    # "UNIQUE constraint failed: datasets..." (seen under SLURM, and here 5 of 6).
-    # Separate interpreters, not forks: forked writers did not reproduce it.
-    (tmp_path / "train.parquet").write_bytes(b"one split for every job")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
-    subprocess.run([sys.executable, "-c", "from mosbench.tracking import mlflow_run; "
-                    "mlflow_run.connect('racers')"], env=env, check=True, timeout=300)
-    racers = [subprocess.Popen([sys.executable, "-c", RACER, str(tmp_path), f"r{i}", "6"],
-                               env=env, stderr=subprocess.PIPE, text=True) for i in range(6)]
-    errors = [p.communicate(timeout=300)[1] for p in racers]
-    assert [p.returncode for p in racers] == [0] * 6, "\n".join(e[-2000:] for e in errors)
-    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
-    experiment = client.get_experiment_by_name("racers").experiment_id
+    # "UNIQUE constraint failed: datasets..." (seen under SLURM, and here 5 of 6 by
+    # chance). A barrier between the look-up and the insert makes every racer look
+    # before any inserts, so exactly one wins and the others must retry.
+    done = subprocess.run([sys.executable, "-c", RACE, str(tmp_path), str(RACERS)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout.splitlines()[-1])
+    retried = "another job inserted data set tiny/train at the same moment; linked that record"
+
+    # without the retry (one try), the same race fails every racer but the winner (raised,
+    # or refused on delivery had the call been kept through a busy store)
+    lost = ["UNIQUE constraint failed: datasets" in f"{r['error']} {r['said']}"
+            for r in report["without-retry"]]
+    assert sorted(lost) == [False] + [True] * (RACERS - 1), report["without-retry"]
+
+    # with it, the losers say they linked the winner's record, and every racer keeps it
+    assert [r["error"] for r in report["with-retry"]] == [None] * RACERS, report
+    assert sorted(retried in r["said"] for r in report["with-retry"]) == (
+        [False] + [True] * (RACERS - 1)), [r["said"] for r in report["with-retry"]]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("with-retry").experiment_id
     runs = client.search_runs([experiment])
-    assert len(runs) == 6
+    assert len(runs) == RACERS
     for run in runs:
         assert [d.dataset.name for d in run.inputs.dataset_inputs] == ["tiny/train"]
         assert run.info.status == "FINISHED"
+    with sqlite3.connect(tmp_path / "mlflow.db") as db:  # one record, not one per racer
+        assert db.execute("SELECT COUNT(*) FROM datasets WHERE experiment_id = ?",
+                          (experiment,)).fetchone() == (1,)

@@ -110,11 +110,12 @@ def _log_inputs(client, run_id, datasets, tries=5):
 
     MLflow's store looks a data set up, then inserts it: jobs of one data set
     starting together race, and the losers get a unique-constraint error for
-    a data set that now exists (the next try finds and links it).
+    a data set that now exists (the next try finds and links it). A line says
+    when that happened, so a job's log shows the race was met and handled.
     """
     for attempt in range(tries):
         try:
-            return client.log_inputs(run_id, datasets=datasets)
+            logged = client.log_inputs(run_id, datasets=datasets)
         except Exception as exc:
             text = str(exc).lower()  # SQLite, PostgreSQL and MySQL word it differently
             lost_race = "datasets" in text and ("unique constraint" in text
@@ -122,6 +123,12 @@ def _log_inputs(client, run_id, datasets, tries=5):
             if attempt == tries - 1 or not lost_race:
                 raise
             time.sleep(0.1 * (attempt + 1))
+            continue
+        if attempt:
+            names = ", ".join(sorted({d.dataset.name for d in datasets}))
+            _say(f"another job inserted data set {names} at the same moment; linked that "
+                 f"record (try {attempt + 1} of {tries})")
+        return logged
 
 
 def _now_ms():
