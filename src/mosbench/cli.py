@@ -109,6 +109,7 @@ def _train(args, config):
     from mosbench.training.train import SUMMARY, WEIGHTS, train
 
     check_gpus(config, args.gpus)
+    hparams = preset(config, args.dataset, args.model)  # a bad name stops before any folder
     train_dir, _ = _run_dirs(args)
     # As under Snakemake: a failed (or paused) rerun leaves no outputs, not the previous
     # run's; the checkpoint is not an output and stays. The code hash: train computes it.
@@ -118,7 +119,7 @@ def _train(args, config):
         summary = train(paths.DATA.format(dataset=args.dataset), train_dir,
                         framework=args.framework, dataset=args.dataset, model_name=args.model,
                         seed=args.seed, gpus=args.gpus,
-                        hparams=preset(config, args.dataset, args.model),
+                        hparams=hparams,
                         experiment=config["mlflow"]["experiment"], threads=config["threads"],
                         config_snapshot=config, prices=config["cost"])
     if "reason" in summary:  # diverged: an outcome, so exit status 0 (as under Snakemake)
