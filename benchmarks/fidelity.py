@@ -1,0 +1,655 @@
+"""Do the frameworks train to the same point? Whole training runs of every engine and the reference.
+
+The run of issue 24: the ``ptb`` AWD-LSTM-MoS preset of config/config.yaml
+scaled to emsize 200, nhid 400, nhidlast 200 and 5 experts, one epoch, no
+finetune, no dynamic evaluation, on the real PTB (``../shared/data/ptb``), for
+N seeds, in every framework of ``mosbench.engines.FRAMEWORKS`` and in the
+reference code (zihangdai/mos). An engine's run is the pipeline's own:
+``mosbench --config <work>/config.yaml train ptb awd-lstm-mos --framework F
+--seed S`` in a scratch folder, where config.yaml is the project's with that
+preset changed and the data went through ``mosbench tokenise``. The reference
+is cloned into the scratch folder (or copied there from ``--reference DIR``),
+patched there as :data:`REFERENCE_PATCHES` says, and run with the same
+hyperparameters and seed; when no copy can be had it is skipped in one line.
+Runs are interleaved (seed by seed, every side in turn), each in its own
+process.
+
+Printed: the machine, the versions and the command; each run as it ends; the
+validation perplexity of every seed per side with mean +- std; and each side
+against the first framework (the baseline): the difference of the mean
+per-token validation loss with its 95 % Welch interval (SciPy), a two
+one-sided test of equivalence at ``--margin`` (statsmodels ``ttost_ind``,
+Welch; default log(1.01) nats, 1 % of perplexity) and the verdict in words.
+The runs and the summary are written to ``--results`` (default
+results/fidelity) as CSV and JSON, after every run.
+
+``--max-steps N`` makes a smoke run: every training stream is cut to
+``N * bptt + 1`` positions (the same cut in the reference), so an epoch is
+about N windows, and the perplexities are not a result.
+
+Usage::
+
+    .venv/bin/python benchmarks/fidelity.py                 # 5 seeds, all frameworks
+    .venv/bin/python benchmarks/fidelity.py --seeds 3 --frameworks tensorflow pytorch
+    .venv/bin/python benchmarks/fidelity.py --seeds 2 --max-steps 30   # a smoke run
+    .venv/bin/python benchmarks/fidelity.py --reference ~/src/mos      # a copy at hand
+
+Needs statsmodels (``.venv/bin/pip install statsmodels==0.15.0``) and, for
+the reference and the PyTorch engine, torch. Run it alone: on 2 cores anything
+else busy slows it (the perplexities do not depend on it).
+"""
+
+import argparse
+import contextlib
+import csv
+import hashlib
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from mosbench.config import load_config, preset
+from mosbench.data.batching import batchify
+from mosbench.data.tokenise import read_tokens
+from mosbench.engines import FRAMEWORKS
+from mosbench.evaluation.perplexity import perplexity
+from mosbench.training.bptt import epoch_windows
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "ptb"
+DATASET, MODEL = "ptb", "awd-lstm-mos"
+# Issue 24's scaling of the preset: small enough for a CPU, the preset's regularisation kept.
+SCALED = {"emsize": 200, "nhid": 400, "nhidlast": 200, "n_experts": 5,
+          "finetune_epochs": 0, "dynamic_eval": None}
+REFERENCE = "reference"
+REFERENCE_URL = "https://github.com/zihangdai/mos"
+ALPHA = 0.05  # the tests' level: a 95 % interval, each one-sided test of the TOST at 5 %
+
+# What the reference needs to run here, applied to a copy at run time: (file, text there,
+# replacement, why). Each text must occur exactly once, else the reference is skipped.
+REFERENCE_PATCHES = [
+    ("weight_drop.py",
+     "                w = torch.nn.functional.dropout(raw_w, p=self.dropout, "
+     "training=self.training)\n",
+     "                w = torch.nn.functional.dropout(raw_w, p=self.dropout, "
+     "training=self.training)\n"
+     "                if not self.training:\n"
+     "                    w = raw_w.detach()\n",
+     "weight drop in evaluation mode hands the LSTM a plain tensor: the raw Parameter it "
+     "handed over is registered again by current PyTorch, and the next training step fails "
+     "(from the second epoch on)"),
+    ("main.py",
+     "            val_loss = evaluate(val_data, eval_batch_size)\n",
+     "            val_loss = evaluate(val_data, eval_batch_size)\n"
+     "            print('fidelity: valid loss per token', "
+     "repr(val_loss * len(val_data) / (len(val_data) - 1)))\n",
+     "prints each validation loss in full precision, per token: evaluate() divides the summed "
+     "loss by the stream's length, one more than the targets scored"),
+    ("main.py",
+     "            val_loss2 = evaluate(val_data)\n",
+     "            val_loss2 = evaluate(val_data)\n"
+     "            print('fidelity: valid loss per token', "
+     "repr(val_loss2 * len(val_data) / (len(val_data) - 1)))\n",
+     "the same once averaging (ASGD) has started"),
+    ("main.py",
+     "# Load the best saved model.\n",
+     "sys.exit(0)  # fidelity.py: no test pass\n",
+     "stops after training: the test pass after it reloads a whole pickled model "
+     "(torch.load without weights_only=False, refused by current PyTorch) onto CUDA; "
+     "validation is what is compared"),
+]
+STEP_CAP_ANCHOR = "train_data = batchify(corpus.train, args.batch_size, args)\n"
+# Preset keys the reference takes as command-line options of the same name.
+REFERENCE_OPTIONS = ("emsize", "nhid", "nhidlast", "nlayers", "lr", "clip", "epochs",
+                     "batch_size", "bptt", "dropout", "dropouth", "dropouti", "dropoute",
+                     "dropoutl", "wdrop", "alpha", "beta", "wdecay", "nonmono", "n_experts",
+                     "small_batch_size", "max_seq_len_delta")
+# What the reference fixes in its code; another value leaves it out of the comparison.
+REFERENCE_FIXED = {"eval_batch_size": 10, "init_range": 0.1, "variable_bptt": True,
+                   "schedule": "nt-asgd", "tie_weights": True, "finetune_epochs": 0}
+
+
+# --- statistics ---
+
+def margin_type(text):
+    """``--margin``: nats per token (``0.0099``) or a share of perplexity (``1%``)."""
+    try:
+        if text.endswith("%"):
+            value = math.log1p(float(text[:-1]) / 100)
+        else:
+            value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected nats (0.01) or a percentage (1%), "
+                                         f"got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"the margin must be positive, got {text!r}")
+    return value
+
+
+def ppl_change(diff):
+    """A loss difference (nats per token) as the relative change of perplexity, in %."""
+    return 100 * math.expm1(diff)
+
+
+def compare(baseline, base_losses, name, losses, margin, level=1 - ALPHA):
+    """``name``'s validation losses against the baseline's: difference, interval, TOST, verdict.
+
+    The difference is ``mean(losses) - mean(base_losses)`` in nats per token
+    (negative: ``name`` lower); the interval is Welch's (SciPy); equivalence is
+    the two one-sided Welch tests of statsmodels at +-``margin``, each at
+    ``1 - level``. The verdict: "equivalent within +-m % ppl" when the TOST
+    rejects, else "<lower side> lower by d % ppl [interval]" when the interval
+    excludes 0, else "inconclusive (n = ...)".
+    """
+    from scipy import stats
+    from statsmodels.stats.weightstats import ttost_ind
+
+    x, base = np.asarray(losses, float), np.asarray(base_losses, float)
+    out = {"side": name, "baseline": baseline, "n": len(x), "n_baseline": len(base),
+           "margin": margin, "diff": None, "ci_low": None, "ci_high": None, "p_diff": None,
+           "p_tost": None}
+    if len(x) and len(base):
+        out["diff"] = float(x.mean() - base.mean())
+    if len(x) >= 2 and len(base) >= 2:
+        welch = stats.ttest_ind(x, base, equal_var=False)
+        ci = welch.confidence_interval(level)
+        p_tost, _, _ = ttost_ind(x, base, -margin, margin, usevar="unequal")
+        if np.isfinite(welch.pvalue):
+            out.update(ci_low=float(ci.low), ci_high=float(ci.high),
+                       p_diff=float(welch.pvalue), p_tost=float(p_tost))
+    out["verdict"] = verdict(out, baseline, name, 1 - level)
+    return out
+
+
+def verdict(c, baseline, name, alpha):
+    """:func:`compare`'s outcome ``c`` in words (see there)."""
+    within = f"equivalent within ±{ppl_change(c['margin']):.2g} % ppl"
+    inconclusive = f"inconclusive (n = {c['n']}, {c['n_baseline']})"
+    if c["p_tost"] is None:  # fewer than two runs on a side, or no spread at all
+        return inconclusive
+    if c["p_tost"] < alpha:
+        return within
+    if c["ci_low"] > 0 or c["ci_high"] < 0:
+        # "A lower than B by x %": 1 - ppl_A / ppl_B, the interval's ends mapped the same way
+        sign = 1 if c["diff"] < 0 else -1
+        lower, higher = (name, baseline) if sign == 1 else (baseline, name)
+        by = sorted(-ppl_change(sign * e) for e in (c["diff"], c["ci_low"], c["ci_high"]))
+        return f"{lower} lower than {higher} by {by[1]:.2f} % ppl [{by[0]:.2f}, {by[2]:.2f}]"
+    return inconclusive
+
+
+# --- the machine, the data and the engines' runs ---
+
+def machine_lines(threads):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from throughput import cpu_description
+
+    versions = [f"python {platform.python_version()}"]
+    for package in ("tensorflow", "keras", "torch", "numpy", "scipy", "statsmodels"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions.append(f"{package} {importlib.metadata.version(package)}")
+    return [f"cpu: {cpu_description()}; {threads} threads per run",
+            "versions: " + ", ".join(versions)]
+
+
+def check_ptb(data_dir, config):
+    """The three PTB files, each checked against the config's sha256."""
+    members = config["sources"][DATASET]["members"]
+    for split in ("train", "valid", "test"):
+        path = data_dir / f"{split}.txt"
+        if not path.exists():
+            raise SystemExit(f"fidelity: no PTB at {data_dir} ({path.name} missing); "
+                             "give its folder with --data")
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if members[split]["sha256"] and digest != members[split]["sha256"]:
+            raise SystemExit(f"fidelity: {path} has sha256 {digest}, the config expects "
+                             f"{members[split]['sha256']} (sources.ptb.members.{split})")
+
+
+def write_config(work, overrides, threads):
+    """The project's config with the scaled preset; return (its path, the preset)."""
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
+    presets = config["presets"][DATASET]
+    presets[MODEL] = {**presets[MODEL], **overrides}
+    config["threads"] = threads
+    config["mlflow"]["experiment"] = "mosbench-fidelity"
+    path = work / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return path, preset(load_config(path), DATASET, MODEL)
+
+
+def mosbench(work, config_path, *args, log):
+    """``mosbench --config CONFIG ARGS`` in ``work`` (its results/ there), output to ``log``."""
+    exe = Path(sys.executable).with_name("mosbench")
+    command = [str(exe) if exe.exists() else sys.executable, *([] if exe.exists() else
+               ["-c", "import sys; from mosbench.cli import main; sys.exit(main())"]),
+               "--config", str(config_path), *args]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'results' / 'mlflow.db'}",
+           "TF_CPP_MIN_LOG_LEVEL": "2"}
+    with open(log, "w") as out:
+        return subprocess.run(command, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def prepare_data(work, data_dir, config_path, hp, positions, logs):
+    """Tokenise PTB with ``mosbench tokenise`` in ``work``; cut the train streams if capped."""
+    raw = work / "results" / "raw" / DATASET
+    raw.mkdir(parents=True)
+    for split in ("train", "valid", "test"):
+        shutil.copyfile(data_dir / f"{split}.txt", raw / f"{split}.txt")
+    (raw / "source.json").write_text(json.dumps({"name": DATASET, "kind": "archive",
+                                                 "url": None, "copied_from": str(data_dir)}))
+    done = mosbench(work, config_path, "tokenise", DATASET, log=logs / "tokenise.log")
+    if done.returncode:
+        raise SystemExit(f"fidelity: mosbench tokenise failed; see {logs / 'tokenise.log'}")
+    if positions:
+        cut_train_streams(work / "results" / "data" / DATASET / "train.parquet",
+                          hp["batch_size"], positions)
+
+
+def cut_train_streams(path, batch_size, positions):
+    """Keep the first ``positions`` of every batch stream: an epoch of the full run, shortened.
+
+    Written row by row, so that ``batchify`` gives back exactly those columns;
+    the vocabulary and the other splits stay whole.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mosbench.data.tokenise import META_KEY, load_split
+
+    ids, meta = load_split(path.parent, "train")
+    kept = batchify(ids, batch_size)[:, :positions].reshape(-1)
+    meta["tokens"]["train"] = int(kept.size)
+    meta["cut_streams_to"] = positions
+    table = pa.table({"id": kept.astype(np.int32)})
+    pq.write_table(table.replace_schema_metadata({META_KEY: json.dumps(meta)}), path)
+
+
+def window_count(stream_positions, hp, seed, epochs=1, reference=False):
+    """Training steps of a run: its windows, drawn as ``mosbench train`` draws them.
+
+    ``reference``: as the reference draws them, from NumPy's global generator
+    seeded with the seed, which nothing else in its main.py draws from.
+    """
+    rng = np.random.RandomState(seed) if reference else np.random.default_rng(seed)
+    return sum(1 for _ in range(epochs) for _ in epoch_windows(
+        rng, stream_positions, hp["bptt"], hp["variable_bptt"], hp.get("max_seq_len_delta")))
+
+
+def run_engine(framework, seed, work, config_path, logs):
+    log = logs / f"{framework}-seed{seed}.log"
+    start = time.monotonic()
+    done = mosbench(work, config_path, "train", DATASET, MODEL, "--framework", framework,
+                    "--seed", str(seed), log=log)
+    record = {"side": framework, "seed": seed, "wall_s": time.monotonic() - start,
+              "log": str(log)}
+    summary_path = (work / "results" / "train" / framework / DATASET / MODEL
+                    / f"seed{seed}-gpus0" / "train.json")
+    if done.returncode or not summary_path.exists():
+        return {**record, "status": f"failed (exit {done.returncode}): {last_line(log)}"}
+    summary = json.loads(summary_path.read_text())
+    if summary["outcome"] != "finished":
+        return {**record, "status": f"{summary['outcome']}: {summary.get('reason')}"}
+    last = summary["history"][-1]
+    return {**record, "status": "ok", "valid_loss": summary["best_valid_loss"],
+            "train_loss": last["train_loss"], "n_params": summary["n_params"],
+            "step_median_s": summary["measurements"]["step_time_median_s"],
+            "train_s": summary["train_time_s"]}
+
+
+def last_line(log):
+    lines = [line for line in Path(log).read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1][:300] if lines else "no output"
+
+
+# --- the reference: fetched, patched, run ---
+
+def fetch_reference(given, scratch):
+    """A checkout of zihangdai/mos (``given``, else cloned): (folder, commit) or (None, why)."""
+    if given is not None:
+        source = Path(given).expanduser()
+        if not (source / "main.py").exists():
+            return None, f"{source} has no main.py: not a checkout of {REFERENCE_URL}"
+    else:
+        source = scratch / "mos-clone"
+        try:
+            done = subprocess.run(["git", "clone", "--quiet", REFERENCE_URL, str(source)],
+                                  capture_output=True, text=True, timeout=180)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return None, f"could not clone {REFERENCE_URL} ({exc})"
+        if done.returncode:
+            why = (done.stderr.strip().splitlines() or ["git failed"])[-1]
+            return None, f"could not clone {REFERENCE_URL} ({why})"
+    commit = subprocess.run(["git", "-C", str(source), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True)
+    return source, (commit.stdout.strip() if commit.returncode == 0 else "commit unknown")
+
+
+def patch_reference(source, target, positions):
+    """Copy the reference's Python files to ``target`` and patch them; return what was done."""
+    target.mkdir(parents=True)
+    for path in source.glob("*.py"):
+        shutil.copyfile(path, target / path.name)
+    patches = list(REFERENCE_PATCHES)
+    if positions:
+        patches.append(("main.py", STEP_CAP_ANCHOR, STEP_CAP_ANCHOR
+                        + f"train_data = train_data[:{positions}]  # fidelity.py --max-steps\n",
+                        f"smoke run: the training streams cut to their first {positions} "
+                        "positions, as the engines' (--max-steps)"))
+    for name, old, new, _ in patches:
+        path = target / name
+        text = path.read_text(encoding="utf-8") if path.exists() else ""
+        if text.count(old) != 1:
+            raise ValueError(f"{name} does not hold the text a patch replaces exactly once "
+                             f"({old.strip()[:60]!r}): another version than zihangdai/mos "
+                             "6f89b28-9c0c608")
+        path.write_text(text.replace(old, new), encoding="utf-8")
+    return [f"{name}: {why}" for name, _, _, why in patches]
+
+
+def reference_mismatch(hp):
+    """Why the reference cannot run this preset (a setting its code fixes), or None."""
+    wrong = [f"{k}={hp.get(k, v)!r} (it fixes {v!r})" for k, v in REFERENCE_FIXED.items()
+             if hp.get(k, v) != v]
+    return "; ".join(wrong) or None
+
+
+def run_reference(seed, code, data_dir, hp, threads, work, logs, log_interval=200):
+    """One run of the patched reference's main.py with the preset's settings, on the CPU.
+
+    ``log_interval``: its report interval, whose ms/batch lines give the step time.
+    """
+    log = logs / f"{REFERENCE}-seed{seed}.log"
+    options = [f"--{key}={hp[key]}" for key in REFERENCE_OPTIONS if key in hp]
+    command = [sys.executable, "main.py", "--data", str(data_dir), "--seed", str(seed),
+               "--save", str(work / f"reference-seed{seed}"), "--cuda",  # --cuda turns CUDA off
+               f"--log-interval={log_interval}", *options]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    start = time.monotonic()
+    with open(log, "w") as out:
+        done = subprocess.run(command, cwd=code, env=env, stdout=out, stderr=subprocess.STDOUT)
+    record = {"side": REFERENCE, "seed": seed, "wall_s": time.monotonic() - start,
+              "log": str(log)}
+    text = log.read_text(errors="replace")
+    losses = [float(v) for v in re.findall(r"^fidelity: valid loss per token (\S+)$", text, re.M)]
+    if done.returncode or not losses:
+        return {**record, "status": f"failed (exit {done.returncode}): {last_line(log)}"}
+    params = re.search(r"^Model total parameters: (\d+)", text, re.M)
+    steps = [float(v) / 1000 for v in re.findall(r"ms/batch\s+([\d.]+)", text)]
+    return {**record, "status": "ok", "valid_loss": min(losses),
+            "n_params": int(params.group(1)) if params else None,
+            "step_median_s": float(np.median(steps)) if steps else None}
+
+
+# --- the report ---
+
+def seed_table(records, sides, seeds):
+    ok = {(r["side"], r["seed"]): r for r in records}
+    lines = ["| seed | " + " | ".join(sides) + " |", "|---:|" + "---:|" * len(sides)]
+    for seed in seeds:
+        cells = []
+        for side in sides:
+            r = ok.get((side, seed))
+            cells.append("-" if r is None else f"{perplexity(r['valid_loss']):.2f}"
+                         if r["status"] == "ok" else "failed")
+        lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+    cells = []
+    for side in sides:
+        ppl = [perplexity(r["valid_loss"]) for r in records
+               if r["side"] == side and r["status"] == "ok"]
+        cells.append(f"{np.mean(ppl):.2f} ± {np.std(ppl, ddof=1):.2f}" if len(ppl) > 1
+                     else f"{ppl[0]:.2f}" if ppl else "-")
+    lines.append("| mean ± std | " + " | ".join(cells) + " |")
+    return lines
+
+
+def summarise(records, sides, margin):
+    """Per side: n, mean and std of the loss and perplexity, the comparison with the first."""
+    losses = {s: [r["valid_loss"] for r in records if r["side"] == s and r["status"] == "ok"]
+              for s in sides}
+    baseline, rows = sides[0], []
+    for side in sides:
+        x = np.asarray(losses[side], float)
+        row = {"side": side, "n": len(x),
+               "mean_loss": float(x.mean()) if len(x) else None,
+               "std_loss": float(x.std(ddof=1)) if len(x) > 1 else None,
+               "mean_ppl": float(np.mean(np.exp(x))) if len(x) else None,
+               "std_ppl": float(np.std(np.exp(x), ddof=1)) if len(x) > 1 else None}
+        if side != baseline:
+            row.update(compare(baseline, losses[baseline], side, x, margin))
+        rows.append(row)
+    return rows
+
+
+def comparison_table(rows, margin):
+    baseline = rows[0]["side"]
+    lines = [f"| side | n | mean loss | std | diff vs {baseline} (nats) | 95 % CI (Welch) "
+             "| ppl change | TOST p | verdict |", "|---|---:|---:|---:|---:|---|---:|---:|---|"]
+
+    def num(v, fmt):
+        return "-" if v is None else format(v, fmt)
+
+    for r in rows:
+        if r["side"] == baseline:
+            lines.append(f"| {baseline} (baseline) | {r['n']} | {num(r['mean_loss'], '.4f')} | "
+                         f"{num(r['std_loss'], '.4f')} | | | | | |")
+            continue
+        ci = ("-" if r["ci_low"] is None
+              else f"[{r['ci_low']:+.4f}, {r['ci_high']:+.4f}]")
+        change = "-" if r["diff"] is None else f"{ppl_change(r['diff']):+.2f} %"
+        lines.append(f"| {r['side']} | {r['n']} | {num(r['mean_loss'], '.4f')} | "
+                     f"{num(r['std_loss'], '.4f')} | {num(r['diff'], '+.4f')} | {ci} | {change} "
+                     f"| {num(r['p_tost'], '.3f')} | {r['verdict']} |")
+    lines.append(f"margin ±{margin:.5f} nats per token (±{ppl_change(margin):.2f} % of "
+                 f"perplexity); the interval: scipy.stats.ttest_ind(equal_var=False); the TOST: "
+                 f"statsmodels ttost_ind(usevar='unequal'), equivalent when p < {ALPHA}")
+    return lines
+
+
+def estimate_lines(records, sides, hp, full_windows, seeds):
+    """What the full run takes, from the smoke run's own step times and overheads."""
+    lines, total = [], 0.0
+    for side in sides:
+        done = [r for r in records if r["side"] == side and r["status"] == "ok"
+                and r.get("step_median_s")]
+        if not done:
+            lines.append(f"  {side}: no step time measured")
+            continue
+        step = float(np.median([r["step_median_s"] for r in done]))
+        overhead = float(np.median([r["wall_s"] - r["windows"] * r["step_median_s"]
+                                    for r in done if r.get("windows")] or [0.0]))
+        per_run = overhead + full_windows * hp["epochs"] * step  # overhead: its validations too
+        total += per_run * seeds
+        lines.append(f"  {side}: median step {step:.2f} s, start-up and validation about "
+                     f"{overhead:.0f} s: about {per_run / 60:.0f} min per seed")
+    return [f"full run estimate ({full_windows} windows per epoch, {hp['epochs']} epoch(s), "
+            f"{seeds} seeds): about {total / 3600:.1f} h"] + lines
+
+
+def write_results(folder, settings, records, rows):
+    folder.mkdir(parents=True, exist_ok=True)
+    fields = ["side", "seed", "status", "valid_loss", "valid_ppl", "train_loss", "n_params",
+              "windows", "step_median_s", "train_s", "wall_s", "log"]
+    with open(folder / "fidelity.csv", "w", newline="") as out:
+        writer = csv.DictWriter(out, fields, extrasaction="ignore")
+        writer.writeheader()
+        for r in records:
+            writer.writerow({**r, "valid_ppl": perplexity(r["valid_loss"])
+                             if r.get("valid_loss") is not None else None})
+    (folder / "fidelity.json").write_text(json.dumps(
+        {"settings": settings, "runs": records, "summary": rows}, indent=2) + "\n")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frameworks", nargs="+", choices=FRAMEWORKS, default=list(FRAMEWORKS),
+                        help="the engines, the first the baseline (default: all)")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds per side (default 5)")
+    parser.add_argument("--first-seed", type=int, default=28,
+                        help="seeds first..first+N-1 (default 28, the reference's PTB seed)")
+    parser.add_argument("--epochs", type=int, default=1, help="epochs per run (default 1)")
+    parser.add_argument("--max-steps", type=int, default=None,
+                        help="smoke run: cut every training stream to N*bptt+1 positions "
+                             "(about N windows per epoch), in the reference too")
+    parser.add_argument("--margin", type=margin_type, default=math.log(1.01),
+                        help="equivalence margin on the mean per-token loss: nats, or a share "
+                             "of perplexity such as 2%% (default log(1.01), 1%%)")
+    parser.add_argument("--reference", metavar="DIR",
+                        help="a checkout of zihangdai/mos to copy (default: git clone)")
+    parser.add_argument("--no-reference", action="store_true", help="engines only")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                        help="folder of PTB's train/valid/test.txt (default ../shared/data/ptb)")
+    parser.add_argument("--results", type=Path, default=REPO / "results" / "fidelity",
+                        help="folder for fidelity.csv, fidelity.json and the runs' logs "
+                             "(default results/fidelity)")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                        help="threads per run (default: the usable cores)")
+    parser.add_argument("--work", type=Path,
+                        help="scratch folder, kept (default: a temporary one, removed)")
+    args = parser.parse_args(argv)
+    if args.seeds < 1 or args.epochs < 1 or (args.max_steps is not None and args.max_steps < 1):
+        parser.error("--seeds, --epochs and --max-steps must be at least 1")
+    try:
+        import statsmodels  # noqa: F401
+    except ImportError:
+        parser.error("needs statsmodels: .venv/bin/pip install statsmodels==0.15.0")
+
+    config = load_config(REPO / "config" / "config.yaml")
+    check_ptb(args.data, config)
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
+    scratch = Path(tempfile.mkdtemp(prefix="mosbench-fidelity-")) if args.work is None \
+        else args.work
+    scratch.mkdir(parents=True, exist_ok=True)
+    work = scratch / "mosbench"
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir()
+    logs = args.results / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    try:
+        return run(args, config, seeds, scratch, work, logs)
+    finally:
+        if args.work is None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def run(args, config, seeds, scratch, work, logs):
+    overrides = {**SCALED, "epochs": args.epochs}
+    config_path, hp = write_config(work, overrides, args.threads)
+    full_positions = len(read_tokens(args.data / "train.txt")) // hp["batch_size"]
+    positions = args.max_steps * hp["bptt"] + 1 if args.max_steps else None
+    if positions and positions >= full_positions:
+        positions = None  # the cap is past the epoch: a full run
+    sides = list(args.frameworks)
+
+    print(f"fidelity: {DATASET} {MODEL} preset with "
+          + ", ".join(f"{k} {v}" for k, v in overrides.items()) + f"; seeds {seeds[0]}-"
+          f"{seeds[-1]}; baseline {sides[0]}")
+    print("command: " + shlex.join([sys.executable, *sys.argv]))
+    for line in machine_lines(args.threads):
+        print(line)
+    print(f"data: {args.data} (sha256 of the three files checked against the config)")
+    print(f"each engine run: mosbench --config {config_path} train {DATASET} {MODEL} "
+          f"--framework F --seed S (in {work})")
+    if positions:
+        print(f"SMOKE RUN, not a result: every training stream cut to {positions} positions "
+              f"(--max-steps {args.max_steps}: about {args.max_steps} windows of the "
+              f"{window_count(full_positions, hp, seeds[0])} of an epoch)")
+
+    reference_note = None
+    if args.no_reference:
+        reference_note = "reference: not run (--no-reference)"
+    elif (why := reference_mismatch(hp)) is not None:
+        reference_note = f"reference: skipped, its code fixes what this run changes: {why}"
+    else:
+        source, commit = fetch_reference(args.reference, scratch)
+        if source is None:
+            reference_note = (f"reference: skipped, {commit}; give a checkout with "
+                              "--reference DIR")
+        else:
+            code = scratch / "reference-code"
+            if code.exists():
+                shutil.rmtree(code)
+            try:
+                done = patch_reference(source, code, positions)
+            except ValueError as exc:
+                reference_note = f"reference: skipped, {exc}"
+            else:
+                sides.append(REFERENCE)
+                print(f"reference: zihangdai/mos {commit} from {args.reference or REFERENCE_URL}"
+                      f", copied to {code} and patched there:")
+                for line in done:
+                    print(f"  {line}")
+                print("  unchanged: the rest, e.g. embedding dropout's padding_idx=-1 (the last "
+                      "word's row gets no gradient through the lookup) and gc.collect() per "
+                      "chunk")
+    if reference_note:
+        print(reference_note)
+    print()
+
+    prepare_data(work, args.data, config_path, hp, positions, logs)
+    stream_positions = positions or full_positions
+    # the reference's ms/batch lines every 200 steps; a few in a smoke run
+    log_interval = max(2, args.max_steps // 4) if positions else 200
+    settings = {"command": shlex.join([sys.executable, *sys.argv]), "seeds": seeds,
+                "sides": sides, "hparams": hp, "margin": args.margin,
+                "max_steps": args.max_steps, "stream_positions": stream_positions,
+                "machine": machine_lines(args.threads), "reference": reference_note,
+                "smoke": bool(positions)}
+    records = []
+    for seed in seeds:
+        for side in sides:
+            if side == REFERENCE:
+                record = run_reference(seed, scratch / "reference-code", args.data, hp,
+                                       args.threads, scratch, logs, log_interval)
+                record["windows"] = window_count(stream_positions, hp, seed, hp["epochs"],
+                                                 reference=True)
+            else:
+                record = run_engine(side, seed, work, config_path, logs)
+                record["windows"] = window_count(stream_positions, hp, seed, hp["epochs"])
+            records.append(record)
+            if record["status"] == "ok":
+                step = record.get("step_median_s")
+                params = record.get("n_params")
+                print(f"{side} seed {seed}: valid ppl {perplexity(record['valid_loss']):.2f} "
+                      f"(loss {record['valid_loss']:.5f}), "
+                      f"{'?' if params is None else f'{params:,}'} parameters, median step "
+                      f"{'-' if step is None else f'{step:.3f} s'}, {record['wall_s']:.0f} s "
+                      "in all", flush=True)
+            else:
+                print(f"{side} seed {seed}: {record['status']}", flush=True)
+            write_results(args.results, settings, records, summarise(records, sides,
+                                                                     args.margin))
+
+    rows = summarise(records, sides, args.margin)
+    print("\nvalidation perplexity" + (" (SMOKE RUN, not a result)" if positions else ""))
+    for line in seed_table(records, sides, seeds):
+        print(line)
+    print()
+    for line in comparison_table(rows, args.margin):
+        print(line)
+    if positions:
+        print()
+        for line in estimate_lines(records, sides, hp,
+                                   window_count(full_positions, hp, seeds[0]), len(seeds)):
+            print(line)
+    write_results(args.results, settings, records, rows)
+    print(f"\nwrote {args.results / 'fidelity.csv'}, {args.results / 'fidelity.json'}, "
+          f"logs in {args.results / 'logs'}")
+    return 0 if all(r["status"] == "ok" for r in records) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
