@@ -29,6 +29,17 @@ def replica_seed(seed, rank):
     return int(np.random.SeedSequence([seed, rank + 1]).generate_state(1)[0])
 
 
+def mask_seed(seed):
+    """The seed of the masks shared by every replica (weight drop; all masks on one device).
+
+    Not ``seed`` itself: ``torch.manual_seed(seed)`` seeds the generator the model is
+    initialised from, and on the CPU both are one Mersenne Twister, so masks drawn from
+    ``seed`` would repeat the initialisation's numbers (the reference draws its masks
+    from where the initialisation left its one generator).
+    """
+    return replica_seed(seed, -1)
+
+
 def tokens(array, device):
     """Token ids as an int64 tensor on ``device`` (copied: NumPy windows may be read-only views)."""
     return torch.from_numpy(np.array(array, dtype=np.int64)).to(device, non_blocking=True)
@@ -95,7 +106,7 @@ class Replica:
         """
         self.rank, self.world = rank, world
         shared = torch.Generator(self.device)
-        shared.manual_seed(self.seed)
+        shared.manual_seed(mask_seed(self.seed))
         replica = shared
         if world > 1:
             replica = torch.Generator(self.device)
