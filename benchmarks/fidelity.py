@@ -65,6 +65,13 @@ from mosbench.data.batching import batchify
 from mosbench.data.tokenise import read_tokens
 from mosbench.engines import FRAMEWORKS
 from mosbench.evaluation.perplexity import perplexity
+from mosbench.reporting.statistics import (  # ALPHA: a 95 % interval, each one-sided test 5 %
+    ALPHA,
+    equivalence,
+    loss_verdict,
+    margin_nats,
+    ppl_change,
+)
 from mosbench.training.bptt import epoch_windows
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,7 +82,6 @@ SCALED = {"emsize": 200, "nhid": 400, "nhidlast": 200, "n_experts": 5,
           "finetune_epochs": 0, "dynamic_eval": None}
 REFERENCE = "reference"
 REFERENCE_URL = "https://github.com/zihangdai/mos"
-ALPHA = 0.05  # the tests' level: a 95 % interval, each one-sided test of the TOST at 5 %
 
 # What the reference needs to run here, applied to a copy at run time: (file, text there,
 # replacement, why). Each text must occur exactly once, else the reference is skipped.
@@ -127,7 +133,7 @@ def margin_type(text):
     """``--margin``: nats per token (``0.0099``) or a share of perplexity (``1%``)."""
     try:
         if text.endswith("%"):
-            value = math.log1p(float(text[:-1]) / 100)
+            value = margin_nats(float(text[:-1]))
         else:
             value = float(text)
     except ValueError:
@@ -138,56 +144,10 @@ def margin_type(text):
     return value
 
 
-def ppl_change(diff):
-    """A loss difference (nats per token) as the relative change of perplexity, in %."""
-    return 100 * math.expm1(diff)
-
-
-def compare(baseline, base_losses, name, losses, margin, level=1 - ALPHA):
-    """``name``'s validation losses against the baseline's: difference, interval, TOST, verdict.
-
-    The difference is ``mean(losses) - mean(base_losses)`` in nats per token
-    (negative: ``name`` lower); the interval is Welch's (SciPy); equivalence is
-    the two one-sided Welch tests of statsmodels at +-``margin``, each at
-    ``1 - level``. The verdict: "equivalent within +-m % ppl" when the TOST
-    rejects, else "<lower side> lower by d % ppl [interval]" when the interval
-    excludes 0, else "inconclusive (n = ...)".
-    """
-    from scipy import stats
-    from statsmodels.stats.weightstats import ttost_ind
-
-    x, base = np.asarray(losses, float), np.asarray(base_losses, float)
-    out = {"side": name, "baseline": baseline, "n": len(x), "n_baseline": len(base),
-           "margin": margin, "diff": None, "ci_low": None, "ci_high": None, "p_diff": None,
-           "p_tost": None}
-    if len(x) and len(base):
-        out["diff"] = float(x.mean() - base.mean())
-    if len(x) >= 2 and len(base) >= 2:
-        welch = stats.ttest_ind(x, base, equal_var=False)
-        ci = welch.confidence_interval(level)
-        p_tost, _, _ = ttost_ind(x, base, -margin, margin, usevar="unequal")
-        if np.isfinite(welch.pvalue):
-            out.update(ci_low=float(ci.low), ci_high=float(ci.high),
-                       p_diff=float(welch.pvalue), p_tost=float(p_tost))
-    out["verdict"] = verdict(out, baseline, name, 1 - level)
-    return out
-
-
-def verdict(c, baseline, name, alpha):
-    """:func:`compare`'s outcome ``c`` in words (see there)."""
-    within = f"equivalent within ±{ppl_change(c['margin']):.2g} % ppl"
-    inconclusive = f"inconclusive (n = {c['n']}, {c['n_baseline']})"
-    if c["p_tost"] is None:  # fewer than two runs on a side, or no spread at all
-        return inconclusive
-    if c["p_tost"] < alpha:
-        return within
-    if c["ci_low"] > 0 or c["ci_high"] < 0:
-        # "A lower than B by x %": 1 - ppl_A / ppl_B, the interval's ends mapped the same way
-        sign = 1 if c["diff"] < 0 else -1
-        lower, higher = (name, baseline) if sign == 1 else (baseline, name)
-        by = sorted(-ppl_change(sign * e) for e in (c["diff"], c["ci_low"], c["ci_high"]))
-        return f"{lower} lower than {higher} by {by[1]:.2f} % ppl [{by[0]:.2f}, {by[2]:.2f}]"
-    return inconclusive
+# The comparison itself is the aggregate's (mosbench.reporting.statistics): one implementation
+# of the Welch interval, the TOST and the verdict's words for the benchmark and the report.
+compare = equivalence
+verdict = loss_verdict
 
 
 # --- the machine, the data and the engines' runs ---

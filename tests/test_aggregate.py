@@ -66,9 +66,9 @@ def test_runs_table(runs):
                     ("synthetic", "lstm", 1, 1),
                     ("synthetic", "mos", 0, 1), ("synthetic", "mos", 0, 2),
                     ("synthetic", "mos", 0, 3)]
-    assert list(table.columns[:12]) == ["dataset", "model", "framework", "seed", "gpus", "run_id",
+    assert list(table.columns[:13]) == ["dataset", "model", "framework", "seed", "gpus", "run_id",
                                         "n_params", "epochs", "best_epoch", "train_time_s",
-                                        "epoch_time_s", "tokens_per_s"]
+                                        "batch_size", "epoch_time_s", "tokens_per_s"]
     assert set(table["framework"]) == {"tensorflow"}
     first_lstm = table.iloc[2]
     assert first_lstm["epochs"] == 3

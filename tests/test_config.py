@@ -97,3 +97,34 @@ def test_unreadable_config_file(tmp_path):
     bad.write_text("run: [unclosed\n")
     with pytest.raises(MosbenchError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_the_baseline_framework_and_the_equivalence_margins():
+    import math
+
+    from mosbench.study import comparison_settings
+
+    config = validate_config(_broken(lambda c: c["run"].update(
+        frameworks=["pytorch", "tensorflow"])))
+    settings = comparison_settings(config)  # what the aggregate compares with
+    assert settings["baseline"] == "pytorch"  # the first of run.frameworks
+    assert settings["primary_gpus"] == 0  # the smallest full-training GPU count
+    assert settings["margins"] == pytest.approx({"lstm": math.log(1.01),
+                                                 "awd-lstm-mos": math.log(1.01)})
+    config = validate_config(_broken(lambda c: c.update(
+        statistics={"equivalence_margin_pct": {"default": 2.0, "lstm": 0.5}})
+        or c["run"].update(baseline_framework="tensorflow")))
+    settings = comparison_settings(config)
+    assert settings["baseline"] == "tensorflow"
+    assert settings["margins"] == pytest.approx({"lstm": math.log(1.005),
+                                                 "awd-lstm-mos": math.log(1.02)})
+    with pytest.raises(MosbenchError) as info:
+        validate_config(_broken(lambda c: c["run"].update(frameworks=["tensorflow"],
+                                                          baseline_framework="pytorch")))
+    assert str(info.value) == ("config: config key 'run.baseline_framework': 'pytorch' is not "
+                               "in run.frameworks; allowed: ['tensorflow']")
+    for bad, key in (({"lstm": 0}, "statistics.equivalence_margin_pct.lstm"),
+                     ({"gpt": 1.0}, "statistics.equivalence_margin_pct")):
+        with pytest.raises(MosbenchError, match=key.replace(".", r"\.")):
+            validate_config(_broken(lambda c, m=bad: c.update(
+                statistics={"equivalence_margin_pct": m})))

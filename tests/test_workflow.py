@@ -224,24 +224,34 @@ def check_answer_pages(aggregate_dir, report_html):
     from scipy import stats
 
     runs = pd.read_csv(aggregate_dir / "runs.csv")
-    for name in ("frameworks.html", "result_cost.html", "result_cost.png"):
+    for name in ("verdict.html", "frameworks.html", "result_cost.html", "result_cost.png"):
         content = base64.b64encode((aggregate_dir / name).read_bytes()).decode()
         assert content in report_html, name
-    assert "Answer (start here)" in report_html
+    assert "Answer (start here)" in report_html and "1. Verdict" in report_html
+    # the verdict: per workload each framework against the baseline (tensorflow, the first of
+    # tiny.yaml's run.frameworks), then the geometric mean over the two workloads
+    verdict = (aggregate_dir / "verdict.md").read_text()
+    assert verdict.startswith("# Verdict") and " · CPU" in verdict
+    for model in ("lstm", "awd-lstm-mos"):
+        assert f"| tiny | {model} | pytorch vs tensorflow |" in verdict
+    assert "| geometric mean over workloads | 2 workloads | pytorch vs tensorflow |" in verdict
     page = (aggregate_dir / "frameworks.md").read_text()
     assert page.startswith("# Frameworks side by side")
     assert "## Data loading: streaming against caching" in page and "## Ease of use" in page
     rows = pd.read_csv(aggregate_dir / "frameworks.csv")
+    assert {"p_adjusted", "equivalence", "ratio_ci_low", "endpoint"} <= set(rows.columns)
     rows = rows[rows["figure"] == "best_valid_ppl"].set_index("model")
     for model, group in runs.groupby("model"):
-        tf, pt = (group.loc[group["framework"] == f, "best_valid_ppl"]
+        tf, pt = (np.log(group.loc[group["framework"] == f, "best_valid_ppl"])
                   for f in ("tensorflow", "pytorch"))
-        expected = stats.ttest_ind(tf, pt, equal_var=False)
+        expected = stats.ttest_ind(pt, tf, equal_var=False)  # on the per-token loss
         assert rows.loc[model, "p_value"] == pytest.approx(expected.pvalue), model
+        assert rows.loc[model, "p_adjusted"] >= rows.loc[model, "p_value"]
         assert rows.loc[model, "tensorflow_n"] == rows.loc[model, "pytorch_n"] == 2
+        assert rows.loc[model, "equivalence"] == rows.loc[model, "verdict"]
         assert f"## tiny · {model} · CPU" in page
-        assert (f"- valid ppl: tensorflow − pytorch = {tf.mean() - pt.mean():+.3g} (95 % "
-                "interval ") in page
+        assert (f"- valid ppl, pytorch − tensorflow: {pt.mean() - tf.mean():+.4f} nats per "
+                "token (95 % interval ") in page
     # the cost of a result: every run timed to tiny.yaml's target, or told why not
     targets = runs["model"].map({"lstm": 8.0, "awd-lstm-mos": 15.0})
     assert (runs["target_valid_ppl"] == targets).all()

@@ -147,6 +147,9 @@ def _evaluate(args, config):
 
 def _aggregate(args, config):
     from mosbench.reporting.aggregate import aggregate
+    from mosbench.study import comparison_settings
+
+    comparison = comparison_settings(config)  # the baseline, primary GPUs, margins
 
     def found(template, name):  # every run's file, whatever its framework, dataset, ...
         pattern = template.format(framework="*", dataset="*", model="*", seed="*", gpus="*",
@@ -159,7 +162,7 @@ def _aggregate(args, config):
         inputs = partial_inputs(config)
         written = aggregate(inputs.pop("train_files"), inputs.pop("metrics_files"),
                             paths.AGGREGATE, prices=config["cost"],
-                            reference=config["reference"], **inputs)
+                            reference=config["reference"], comparison=comparison, **inputs)
         for row in inputs["missing"]:
             print(f"not in the report: {paths.RUN.format(**row)}: {row['outcome']}: "
                   f"{row['reason']}")
@@ -167,7 +170,8 @@ def _aggregate(args, config):
         written = aggregate(found(paths.TRAIN, "train.json"),
                             found(paths.EVALUATE, "metrics.json"), paths.AGGREGATE,
                             prices=config["cost"], reference=config["reference"],
-                            probe_files=found(paths.PROBE, "probe.json"))
+                            probe_files=found(paths.PROBE, "probe.json"),
+                            comparison=comparison)
     for path in written.values():
         print(f"wrote {path}")
 
@@ -201,9 +205,9 @@ def _nonnegative_int(text):
 
 
 def _add_framework(parser):
-    parser.add_argument("--framework", choices=FRAMEWORKS, default="tensorflow",
+    parser.add_argument("--framework", choices=FRAMEWORKS, default=None,
                         help="the framework whose engine runs it: %(choices)s "
-                             "(default: %(default)s)")
+                             "(default: the first of the config's run.frameworks)")
 
 
 def _one_of(names, key):
@@ -311,6 +315,8 @@ def main(argv=None):
     args = build_parser(_config_argument(argv)).parse_args(argv)
     try:
         config = load_config(args.config)
+        if vars(args).get("framework", "") is None:
+            args.framework = config["run"]["frameworks"][0]
         args.func(args, config)
     except MosbenchError as exc:
         print(f"mosbench: error: {exc}", file=sys.stderr)

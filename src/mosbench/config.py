@@ -169,6 +169,13 @@ def check_gpus(config, gpus, where="--gpus"):
 def check_consistency(config):
     """Rules a schema cannot express: names that must refer to other entries, limits."""
     sources, datasets, presets = config["sources"], config["datasets"], config["presets"]
+    baseline, frameworks = config["run"].get("baseline_framework"), config["run"].get(
+        "frameworks", [])
+    if baseline is not None and baseline not in frameworks:
+        raise MosbenchError(
+            f"config key 'run.baseline_framework': '{baseline}' is not in run.frameworks; "
+            f"allowed: {frameworks}"
+        )
     for key in ("gpus", "train_gpus"):
         for i, gpus in enumerate(config["run"].get(key) or []):
             check_gpus(config, gpus, f"config key 'run.{key}[{i}]'")

@@ -18,6 +18,7 @@ DATA_PIPELINE = "results/data_pipeline/{framework}/{dataset}/{device}"
 AGGREGATE = "results/aggregate"
 # The aggregate's files by name (the rule's named outputs).
 AGGREGATE_OUTPUTS = {
+    "verdict_md": "verdict.md", "verdict_html": "verdict.html",
     "frameworks_csv": "frameworks.csv", "frameworks_md": "frameworks.md",
     "frameworks_html": "frameworks.html", "probes_csv": "probes.csv",
     "result_cost_csv": "result_cost.csv", "result_cost_md": "result_cost.md",

@@ -10,6 +10,7 @@ dataset, model, scaling mode), so a scaling curve costs GPU-minutes.
 """
 
 import itertools
+import math
 
 from mosbench.errors import MosbenchError
 
@@ -26,6 +27,22 @@ def train_gpus(config):
     """The GPU counts models are trained to convergence at."""
     run = config["run"]
     return run.get("train_gpus") or [min(run["gpus"])]
+
+
+def comparison_settings(config):
+    """How the report compares the frameworks (``aggregate(comparison=...)``): the study's
+    frameworks, the baseline (``run.baseline_framework``, else the first), the GPU count of
+    the primary endpoints (the smallest of the full-training counts) and each model's
+    equivalence margin in nats per token (``statistics.equivalence_margin_pct``)."""
+    run = config["run"]
+    frameworks = list(run["frameworks"])
+    margins = dict((config.get("statistics") or {}).get("equivalence_margin_pct") or {})
+    default = margins.pop("default", 1.0)
+    return {"frameworks": frameworks,
+            "baseline": run.get("baseline_framework") or frameworks[0],
+            "primary_gpus": min(train_gpus(config)),
+            "margins": {model: math.log1p(margins.get(model, default) / 100)
+                        for model in run["models"]}}
 
 
 def training_jobs(config):

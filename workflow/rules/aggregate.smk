@@ -13,6 +13,8 @@ rule aggregate:
     params:
         prices=canonical(config["cost"]),  # a new price reruns only this job
         reference=lambda wildcards: canonical(reference_results()),
+        # the baseline, the primary endpoints' GPU count, the equivalence margins
+        comparison=canonical(study.comparison_settings(config)),
         code=code_hash("aggregate"),  # reruns on an edit of the code, not on a touch
     log:
         "logs/aggregate/aggregate.log",

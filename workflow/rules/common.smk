@@ -121,12 +121,15 @@ def raw_source(wildcards):
     return raw_files(wildcards)["source_json"]
 
 
-# Where each aggregate output goes in the HTML report (category, caption); others stay out.
+# Where each aggregate output goes in the HTML report (category, caption, subcategory);
+# others stay out.
 REPORTED = {
-    # "Answer (start here)" sorts first among the report's categories (they are alphabetical)
-    "frameworks_html": ("Answer (start here)", "frameworks"),
-    "result_cost_html": ("Answer (start here)", "result_cost"),
-    "result_cost_png": ("Answer (start here)", "result_cost_plot"),
+    # "Answer (start here)" sorts first among the report's categories (they are alphabetical),
+    # and within it "1. Verdict" before "2. Details" (subcategories are alphabetical too)
+    "verdict_html": ("Answer (start here)", "verdict", "1. Verdict"),
+    "frameworks_html": ("Answer (start here)", "frameworks", "2. Details"),
+    "result_cost_html": ("Answer (start here)", "result_cost", "2. Details"),
+    "result_cost_png": ("Answer (start here)", "result_cost_plot", "2. Details"),
     "summary_html": ("Tables", "summary"),
     "scaling_html": ("Tables", "scaling"),
     "published_html": ("Tables", "published"),
@@ -146,8 +149,9 @@ def aggregate_outputs():
     for name, filename in paths.AGGREGATE_OUTPUTS.items():
         path = f"{paths.AGGREGATE}/{filename}"
         if name in REPORTED:
-            category, caption = REPORTED[name]
-            path = report(path, caption=f"../report/{caption}.rst", category=category)
+            category, caption, *subcategory = REPORTED[name]
+            path = report(path, caption=f"../report/{caption}.rst", category=category,
+                          subcategory=subcategory[0] if subcategory else None)
         outputs[name] = path
     return outputs
 

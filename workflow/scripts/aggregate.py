@@ -18,6 +18,7 @@ written = aggregate(snakemake.input.train, snakemake.input.metrics, out_dir,
                     prices=snakemake.params.prices, reference=snakemake.params.reference,
                     probe_files=snakemake.input.probes,
                     data_pipeline_files=snakemake.input.data_pipeline,
-                    evaluate_benchmarks=snakemake.input.evaluate_benchmarks)
+                    evaluate_benchmarks=snakemake.input.evaluate_benchmarks,
+                    comparison=snakemake.params.comparison)
 # with the tracking store away the calls wait in out_dir for `mosbench replay-tracking`
 log_aggregate(snakemake.config["mlflow"]["experiment"], written.values(), out_dir)

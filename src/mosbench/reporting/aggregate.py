@@ -5,8 +5,12 @@ with the reason for each figure absent on its machine) and metrics.json
 (evaluation). Outputs, all written atomically into ``out_dir`` (names in
 :data:`OUTPUTS`):
 
-* ``frameworks.*``: the answer: each question, framework against framework,
-  with Welch t-tests over seeds (:mod:`mosbench.reporting.frameworks`);
+* ``verdict.*``: the answer on one screen: per workload every framework against
+  the baseline, and the geometric mean over workloads
+  (:mod:`mosbench.reporting.verdict`);
+* ``frameworks.*``: each question, every framework against the baseline, with
+  ratios and their intervals, adjusted p-values and equivalence verdicts
+  (:mod:`mosbench.reporting.frameworks`, :mod:`mosbench.reporting.statistics`);
 * ``result_cost.*``: the cost of a result, per framework and GPU count
   (:mod:`mosbench.reporting.result_cost`);
 * ``runs.csv``: one row per run, every figure, the run's provenance;
@@ -21,7 +25,8 @@ each of these as CSV (data), Markdown and HTML (to read; the report);
 
 Optional inputs: data-pipeline files (:mod:`mosbench.reporting.data_loading`;
 without them the training jobs' own data figures are used), the evaluate
-jobs' benchmark files (their wall time enters the cost of a result) and
+jobs' benchmark files (their wall time is shown beside the cost of a result,
+not in it) and
 the probes (``probes.csv``, and the probes' section of the frameworks page).
 Seeds that ran on different hardware or library versions are never averaged
 together (:mod:`mosbench.reporting.environments`).
@@ -45,7 +50,14 @@ from mosbench.engines import FRAMEWORKS
 from mosbench.errors import MosbenchError
 from mosbench.io import atomic_path
 from mosbench.measurement.cost import cost
-from mosbench.reporting import data_loading, ease_of_use, environments, frameworks, plots
+from mosbench.reporting import (
+    data_loading,
+    ease_of_use,
+    environments,
+    frameworks,
+    plots,
+    verdict,
+)
 from mosbench.reporting import excluded as excluded_runs
 from mosbench.reporting import probes as probe_report
 from mosbench.reporting import result_cost as result_costs
@@ -61,10 +73,12 @@ RUN_KEY = ["dataset", "model", "framework", "seed", "gpus"]
 GROUP_KEY = ["dataset", "model", "gpus", "framework", "environment"]
 CELL = GROUP_KEY[:4]
 SORT_KEY = ["dataset", "model", "gpus", "framework", "environment", "seed"]
-TRAIN_COLUMNS = ["run_id", "n_params", "epochs", "best_epoch", "train_time_s"]
+# batch_size: the preset's global batch (perplexity is pooled over GPU counts that share it)
+TRAIN_COLUMNS = ["run_id", "n_params", "epochs", "best_epoch", "train_time_s", "batch_size"]
 TEXT_COLUMNS = ["environment", "hardware", *environments.PROVENANCE_COLUMNS, "absent"]
 OUTPUTS = paths.AGGREGATE_OUTPUTS
-PAGES = ("frameworks", "result_cost", "summary", "scaling", "published", "ease_of_use")
+# pages rendered from their Markdown (verdict and frameworks render their own HTML)
+PAGES = ("result_cost", "summary", "scaling", "published", "ease_of_use")
 
 # Summary sections: title -> {metric: (header, number style)}. Every metric is
 # given as mean ± std over seeds; columns no run has are left out of the Markdown.
@@ -109,7 +123,8 @@ GROUP_VALUES = {"rank_bound": ("rank bound", "int"), "optimal_ppl": ("best possi
 
 
 def aggregate(train_files, metrics_files, out_dir, *, prices=None, reference=None,
-              probe_files=(), data_pipeline_files=(), evaluate_benchmarks=None, missing=()):
+              probe_files=(), data_pipeline_files=(), evaluate_benchmarks=None, missing=(),
+              comparison=None):
     """Write every file of :data:`OUTPUTS` into ``out_dir``; return {name: path}.
 
     ``prices`` (config key ``cost``) prices every run's epochs; ``reference``
@@ -120,6 +135,9 @@ def aggregate(train_files, metrics_files, out_dir, *, prices=None, reference=Non
     result is training only). Runs that did not finish (diverged) and ``missing``
     (rows of :data:`mosbench.reporting.excluded.COLUMNS`: runs without files) are in
     no figure: the summary and frameworks pages list them with their reason.
+    ``comparison``: how frameworks are compared (:func:`mosbench.study.comparison_settings`
+    of the config: frameworks, baseline, primary_gpus, margins in nats per model); None:
+    every engine, the first the baseline, 1 % margins.
     """
     train_files, metrics_files, missing = list(train_files), list(metrics_files), list(missing)
     if not train_files and not metrics_files and not missing:
@@ -139,7 +157,10 @@ def aggregate(train_files, metrics_files, out_dir, *, prices=None, reference=Non
     absent = absent_reasons(reasons)
     summary = summarize(runs)
     probes = probe_report.probe_table(probe_files)
-    probe_rows = probe_report.comparison(probes, _frameworks(runs))
+    settings = dict(comparison or {})  # every framework against the baseline, everywhere
+    settings["frameworks"], settings["baseline"] = frameworks.study_frameworks(
+        settings.get("frameworks"), settings.get("baseline"))
+    probe_rows = probe_report.comparison(probes, settings["frameworks"])
     scaling = scaling_table(runs, probes)
     published = compare_published(summary, reference)
     currency = (prices or {}).get("currency")
@@ -150,12 +171,19 @@ def aggregate(train_files, metrics_files, out_dir, *, prices=None, reference=Non
     out = {name: Path(out_dir) / filename for name, filename in OUTPUTS.items()}
     inventory = ease_of_use.write_inventory(out["ease_of_use_csv"], out["ease_of_use_md"],
                                             frameworks=_frameworks(runs))
-    comparison = frameworks.comparison_table(runs, reasons, scaling, excluded)
-    data_rows = frameworks.data_comparison(data)
+    comparison = frameworks.comparison_table(runs, reasons, scaling, excluded, **settings)
+    data_rows = frameworks.data_comparison(data, settings["frameworks"], settings["baseline"])
+    verdicts = verdict.verdict_tables(comparison)
+    page = frameworks.page_blocks(comparison.drop(columns=frameworks.VALUES), data_rows,
+                                  inventory, currency, splits, excluded=excluded_lines,
+                                  primary_gpus=settings.get("primary_gpus"))
+    page += ["", *probe_report.comparison_markdown(probe_rows)]
+    comparison = comparison.drop(columns=frameworks.VALUES)
     texts = {
-        "frameworks_md": frameworks.page_markdown(comparison, data_rows, inventory, currency,
-                                                  splits, excluded=excluded_lines)
-        + "\n".join(["", *probe_report.comparison_markdown(probe_rows)]),
+        "verdict_md": verdict.verdict_markdown(verdicts, settings["baseline"]),
+        "verdict_html": verdict.verdict_html(verdicts, settings["baseline"]),
+        "frameworks_md": frameworks.render_markdown(page),
+        "frameworks_html": frameworks.render_html(page, "frameworks"),
         "result_cost_md": result_cost_markdown(cost_table, absent, currency, splits),
         "summary_md": summary_markdown(summary, absent, currency, data=data,
                                        from_files=bool(pipelines), split_notes=splits,
@@ -274,7 +302,8 @@ def build_runs_table(train, metrics, prices=None, *, pipelines=None, reference=N
         # evaluate's id first: it names the run that replaced a deleted one
         row.update(run_id=ev.get("run_id", tr.get("run_id")), n_params=tr.get("n_params"),
                    epochs=len(tr.get("history") or []), best_epoch=tr.get("best_epoch"),
-                   train_time_s=tr.get("train_time_s"))
+                   train_time_s=tr.get("train_time_s"),
+                   batch_size=(tr.get("hparams") or {}).get("batch_size"))
         row.update((c, measured[key].get(c)) for c in measure_cols)
         if prices and _is_number(row.get("epoch_time_s")):
             row["cost_per_epoch"] = cost(row["epoch_time_s"], row["gpus"], prices)
@@ -403,19 +432,34 @@ def _data_section(data):
 
 
 def result_cost_markdown(table, absent, currency=None, split_notes=()):
-    """The cost of a result per (dataset, model, gpus, framework): totals and time to target."""
+    """The cost of a result per (dataset, model, gpus, framework): totals and time to target,
+    with the convention and the target rule (:mod:`mosbench.reporting.result_cost`)."""
     money = f" ({currency})" if currency else ""
     env_header, tags = _environment_columns(table)
     lines = [
         "# The cost of a result",
         "",
         "What a run costs, mean ± std over seeds: its training time (every epoch, finetune "
-        "included, over every launch of the job; not the validation passes or start-up) plus "
-        "its evaluate job's wall time, priced with the config's `cost` prices (a job on N "
-        "GPUs pays N GPU-hours per hour). *To target*: training time and money up to the end "
-        "of the first epoch whose validation perplexity reaches the target (the config's "
-        "`reference.<dataset>.<model>.target_valid_ppl`, else the published `valid_ppl`); "
-        "*reached* counts the seeds that got there.",
+        "included, over every launch of the job), the validation pass after each epoch, and "
+        "the evaluation the result needs (the static valid and test passes; with dynamic "
+        "evaluation, its gradient statistics and passes), priced with the config's `cost` "
+        "prices (a job on N GPUs pays N GPU-hours per hour). Not in it: start-up and "
+        "compilation (the frameworks page's *Compile and start-up*), and the benchmark's own "
+        "measurements in the evaluate job (the timed valid pass, the latency loop, the rank), "
+        "which are in the evaluate job's wall time, shown apart.",
+        "",
+        "*Time to target*, as MLPerf Training's run result and AlgoPerf's time-to-result: "
+        "training and validation time up to the end of the first epoch whose validation "
+        "perplexity is at or below the target. AlgoPerf pauses its clock for its harness's "
+        "evaluations but counts those a submission makes; the validation after each epoch "
+        "is the training procedure's own (NT-ASGD, the finetune's stop, the best weights), "
+        "so it counts, as MLPerf counts its evaluations. *Reached*: the seeds that got "
+        "there, of those that ran; the time is the mean over those seeds. The target is "
+        "the config's `reference.<dataset>.<model>.target_valid_ppl`, declared by the rule "
+        f"*published validation perplexity + {result_costs.TARGET_MARGIN_PCT:g} %*, rounded "
+        "up (a published value without a declared target gets the same rule): reachable by "
+        "a seed that trains as the reference does, not the paper's single best run "
+        "(mosbench.reporting.result_cost says why 3 %).",
         "",
     ]
     if table.empty:
@@ -423,18 +467,25 @@ def result_cost_markdown(table, absent, currency=None, split_notes=()):
     rows = [[r["dataset"], r["model"], r["gpus"], r["framework"]]
             + [tags[r["environment"]] for _ in env_header]
             + [r["n_seeds"], mean_std(r["train_time_s_mean"], r["train_time_s_std"], "sig"),
+               mean_std(r["valid_time_s_mean"], r["valid_time_s_std"], "sig"),
+               mean_std(r["eval_time_s_mean"], r["eval_time_s_std"], "sig"),
                mean_std(r["total_time_s_mean"], r["total_time_s_std"], "sig"),
                mean_std(r["total_cost_mean"], r["total_cost_std"], "sig"),
-               format_value(r["target_valid_ppl"], "ppl"), f"{r['n_reached']}/{r['n_seeds']}",
+               format_value(r["target_valid_ppl"], "ppl"),
+               f"{r['n_reached']} of {r['n_seeds']}",
                mean_std(r["time_to_target_s_mean"], r["time_to_target_s_std"], "sig"),
-               mean_std(r["cost_to_target_mean"], r["cost_to_target_std"], "sig")]
+               mean_std(r["cost_to_target_mean"], r["cost_to_target_std"], "sig"),
+               mean_std(r["eval_job_wall_s_mean"], r["eval_job_wall_s_std"], "sig")]
             for _, r in table.iterrows()]
     lines += markdown_table(["dataset", "model", "gpus", "framework", *env_header, "seeds",
-                             "training (s)", "training + evaluation (s)", f"cost{money}",
-                             "target valid ppl", "reached", "time to target (s)",
-                             f"cost to target{money}"], rows, text_columns=4 + len(env_header))
+                             "training (s)", "validation (s)", "evaluation (s)",
+                             "total (s)", f"cost{money}", "target valid ppl", "reached",
+                             "time to target (s)", f"cost to target{money}",
+                             "evaluate job wall time (s), not in the cost"],
+                            rows, text_columns=4 + len(env_header))
     notes = [f"- *{label}*: absent: {absent[figure]}" for figure, label in (
-        ("eval_time_s", "evaluation time"), ("total_cost", "cost"),
+        ("valid_time_s", "validation time"), ("eval_time_s", "evaluation time"),
+        ("eval_job_wall_s", "evaluate job wall time"), ("total_cost", "cost"),
         ("target_valid_ppl", "target"), ("time_to_target_s", "time to target"))
         if figure in absent]
     if notes:

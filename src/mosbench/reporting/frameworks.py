@@ -1,10 +1,19 @@
-"""The frameworks page: each question of the benchmark, framework against framework.
+"""The frameworks page: each question of the benchmark, every framework against the baseline.
 
-Per (dataset, model, gpus) and processor, one row per measure: each
-framework's mean ± sample std over seeds and its number of seeds, the ratio
-of the first framework's mean to the second's, which is better, and a
-two-sided Welch t-test over seeds (:mod:`mosbench.reporting.statistics`).
-Perplexities also get the difference with its 95 % interval and a sentence.
+Per (dataset, model, gpus) and processor, one row per measure and framework
+compared with the study's baseline (``run.baseline_framework``, by default
+the first of ``run.frameworks``): each framework's mean ± sample std over
+seeds and its number of seeds, the ratio of the compared framework's
+geometric mean to the baseline's with its 95 % interval, Welch's test on the
+logarithms with its raw and adjusted p-value, Hedges' g, and a verdict in
+words that names a lower side only where the adjusted test says so.
+Perplexities are compared on the per-token loss (log perplexity), pooled
+over the GPU counts that trained with the same global batch, with a test of
+equivalence (TOST) at the model's margin. Which figures are primary
+endpoints, which are derived from another and how p-values are adjusted:
+:mod:`mosbench.reporting.statistics`. Compile and start-up (the first step,
+and the job's start to the end of it) is a question of its own.
+
 Data loading is a property of the framework's input pipeline on a data set
 and device, not of a model: it has its own table. A cell a framework could
 not fill says why: not run, one seed, or the figure's absent reason. Runs that
@@ -14,10 +23,13 @@ did not finish are in no cell; the page lists them first.
 import itertools
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from mosbench.engines import FRAMEWORKS
-from mosbench.reporting.statistics import ALPHA, not_tested_reason, verdict, welch_test
+from mosbench.errors import MosbenchError
+from mosbench.reporting import html
+from mosbench.reporting import statistics as st
 from mosbench.reporting.tables import format_value, markdown_table
 
 # (question, column, label, which is better, number style)
@@ -25,6 +37,10 @@ QUESTIONS = [
     ("Time per epoch", "epoch_time_s", "epoch time (s)", "lower", "sig"),
     ("Time per epoch", "tokens_per_s", "training tokens/s", "higher", "sig"),
     ("Money per epoch", "cost_per_epoch", "cost per epoch", "lower", "sig"),
+    ("Compile and start-up", "first_step_s",
+     "first training step: tracing and compiling (s)", "lower", "sig"),
+    ("Compile and start-up", "time_to_first_step_s",
+     "job start to the end of its first step (s)", "lower", "sig"),
     ("Cost of a result", "total_time_s", "training + evaluation time (s)", "lower", "sig"),
     ("Cost of a result", "total_cost", "training + evaluation cost", "lower", "sig"),
     ("Cost of a result", "time_to_target_s", "training time to the target valid ppl (s)",
@@ -49,6 +65,20 @@ QUESTIONS = [
     ("Perplexity", "dynamic_valid_ppl", "valid ppl, dynamic eval", "lower", "ppl"),
     ("Perplexity", "dynamic_test_ppl", "test ppl, dynamic eval", "lower", "ppl"),
 ]
+QUESTION_ORDER = list(dict.fromkeys(q for q, *_ in QUESTIONS))
+PERPLEXITY = [figure for question, figure, *_ in QUESTIONS if question == "Perplexity"]
+# The declared primary endpoints of a workload, at the study's full-training GPU count;
+# every other tested figure is secondary.
+PRIMARY = ("time_to_target_s", "cost_to_target", "test_ppl", "dynamic_test_ppl",
+           "allocator_peak_mb")
+# Figures that are another figure times a constant within a cell (the price of a GPU-hour,
+# the tokens of an epoch): shown with their ratio, judged by their source's test.
+DERIVED = {"cost_per_epoch": "epoch_time_s", "tokens_per_s": "epoch_time_s",
+           "total_cost": "total_time_s", "cost_to_target": "time_to_target_s"}
+DERIVED_WHY = {"cost_per_epoch": "time per epoch x price", "tokens_per_s": "tokens per "
+               "epoch / time per epoch", "total_cost": "time x price",
+               "cost_to_target": "time to target x price"}
+EXACT = ("efficiency",)  # one figure from the mean throughputs: nothing to test
 DATA_QUESTIONS = [
     ("data_stream_tokens_per_s", "streaming from Parquet, tokens/s", "higher", "sig"),
     ("data_cache_memory_tokens_per_s", "cached in memory, tokens/s", "higher", "sig"),
@@ -57,12 +87,34 @@ DATA_QUESTIONS = [
     ("data_parquet_load_s", "load the Parquet splits (s)", "lower", "sig"),
     ("data_preprocess_s", "text -> ids without Parquet (s)", "lower", "sig"),
 ]
-COLUMNS = (["dataset", "model", "gpus", "device", "hardware", "question", "measure", "figure",
-            "better_is"]
-           + [f"{f}_{s}" for f in FRAMEWORKS for s in ("n", "mean", "std", "reason", "environment")]
-           + ["ratio", "better", "difference", "ci_low", "ci_high", "t", "df", "p_value",
-              "verdict", "note"])
-A, B = FRAMEWORKS[0], FRAMEWORKS[1]
+IDENT = ["dataset", "model", "gpus", "pooled_gpus", "device", "hardware"]
+RESULT_COLUMNS = ["ratio", "ratio_ci_low", "ratio_ci_high", "log_difference", "log_ci_low",
+                  "log_ci_high", "t", "df", "p_value", "p_adjusted", "adjustment", "hedges_g",
+                  "margin_nats", "p_tost", "p_tost_adjusted", "equivalence", "significant",
+                  "verdict", "note"]
+# seed values travel with each row for the verdict page; not written to frameworks.csv
+VALUES = ["baseline_values", "compared_values"]
+
+
+def columns(frameworks):
+    """frameworks.csv's columns for a study of ``frameworks``."""
+    return (IDENT + ["question", "measure", "figure", "better_is", "endpoint", "derived_from",
+                     "family", "baseline", "framework"]
+            + [f"{f}_{s}" for f in frameworks for s in ("n", "mean", "std", "reason",
+                                                          "environment")]
+            + RESULT_COLUMNS)
+
+
+def study_frameworks(frameworks=None, baseline=None):
+    """(frameworks, the baseline first, and the baseline). ``frameworks``: run.frameworks
+    (None: every engine, mosbench.engines.FRAMEWORKS); ``baseline``: run.baseline_framework
+    (None: the first)."""
+    frameworks = list(FRAMEWORKS if frameworks is None else frameworks)
+    baseline = frameworks[0] if baseline is None else baseline
+    if baseline not in frameworks:
+        raise MosbenchError(f"config key 'run.baseline_framework': '{baseline}' is not in "
+                            f"run.frameworks; allowed: {frameworks}")
+    return [baseline] + [f for f in frameworks if f != baseline], baseline
 
 
 @dataclass
@@ -82,13 +134,6 @@ class Sample:
         return cls(values, "" if values else reason, series.mean(), series.std(ddof=1),
                    len(values))
 
-    def cell(self, style):
-        if not self.values:
-            return self.reason
-        if self.n == 1:
-            return f"{format_value(self.mean, style)} (1 seed: no std)"
-        return f"{format_value(self.mean, style)} ± {format_value(self.std, style)} ({self.n})"
-
 
 def _first_reason(reasons, figure, default):
     for run_reasons in reasons:
@@ -97,57 +142,65 @@ def _first_reason(reasons, figure, default):
     return default
 
 
-def _compare(samples, better_is, exact=False):
-    """ratio, better, Welch result (or None) and its reason when None, for A against B."""
-    a, b = samples[A], samples[B]
+def _compare(samples, baseline, other, figure, margin, exact=False):
+    """The result columns of ``other`` against ``baseline`` (before any adjustment);
+    ``exact``: one figure a side, nothing to test."""
+    a, b = samples[baseline], samples[other]
+    out = dict.fromkeys(RESULT_COLUMNS, float("nan"))
+    out.update(note="", verdict="", equivalence="", adjustment="", significant=False,
+               baseline_values=a.values, compared_values=b.values)
     if not (a.values and b.values):
-        missing = [f for f in (A, B) if not samples[f].values]
-        return float("nan"), "–", None, f"no value from {' and '.join(missing)}"
-    ratio = a.mean / b.mean if b.mean else float("nan")
-    result = None if exact else welch_test(a.values, b.values)
-    reason = "" if result or exact else not_tested_reason(a.n, b.n, A, B).removeprefix(
-        "no test: ")
-    if better_is is None or a.mean == b.mean:
-        return ratio, "–" if better_is is None else "equal", result, reason
-    a_wins = (a.mean < b.mean) == (better_is == "lower")
-    winner = A if a_wins else B
+        missing = [f for f in (baseline, other) if not samples[f].values]
+        out["note"] = f"no value from {' and '.join(missing)}"
+        out["verdict"] = "untested: " + out["note"]
+        return out, None
+    if exact:
+        out["ratio"] = b.mean / a.mean if a.mean else float("nan")
+        out["verdict"] = "untested: one figure a side"
+        return out, None
+    result = st.ratio_test(a.values, b.values)
     if result is None:
-        return ratio, f"{winner} (untested)" if not exact else winner, None, reason
-    if result.p_value < ALPHA:
-        return ratio, winner, result, reason
-    return ratio, f"{winner}, not significant", result, reason
+        out["note"] = "values not all positive: no ratio"
+        out["verdict"] = "untested: " + out["note"]
+        return out, None
+    out["ratio"] = result.ratio
+    if result.welch is None:
+        out["note"] = st.not_tested_reason(a.n, b.n, baseline, other).removeprefix("no test: ")
+    else:
+        w = result.welch
+        out.update(ratio_ci_low=result.ci_low, ratio_ci_high=result.ci_high,
+                   log_difference=w.difference, log_ci_low=w.ci_low, log_ci_high=w.ci_high,
+                   t=w.t, df=w.df, p_value=w.p_value, hedges_g=result.hedges_g)
+    if figure in PERPLEXITY:
+        c = st.equivalence(baseline, np.log(a.values), other, np.log(b.values), margin)
+        out.update(margin_nats=margin, p_tost=c["p_tost"] if c["p_tost"] is not None
+                   else float("nan"))
+        out["_equivalence"] = c
+    return out, result
 
 
-def _row(ident, question, figure, label, better_is, samples, environments, exact=False):
-    ratio, better, result, reason = _compare(samples, better_is, exact)
+def _row(ident, question, figure, label, better_is, samples, environments, baseline, other,
+         margin=None, exact=False):
+    out, result = _compare(samples, baseline, other, figure, margin, exact)
     row = {**ident, "question": question, "measure": label, "figure": figure,
            "device": ident.get("device") or ("gpu" if ident["gpus"] else "cpu"),
-           "better_is": better_is or "", "ratio": ratio, "better": better,
-           "note": reason if result is None else ""}
-    for f in FRAMEWORKS:
-        s = samples[f]
+           "better_is": better_is or "", "baseline": baseline, "framework": other,
+           "derived_from": DERIVED.get(figure, ""), "_result": result, **out}
+    for f, s in samples.items():
         row.update({f"{f}_n": s.n, f"{f}_mean": s.mean, f"{f}_std": s.std,
                     f"{f}_reason": s.reason, f"{f}_environment": environments.get(f) or ""})
-    if result is not None:
-        row.update(difference=result.difference, ci_low=result.ci_low, ci_high=result.ci_high,
-                   t=result.t, df=result.df, p_value=result.p_value,
-                   verdict=verdict(result, A, B, "perplexity" if question == "Perplexity"
-                                   else label))
     return row
 
 
-def _cells(runs):
+def _cells(runs, frameworks, keys):
     """(ident, {framework: environment or None}, {framework: its runs}) per comparison."""
-    keys = ["dataset", "model", "gpus", "hardware"]
-    for key, cell in runs.groupby(keys, sort=True):
+    for key, cell in runs.groupby(keys, sort=True, dropna=False):
         options = [[(f, env, group) for env, group in cell[cell["framework"] == f].groupby(
-            "environment", sort=True)] or [(f, None, None)] for f in FRAMEWORKS]
+            "environment", sort=True)] or [(f, None, None)] for f in frameworks]
         for combination in itertools.product(*options):
-            yield (dict(zip(keys, key, strict=True)),
+            yield (dict(zip(keys, key, strict=True)), cell,
                    {f: env for f, env, _ in combination},
                    {f: group for f, _, group in combination})
-
-
 def _efficiency(scaling, ident, framework, environment):
     """The strong-scaling efficiency of a framework at this cell's GPU count, as a Sample."""
     if ident["gpus"] == 0:
@@ -180,33 +233,130 @@ def _not_finished(excluded, ident, framework):
             + " (see Runs not in the figures)")
 
 
-def comparison_table(runs, reasons, scaling, excluded=None):
-    """The long table of every (cell, measure): COLUMNS. ``reasons``: {runs index: {figure:
-    reason}}; ``excluded``: the runs that did not finish (:mod:`mosbench.reporting.excluded`)."""
-    rows = []
-    for ident, environments, groups in _cells(runs):
+def _sample(group, ident, figure, framework, reasons, scaling, environment, excluded):
+    if group is None:
+        return Sample.of([], _not_finished(excluded, ident, framework))
+    if figure == "efficiency":
+        return _efficiency(scaling, ident, framework, environment)
+    default = ("not computed: evaluate runs dynamic evaluation only where the preset has "
+               "dynamic_eval" if figure.startswith("dynamic_") else "not recorded")
+    values = group[figure] if figure in group else []
+    return Sample.of(values, _first_reason([reasons.get(i, {}) for i in group.index], figure,
+                                           default))
+
+
+def comparison_table(runs, reasons, scaling, excluded=None, *, frameworks=None, baseline=None,
+                     primary_gpus=None, margins=None):
+    """The long table of every (cell, measure, framework against the baseline): the columns
+    of :func:`columns`, and the seed values (:data:`VALUES`).
+
+    ``reasons``: {runs index: {figure: reason}}; ``excluded``: the runs that did not finish
+    (:mod:`mosbench.reporting.excluded`); ``frameworks``, ``baseline``: the study's
+    (:func:`study_frameworks`); ``primary_gpus``: the study's full-training GPU count, where
+    the primary endpoints are (None: the smallest GPU count of each processor's runs);
+    ``margins``: {model: equivalence margin in nats} (default 1 % of perplexity).
+    """
+    frameworks, baseline = study_frameworks(frameworks, baseline)
+    margins = margins or {}
+    primary = {hw: primary_gpus if primary_gpus is not None else int(group["gpus"].min())
+               for hw, group in runs.groupby("hardware")}
+    rows, cell_id = [], itertools.count()
+
+    def emit(ident, environments, groups, figures):
+        cell = next(cell_id)
         for question, figure, label, better_is, _ in QUESTIONS:
-            samples = {}
-            for f in FRAMEWORKS:
-                group = groups[f]
-                if group is None:
-                    samples[f] = Sample.of([], _not_finished(excluded, ident, f))
-                elif figure == "efficiency":
-                    samples[f] = _efficiency(scaling, ident, f, environments[f])
-                else:
-                    default = ("not computed: evaluate runs dynamic evaluation only where "
-                               "the preset has dynamic_eval" if figure.startswith("dynamic_")
-                               else "not recorded")
-                    values = group[figure] if figure in group else []
-                    samples[f] = Sample.of(values, _first_reason(
-                        [reasons.get(i, {}) for i in group.index], figure, default))
-            rows.append(_row(ident, question, figure, label, better_is, samples, environments,
-                             exact=figure == "efficiency"))
-    return pd.DataFrame(rows, columns=COLUMNS)
+            if figure not in figures:
+                continue
+            samples = {f: _sample(groups[f], ident, figure, f, reasons, scaling,
+                                  environments[f], excluded) for f in frameworks}
+            if ident["pooled_gpus"]:
+                label = f"{label} (pooled over {ident['pooled_gpus']} GPUs)"
+            margin = margins.get(ident["model"], st.margin_nats(st.DEFAULT_MARGIN_PCT))
+            for other in frameworks[1:]:
+                row = _row(ident, question, figure, label, better_is, samples, environments,
+                           baseline, other, margin, exact=figure in EXACT)
+                row["_cell"] = cell
+                rows.append(row)
+
+    others = [figure for _, figure, *_ in QUESTIONS if figure not in PERPLEXITY]
+    for ident, _, environments, groups in _cells(runs, frameworks,
+                                                 ["dataset", "model", "gpus", "hardware"]):
+        emit({**ident, "pooled_gpus": ""}, environments, groups, others)
+    # Perplexity does not depend on how many GPUs share a global batch: pooled over them
+    batch = runs["batch_size"] if "batch_size" in runs else pd.Series(-1, index=runs.index)
+    pooled = runs.assign(_batch=batch.fillna(-1))
+    for ident, cell, environments, groups in _cells(pooled, frameworks,
+                                                    ["dataset", "model", "hardware", "_batch"]):
+        counts = sorted(int(g) for g in set(cell["gpus"]))
+        anchor = primary[ident["hardware"]] if primary[ident["hardware"]] in counts else counts[0]
+        emit({"dataset": ident["dataset"], "model": ident["model"], "gpus": anchor,
+              "hardware": ident["hardware"],
+              "pooled_gpus": ", ".join(map(str, counts)) if len(counts) > 1 else ""},
+             environments, groups, PERPLEXITY)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return pd.DataFrame(columns=columns(frameworks) + VALUES)
+    table["endpoint"] = [
+        "primary" if r.figure in PRIMARY and r.gpus == primary[r.hardware] else "secondary"
+        for r in table.itertuples()]
+    table["family"] = [
+        f"{r.framework} vs {r.baseline} · {r.hardware} · "
+        + ("primary endpoints" if r.endpoint == "primary" else r.question)
+        for r in table.itertuples()]
+    table = _adjust(table, baseline)
+    order = {q: i for i, q in enumerate(QUESTION_ORDER)}
+    figure_order = {figure: i for i, (_, figure, *_) in enumerate(QUESTIONS)}
+    table = table.assign(_q=table["question"].map(order), _f=table["figure"].map(figure_order),
+                         _o=table["framework"].map({f: i for i, f in enumerate(frameworks)}))
+    table = table.sort_values(["dataset", "model", "hardware", "gpus", "_cell", "_q", "_f",
+                               "_o"], kind="stable")
+    return table[columns(frameworks) + VALUES].reset_index(drop=True)
 
 
-def data_comparison(data):
-    """Rows of the data-loading table per (dataset, device): COLUMNS (no model or gpus)."""
+def _adjust(table, baseline):
+    """Adjusted p-values within each family (Holm for the primary endpoints, Benjamini-
+    Hochberg for a secondary question), then every row's verdict; a derived row follows
+    its source's adjusted test."""
+    table = table.copy()
+    tested = table["derived_from"].eq("")
+    for family, group in table[tested].groupby("family"):
+        method = st.PRIMARY_METHOD if family.endswith("primary endpoints") else (
+            st.SECONDARY_METHOD)
+        table.loc[group.index, "p_adjusted"] = st.adjust(group["p_value"], method)
+        table.loc[group.index, "p_tost_adjusted"] = st.adjust(group["p_tost"], method)
+        has_p = group.index[group["p_value"].notna()]
+        table.loc[has_p, "adjustment"] = (f"{st.METHOD_NAMES[method]} over "
+                                          f"{int(group['p_value'].notna().sum())} tests")
+    table["significant"] = table["p_adjusted"] < st.ALPHA
+    sources = {key: i for i, key in zip(table.index, zip(
+        table["_cell"], table["framework"], table["figure"], strict=True), strict=True)}
+    for i, row in table.iterrows():
+        result, other = row["_result"], row["framework"]
+        if row["derived_from"]:  # not tested again: its interval, its source's test
+            table.loc[i, ["t", "df", "p_value", "hedges_g"]] = float("nan")
+            source = sources.get((row["_cell"], other, row["derived_from"]))
+            p_adj = table.at[source, "p_adjusted"] if source is not None else float("nan")
+            table.at[i, "significant"] = bool(p_adj < st.ALPHA)
+            table.at[i, "adjustment"] = (f"derived ({DERIVED_WHY[row['figure']]}): judged by "
+                                         f"the test of {row['derived_from']}")
+        else:
+            p_adj = row["p_adjusted"]
+        if result is None:
+            continue
+        if isinstance(row.get("_equivalence"), dict):
+            words = st.loss_verdict(row["_equivalence"], baseline, other,
+                                    p_diff=row["p_adjusted"], p_tost=row["p_tost_adjusted"])
+            table.at[i, "equivalence"] = words
+            table.at[i, "verdict"] = words
+        else:
+            table.at[i, "verdict"] = st.ratio_verdict(result, other, baseline, p_adj)
+    return table
+
+
+def data_comparison(data, frameworks=None, baseline=None):
+    """Rows of the data-loading table per (dataset, device) and framework against the
+    baseline: :func:`columns` (no model or gpus); one figure a side, not tested."""
+    frameworks, baseline = study_frameworks(frameworks, baseline)
     rows = []
     data = data.copy()
     if {"data_cache_memory_tokens_per_s_mean", "data_stream_tokens_per_s_mean"} <= set(data):
@@ -216,11 +366,11 @@ def data_comparison(data):
         if "data_stream_tokens_per_s_absent" in data:
             data["memory_cache_speedup_absent"] = data["data_stream_tokens_per_s_absent"]
     for (dataset, device), cell in data.groupby(["dataset", "device"], sort=True):
-        ident = {"dataset": dataset, "model": "", "gpus": None, "device": device,
-                 "hardware": ""}
+        ident = {"dataset": dataset, "model": "", "gpus": None, "pooled_gpus": "",
+                 "device": device, "hardware": ""}
         for figure, label, better_is, _ in DATA_QUESTIONS:
             samples = {}
-            for f in FRAMEWORKS:
+            for f in frameworks:
                 row = cell[cell["framework"] == f]
                 if row.empty:
                     samples[f] = Sample.of([], "not run")
@@ -232,14 +382,68 @@ def data_comparison(data):
                 if sample.values:
                     sample.n, sample.std = int(row["n"].iloc[0]), row[f"{figure}_std"].iloc[0]
                 samples[f] = sample
-            rows.append(_row(ident, "Data loading", figure, label, better_is, samples, {},
-                             exact=True))
-    return pd.DataFrame(rows, columns=COLUMNS)
+            for other in frameworks[1:]:
+                rows.append({**_row(ident, "Data loading", figure, label, better_is, samples,
+                                    {}, baseline, other, exact=True),
+                             "endpoint": "secondary", "family": ""})
+    return pd.DataFrame(rows, columns=columns(frameworks))
 
 
 def _styles():
     return ({figure: style for _, figure, _, _, style in QUESTIONS}
             | {figure: style for figure, _, _, style in DATA_QUESTIONS})
+
+
+@dataclass
+class Table:
+    """A table of a page: rendered as Markdown, or as HTML through pandas' Styler."""
+
+    header: list
+    rows: list
+    text_columns: int
+    tones: list | None = None  # per row, per cell: "better", "worse" or ""
+
+
+def tone(row):
+    """"better", "worse" or "" for a comparison row: only where the difference is
+    significant after the correction, and the figure has a better direction."""
+    if not row["significant"] or row["better_is"] not in ("lower", "higher"):
+        return ""
+    return "better" if (row["ratio"] < 1) == (row["better_is"] == "lower") else "worse"
+
+
+def render_markdown(blocks):
+    """The Markdown of a page's blocks (lines and :class:`Table`)."""
+    lines = []
+    for block in blocks:
+        if isinstance(block, Table):
+            lines += markdown_table(block.header, block.rows, block.text_columns)
+        else:
+            lines.append(block)
+    return "\n".join(lines) + "\n"
+
+
+def render_html(blocks, title):
+    """The HTML page of a page's blocks: prose as Markdown, tables from DataFrames."""
+    body, text = [], []
+    for block in [*blocks, Table([], [], 0)]:
+        if not isinstance(block, Table):
+            text.append(block)
+            continue
+        body += html.markdown_body("\n".join(text))
+        text = []
+        if block.header:
+            frame = pd.DataFrame(block.rows, columns=block.header).astype(str)
+            tones = (None if block.tones is None
+                     else pd.DataFrame(block.tones, columns=block.header))
+            body.append(html.styled_table(frame, tones, block.header[block.text_columns:]))
+    return html.page(body, title)
+
+
+def frameworks_of(table):
+    """The study's frameworks, baseline first, from a comparison table's columns."""
+    return [c.removesuffix("_n") for c in table.columns
+            if c.endswith("_n") and c.removesuffix("_n") + "_mean" in table.columns]
 
 
 def _framework_cell(row, framework, style):
@@ -255,39 +459,65 @@ def _framework_cell(row, framework, style):
     return f"{format_value(mean, style)} ± {format_value(std, style)} ({n})"
 
 
-def _p_cell(row):
+def ratio_cell(row):
+    """"ratio [low, high]", or the ratio alone where there is no interval."""
+    if pd.isna(row["ratio"]):
+        return "–"
+    text = format_value(row["ratio"], "sig")
+    if pd.notna(row["ratio_ci_low"]):
+        text += (f" [{format_value(row['ratio_ci_low'], 'sig')}, "
+                 f"{format_value(row['ratio_ci_high'], 'sig')}]")
+    return text
+
+
+def _p_cells(row):
+    """(raw p, adjusted p) as text."""
+    if row["derived_from"]:
+        return "–", f"derived from {row['derived_from']}"
     if pd.notna(row["p_value"]):
-        return f"{row['p_value']:.3g}"
-    return f"– ({row['note']})" if row["note"] else "–"
+        return f"{row['p_value']:.3g}", f"{row['p_adjusted']:.3g}"
+    return (f"– ({row['note']})" if row["note"] else "–"), "–"
 
 
-def _markdown_rows(table):
-    """Table rows for the Markdown, and lines for measures no framework has."""
-    styles, rows, gone = _styles(), [], []
+def _markdown_rows(table, frameworks):
+    """Table rows, lines for measures no framework has, and each row's cell tones."""
+    styles, rows, gone, tones = _styles(), [], [], []
     for _, row in table.iterrows():
         style = styles[row["figure"]]
-        cells = {f: _framework_cell(row, f, style) for f in FRAMEWORKS}
+        cells = {f: _framework_cell(row, f, style) for f in frameworks}
         if not any(cells.values()):
-            why = {row[f"{f}_reason"] for f in FRAMEWORKS}
-            gone.append(f"- *{row['measure']}*: " + ("; ".join(sorted(why))))
+            why = {row[f"{f}_reason"] for f in frameworks}
+            line = f"- *{row['measure']}*: " + ("; ".join(sorted(why)))
+            if line not in gone:
+                gone.append(line)
             continue
+        p, p_adjusted = _p_cells(row)
+        g = "–" if pd.isna(row["hedges_g"]) else f"{row['hedges_g']:.2g}"
         rows.append([row["question"], row["measure"]]
-                    + [cells[f] or row[f"{f}_reason"] for f in FRAMEWORKS]
-                    + [format_value(row["ratio"], "sig"), row["better"], _p_cell(row)])
-    return rows, gone
+                    + [cells[f] or row[f"{f}_reason"] for f in frameworks]
+                    + [row["framework"], ratio_cell(row), p, p_adjusted, g, row["verdict"]])
+        shade = tone(row)
+        tones.append([""] * (len(frameworks) + 3) + [shade, "", "", "", shade])
+    return rows, gone, tones
 
 
 def _sentences(table):
     lines = []
     for _, row in table[table["question"] == "Perplexity"].iterrows():
-        if pd.isna(row[f"{A}_mean"]) and pd.isna(row[f"{B}_mean"]):
+        base, other = row["baseline"], row["framework"]
+        if pd.isna(row[f"{base}_mean"]) and pd.isna(row[f"{other}_mean"]):
             continue
         if pd.isna(row["p_value"]):
-            lines.append(f"- {row['measure']}: no Welch test: {row['note']}.")
+            lines.append(f"- {row['measure']}, {other} vs {base}: no test: {row['note']}.")
             continue
-        lines.append(f"- {row['measure']}: {A} − {B} = {row['difference']:+.3g} "
-                     f"(95 % interval {row['ci_low']:+.3g} to {row['ci_high']:+.3g}; "
-                     f"Welch t = {row['t']:.3g}, df = {row['df']:.3g}): {row['verdict']}.")
+        tost = ("" if pd.isna(row["p_tost"]) else
+                f"; TOST at ±{st.ppl_change(row['margin_nats']):.2g} % ppl: p = "
+                f"{row['p_tost']:.3g}, adjusted {row['p_tost_adjusted']:.3g}")
+        lines.append(f"- {row['measure']}, {other} − {base}: {row['log_difference']:+.4f} nats "
+                     f"per token (95 % interval {row['log_ci_low']:+.4f} to "
+                     f"{row['log_ci_high']:+.4f}; Welch t = {row['t']:.3g}, df = "
+                     f"{row['df']:.3g}, p = {row['p_value']:.3g}, adjusted "
+                     f"{row['p_adjusted']:.3g}{tost}): {row['verdict']}.")
     return lines
 
 
@@ -302,75 +532,156 @@ def _heading(ident, environments, with_environments):
     return text
 
 
-def page_markdown(comparison, data_rows, inventory=None, currency=None, split_notes=(),
-                  excluded=()):
-    """The frameworks page: the runs not in the figures (``excluded``: lines), the
-    data-loading table, one table per cell, ease of use, and the cells whose seeds were split
-    by environment."""
-    header = ["question", "measure", *FRAMEWORKS, f"ratio {A} / {B}", "better",
-              f"p (Welch, {A} vs {B})"]
-    lines = [
-        "# Frameworks side by side",
-        "",
-        f"Each question of the benchmark, {A} against {B}. Cells: mean ± sample std over "
-        "seeds (number of seeds); the ratio is of the means; *better* names the framework "
-        f"with the better mean, and adds *not significant* when a two-sided Welch t-test "
-        f"over seeds gives p ≥ {ALPHA:g} (*untested* with fewer than 2 seeds a side). "
+def _start_up(comparison):
+    """The compile and start-up question across cells: one row per cell and comparison."""
+    rows = comparison[comparison["question"] == "Compile and start-up"]
+    lines = ["", "## Compile and start-up", "",
+             "What a framework costs before it trains: its first training step (tracing, "
+             "graph building, compiling, autotuning), and the job's start to the end of that "
+             "step (imports, data, model building and the first step), per cell; not in the "
+             "step times or throughputs above. Ratio: geometric means over seeds, compared "
+             "framework over the baseline, with its 95 % interval; p adjusted "
+             f"({st.METHOD_NAMES[st.SECONDARY_METHOD]}) within this question.", ""]
+    if rows.empty or rows["ratio"].isna().all():
+        return lines + ["No run recorded its first step."]
+    shades = []
+    table = []
+    for key, group in rows.groupby(["dataset", "model", "gpus", "hardware", "framework"],
+                                   sort=True):
+        by = group.set_index("figure")
+        cells, shade = [], [""] * 4
+        for figure in ("first_step_s", "time_to_first_step_s"):
+            if figure not in by.index:
+                cells += ["–", "–", "–"]
+                shade += ["", "", ""]
+                continue
+            r = by.loc[figure]
+            r = r.iloc[0] if isinstance(r, pd.DataFrame) else r
+            base = r["baseline"]
+            cells += [f"{format_value(r[f'{base}_mean'], 'sig')} / "
+                      f"{format_value(r[f'{key[4]}_mean'], 'sig')}", ratio_cell(r),
+                      _p_cells(r)[1]]
+            shade += ["", tone(r), ""]
+        table.append([*key[:3], f"{key[4]} vs {group['baseline'].iloc[0]}", *cells])
+        shades.append(shade)
+    return lines + [Table(
+        ["dataset", "model", "gpus", "comparison", "first step (s), baseline / compared",
+         "first step ratio", "first step p adj.", "to first step (s), baseline / compared",
+         "to first step ratio", "to first step p adj."], table, 4, shades)]
+
+
+def intro(baseline, currency=None, primary_gpus=None):
+    """The paragraphs that say how to read the page."""
+    where = ("the study's full-training GPU count" if primary_gpus is None
+             else f"{primary_gpus} GPU(s), the study's full-training count")
+    return [
+        f"Each question of the benchmark, every framework against the baseline, {baseline} "
+        "(config `run.baseline_framework`). Cells: mean ± sample std over seeds (number of "
+        "seeds). *Ratio*: the compared framework's geometric mean over the baseline's, with "
+        "the 95 % t interval of the difference of mean logarithms (Welch, exponentiated); "
+        "*p*: Welch's two-sided test of that difference (ratio 1), raw and adjusted for "
+        "multiple testing; *g*: Hedges' g on the log scale. The verdict names a lower side "
+        "only where the adjusted p is below "
+        f"{st.ALPHA:g}; otherwise it says *inconclusive* with the seeds each side had. "
         "Times in seconds, memory in MiB"
-        f"{f', money in {currency}' if currency else ''}. GPU memory: the headline is the "
-        "framework allocator's peak of live tensors, summed over the job's replicas/devices; "
-        "the driver's figure (NVML: the peak, summed over the job's GPUs, of what it lists "
-        "for the job's process and its descendants) adds CUDA contexts and the memory each "
-        "allocator keeps cached, so it is secondary. Cost of a result: every training "
-        "epoch (finetune included) plus the evaluate job; the target is the config's "
-        "`target_valid_ppl`, else the published validation perplexity (see result_cost.md).",
-        *excluded,
+        f"{f', money in {currency}' if currency else ''}.",
+        "",
+        f"**Declared endpoints.** Primary, per workload (data set x model) at {where}: time "
+        "and money to the target validation perplexity, test perplexity (static and "
+        "dynamic) and the GPU memory peak of the framework allocator; their p-values are "
+        f"adjusted with {st.METHOD_NAMES[st.PRIMARY_METHOD]}'s method over all primary "
+        "tests of one comparison on one processor (family-wise error 5 %). Every other "
+        f"figure is secondary, adjusted with {st.METHOD_NAMES[st.SECONDARY_METHOD]} within "
+        "its question (false discovery rate 5 %). *Derived* rows (money per epoch is time "
+        "per epoch times a price, tokens/s is tokens per epoch over the time of an epoch, "
+        "the cost of a result is its time times a price) show their ratio and follow the "
+        "test of the figure they derive from: no test twice. mosbench.reporting.statistics "
+        "says why Holm here and Benjamini-Hochberg there, and why a t interval on logs.",
+        "",
+        "**Perplexity** is compared on the mean per-token loss (log perplexity), pooled over "
+        "the GPU counts that trained with the same global batch. Beside the test of a "
+        "difference, two one-sided tests (TOST, unequal variances) ask whether the frameworks "
+        "are equivalent within the model's margin (config "
+        "`statistics.equivalence_margin_pct`, default ±1 % of perplexity, twice the 0.5 % by "
+        "which two runs of the reference code differ): *equivalent within ±d*, *X lower "
+        "than Y by ... [interval]*, or *inconclusive (n = ...)*.",
+        "",
+        "GPU memory: the headline is the framework allocator's peak of live tensors, summed "
+        "over the job's replicas/devices; the driver's figure (NVML: the peak, summed over "
+        "the job's GPUs, of what it lists for the job's process and its descendants) adds "
+        "CUDA contexts and the memory each allocator keeps cached, so it is secondary. Cost "
+        "of a result: every training epoch (finetune included) plus the evaluate job; the "
+        "target is the config's `target_valid_ppl`, else the published validation perplexity "
+        "(see result_cost.md).",
     ]
+
+
+def page_markdown(comparison, data_rows, inventory=None, currency=None, split_notes=(),
+                  excluded=(), primary_gpus=None):
+    """The frameworks page in Markdown (:func:`page_blocks`)."""
+    return render_markdown(page_blocks(comparison, data_rows, inventory, currency, split_notes,
+                                       excluded, primary_gpus))
+
+
+def page_blocks(comparison, data_rows, inventory=None, currency=None, split_notes=(),
+                excluded=(), primary_gpus=None):
+    """The frameworks page as lines and :class:`Table` blocks: the runs not in the figures
+    (``excluded``: lines), the data-loading table, one table per cell, compile and start-up,
+    ease of use, and the cells whose seeds were split by environment."""
+    frameworks = frameworks_of(comparison if len(comparison.columns) else data_rows)
+    baseline = frameworks[0]
+    header = ["question", "measure", *frameworks, f"vs {baseline}", "ratio [95 % CI]", "p",
+              "p adj.", "g", "verdict"]
+    lines = ["# Frameworks side by side", "", *intro(baseline, currency, primary_gpus),
+             *excluded]
     if not data_rows.empty:
         lines += ["", "## Data loading: streaming against caching", "",
                   "Per data set and device (the input pipeline does not depend on the model): "
                   "tokens/s of one pass over the training windows, streamed from Parquet or "
-                  "read from a cache; the first pass, which fills a cache, is in runs.csv.", ""]
+                  "read from a cache; the first pass, which fills a cache, is in runs.csv. "
+                  "Measured once per framework: not tested.", ""]
         for (dataset, device), group in data_rows.groupby(["dataset", "device"], sort=True):
-            rows, gone = _markdown_rows(group)
+            rows, gone, _ = _markdown_rows(group, frameworks)
             lines += [f"### {dataset} · {device}", ""]
             if not rows:
                 lines += ["No framework recorded data-loading figures here: "
                           + "; ".join(sorted({g.split(": ", 1)[1] for g in gone})), ""]
                 continue
-            lines += markdown_table(["question", "measure", *header[2:]], rows,
-                                    text_columns=2)
+            lines.append(Table(header[:len(frameworks) + 4],
+                               [r[:len(frameworks) + 4] for r in rows], 2))
             lines += ["", *gone, ""] if gone else [""]
     ident_keys = ["dataset", "model", "gpus", "hardware"]
+    env_keys = [f"{f}_environment" for f in frameworks]
     # comparisons per cell: more than one where a framework's seeds ran in two environments
-    per_cell = comparison.groupby(ident_keys + [f"{f}_environment" for f in FRAMEWORKS]).ngroups
-    split = per_cell > comparison.groupby(ident_keys).ngroups if len(comparison) else False
-    cells = comparison.groupby(["dataset", "model", "gpus", "hardware"]
-                               + [f"{f}_environment" for f in FRAMEWORKS], sort=True)
-    for _, group in cells:
+    split = (comparison.groupby(ident_keys + env_keys).ngroups
+             > comparison.groupby(ident_keys).ngroups) if len(comparison) else False
+    for _, group in comparison.groupby(ident_keys + env_keys, sort=True) if len(
+            comparison) else []:
         first = group.iloc[0]
-        ident = {k: first[k] for k in ("dataset", "model", "gpus", "hardware")}
-        environments = {f: first[f"{f}_environment"] for f in FRAMEWORKS}
-        rows, gone = _markdown_rows(group)
+        ident = {k: first[k] for k in ident_keys}
+        environments = {f: first[f"{f}_environment"] for f in frameworks}
+        rows, gone, tones = _markdown_rows(group, frameworks)
         lines += ["", _heading(ident, environments, split), ""]
-        lines += markdown_table(header, rows, text_columns=2) if rows else [
+        lines += [Table(header, rows, 2, tones)] if rows else [
             "No framework recorded any figure of this cell."]
         sentences = _sentences(group)
         if sentences:
-            lines += ["", "Perplexity, Welch t-test over seeds:", "", *sentences]
+            lines += ["", "Perplexity, on the per-token loss:", "", *sentences]
         if gone:
             lines += ["", "Absent in every framework:", "", *gone]
+    if len(comparison):
+        lines += _start_up(comparison)
     if inventory is not None and not inventory.empty:
         lines += ["", "## Ease of use", "",
                   "From the generated inventory (ease_of_use.md): the components a model or "
                   "the procedure needs that the framework provides, those we wrote, and the "
                   "written code lines (the framework-neutral procedure counts for each). "
                   "docs/ease-of-use.md tells the hurdles.", ""]
-        lines += markdown_table(["framework", "built in", "written", "lines written"],
-                                ease_totals(inventory), text_columns=1)
+        lines.append(Table(["framework", "built in", "written", "lines written"],
+                           ease_totals(inventory), 1))
     if split_notes:
         lines += ["", "## Seeds not averaged together", "", *(f"- {n}" for n in split_notes)]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def ease_totals(inventory):

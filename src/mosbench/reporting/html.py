@@ -1,10 +1,14 @@
-"""The aggregate's Markdown pages as standalone HTML, for Snakemake's report.
+"""The aggregate's pages as standalone HTML, for Snakemake's report.
 
 The report shows HTML and images inline but offers CSV files only as
-downloads, so each table page is also written as HTML. This renders exactly
-the Markdown the aggregate writes (headings, paragraphs, bullet lists and
-pipe tables with ``---:`` alignment, `code`, *em*, **strong**); it is not a
-general Markdown renderer.
+downloads, so each table page is also written as HTML. The answer pages
+(verdict, frameworks) render their tables from DataFrames with pandas'
+Styler (:func:`styled_table`: a cell is coloured only where its difference
+is significant after the correction for multiple testing), and their prose
+with :func:`markdown_body`. The other pages go through
+:func:`markdown_to_html`, which renders exactly the Markdown the aggregate
+writes (headings, paragraphs, bullet lists and pipe tables with ``---:``
+alignment, `code`, *em*, **strong**); it is not a general Markdown renderer.
 """
 
 import html
@@ -16,6 +20,8 @@ table { border-collapse: collapse; margin: 0.8em 0; }
 th, td { border: 1px solid #cbd5e1; padding: 0.3em 0.6em; }
 th { background: #f1f5f9; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.better { background: #dcfce7; }
+td.worse { background: #fee2e2; }
 code { background: #f1f5f9; padding: 0 0.2em; }
 """
 INLINE = [(re.compile(r"`([^`]+)`"), r"<code>\1</code>"),
@@ -49,6 +55,33 @@ def _table(lines):
 
 def markdown_to_html(text, title):
     """A standalone HTML page of the aggregate's Markdown ``text``."""
+    return page(markdown_body(text), title)
+
+
+def page(body, title):
+    """A standalone HTML page around ``body`` (lines of HTML)."""
+    return ("<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
+            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>\n"
+            + "\n".join(body) + "\n</body></html>\n")
+
+
+def styled_table(frame, tones=None, numeric=(), css_class="answer"):
+    """One DataFrame of display text as an HTML table through pandas' Styler: cells
+    escaped, ``numeric`` columns right-aligned, and each cell's CSS class from ``tones``
+    (a frame of the same shape: "better", "worse" or "")."""
+    styler = (frame.style.format(escape="html").hide(axis="index")
+              .set_table_attributes(f'class="{css_class}"'))
+    classes = frame.copy().astype(object)
+    for column in frame.columns:
+        base = "num" if column in numeric else ""
+        extra = tones[column] if tones is not None else ""
+        classes[column] = (base + " " + extra) if tones is not None else base
+    classes = classes.map(lambda c: c.strip() if isinstance(c, str) else "")
+    return styler.set_td_classes(classes).to_html()
+
+
+def markdown_body(text):
+    """The HTML lines of the aggregate's Markdown ``text``."""
     body, block, lines = [], [], text.splitlines() + [""]
     for line in lines:
         kind = ("table" if line.startswith("|") else "list" if line.startswith("- ")
@@ -67,6 +100,4 @@ def markdown_to_html(text, title):
             body.append(f"<h{level}>{_inline(line[level:].strip())}</h{level}>")
         elif kind:
             block.append((kind, line))
-    return ("<!DOCTYPE html>\n<html><head><meta charset='utf-8'>"
-            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>\n"
-            + "\n".join(body) + "\n</body></html>\n")
+    return body
