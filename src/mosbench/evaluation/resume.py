@@ -6,8 +6,9 @@ that launch), the launches' provenance, what the results are of (the trained
 run, its weights' sha256, the preset, the code) and the name and sha256 of
 ``evaluate-progress-<generation>.npz``. That npz holds the arrays: dynamic
 evaluation's gradient statistics once computed and, for a pass paused
-mid-way, the losses of the segments scored, the adapted weights and the
-carried states (:class:`mosbench.evaluation.dynamic_eval.PassState`).
+mid-way, the losses of the segments scored, the adapted weights, the
+carried states (:class:`mosbench.evaluation.dynamic_eval.PassState`) and the
+seconds the pass has run so far.
 
 Written as a training checkpoint is (:mod:`mosbench.training.checkpoint`):
 each file to a temporary name, flushed to disk and renamed, the npz first,
@@ -160,11 +161,19 @@ class SavedProgress:
             self._drop_pass()
         self._save()
 
-    def pause_pass(self, stage, where):
-        """Save a dynamic-evaluation pass stopped mid-way (a :class:`PassState`)."""
+    def paused_seconds(self, stage):
+        """The seconds a paused ``stage`` had run before it paused (0 for none)."""
+        if self.state["paused_pass"] != stage or PASS + "seconds" not in self.arrays:
+            return 0.0
+        return float(self.arrays[PASS + "seconds"])
+
+    def pause_pass(self, stage, where, seconds=0.0):
+        """Save a dynamic-evaluation pass stopped mid-way (a :class:`PassState`) and the
+        seconds it has run so far, over every launch."""
         self._drop_pass()
         self.state["paused_pass"] = stage
         self.arrays[PASS + "losses"] = np.asarray(where.losses, np.float64)
+        self.arrays[PASS + "seconds"] = np.asarray(seconds, np.float64)
         self.arrays.update({f"{PASS}weights/{n}": np.asarray(a) for n, a in where.weights.items()})
         self.arrays.update({f"{PASS}states/{i:04d}": np.asarray(a)
                             for i, a in enumerate(where.states or [])})

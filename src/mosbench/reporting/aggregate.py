@@ -131,10 +131,11 @@ def aggregate(train_files, metrics_files, out_dir, *, prices=None, reference=Non
     holds the published perplexities and targets; ``probe_files`` are
     the probes' records (speed, scaling, memory per GPU count);
     ``data_pipeline_files`` the data-pipeline rule's files; ``evaluate_benchmarks``
-    the evaluate jobs' Snakemake benchmark files (None: not given, and the cost of a
-    result is training only). Runs that did not finish (diverged) and ``missing``
-    (rows of :data:`mosbench.reporting.excluded.COLUMNS`: runs without files) are in
-    no figure: the summary and frameworks pages list them with their reason.
+    the evaluate jobs' Snakemake benchmark files (None: not given; their wall time is
+    shown beside the cost of a result, which counts metrics.json's ``result_eval_s``).
+    Runs that did not finish (diverged) and ``missing`` (rows of
+    :data:`mosbench.reporting.excluded.COLUMNS`: runs without files) are in no figure:
+    the summary and frameworks pages list them with their reason.
     ``comparison``: how frameworks are compared (:func:`mosbench.study.comparison_settings`
     of the config: frameworks, baseline, primary_gpus, margins in nats per model); None:
     every engine, the first the baseline, 1 % margins.

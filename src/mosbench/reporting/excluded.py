@@ -131,7 +131,7 @@ def partial_inputs(config, root="."):
                                 for job in study.probe_jobs(config)),
         "data_pipeline_files": existing(f"{paths.DATA_PIPELINE.format(**job)}/data_pipeline.json"
                                         for job in study.data_pipeline_jobs(config)),
-        # the evaluate rule's `benchmark:`: its wall time enters the cost of a result
+        # the evaluate rule's `benchmark:`: its wall time, shown beside the cost of a result
         "evaluate_benchmarks": existing(f"results/benchmarks/evaluate/{paths.RUN.format(**run)}"
                                         ".tsv" for run in runs),
     }
