@@ -21,6 +21,15 @@ skips the finished stages and goes on with the pass from its saved segment
 and adapted weights, to the metrics of an uninterrupted run. The speed
 figures are measured once, in one stage, by the launch whose provenance
 metrics.json records. The progress files go once the metrics are logged.
+
+What the evaluation costs is timed apart from what the benchmark measures:
+``result_eval_s`` sums the passes the result needs (the static valid and test
+passes, and with dynamic evaluation its gradient statistics and its two
+passes, each over every launch that ran it), the cost of a result
+(:mod:`mosbench.reporting.result_cost`); ``measurement_eval_s`` sums the
+benchmark's own measurements (the timed valid pass, the latency loop, the
+rank), which no user of the model would run. Loading the model and the data,
+and the job's start-up, are in neither.
 """
 
 import functools
@@ -56,6 +65,35 @@ from mosbench.tracking import mlflow_run
 from mosbench.tracking.tracker import REPLACES_TAG, Tracker
 from mosbench.training.train import SUMMARY, WEIGHTS, StopSignal
 from mosbench.workload import head_dimension, training_hparams
+
+# The seconds of the passes a result needs (result_eval_s: the static valid and test
+# passes, dynamic evaluation's statistics and passes), apart from the benchmark's own
+# measurements (measurement_eval_s: the timed valid pass, the latency loop, the rank).
+RESULT_EVALUATION = ("static_valid_s", "static_test_s", "dynamic_statistics_s",
+                     "dynamic_valid_s", "dynamic_test_s")
+MEASUREMENT_EVALUATION = ("measurement_s", "rank_s")
+
+
+def _timed(function, *args):
+    """(``function(*args)``, the seconds it took)."""
+    start = time.perf_counter()
+    result = function(*args)
+    return result, time.perf_counter() - start
+
+
+def _evaluation_seconds(results):
+    """metrics.json's ``result_eval_s`` and ``measurement_eval_s``, each None where a part
+    is missing (progress saved by code that did not time it), and the static passes'."""
+    dynamic = "dynamic_valid_loss" in results  # the preset has dynamic_eval
+
+    def total(keys):
+        return None if any(k not in results for k in keys) else sum(results[k] for k in keys)
+
+    return {"result_eval_s": total([k for k in RESULT_EVALUATION
+                                    if dynamic or not k.startswith("dynamic_")]),
+            "measurement_eval_s": total(MEASUREMENT_EVALUATION),
+            "static_valid_s": results.get("static_valid_s"),
+            "static_test_s": results.get("static_test_s")}
 
 
 def load_trained(train_dir, model_name, vocab_size, hparams, framework="tensorflow", gpus=0,
@@ -94,24 +132,28 @@ def _stages(engine, data_dir, hparams, valid_ids, test_ids, saved, should_stop):
     bptt = hparams["bptt"]
 
     def scores():  # every speed figure in one stage: one launch's, measured warm
-        valid_loss = evaluate_loss(engine, valid_ids, hparams["eval_batch_size"], bptt,
-                                   "evaluate valid")
-        batched_tokens_per_s = eval_throughput(engine, valid_ids, hparams["eval_batch_size"],
-                                               bptt, "evaluate valid (timed)")
-        start = time.perf_counter()
-        test_loss = evaluate_loss(engine, test_ids, hparams["test_batch_size"], bptt,
-                                  "evaluate test")
-        test_time = time.perf_counter() - start
-        latency_median, latency_p95 = next_word_latency(engine, test_ids)
+        valid_loss, valid_time = _timed(evaluate_loss, engine, valid_ids,
+                                        hparams["eval_batch_size"], bptt, "evaluate valid")
+        batched_tokens_per_s, throughput_time = _timed(
+            eval_throughput, engine, valid_ids, hparams["eval_batch_size"], bptt,
+            "evaluate valid (timed)")
+        test_loss, test_time = _timed(evaluate_loss, engine, test_ids,
+                                      hparams["test_batch_size"], bptt, "evaluate test")
+        (latency_median, latency_p95), latency_time = _timed(next_word_latency, engine,
+                                                             test_ids)
         return {"best_valid_loss": valid_loss, "test_loss": test_loss,
                 "eval_tokens_per_s": batched_tokens_per_s,
                 "test_tokens_per_s": len(test_ids) / test_time,
-                "latency_ms_median": latency_median, "latency_ms_p95": latency_p95}, None
+                "latency_ms_median": latency_median, "latency_ms_p95": latency_p95,
+                "static_valid_s": valid_time, "static_test_s": test_time,
+                # the timed valid pass and the latency loop: the benchmark's own
+                "measurement_s": throughput_time + latency_time}, None
 
     def rank():
-        rank, contexts = logprob_rank(engine, test_ids, hparams["rank_contexts"],
-                                      hparams["eval_batch_size"], bptt)
-        return {"logprob_rank": rank, "rank_contexts": contexts}, None
+        (rank, contexts), seconds = _timed(logprob_rank, engine, test_ids,
+                                           hparams["rank_contexts"], hparams["eval_batch_size"],
+                                           bptt)
+        return {"logprob_rank": rank, "rank_contexts": contexts, "rank_s": seconds}, None
 
     stages = [("scores", scores), ("rank", rank)]
     options = hparams.get("dynamic_eval")
@@ -119,21 +161,25 @@ def _stages(engine, data_dir, hparams, valid_ids, test_ids, saved, should_stop):
         return stages
 
     def statistics():  # once, for both passes
+        start = time.perf_counter()
         train_ids, _ = load_split(data_dir, "train")
-        return {}, gradient_statistics(engine, train_ids,
-                                       **options_for(STATISTICS_OPTIONS, options))
+        found = gradient_statistics(engine, train_ids, **options_for(STATISTICS_OPTIONS, options))
+        return {"dynamic_statistics_s": time.perf_counter() - start}, found
 
     def dynamic_pass(split, ids):
         stage = f"dynamic_{split}"
+        start, before = time.perf_counter(), saved.paused_seconds(stage)
         loss, where = adaptive_pass(engine, ids, saved.statistics(),
                                     **options_for(PASS_OPTIONS, options), what=split,
                                     resume=saved.paused_pass(stage), stop=should_stop)
+        seconds = before + time.perf_counter() - start  # over every launch of the pass
         if loss is None:
-            saved.pause_pass(stage, where)
+            saved.pause_pass(stage, where, seconds)
             raise EvaluationPaused(f"dynamic evaluation ({split}) stopped after segment "
                                    f"{len(where.losses)}, saved in {saved.folder / PROGRESS}; "
                                    "run the job again to resume")
-        return {f"dynamic_{split}_loss": loss, f"dynamic_{split}_ppl": perplexity(loss)}, None
+        return {f"dynamic_{split}_loss": loss, f"dynamic_{split}_ppl": perplexity(loss),
+                f"dynamic_{split}_s": seconds}, None
 
     return [*stages, ("dynamic_statistics", statistics),
             ("dynamic_valid", lambda: dynamic_pass("valid", valid_ids)),
@@ -256,6 +302,7 @@ def evaluate(data_dir, train_dir, out_path, *, model_name, hparams, experiment, 
                                   results["rank_contexts"]),
         "source_logprob_rank": meta["source"].get("logprob_rank"),
         **{key: value for key, value in results.items() if key.startswith("dynamic_")},
+        **_evaluation_seconds(results),
         # what evaluate ran on (its speed figures are that launch's; training's is train.json's)
         "provenance": saved.launch_of("scores"),
     })
