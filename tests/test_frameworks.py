@@ -366,6 +366,10 @@ def test_cost_of_a_result(grid):
     text = paths["result_cost_md"].read_text(encoding="utf-8")
     assert "| ptb | awd-lstm-mos | 1 | pytorch | 3 | 10.0 ± 0 | – | – | 10.0 ± 0 |" in text
     assert "| 58.24 | 3 of 3 | 9.00 ± 0 |" in text
+    page = paths["frameworks_md"].read_text(encoding="utf-8")
+    assert "| 9.00 ± 0 (3 of 3 seeds reached the target) |" in page
+    assert ("0 of 3 seeds reached the target; absent: target valid ppl 58.24 not reached in 3 "
+            "epochs (best 60.00)") in page
 
 
 def test_evaluation_time_of_the_result_and_the_evaluate_job(tmp_path, monkeypatch):

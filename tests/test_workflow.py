@@ -257,9 +257,22 @@ def check_answer_pages(aggregate_dir, report_html):
     assert (runs["target_valid_ppl"] == targets).all()
     reached = runs["epochs_to_target"].notna()
     assert reached.any()
-    for run in runs[reached].itertuples():
-        assert 0 < run.time_to_target_s <= run.train_time_s + 1e-9
+    for run in runs[reached].itertuples():  # training and its validation passes
+        assert 0 < run.time_to_target_s <= run.train_time_s + run.valid_time_s + 1e-9
         assert run.cost_to_target == pytest.approx(run.time_to_target_s / 3600 * 0.1)
+    # the cost counts the evaluation the result needs, not evaluate's own measurements
+    assert (runs["eval_time_s"] == runs["result_eval_s"]).all()
+    assert (runs["eval_job_wall_s"] > runs["result_eval_s"] + runs["measurement_eval_s"]).all()
+    assert runs["total_time_s"].to_numpy() == pytest.approx(
+        (runs["train_time_s"] + runs["valid_time_s"] + runs["eval_time_s"]).to_numpy())
+    mos = runs[runs["model"] == "awd-lstm-mos"]  # with dynamic evaluation
+    assert (mos["result_eval_s"] > mos["dynamic_test_s"] + mos["static_test_s"]).all()
+    # every job's wait for its input, each framework's own path, beside the pipelines' table
+    assert ((runs["input_wait_fraction"] > 0) & (runs["input_wait_fraction"] < 1)).all()
+    assert (runs["input_load_s"] > 0).all()
+    assert "## Data loading inside training: waiting for input" in page
+    assert page.index("## Data loading: streaming against caching") < page.index(
+        "## Data loading inside training")
     for run in runs[~reached].itertuples():
         assert run.best_valid_ppl > run.target_valid_ppl
         assert (f"time_to_target_s: target valid ppl {run.target_valid_ppl:g} not reached in "

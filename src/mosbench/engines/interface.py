@@ -194,6 +194,12 @@ class Engine(abc.ABC):
         """``(peak, reason)``: the framework allocator's device peak (MiB, summed over the
         job's GPUs), or ``(None, why it is absent)``."""
 
+    def input_seconds(self):
+        """``(seconds, None)``: the time :meth:`train_step` has spent on its input since the
+        engine was made (the NumPy window to the framework's tensors on the device, the
+        framework's own input path), or ``(None, why it is not timed)``."""
+        return None, f"the {self.framework} engine does not time its input"
+
     # --- helpers shared by every engine -----------------------------------------------------
 
     def close(self):  # noqa: B027 - optional: most engines start nothing to release

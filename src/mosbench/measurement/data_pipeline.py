@@ -27,11 +27,13 @@ from mosbench.data.batching import batchify
 from mosbench.data.tokenise import build_vocab, load_split, read_metadata, read_tokens
 from mosbench.engines import load_engine
 from mosbench.errors import MosbenchError
+from mosbench.measurement import page_cache
 from mosbench.measurement.provenance import provenance
 
 DEVICES = ("cpu", "gpu")  # the {device} wildcard: the host of a CPU job, or of a GPU job
 # The figures whose absence a record explains (data_train_tokens is the rates' numerator).
-DATA_FIGURES = ("data_preprocess_s", "data_parquet_load_s", "data_stream_tokens_per_s",
+DATA_FIGURES = ("data_preprocess_s", "data_parquet_load_s", "data_parquet_load_cached_pct",
+                "data_stream_tokens_per_s",
                 "data_cache_memory_fill_tokens_per_s", "data_cache_memory_tokens_per_s",
                 "data_cache_file_fill_tokens_per_s", "data_cache_file_tokens_per_s")
 
@@ -61,7 +63,10 @@ def measure_data_pipeline(engine, raw_dir, data_dir, *, batch_size, bptt, scratc
 
     - ``data_preprocess_s``: read the raw train/valid/test text and turn it into
       ids as the tokenise stage does (what a job would pay without the Parquet files);
-    - ``data_parquet_load_s``: load the three tokenised Parquet splits into memory;
+    - ``data_parquet_load_s``: load the three tokenised Parquet splits into memory, from a
+      cold page cache where the OS allows (:func:`mosbench.measurement.page_cache.drop`),
+      with ``data_parquet_load_cached_pct`` of their pages cached when it started (0: cold;
+      None where the OS cannot say);
     - ``data_train_tokens``: input tokens one pass over the train windows yields,
       ``batch_size * (len(train) // batch_size - 1)``: the numerator of the rates below;
     - ``data_stream_tokens_per_s``: streamed from Parquet, best of ``passes`` passes;
@@ -81,6 +86,7 @@ def measure_data_pipeline(engine, raw_dir, data_dir, *, batch_size, bptt, scratc
     if {s: len(ids[s]) for s in SPLITS} != meta["tokens"]:
         raise MosbenchError(f"{raw_dir}: the raw text does not give the tokens of {data_dir}")
 
+    cache = page_cache.drop([data_dir / f"{split}.parquet" for split in SPLITS])
     start = time.perf_counter()
     for split in SPLITS:
         load_split(data_dir, split)
@@ -114,6 +120,7 @@ def measure_data_pipeline(engine, raw_dir, data_dir, *, batch_size, bptt, scratc
     return {
         "data_preprocess_s": preprocess_s,
         "data_parquet_load_s": load_s,
+        "data_parquet_load_cached_pct": cache["cached_pct"],
         "data_train_tokens": tokens,
         "data_stream_tokens_per_s": tokens / min(passes_s["stream"]),
         "data_cache_memory_fill_tokens_per_s": tokens / passes_s["cache_memory"][0],
@@ -147,7 +154,8 @@ def data_pipeline_record(framework, dataset, device, raw_dir, data_dir, *, batch
     try:
         figures = measure_data_pipeline(engine, raw_dir, data_dir, batch_size=batch_size,
                                         bptt=bptt, scratch_dir=scratch_dir, passes=passes)
-        absent = {}
+        absent = ({} if figures["data_parquet_load_cached_pct"] is not None else
+                  {"data_parquet_load_cached_pct": "the OS cannot say what was cached"})
     except MosbenchError as exc:
         print(f"data measurements skipped: {exc}", flush=True)
         figures, absent = {}, {name: f"not measured: {exc}" for name in DATA_FIGURES}

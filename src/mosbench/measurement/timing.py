@@ -34,3 +34,41 @@ class StepTimer:
         return {"step_time_median_s": float(np.median(times)),
                 "step_time_p95_s": float(np.percentile(times, 95)),
                 "timed_steps": len(times), "first_calls_s": tracing}
+
+
+class InputWait:
+    """The share of the training steps spent waiting for their input.
+
+    The input of a step is the loop's cut of the window from the in-memory
+    token streams plus the engine's making of its tensors on the device from
+    it (:meth:`mosbench.engines.interface.Engine.input_seconds`: the
+    framework's own input path). ``totals`` is ``[input seconds, step
+    seconds]``, kept in the job's checkpointed state so the figures span every
+    launch; each compiled step's first call in a launch is left out, as
+    :class:`StepTimer` leaves it out (it traces and compiles).
+    """
+
+    def __init__(self, engine, totals):
+        self.engine, self.totals, self._seen = engine, totals, set()
+        self._engine_s, self.reason = engine.input_seconds()
+
+    def step(self, name, cut_s, step_s):
+        """After a step: ``cut_s`` the loop's input, ``step_s`` the whole step, input included."""
+        engine_s, self.reason = self.engine.input_seconds()
+        made_s = engine_s - self._engine_s if engine_s is not None else 0.0
+        self._engine_s = engine_s
+        if name not in self._seen:
+            self._seen.add(name)
+            return
+        self.totals[0] += cut_s + made_s
+        self.totals[1] += step_s
+
+    def figures(self):
+        """``({input_wait_s, input_wait_fraction}, {figure: why absent})``."""
+        names = ("input_wait_s", "input_wait_fraction")
+        if self.reason:
+            return dict.fromkeys(names), dict.fromkeys(names, self.reason)
+        input_s, step_s = self.totals
+        if step_s <= 0:
+            return dict.fromkeys(names), dict.fromkeys(names, "no step after the first calls")
+        return {"input_wait_s": input_s, "input_wait_fraction": input_s / step_s}, {}

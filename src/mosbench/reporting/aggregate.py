@@ -177,7 +177,9 @@ def aggregate(train_files, metrics_files, out_dir, *, prices=None, reference=Non
     verdicts = verdict.verdict_tables(comparison)
     page = frameworks.page_blocks(comparison.drop(columns=frameworks.VALUES), data_rows,
                                   inventory, currency, splits, excluded=excluded_lines,
-                                  primary_gpus=settings.get("primary_gpus"))
+                                  primary_gpus=settings.get("primary_gpus"),
+                                  input_wait=data_loading.input_wait_rows(
+                                      data_loading.input_wait_table(runs), absent))
     page += ["", *probe_report.comparison_markdown(probe_rows)]
     comparison = comparison.drop(columns=frameworks.VALUES)
     texts = {

@@ -8,6 +8,16 @@ device, "gpu" when gpus > 0, else "cpu". Results written before that rule
 existed carry the same figures in each train.json's measurements; without
 data-pipeline files the aggregate takes those instead (averaged over a
 framework's jobs of the data set and device).
+
+Those pipelines are not what training runs: a training job loads the splits
+once and cuts each step's window from the in-memory streams. What its input
+costs it is measured inside every training job (train.json's measurements,
+:class:`mosbench.measurement.timing.InputWait`): the share of each step spent
+on its input (the window's cut, then the framework's own path from the NumPy
+window to its tensors on the device), and the first read of the data at the
+job's start from a cold page cache where the OS allows
+(:mod:`mosbench.measurement.page_cache`). :func:`input_wait_table` gathers
+them per cell, beside the streaming-versus-caching table.
 """
 
 
@@ -15,7 +25,7 @@ import pandas as pd
 
 from mosbench.errors import MosbenchError
 from mosbench.reporting.record_files import load_keyed
-from mosbench.reporting.tables import mean_std_by
+from mosbench.reporting.tables import format_value, mean_std, mean_std_by
 
 DEVICES = ("cpu", "gpu")
 IDENTITY = ("framework", "dataset", "device")
@@ -84,3 +94,35 @@ def data_table(pipelines, runs, figures):
         return table
     table, _ = mean_std_by(runs.assign(device=runs["gpus"].map(device_of)), KEY, figures, "n")
     return table.reset_index()
+
+
+# Inside the training jobs (train.json's measurements): the input's share of the steps
+WAIT_FIGURES = ["input_wait_fraction", "input_wait_s", "input_load_s", "input_load_cached_pct"]
+WAIT_CELL = ["dataset", "model", "gpus", "framework"]
+
+
+def input_wait_table(runs):
+    """Per (dataset, model, gpus, framework): jobs, mean and std of the input-wait figures
+    (NaN where no job recorded them)."""
+    frame = runs.reindex(columns=list(runs.columns) + [f for f in WAIT_FIGURES if f not in runs])
+    table, _ = mean_std_by(frame, WAIT_CELL, WAIT_FIGURES, "jobs")
+    return table.reset_index()
+
+
+def input_wait_rows(table, reasons=None):
+    """(header, rows, lines): the input-wait table as text; ``lines`` say why a cell has
+    none (``reasons``: {figure: why absent}, the first met)."""
+    header = ["dataset", "model", "gpus", "framework", "jobs",
+              "waiting for input (% of step time)", "input per job (s)",
+              "data read at start (s)", "of it cached before (%)"]
+    rows = []
+    for _, r in table.iterrows():
+        rows.append([r["dataset"], r["model"], r["gpus"], r["framework"], r["jobs"],
+                     mean_std(100 * r["input_wait_fraction_mean"],
+                              100 * r["input_wait_fraction_std"], "sig"),
+                     mean_std(r["input_wait_s_mean"], r["input_wait_s_std"], "sig"),
+                     mean_std(r["input_load_s_mean"], r["input_load_s_std"], "sig"),
+                     format_value(r["input_load_cached_pct_mean"], "pct")])
+    lines = [f"- *{figure}*: absent: {why}" for figure, why in (reasons or {}).items()
+             if figure in WAIT_FIGURES and table[f"{figure}_mean"].isna().any()]
+    return header, rows, lines

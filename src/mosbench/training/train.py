@@ -27,8 +27,10 @@ it returns or raises; a second trainer stops before it touches the folder.
 
 Around the loop the job measures what the study compares
 (:mod:`mosbench.measurement`): time to the first step, step times, epoch
-time and its cost, and the hardware (device and host memory, GPU utilisation
-and power; absent, with the reason, where there is no GPU); the data pipeline
+time and its cost, the validation passes' time, the share of the steps spent
+waiting for their input (the data read first from a cold page cache where the
+OS allows), and the hardware (device and host memory, GPU utilisation and
+power; absent, with the reason, where there is no GPU); the data pipeline
 has a stage of its own. It records what it ran on
 (:mod:`mosbench.measurement.provenance`, in train.json and as MLflow tags) and
 reports its progress as it goes (:mod:`mosbench.progress`).
@@ -52,10 +54,11 @@ from mosbench.engines import load_engine
 from mosbench.errors import TrainingPaused
 from mosbench.evaluation.perplexity import evaluate_loss, perplexity
 from mosbench.io import atomic_path, write_json
+from mosbench.measurement import page_cache
 from mosbench.measurement.cost import cost
 from mosbench.measurement.hardware import HardwareMonitor, hardware_metrics
 from mosbench.measurement.provenance import as_tags, provenance
-from mosbench.measurement.timing import StepTimer
+from mosbench.measurement.timing import InputWait, StepTimer
 from mosbench.outcomes import DIVERGED, FINISHED
 from mosbench.progress import Progress
 from mosbench.tracking import mlflow_run
@@ -143,9 +146,12 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
                          precision=hparams.get("matmul_precision", "float32"),
                          deterministic=hparams.get("deterministic", False))
 
-    # --- data ---
+    # --- data: the first read timed, from a cold page cache where the OS allows it ---
+    input_load = page_cache.drop([Path(data_dir) / f"{s}.parquet" for s in ("train", "valid")])
+    load_start = time.perf_counter()
     train_ids, meta = load_split(data_dir, "train")
     valid_ids, _ = load_split(data_dir, "valid")
+    input_load["input_load_s"] = time.perf_counter() - load_start
     batch_size = hparams["batch_size"]
     streams = batchify(train_ids, batch_size)
 
@@ -220,6 +226,7 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
     epoch_steps = math.ceil((streams.shape[1] - 1) / hparams["bptt"])  # mean window ~ bptt
 
     stop, timer = StopSignal(), StepTimer()
+    input_wait = InputWait(engine, state.setdefault("input_wait", [0.0, 0.0]))
     monitor = HardwareMonitor(gpus=gpus).__enter__()  # left in the `finally` below
     try:
         while state["phase"] != "done":
@@ -238,11 +245,13 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
             for start, length, scale in epoch_windows(
                     rng, streams.shape[1], hparams["bptt"], hparams["variable_bptt"],
                     hparams.get("max_seq_len_delta"), start=state["position"]):
+                cut = time.perf_counter()
                 window = streams[:, start:start + length + 1]
                 step_start = time.perf_counter()
                 nll, states = engine.train_step(window[:, :-1], window[:, 1:], states,
                                                 state["lr"] * scale, state["averaging"])
                 timer.record(step_name, time.perf_counter() - step_start)
+                input_wait.step(step_name, step_start - cut, time.perf_counter() - cut)
                 faults.point("train-step")
                 if "first_step_s" not in state:  # the job's first step: tracing, compiling
                     state["first_step_s"] = time.perf_counter() - step_start
@@ -271,7 +280,9 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
             state["train_time_s"] += epoch_time
 
             # --- validate, keep the best, apply the schedule ---
+            valid_start = time.monotonic()
             valid_loss = validate()
+            valid_time = time.monotonic() - valid_start
             if not math.isfinite(valid_loss):  # nothing to keep from this epoch: stop here
                 raise Diverged(_divergence(state, "validation", valid_loss))
             state["epoch"] += 1
@@ -279,6 +290,7 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
             record = {"epoch": state["epoch"], "phase": state["phase"],
                       "train_loss": loss_sum / tokens, "valid_loss": valid_loss,
                       "valid_ppl": perplexity(valid_loss), "epoch_time_s": epoch_time,
+                      "valid_time_s": valid_time,
                       "tokens_per_s": tokens / epoch_time, "lr": state["lr"],
                       "averaging": state["averaging"], **timer.epoch_summary()}
             if prices:
@@ -329,8 +341,9 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
         summary["diverged_at"] = {k: v for k, v in diverged.items() if k != "reason"}
     if len(state["launches"]) > 1:  # a resumed job that moved: say so, keep the others
         summary["provenance_earlier"] = state["launches"][:-1]
-    summary["measurements"], summary["absent"] = _job_measurements(state, monitor, prices, gpus,
-                                                                   engine)
+    summary["measurements"], summary["absent"] = _job_measurements(
+        state, monitor, prices, gpus, engine, input_wait, input_load)
+    summary["input_load_page_cache"] = input_load["page_cache"]  # cold or not, and why
     # no best weights (diverged before any finite validation): the current ones, so that the
     # job's output exists; train.json says what they are
     current = None if validated else engine.weights()
@@ -359,7 +372,7 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
     return summary
 
 
-def _job_measurements(state, monitor, prices, gpus, engine):
+def _job_measurements(state, monitor, prices, gpus, engine, input_wait, input_load):
     """The job's figures for train.json and MLflow, and why any is absent.
 
     Per-epoch figures are averaged over epochs (step-time percentiles: their
@@ -367,7 +380,12 @@ def _job_measurements(state, monitor, prices, gpus, engine):
     first calls, which trace and compile (``first_step_s`` has the first one).
     ``time_to_first_step_s`` runs from the job's start to the end of its first
     step. Hardware figures are those of the launch that finished the job (the
-    same model and batch as any earlier launch).
+    same model and batch as any earlier launch). ``input_wait_fraction``: the
+    share of the steps' time spent on their input (:class:`InputWait`), with
+    ``input_wait_s`` its seconds, over every launch; ``input_load_s``: this
+    launch's read of the train and valid Parquet files, with
+    ``input_load_cached_pct`` of their pages cached when it started
+    (:func:`mosbench.measurement.page_cache.drop`; 0: from a cold cache).
     """
     history = state["history"]
 
@@ -396,6 +414,13 @@ def _job_measurements(state, monitor, prices, gpus, engine):
     figures["allocator_peak_mb"], reason = engine.allocator_peak_mb()
     if reason:
         absent["allocator_peak_mb"] = reason
+    waited, reasons = input_wait.figures()
+    figures.update(waited)
+    absent.update(reasons)
+    figures["input_load_s"] = input_load["input_load_s"]
+    figures["input_load_cached_pct"] = input_load["cached_pct"]
+    if input_load["cached_pct"] is None:
+        absent["input_load_cached_pct"] = input_load["page_cache"]
     for name, value in figures.items():
         if value is None:
             absent.setdefault(name, "not measured in this job")

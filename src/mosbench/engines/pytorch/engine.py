@@ -358,6 +358,12 @@ class PyTorchEngine(Engine):
     def input_pipelines(self, train_path, batch_size, bptt, cache_file):
         return input_pipeline.input_pipelines(train_path, batch_size, bptt, cache_file)
 
+    def input_seconds(self):
+        if self.workers:
+            return None, ("data-parallel: the worker processes make their own input tensors, "
+                          "not timed")
+        return self.replica.input_s, None
+
     def allocator_peak_mb(self):
         if self.device.type != "cuda":
             return None, "gpus=0: a CPU job"  # PyTorch's CPU allocator keeps no peak either

@@ -8,6 +8,7 @@ here, for both cases.
 """
 
 import contextlib
+import time
 
 import numpy as np
 import torch
@@ -90,6 +91,8 @@ def _sum_gradients(_, bucket):
 class Replica:
     """Model, optimiser, average and steps of one process (``rank`` of ``world``)."""
 
+    input_s = 0.0  # seconds its train steps spent making their input tensors
+
     def __init__(self, device, precision="float32", rank=0, world=1, seed=0):
         self.device = torch.device(device)
         self.seed = seed
@@ -165,7 +168,9 @@ class Replica:
         SGD steps at ``lr``, and with ``average`` the average takes the new weights.
         """
         self.model.train()
+        start = time.perf_counter()  # the input: NumPy rows to tensors on the device
         x, y = tokens(inputs, self.device), tokens(targets, self.device)
+        self.input_s += time.perf_counter() - start
         self.optimizer.zero_grad(set_to_none=True)
         faults.point(f"replica-{self.rank}-step")  # a replica dies mid-step, the others wait
         with masks.drawn_from(**self.generators):
