@@ -52,13 +52,17 @@ def _cell(row, figure, is_ratio, seeds=None):
     every finished run has, for the seeds that reached the target out of how many."""
     if row is None:
         return "–", ""
+    base, other = row["baseline"], row["framework"]
+    missing = [f for f in (base, other) if not row[f"{f}_n"]]
+    if missing:  # why a side has no value: the figure's own reason (a CPU job, not run, ...)
+        reasons = dict.fromkeys(row[f"{f}_reason"] or "no value" for f in missing)
+        return f"– ({'; '.join(reasons)})", ""
     if not is_ratio:
         return row["verdict"] or "–", tone(row)
     if pd.isna(row["ratio"]):
         return f"– ({row['note'] or row['verdict']})", ""
     text = ratio_cell(row)
     if figure == "time_to_target_s":
-        base, other = row["baseline"], row["framework"]
         of = [f"/{int(seeds[f'{f}_n'])}" if seeds is not None else "" for f in (other, base)]
         text += (f" (reached: {int(row[f'{other}_n'])}{of[0]}, "
                  f"{int(row[f'{base}_n'])}{of[1]})")
