@@ -201,7 +201,7 @@ def versions(gpus):
 
     built = PyTorchEngine.versions()
     record = provenance(built, gpus)
-    record.update(cuda_build=torch.version.cuda, cudnn_build=built["cudnn_version"],
+    record.update(cuda_build=torch.version.cuda, cudnn_build=built["cudnn"],
                   cuda_available=torch.cuda.is_available())
     return record
 

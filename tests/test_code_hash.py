@@ -91,10 +91,10 @@ def test_the_engine_stages_hash_the_neutral_code_and_their_own_engine_only():
         assert not any(f.startswith("engines/") and f.count("/") > 1 for f in shared)
     assert {"training/train.py", "training/bptt.py"} <= set(stage_files("train", "pytorch"))
     # what the engine imports, subpackages included; not what only the tests or the
-    # aggregate import (the weight transfer, the ease-of-use inventory)
+    # aggregate import (the ease-of-use inventories)
     train = set(stage_files("train", "tensorflow"))
     assert "engines/tensorflow/models/__init__.py" in train
-    assert not {"engines/tensorflow/inventory.py", "engines/pytorch/transfer.py",
+    assert not {"engines/tensorflow/inventory.py", "engines/pytorch/inventory.py",
                 "measurement/probe.py"} & (train | set(stage_files("train", "pytorch")))
 
 
@@ -195,8 +195,7 @@ def test_a_neutral_edit_changes_both_frameworks_hashes(code, module):
 
 def test_plumbing_and_unimported_modules_change_no_hash(code):
     before = hashes(code)
-    for module in ("progress.py", "tracking/tracker.py", "paths.py", "cli.py",
-                   "engines/pytorch/transfer.py"):
+    for module in ("progress.py", "tracking/tracker.py", "paths.py", "cli.py"):
         append(code / module)
     assert changed_since(before, code) == set()
 

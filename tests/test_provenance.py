@@ -15,6 +15,9 @@ from mosbench.reporting.environments import PROVENANCE_KEYS
 @pytest.mark.parametrize("framework", FRAMEWORKS)
 def test_a_cpu_job_records_every_key_with_its_engines_versions(framework):
     versions = load_engine(framework).versions()
+    assert set(versions) == {"framework", "framework_version", "cuda", "cudnn", "libraries"}
+    assert versions["framework"] == framework and versions["framework_version"]
+    assert all(isinstance(v, str) for v in versions["libraries"].values())
     record = prov.provenance(versions, gpus=0)
     assert tuple(record) == prov.KEYS == PROVENANCE_KEYS  # the aggregate's keys, in order
     assert record["framework"] == framework
@@ -47,7 +50,7 @@ def test_the_cpu_model_is_read_from_cpuinfo(tmp_path):
 
 
 def test_a_gpu_job_without_nvml_records_its_count_and_no_model():
-    record = prov.provenance({"framework": "pytorch", "cuda_version": "13.0"}, gpus=2)
+    record = prov.provenance({"framework": "pytorch", "cuda": "13.0"}, gpus=2)
     assert record["gpu_count"] == 2 and record["cuda_version"] == "13.0"
     if prov.gpu_description(2) == (None, None):  # no NVIDIA driver here
         assert record["gpu_model"] is None and record["nvidia_driver"] is None

@@ -1,24 +1,23 @@
-"""The PyTorch engine through the Engine interface, as the procedure drives it.
+"""The PyTorch engine through the Engine interface, where it goes beyond the others.
 
-* Equal to the TensorFlow engine: the same weights (``engines.pytorch.transfer``),
-  20 training steps of variable length with ``small_batch_size`` chunks,
-  AR/TAR, weight decay and an active clip, then NT-ASGD's average: losses
-  within 1e-4 relative at every step, weights and averaged weights within 1e-4.
+What every engine must do (the same numbers as the first framework, weight
+round trips, bit-identical resumes on one process, evaluation) is the
+conformance suite's (``test_engine_conformance.py``). Here:
+
 * Data parallelism over two CPU processes (gloo) makes the update one process
   makes, with an uneven split (4 + 3 rows); locked and embedding dropout draw
   their own masks per replica while weight drop's mask is shared.
 * Worker processes never outlive the job, whether it exits or is killed.
-* A resume from ``checkpoint_arrays`` is bit-identical, dropout on, on one and
-  on two processes; draws from torch's global generator (a ``DataLoader``)
-  leave the masks alone.
-* Weights round-trip by name; a mismatch is a MosbenchError naming it.
+* A resume from ``checkpoint_arrays`` is bit-identical, dropout on, on two
+  processes; draws from torch's global generator (a ``DataLoader``) leave
+  the masks alone.
+* On the CPU the fused-LSTM check refuses the model (it passes on CUDA).
 * Each ``matmul_precision`` sets PyTorch's flags; mixed bfloat16 trains
   float32 weights to a loss within 2 % of float32.
 
 ``pytest -s`` prints the largest differences seen.
 """
 
-import importlib.util
 import subprocess
 import sys
 import time
@@ -100,57 +99,6 @@ def train(built, data, lr=LR, average_from=None, states=None):
 
 def largest_difference(a, b):
     return max(float(np.abs(a[k] - b[k]).max()) for k in a)
-
-
-# --------------------------------------------------------------- equal to TensorFlow
-
-
-@pytest.mark.parametrize("model", list(PRESETS))
-def test_twenty_steps_and_the_average_equal_the_tensorflow_engine(model):
-    if importlib.util.find_spec("mosbench.engines.tensorflow.engine") is None:
-        pytest.skip("mosbench.engines.tensorflow.engine does not exist yet")
-    pytest.importorskip("tensorflow")
-    from mosbench.engines.pytorch.transfer import keras_to_torch, weight_pairs
-
-    tf_engine, pt_engine = engine(model, "tensorflow"), engine(model)
-    keras_to_torch(tf_engine.model, pt_engine.model)
-    data = windows(6, 20)  # 6 rows in chunks of 4 and 2
-    held_out = windows(6, 1, seed=9)[0]
-    initial = pt_engine.weights()
-    tf_losses = train(tf_engine, data, average_from=10)[0]
-    pt_losses = train(pt_engine, data, average_from=10)[0]
-    rel = np.abs(pt_losses - tf_losses) / tf_losses
-
-    def weight_error():
-        return max(float(np.abs(p.detach().numpy() - (v.numpy().T if t else v.numpy())).max())
-                   for v, p, t in weight_pairs(tf_engine.model, pt_engine.model))
-
-    evaluations = {}
-    for name, side in (("tensorflow", tf_engine), ("pytorch", pt_engine)):
-        with side.averaged():
-            evaluations[name] = side.eval_window(*held_out, side.initial_state(6))[0]
-    with tf_engine.averaged(), pt_engine.averaged():
-        averaged_error = weight_error()
-    eval_rel = abs(evaluations["pytorch"] / evaluations["tensorflow"] - 1)
-    moved = largest_difference(initial, pt_engine.weights())
-    print(f"\n{model}: losses {tf_losses[0]:.4f} -> {tf_losses[-1]:.4f}, max rel diff "
-          f"{rel.max():.2e}; weights {weight_error():.2e}, averaged {averaged_error:.2e}; "
-          f"averaged eval rel {eval_rel:.2e}; the weights moved up to {moved:.2e}")
-    assert rel.max() < 1e-4
-    assert weight_error() < 1e-4 and averaged_error < 1e-4 and eval_rel < 1e-5
-    assert moved > 1e-2  # far beyond the tolerance: the agreement is not vacuous
-
-
-def test_clipping_and_decay_are_active_in_the_comparison():
-    """The comparison's clip and weight decay change the result: neither is vacuous."""
-    data = windows(6, 5)
-    reference = train(engine(), data)[0]
-    unclipped = train(engine(hp={**AWD, "clip": 1e6}), data)[0]
-    undecayed = train(engine(hp={**AWD, "wdecay": 0.0}), data)[0]
-    print(f"\nunclipped {np.abs(unclipped - reference).max():.2e}, "
-          f"undecayed {np.abs(undecayed - reference).max():.2e}")
-    assert np.abs(unclipped - reference).max() > 1e-3
-    assert np.abs(undecayed - reference).max() > 1e-4
 
 
 # ------------------------------------------------------------------ data parallelism
@@ -253,7 +201,7 @@ def running(pid):
 # ------------------------------------------------------------------------ checkpoints
 
 
-@pytest.mark.parametrize("devices", [None, ["cpu", "cpu"]], ids=["one-process", "two-processes"])
+@pytest.mark.parametrize("devices", [["cpu", "cpu"]], ids=["two-processes"])
 def test_a_resume_is_bit_identical(tmp_path, devices):
     hp = {**AWD, **DROPOUTS}
     data = windows(6, 6)
@@ -313,40 +261,17 @@ def test_the_average_is_the_mean_of_the_iterates():
     assert largest_difference(averaged, mean) < 1e-6
 
 
-# ------------------------------------------------------------------ weights, evaluation
+# ------------------------------------------------------------------------ the fused LSTM
 
 
-def test_weights_round_trip_and_a_mismatch_is_named():
-    source, target = engine(), engine(seed=5)
-    assert largest_difference(source.weights(), target.weights()) > 0
-    target.load_weights(source.weights())
-    assert largest_difference(source.weights(), target.weights()) == 0
-    assert source.n_params == sum(a.size for a in source.weights().values())
+def test_the_fused_lstm_check_refuses_a_cpu_model_and_passes_on_cuda():
+    from mosbench.engines.pytorch.models import assert_fused_lstm
 
-    wider = engine(hp={**AWD, "nhid": 20})
-    with pytest.raises(MosbenchError, match=r"rnns\.0\.weight_hh_raw has shape \(64, 16\), "
-                                            r"expected \(80, 20\)"):
-        wider.load_weights(source.weights())
-    lstm = engine("lstm")
-    with pytest.raises(MosbenchError,
-                       match=r"missing .*head\.decoder_bias.*; unexpected decoder_bias"):
-        engine().load_weights(lstm.weights())
-
-
-def test_evaluation_steps_agree_with_each_other():
-    """eval_window's summed NLL, log_prob_rows' rows (batch-major) and predict_next agree."""
-    built = engine()
-    x, y = windows(3, 1)[0]
-    total, _ = built.eval_window(x, y, built.initial_state(3))
-    rows, _ = built.log_prob_rows(x, built.initial_state(3))
-    assert rows.shape == (x.size, VOCAB) and rows.dtype == np.float64
-    gathered = -rows[np.arange(x.size), y.reshape(-1)].sum()
-    assert abs(gathered - total) < 1e-3
-    states = built.initial_state(1)
-    for token in x[0]:
-        word, states = built.predict_next(int(token), states)
-    assert word == int(rows[x.shape[1] - 1].argmax())  # row 0's last context
-    assert built.allocator_peak_mb()[0] is None and built.allocator_peak_mb()[1]
+    model = engine().model
+    with pytest.raises(RuntimeError, match="LSTM weights not on a CUDA device: rnns.0"):
+        assert_fused_lstm(model)
+    if torch.cuda.is_available():
+        assert_fused_lstm(model.cuda())
 
 
 # --------------------------------------------------------------------------- precision

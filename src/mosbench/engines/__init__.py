@@ -13,6 +13,7 @@ import importlib
 
 from mosbench.cpu_features import check_precision_hardware
 from mosbench.errors import MosbenchError
+from mosbench.workload import check_precision
 
 FRAMEWORKS = ("tensorflow", "pytorch")
 
@@ -34,9 +35,11 @@ def engine_class(framework):
 def load_engine(framework, **placement):
     """An engine of ``framework`` placed as ``placement`` says (see :class:`Engine`).
 
-    The CPU is checked first, before the framework is imported: a precision it
-    cannot compute is refused in one line rather than crashing inside the framework.
+    The precision and the CPU are checked first, before the framework is imported: an
+    unknown precision, or one the CPU cannot compute, is refused in one line rather
+    than crashing inside the framework.
     """
+    check_precision(placement.get("precision", "float32"))
     check_precision_hardware(placement.get("precision", "float32"), placement.get("gpus", 0),
                              placement.get("devices"))
     return engine_class(framework)(**placement)

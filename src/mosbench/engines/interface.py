@@ -16,6 +16,84 @@ one model, and keeps its compiled steps, optimiser and iterate average.
 import abc
 import contextlib
 
+import numpy as np
+
+from mosbench.errors import MosbenchError
+
+
+def check_arrays(arrays, shapes, what):
+    """Raise a MosbenchError naming every missing, unexpected and mis-shaped array.
+
+    ``shapes``: ``{name: shape}`` of what fits; ``what`` names the arrays in the message.
+    """
+    missing = [n for n in shapes if n not in arrays]
+    unexpected = [n for n in arrays if n not in shapes]
+    misshaped = [f"{n} has shape {tuple(np.shape(arrays[n]))}, expected {tuple(shape)}"
+                 for n, shape in shapes.items()
+                 if n in arrays and tuple(np.shape(arrays[n])) != tuple(shape)]
+    problems = [f"{kind} {', '.join(names)}" for kind, names in
+                (("missing", missing), ("unexpected", unexpected)) if names] + misshaped
+    if problems:
+        raise MosbenchError(f"{what} do not fit this model: " + "; ".join(problems))
+
+
+class CanonicalWeight:
+    """One trainable weight of an engine's model under its canonical name.
+
+    ``variable``: the framework's own tensor; ``transposed``: it holds the
+    canonical array transposed (a Keras kernel is ``(in, out)``); ``index``:
+    its position among the model's trainable weights (gradients come in that order);
+    ``shape``: the canonical shape.
+    """
+
+    __slots__ = ("name", "variable", "transposed", "index", "shape")
+
+    def __init__(self, name, variable, transposed, index, shape):
+        self.name, self.variable, self.transposed, self.index = name, variable, transposed, index
+        self.shape = tuple(shape)
+
+    def to_canonical(self, array):
+        """The framework-layout ``array`` of this weight in the canonical layout."""
+        return np.ascontiguousarray(array.T) if self.transposed else array
+
+    def from_canonical(self, array):
+        """A canonical ``array`` of this weight in the framework's layout."""
+        array = np.asarray(array)
+        return np.ascontiguousarray(array.T) if self.transposed else array
+
+
+def canonical_weights(parts, trainable, shapes, shape_of, what):
+    """An engine's trainable weights as :class:`CanonicalWeight`, in the canonical order.
+
+    ``parts``: ``{canonical name: (variable, transposed)}``, the engine's
+    naming of its model; ``trainable``: the model's trainable weights in
+    the framework's order; ``shapes``: :func:`mosbench.workload.weight_shapes`
+    of the model. Raises unless the naming covers the spec and every trainable
+    weight exactly once, each of the spec's shape: a weight left out or
+    named twice would otherwise be saved and loaded by nothing.
+    """
+    positions = {id(v): i for i, v in enumerate(trainable)}
+    problems = [f"missing {n}" for n in shapes if n not in parts]
+    problems += [f"unexpected {n}" for n in parts if n not in shapes]
+    indices = [positions.get(id(variable)) for variable, _ in parts.values()]
+    if None in indices or sorted(indices) != list(range(len(trainable))):
+        problems.append("the names do not cover every trainable weight exactly once")
+    weights = []
+    for name in shapes:
+        if name not in parts:
+            continue
+        variable, transposed = parts[name]
+        shape = tuple(shape_of(variable))
+        if (shape[::-1] if transposed else shape) != tuple(shapes[name]):
+            problems.append(f"{name} is {shape} (transposed: {transposed}), "
+                            f"canonical {tuple(shapes[name])}")
+        weights.append(CanonicalWeight(name, variable, transposed, positions.get(id(variable)),
+                                       shapes[name]))
+    if problems:
+        raise RuntimeError(f"{what} does not have the canonical weights of "
+                           f"mosbench.workload: " + "; ".join(problems))
+    return weights
+
 
 class AdaptiveCarry:
     """What one dynamic-evaluation pass carries from a chunk of windows to the next.
@@ -53,13 +131,30 @@ class Engine(abc.ABC):
     framework = ""
 
     @classmethod
-    @abc.abstractmethod
     def versions(cls):
-        """``{name: version}`` of the framework and what the study records with it.
+        """What the study records of the framework, the same keys for every engine.
 
-        At least ``framework`` and ``framework_version``; CUDA, cuDNN and
-        companion libraries (Keras) where the framework reports them.
+        ``{"framework", "framework_version", "cuda", "cudnn", "libraries"}``:
+        CUDA and cuDNN as the framework reports them (None where it has none),
+        ``libraries`` the companion libraries' ``{name: version}`` (Keras).
+        Versions are strings.
         """
+        found = cls.framework_versions()
+        if set(found) != {"framework_version", "cuda", "cudnn", "libraries"}:
+            raise RuntimeError(f"{cls.__name__}.framework_versions() gave {sorted(found)}")
+
+        def text(value):
+            return None if value in (None, "") else str(value)
+
+        return {"framework": cls.framework, "framework_version": text(found["framework_version"]),
+                "cuda": text(found["cuda"]), "cudnn": text(found["cudnn"]),
+                "libraries": {name: text(v) for name, v in sorted(found["libraries"].items())}}
+
+    @classmethod
+    @abc.abstractmethod
+    def framework_versions(cls):
+        """``{"framework_version", "cuda", "cudnn", "libraries": {name: version}}`` of this
+        engine's framework (see :meth:`versions`; None where absent)."""
 
     # --- the model -------------------------------------------------------------------------
 
@@ -74,11 +169,16 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def weights(self):
-        """The model's weights as ``{name: array}`` (the best-weights file)."""
+        """The model's weights as ``{name: array}`` (the best-weights file).
+
+        The canonical names, shapes and order of
+        :func:`mosbench.workload.weight_shapes`, whatever the framework: any
+        engine loads any other's.
+        """
 
     @abc.abstractmethod
     def load_weights(self, arrays):
-        """Load :meth:`weights`' arrays; a MosbenchError names any mismatch."""
+        """Load canonical weights (:meth:`weights`); a MosbenchError names any mismatch."""
 
     # --- training ----------------------------------------------------------------------------
 
@@ -154,7 +254,7 @@ class Engine(abc.ABC):
 
         ``windows`` yields ``(inputs, targets)`` at ``batch_size``; each
         window's gradient is that of its mean NLL without dropout, the state
-        carried. Returns float64 arrays in :meth:`weights` order (the trainable weights).
+        carried. Returns float64 arrays in :meth:`weights`' order and shapes (canonical).
         """
 
     @abc.abstractmethod
@@ -163,7 +263,8 @@ class Engine(abc.ABC):
 
         After each window: ``w += lamb * rate * (w_trained - w) - lr * g / (ms + epsilon)``,
         ``ms`` the statistics and ``rates`` the capped decay rates
-        (:func:`mosbench.evaluation.dynamic_eval.decay_rates`). Leaves the
+        (:func:`mosbench.evaluation.dynamic_eval.decay_rates`), both canonical
+        (as :meth:`gradient_statistics` returns them). Leaves the
         weights adapted (the caller restores them).
 
         ``carry`` (an :class:`AdaptiveCarry`) runs one pass in chunks of
@@ -204,6 +305,12 @@ class Engine(abc.ABC):
 
     def close(self):  # noqa: B027 - optional: most engines start nothing to release
         """Release what the engine started (data-parallel worker processes); idempotent."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     @contextlib.contextmanager
     def weights_restored(self):

@@ -16,20 +16,26 @@ from pathlib import Path
 KEYS = ("framework", "framework_version", "keras_version", "cuda_version", "cudnn_version",
         "nvidia_driver", "gpu_model", "gpu_count", "cpu_model", "hostname", "python_version",
         "git_commit", "git_dirty")
-VERSION_KEYS = KEYS[:5]  # what Engine.versions() reports
 
 
 def provenance(versions, gpus=0):
     """The provenance dict of a job that uses ``gpus`` GPUs (0: a CPU job).
 
     ``versions`` is the engine's ``Engine.versions()`` (framework, its
-    version, and Keras, CUDA and cuDNN where they apply); keys it lacks are
-    None. The GPUs are the first ``gpus`` of those ``CUDA_VISIBLE_DEVICES``
-    shows, as the job's hardware monitor samples them; a CPU job records no
-    GPU, no driver and no CUDA or cuDNN, whatever the machine or the wheel has
-    (TensorFlow reports the CUDA it was built with on any machine).
+    version, CUDA, cuDNN and companion libraries); keys it lacks are None.
+    Of the libraries the record keeps Keras' version (``keras_version``, a
+    key of the aggregate's environments). The GPUs are the first ``gpus`` of
+    those ``CUDA_VISIBLE_DEVICES`` shows, as the job's hardware monitor
+    samples them; a CPU job records no GPU, no driver and no CUDA or cuDNN,
+    whatever the machine or the wheel has (TensorFlow reports the CUDA it was
+    built with on any machine).
     """
-    record = {key: _text(versions.get(key)) for key in VERSION_KEYS}
+    libraries = versions.get("libraries") or {}
+    record = {"framework": _text(versions.get("framework")),
+              "framework_version": _text(versions.get("framework_version")),
+              "keras_version": _text(libraries.get("keras")),
+              "cuda_version": _text(versions.get("cuda")),
+              "cudnn_version": _text(versions.get("cudnn"))}
     if not gpus:
         record.update(cuda_version=None, cudnn_version=None)
     driver, model = gpu_description(gpus) if gpus else (None, None)

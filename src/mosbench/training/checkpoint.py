@@ -35,7 +35,8 @@ from mosbench.io import atomic_path, write_json
 STATE = "checkpoint.json"
 ARRAYS = "checkpoint-{generation}.npz"
 # 4: the fingerprint holds the code hash and the data digest, which a format-3 one lacks
-FORMAT_VERSION = 4
+# 5: the model's weights and their average under the canonical names of mosbench.workload
+FORMAT_VERSION = 5
 # A write that fails with one of these is a full disk or quota, not a fault of the data.
 FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
 # Temporary files (mosbench.io.atomic_path) a job killed mid-write leaves behind.

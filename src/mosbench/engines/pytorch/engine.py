@@ -15,33 +15,48 @@ its own rows); :meth:`~PyTorchEngine.state_arrays` gathers them and
 the interpreter exits) stops the workers.
 """
 
+import re
 import weakref
 
 import numpy as np
 import torch
 
-from mosbench.engines.interface import AdaptiveCarry, Engine
+from mosbench.engines.interface import AdaptiveCarry, Engine, canonical_weights, check_arrays
 from mosbench.engines.pytorch import input_pipeline
 from mosbench.engines.pytorch.distributed import WorkerError, Workers
 from mosbench.engines.pytorch.replica import Replica, detached, tokens, trainable
 from mosbench.engines.pytorch.runtime import configure, placement
 from mosbench.errors import MosbenchError
 from mosbench.training.replicas import replica_rows
+from mosbench.workload import weight_shapes
 
 MIB = 2**20
 
+# PyTorch parameter name -> canonical name (mosbench.workload); the layouts are the same.
+_RENAMES = (
+    (r"embedding\.weight", "embedding"),
+    (r"rnns\.(\d+)\.weight_ih", r"rnn.\1.w_ih"),
+    (r"rnns\.(\d+)\.weight_hh(?:_raw)?", r"rnn.\1.w_hh"),  # weight drop's raw W_hh
+    (r"rnns\.(\d+)\.bias_(ih|hh)", r"rnn.\1.b_\2"),
+    (r"rnns\.(\d+)\.bias", r"rnn.\1.b"),
+    (r"(?:head\.)?decoder_bias", "decoder.b"),
+    (r"decoder\.weight", "decoder.w"),
+    (r"head\.contexts\.(prior|latent)\.weight", r"\1.w"),
+    (r"head\.contexts\.latent\.bias", "latent.b"),
+)
 
-def _check(arrays, shapes, what):
-    """Raise a MosbenchError naming every missing, unexpected and mis-shaped array."""
-    missing = [n for n in shapes if n not in arrays]
-    unexpected = [n for n in arrays if n not in shapes]
-    misshaped = [f"{n} has shape {tuple(np.shape(arrays[n]))}, expected {shape}"
-                 for n, shape in shapes.items()
-                 if n in arrays and tuple(np.shape(arrays[n])) != shape]
-    problems = [f"{kind} {', '.join(names)}" for kind, names in
-                (("missing", missing), ("unexpected", unexpected)) if names] + misshaped
-    if problems:
-        raise MosbenchError(f"{what} do not fit this model: " + "; ".join(problems))
+
+def canonical_name(name):
+    """The canonical name of a model parameter (``name`` itself when no rule matches)."""
+    for pattern, replacement in _RENAMES:
+        if re.fullmatch(pattern, name):
+            return re.sub(f"^{pattern}$", replacement, name)
+    return name
+
+
+def canonical_parts(model):
+    """``{canonical name: (parameter, False)}`` of a PyTorch model: its layouts are canonical."""
+    return {canonical_name(name): (p, False) for name, p in model.named_parameters()}
 
 
 def _host(tensor):
@@ -90,11 +105,10 @@ class PyTorchEngine(Engine):
         self._step = 0  # the key of the latest data-parallel states
 
     @classmethod
-    def versions(cls):
+    def framework_versions(cls):
         cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-        return {"framework": "pytorch", "framework_version": torch.__version__,
-                "cuda_version": torch.version.cuda or None,
-                "cudnn_version": str(cudnn) if cudnn else None}
+        return {"framework_version": torch.__version__, "cuda": torch.version.cuda,
+                "cudnn": cudnn, "libraries": {}}
 
     # --- data parallelism ----------------------------------------------------------------
 
@@ -128,39 +142,30 @@ class PyTorchEngine(Engine):
             self._finalizer()
         self.workers = self._finalizer = None
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
     # --- the model -------------------------------------------------------------------------
 
     def build(self, model_name, vocab_size, hparams):
         self.replica.build(model_name, vocab_size, hparams)
         self.model = self.replica.model
+        self._canonical = canonical_weights(
+            canonical_parts(self.model), self.replica.params,
+            weight_shapes(model_name, vocab_size, hparams), lambda p: p.shape,
+            f"the PyTorch model '{model_name}'")
+        self._params = [w.variable for w in self._canonical]  # canonical order
         self._build_args = (model_name, vocab_size, hparams)
 
     @property
     def n_params(self):
         return sum(p.numel() for p in self.replica.params)
 
-    def _named(self):
-        """Parameters by name, then any persistent buffers (the models have none)."""
-        params = dict(self.model.named_parameters())
-        rest = {name: tensor for name, tensor in self.model.state_dict(keep_vars=True).items()
-                if not isinstance(tensor, torch.nn.Parameter)}
-        return {**params, **rest}
-
     def weights(self):
-        return {name: _host(tensor) for name, tensor in self._named().items()}
+        return {w.name: _host(w.variable) for w in self._canonical}
 
     def _load(self, arrays, what="the weights"):
-        named = self._named()
-        _check(arrays, {n: tuple(t.shape) for n, t in named.items()}, what)
+        check_arrays(arrays, {w.name: w.shape for w in self._canonical}, what)
         with torch.no_grad():
-            for name, tensor in named.items():
-                tensor.copy_(_tensor(arrays[name]))
+            for w in self._canonical:
+                w.variable.copy_(_tensor(arrays[w.name]))
 
     def load_weights(self, arrays):
         self._load(arrays)
@@ -214,9 +219,6 @@ class PyTorchEngine(Engine):
     def averaged(self):
         return self._average().swapped_in()
 
-    def _param_names(self):
-        return [name for name, p in self.model.named_parameters() if p.requires_grad]
-
     def _rng_arrays(self):
         ranks = self._everywhere("rng_arrays", reply=True) if self.workers \
             else [self.replica.rng_arrays()]
@@ -228,16 +230,16 @@ class PyTorchEngine(Engine):
         arrays = {f"model/{name}": array for name, array in self.weights().items()}
         arrays.update({f"optimizer/{name}": array
                        for name, array in self.replica.optimizer_arrays().items()})
-        arrays.update({f"average/{name}": _host(a)
-                       for name, a in zip(self._param_names(), average.averages, strict=True)})
+        arrays.update({f"average/{w.name}": _host(average.averages[w.index])
+                       for w in self._canonical})
         arrays["average/count"] = np.asarray(average.count, np.int64)
         arrays.update(self._rng_arrays())
         return arrays
 
     def restore_checkpoint(self, arrays):
         expected = self.checkpoint_arrays()
-        _check(arrays, {n: tuple(np.shape(a)) for n, a in expected.items()},
-               "the checkpoint's arrays")
+        check_arrays(arrays, {n: np.shape(a) for n, a in expected.items()},
+                     "the checkpoint's arrays")
 
         def part(prefix):
             return {n[len(prefix):]: a for n, a in arrays.items() if n.startswith(prefix)}
@@ -246,8 +248,8 @@ class PyTorchEngine(Engine):
         average = self._average()
         with torch.no_grad():
             stored = part("average/")
-            for name, tensor in zip(self._param_names(), average.averages, strict=True):
-                tensor.copy_(_tensor(stored[name]))
+            for w in self._canonical:
+                average.averages[w.index].copy_(_tensor(stored[w.name]))
         average.count = int(stored["count"])
         rngs = [part(f"rng/{rank}/") for rank in range(len(self.devices))]
         if self.workers:
@@ -308,11 +310,11 @@ class PyTorchEngine(Engine):
         with self.replica.autocast():
             nll, states, _ = self.model.nll(self._ids(inputs), self._ids(targets), states)
             loss = nll.mean()
-        grads = torch.autograd.grad(loss, self.replica.params)
+        grads = torch.autograd.grad(loss, self._params)
         return loss.detach(), grads, detached(states)
 
     def gradient_statistics(self, windows, batch_size):
-        params = self.replica.params
+        params = self._params
         squares = [torch.zeros_like(p, dtype=torch.float64) for p in params]
         states = self.model.initial_state(batch_size)
         for inputs, targets in windows:
@@ -322,7 +324,7 @@ class PyTorchEngine(Engine):
         return [_host(s.sqrt_()) for s in squares]
 
     def adaptive_losses(self, windows, statistics, rates, *, lr, lamb, epsilon, carry=None):
-        params = self.replica.params
+        params = self._params
         carry = AdaptiveCarry() if carry is None else carry
         if not carry.cache:  # the pass's first chunk: its constants, on the device once
 
@@ -335,7 +337,7 @@ class PyTorchEngine(Engine):
             carry.cache.update(
                 decay=constant([lamb * np.asarray(r) for r in rates]),
                 scale=constant([lr / (np.asarray(s) + epsilon) for s in statistics]),
-                trained=constant([carry.trained[name] for name in self._param_names()]))
+                trained=constant([carry.trained[w.name] for w in self._canonical]))
         decay, scale, trained = (carry.cache[k] for k in ("decay", "scale", "trained"))
         losses = []
         states = None if carry.states is None else self.states_from_arrays(carry.states)

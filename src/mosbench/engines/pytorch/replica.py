@@ -23,6 +23,7 @@ from mosbench.engines.pytorch.models.activation_regularisation import (
     temporal_activation_penalty,
 )
 from mosbench.training.replicas import replica_rows
+from mosbench.workload import training_spec
 
 
 def replica_seed(seed, rank):
@@ -141,15 +142,15 @@ class Replica:
     def prepare_training(self, hparams, batch_size):
         self.batch_size = batch_size
         self.rows = replica_rows(batch_size, self.world)[self.rank]
-        self.small = hparams.get("small_batch_size") or batch_size
-        self.clip = hparams.get("clip")
+        spec = training_spec(hparams, batch_size)
+        self.small, self.clip = spec.small_batch_size, spec.clip
         # Coupled L2 in SGD equals Keras' decoupled decay for plain SGD: w - lr * (g + wd * w).
         # Fused: one kernel over every parameter, decay included (CPU and CUDA, float32).
-        self.optimizer = torch.optim.SGD(self.params, lr=hparams["lr"],
-                                         weight_decay=hparams.get("wdecay") or 0.0, fused=True)
+        self.optimizer = torch.optim.SGD(self.params, lr=spec.lr, weight_decay=spec.wdecay,
+                                         fused=True)
         if self.rank == 0:  # only rank 0 validates and checkpoints
             self.average = IterateAverage(self.params)
-        loss = ChunkLoss(self.model, hparams.get("alpha") or 0.0, hparams.get("beta") or 0.0)
+        loss = ChunkLoss(self.model, spec.alpha, spec.beta)
         if self.world > 1:
             # Also broadcasts rank 0's weights: the replicas start equal.
             loss = nn.parallel.DistributedDataParallel(

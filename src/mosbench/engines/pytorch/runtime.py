@@ -9,8 +9,7 @@ import os
 import torch
 
 from mosbench.errors import MosbenchError
-
-PRECISIONS = ("float32", "tf32", "mixed_bfloat16")
+from mosbench.workload import check_precision
 
 
 def placement(gpus, devices=None):
@@ -52,8 +51,7 @@ def set_matmul_precision(precision):
     cuDNN (the reference never ran it; autocast decides the bfloat16 ops),
     ``tf32`` turns it on.
     """
-    if precision not in PRECISIONS:
-        raise MosbenchError(f"unknown matmul_precision '{precision}'; allowed: {list(PRECISIONS)}")
+    check_precision(precision)  # also in the worker processes, which start no engine
     tf32 = precision == "tf32"
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32

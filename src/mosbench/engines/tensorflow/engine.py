@@ -12,29 +12,49 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from mosbench.engines.interface import AdaptiveCarry, Engine
+from mosbench.engines.interface import AdaptiveCarry, Engine, canonical_weights, check_arrays
 from mosbench.engines.tensorflow import input_pipeline, steps
 from mosbench.engines.tensorflow.averaging import IterateAverage
 from mosbench.engines.tensorflow.devices import configure_devices, set_matmul_precision
 from mosbench.engines.tensorflow.models.cudnn_lstm import build_for_job
-from mosbench.errors import MosbenchError
+from mosbench.engines.tensorflow.models.expert_contexts import MixtureHead
+from mosbench.engines.tensorflow.models.lstm import LSTMLanguageModel
+from mosbench.workload import training_spec, weight_shapes
 
 MIB = 2**20
 
 
-def _names(variables):
-    """Position-and-name keys: Keras numbers layers per process, so full paths drift."""
-    return [f"{i:03d}/{v.path.rsplit('/', 1)[-1]}" for i, v in enumerate(variables)]
+def canonical_parts(model):
+    """``{canonical name: (variable, transposed)}`` of a built Keras model.
 
-
-def _check(arrays, names, shapes, what):
-    """Raise a MosbenchError naming every missing, unexpected or mis-shaped array."""
-    problems = [f"missing {n}" for n in names if n not in arrays]
-    problems += [f"unexpected {n}" for n in arrays if n not in shapes]
-    problems += [f"{n} has shape {tuple(arrays[n].shape)}, expected {shapes[n]}"
-                 for n in names if n in arrays and tuple(arrays[n].shape) != shapes[n]]
-    if problems:
-        raise MosbenchError(f"{what} do not fit this model: " + "; ".join(problems[:8]))
+    Keras kernels are ``(in, out)``, the canonical matrices ``(out, in)``:
+    every kernel is transposed; the gate order is the same.
+    """
+    parts = {"embedding": (model.embedding.embeddings, False)}
+    for layer, rnn in enumerate(model.rnns):
+        prefix = f"rnn.{layer}."
+        if isinstance(model, LSTMLanguageModel):  # keras.layers.LSTM: one bias
+            cell = rnn.cell
+            parts.update({prefix + "w_ih": (cell.kernel, True),
+                          prefix + "w_hh": (cell.recurrent_kernel, True),
+                          prefix + "b": (cell.bias, False)})
+        else:
+            parts.update({prefix + "w_ih": (rnn.kernel, True),
+                          prefix + "w_hh": (rnn.recurrent_kernel, True),
+                          prefix + "b_ih": (rnn.input_bias, False),
+                          prefix + "b_hh": (rnn.recurrent_bias, False)})
+    if isinstance(model, LSTMLanguageModel):
+        if model.decoder is not None:
+            parts["decoder.w"] = (model.decoder.kernel, True)
+        parts["decoder.b"] = (model.decoder_bias, False)
+        return parts
+    if isinstance(model.head, MixtureHead):
+        contexts = model.head.contexts
+        parts.update({"prior.w": (contexts.prior.kernel, True),
+                      "latent.w": (contexts.latent.kernel, True),
+                      "latent.b": (contexts.latent.bias, False)})
+    parts["decoder.b"] = (model.head.bias, False)
+    return parts
 
 
 class TensorFlowEngine(Engine):
@@ -54,11 +74,10 @@ class TensorFlowEngine(Engine):
         self._eval_step = self._predict = self._rows = self._gradient = None
 
     @classmethod
-    def versions(cls):
-        build = tf.sysconfig.get_build_info()
-        return {"framework": "tensorflow", "framework_version": tf.__version__,
-                "keras_version": keras.__version__, "cuda_version": build.get("cuda_version"),
-                "cudnn_version": build.get("cudnn_version")}
+    def framework_versions(cls):
+        build = tf.sysconfig.get_build_info()  # what the wheel was built against
+        return {"framework_version": tf.__version__, "cuda": build.get("cuda_version"),
+                "cudnn": build.get("cudnn_version"), "libraries": {"keras": keras.__version__}}
 
     # --- the model -------------------------------------------------------------------------
 
@@ -67,6 +86,10 @@ class TensorFlowEngine(Engine):
             # On a GPU the LSTMs must run cuDNN's kernel, as the PyTorch engine's do: a silent
             # fallback to a loop would time another algorithm.
             self.model = build_for_job(model_name, vocab_size, hparams, self.gpus)
+        self._canonical = canonical_weights(
+            canonical_parts(self.model), self.model.trainable_variables,
+            weight_shapes(model_name, vocab_size, hparams), lambda v: v.shape,
+            f"the Keras model '{model_name}'")
         self._eval_step = steps.make_eval_step(self.model)
         self._predict = steps.make_predict_step(self.model)
         self._rows = steps.make_log_prob_step(self.model)
@@ -77,24 +100,28 @@ class TensorFlowEngine(Engine):
         return int(self.model.count_params())
 
     def weights(self):
-        variables = self.model.trainable_variables
-        return {n: v.numpy() for n, v in zip(_names(variables), variables, strict=True)}
+        return {w.name: w.to_canonical(w.variable.numpy()) for w in self._canonical}
 
     def load_weights(self, arrays):
-        variables = self.model.trainable_variables
-        names = _names(variables)
-        _check(arrays, names, {n: tuple(v.shape) for n, v in zip(names, variables, strict=True)},
-               "the weights")
-        for name, variable in zip(names, variables, strict=True):
-            variable.assign(arrays[name])
+        check_arrays(arrays, {w.name: w.shape for w in self._canonical}, "the weights")
+        for w in self._canonical:
+            w.variable.assign(w.from_canonical(arrays[w.name]))
+
+    def _framework_order(self, canonical):
+        """Canonical per-weight arrays (a list) in the trainable variables' order and layout."""
+        ordered = [None] * len(self._canonical)
+        for w, array in zip(self._canonical, canonical, strict=True):
+            ordered[w.index] = w.from_canonical(array)
+        return ordered
 
     # --- training ----------------------------------------------------------------------------
 
     def prepare_training(self, hparams, batch_size):
         with tf.device(self.device), self.strategy.scope():
             # Keras' decoupled decay equals PyTorch's coupled weight_decay for plain SGD.
-            self.optimizer = keras.optimizers.SGD(learning_rate=hparams["lr"],
-                                                  weight_decay=hparams.get("wdecay") or None)
+            spec = training_spec(hparams, batch_size)
+            self.optimizer = keras.optimizers.SGD(learning_rate=spec.lr,
+                                                  weight_decay=spec.wdecay or None)
             self.optimizer.build(self.model.trainable_variables)
             self.averager = IterateAverage(self.model.trainable_variables)
         self._train_steps = {
@@ -125,23 +152,29 @@ class TensorFlowEngine(Engine):
         return self.averager.swapped_in()
 
     def _checkpointed(self):
-        """Every variable a resume restores: the model's (dropout seed states among them),
-        the optimiser's, the average and its count."""
-        return {**dict(zip((f"model/{n}" for n in _names(self.model.variables)),
-                           self.model.variables, strict=True)),
-                **{f"optimizer/{i:03d}": v for i, v in enumerate(self.optimizer.variables)},
-                **{f"average/{i:03d}": v for i, v in enumerate(self.averager.averages)},
-                "average/count": self.averager.count}
+        """Every variable a resume restores, ``{name: (variable, transposed)}``: the model's
+        weights and their average under canonical names, the average's count, the
+        optimiser's variables and the dropout generators' seed states."""
+        trainable = {id(v) for v in self.model.trainable_variables}
+        seeds = [v for v in self.model.variables if id(v) not in trainable]
+        return {**{f"model/{w.name}": (w.variable, w.transposed) for w in self._canonical},
+                **{f"average/{w.name}": (self.averager.averages[w.index], w.transposed)
+                   for w in self._canonical},
+                "average/count": (self.averager.count, False),
+                **{f"optimizer/{i:03d}": (v, False)
+                   for i, v in enumerate(self.optimizer.variables)},
+                **{f"rng/{i:03d}": (v, False) for i, v in enumerate(seeds)}}
 
     def checkpoint_arrays(self):
-        return {name: np.asarray(v) for name, v in self._checkpointed().items()}
+        return {name: np.ascontiguousarray(np.asarray(v).T) if transposed else np.asarray(v)
+                for name, (v, transposed) in self._checkpointed().items()}
 
     def restore_checkpoint(self, arrays):
         variables = self._checkpointed()
-        _check(arrays, list(variables), {n: tuple(v.shape) for n, v in variables.items()},
-               "the checkpoint's arrays")
-        for name, variable in variables.items():
-            variable.assign(arrays[name])
+        check_arrays(arrays, {n: tuple(v.shape)[::-1] if t else tuple(v.shape)
+                              for n, (v, t) in variables.items()}, "the checkpoint's arrays")
+        for name, (variable, transposed) in variables.items():
+            variable.assign(np.asarray(arrays[name]).T if transposed else arrays[name])
 
     def state_arrays(self, states):
         return [np.asarray(x) for layer in states for x in layer]
@@ -177,7 +210,7 @@ class TensorFlowEngine(Engine):
                                                   states)
                 for square, grad in zip(squares, grads, strict=True):
                     square += np.square(grad.numpy(), dtype=np.float64)
-        return [np.sqrt(square) for square in squares]
+        return [w.to_canonical(np.sqrt(squares[w.index])) for w in self._canonical]
 
     def adaptive_losses(self, windows, statistics, rates, *, lr, lamb, epsilon, carry=None):
         variables = self.model.trainable_variables
@@ -185,11 +218,12 @@ class TensorFlowEngine(Engine):
         if not carry.cache:  # the pass's first chunk: its constants and update, traced once
             if carry.trained is None:
                 carry.trained = self.weights()
+            rates, statistics, trained = (self._framework_order(arrays) for arrays in (
+                rates, statistics, [carry.trained[w.name] for w in self._canonical]))
             decay = [tf.constant(lamb * r, v.dtype) for r, v in zip(rates, variables, strict=True)]
             scale = [tf.constant(lr / (s + epsilon), v.dtype)
                      for s, v in zip(statistics, variables, strict=True)]
-            trained = [tf.constant(carry.trained[n], v.dtype)
-                       for n, v in zip(_names(variables), variables, strict=True)]
+            trained = [tf.constant(t, v.dtype) for t, v in zip(trained, variables, strict=True)]
 
             @tf.function
             def adapt(grads):

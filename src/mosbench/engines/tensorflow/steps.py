@@ -11,6 +11,7 @@ from mosbench.engines.tensorflow.models.activation_regularisation import (
     temporal_activation_penalty,
 )
 from mosbench.training.replicas import replica_rows
+from mosbench.workload import training_spec
 
 
 def make_train_step(model, optimizer, batch_size, hparams, averager=None, strategy=None):
@@ -31,8 +32,8 @@ def make_train_step(model, optimizer, batch_size, hparams, averager=None, strate
     strategy = strategy or tf.distribute.get_strategy()
     replicas = strategy.num_replicas_in_sync
     shares = replica_rows(batch_size, replicas)
-    small = hparams["small_batch_size"] or batch_size
-    alpha, beta = hparams.get("alpha", 0.0), hparams.get("beta", 0.0)
+    spec = training_spec(hparams, batch_size)
+    small, alpha, beta = spec.small_batch_size, spec.alpha, spec.beta
     variables = model.trainable_variables
 
     def replica_step(inputs, targets, states):
@@ -62,7 +63,8 @@ def make_train_step(model, optimizer, batch_size, hparams, averager=None, strate
             chunk_states.append(new_states)
         grads = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)  # the global gradient
         # Clip the norm of all gradients together, as torch.nn.utils.clip_grad_norm_.
-        grads, _ = tf.clip_by_global_norm(grads, hparams["clip"])
+        if spec.clip:
+            grads, _ = tf.clip_by_global_norm(grads, spec.clip)
         # Keras sums the replicas' gradients again inside apply(): give it each one's share.
         optimizer.apply([g / replicas for g in grads], variables)
         if averager is not None:

@@ -5,8 +5,7 @@ raises unless the LSTMs really run cuDNN's fused kernel.
 """
 
 from mosbench.engines.pytorch.models.fused_lstm import assert_fused_lstm
-from mosbench.errors import MosbenchError
-from mosbench.workload import AWD_KEYS, MODELS
+from mosbench.workload import MODELS, model_arguments
 
 __all__ = ["MODELS", "assert_fused_lstm", "build_model"]
 
@@ -14,22 +13,14 @@ __all__ = ["MODELS", "assert_fused_lstm", "build_model"]
 def build_model(name, vocab_size, hparams):
     """Build and initialise the named PyTorch model from its preset (on the CPU, float32).
 
-    Reads the same preset keys as the Keras registry; ``xla_decoder`` has no
-    PyTorch meaning and is ignored.
+    The preset keys are :func:`mosbench.workload.model_arguments`', as every
+    engine's; ``xla_decoder`` has no PyTorch meaning and is ignored.
     """
-    if name not in MODELS:
-        raise MosbenchError(f"unknown model '{name}'; allowed: {list(MODELS)}")
-    if name == "lstm":
+    family, arguments = model_arguments(name, hparams)
+    if family == "lstm":
         from mosbench.engines.pytorch.models.lstm import LSTMLanguageModel
 
-        return LSTMLanguageModel(vocab_size, hparams["emsize"], hparams["nhid"],
-                                 hparams["nlayers"], dropout=hparams["dropout"],
-                                 tie_weights=hparams["tie_weights"],
-                                 init_range=hparams["init_range"])
+        return LSTMLanguageModel(vocab_size, **arguments)
     from mosbench.engines.pytorch.models.awd_lstm import AWDLanguageModel
 
-    head = MODELS[name]
-    mixture = {"n_experts": hparams["n_experts"], "dropoutl": hparams["dropoutl"]} \
-        if head != "softmax" else {}
-    return AWDLanguageModel(vocab_size, head=head, **{k: hparams[k] for k in AWD_KEYS},
-                            **mixture)
+    return AWDLanguageModel(vocab_size, **arguments)
