@@ -22,5 +22,6 @@ HP = dict(emsize=8, nhid=16, nhidlast=12, nlayers=2, dropout=0.1, dropouth=0.1, 
 for scaling, devices in (("strong", ["/cpu:0"]), ("strong", ["/cpu:0", "/cpu:1"]),
                          ("weak", ["/cpu:0", "/cpu:1"])):
     result = run_probe(sys.argv[1], model_name="awd-lstm-mos", hparams=HP, seed=1, gpus=0,
-                       scaling=scaling, steps=4, warmup=1, repeats=2, devices=devices)
+                       framework="tensorflow", scaling=scaling, steps=4, warmup=1,
+                       repeats=2, devices=devices)
     print(json.dumps(result))

@@ -50,4 +50,5 @@ def test_global_batch_per_scaling_mode():
 def test_a_split_too_short_for_the_batch_is_refused(tiny_data):
     hp = {"batch_size": 1000, "bptt": 10}  # 6 tokens per stream
     with pytest.raises(MosbenchError, match="too few tokens for a batch of 1000 x 11"):
-        run_probe(tiny_data, model_name="lstm", hparams=hp, seed=1, gpus=0)
+        run_probe(tiny_data, model_name="lstm", hparams=hp, seed=1, gpus=0,
+                  framework="tensorflow")

@@ -52,7 +52,7 @@ def test_no_secret_reaches_mlflow_or_the_results(tiny_config, tiny_data, tmp_pat
                     hparams=hparams, experiment="security", config_snapshot=tiny_config,
                     prices=tiny_config["cost"])
     evaluate(tiny_data, train_dir, eval_dir / "metrics.json", model_name="lstm",
-             hparams=hparams, experiment="security")
+             hparams=hparams, experiment="security", framework="tensorflow")
 
     found = []
     client = mlflow.MlflowClient()

@@ -210,7 +210,7 @@ def test_server_never_back_then_replay_twice(tiny_config, tiny_data, tmp_path, m
     assert [r["epoch"] for r in summary["history"]] == [1, 2]
     assert (out / "model.weights.npz").exists() and summary["measurements"]["epoch_time_s"] > 0
     metrics = evaluate(tiny_data, out, metrics_file, model_name="lstm", hparams=hparams,
-                       experiment="outage")
+                       experiment="outage", framework="tensorflow")
     assert json.loads(metrics_file.read_text()) == metrics and metrics["test_ppl"] > 1
     assert (out / SPOOL).exists() and (metrics_file.parent / SPOOL).exists()
 

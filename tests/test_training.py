@@ -90,4 +90,4 @@ def test_checkpoint_of_another_model_is_refused(tiny_config, tiny_data, tmp_path
     _train(tiny_config, tiny_data, tmp_path / "train", epochs=1)
     bigger = dict(tiny_config["presets"]["tiny"]["lstm"], emsize=24, nhid=24)
     with pytest.raises(MosbenchError, match="cannot load these weights"):
-        load_trained(tmp_path / "train", "lstm", 40, bigger)
+        load_trained(tmp_path / "train", "lstm", 40, bigger, "tensorflow")

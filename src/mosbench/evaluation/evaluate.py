@@ -96,8 +96,7 @@ def _evaluation_seconds(results):
             "static_test_s": results.get("static_test_s")}
 
 
-def load_trained(train_dir, model_name, vocab_size, hparams, framework="tensorflow", gpus=0,
-                 threads=None):
+def load_trained(train_dir, model_name, vocab_size, hparams, framework, gpus=0, threads=None):
     """An engine holding the job's best weights, with a clear error on a mismatch.
 
     Evaluation runs on one device: ``gpus`` above one still places it on one.
@@ -247,8 +246,8 @@ def _replace_training_run(tracker, trained, train_dir, data_dir, hparams, tokens
     return run_id
 
 
-def evaluate(data_dir, train_dir, out_path, *, model_name, hparams, experiment, gpus=0,
-             threads=None, framework="tensorflow", wall_time_s=None):
+def evaluate(data_dir, train_dir, out_path, *, model_name, hparams, experiment, framework,
+             gpus=0, threads=None, wall_time_s=None):
     """Score the trained model; write and return the metrics.
 
     A run that did not finish (diverged) has nothing to score: its metrics.json

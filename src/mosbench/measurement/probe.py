@@ -33,8 +33,8 @@ def global_batch(hparams, scaling, n_devices):
     return hparams["batch_size"] * (n_devices if scaling == "weak" else 1)
 
 
-def run_probe(data_dir, *, model_name, hparams, seed, gpus, scaling="strong", steps=50,
-              warmup=5, repeats=3, threads=None, devices=None, framework="tensorflow"):
+def run_probe(data_dir, *, model_name, hparams, seed, gpus, framework, scaling="strong",
+              steps=50, warmup=5, repeats=3, threads=None, devices=None):
     """Time ``repeats`` blocks of ``steps`` training steps; a dict of figures.
 
     ``devices`` overrides the GPUs (the tests use logical CPU devices).
