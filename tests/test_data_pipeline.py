@@ -84,7 +84,7 @@ def test_pipelines_yield_the_training_windows(corpus, tmp_path):
 def test_caches_read_the_parquet_file_once(corpus, tmp_path, monkeypatch):
     _, data, _ = corpus
     reads = []
-    real_read_ids = data_pipeline.read_ids
+    real_read_ids = input_pipeline.read_ids
     monkeypatch.setattr(input_pipeline, "read_ids",
                         lambda path: reads.append(path) or real_read_ids(path))
     datasets = train_datasets(data / "train.parquet", BATCH, BPTT, tmp_path / "cache")

@@ -16,11 +16,11 @@ import tensorflow as tf
 
 from conftest import REPO
 from mosbench.config import load_config, validate_config
+from mosbench.engines.replicas import replica_rows
 from mosbench.engines.tensorflow.devices import set_matmul_precision
 from mosbench.engines.tensorflow.models import build_model
 from mosbench.engines.tensorflow.steps import make_train_step
 from mosbench.errors import MosbenchError
-from mosbench.training.replicas import replica_rows
 
 # (dataset, model) -> (epochs, finetune_epochs)
 REFERENCE_CAPS = {

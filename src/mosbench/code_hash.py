@@ -51,7 +51,7 @@ ENTRIES = {
     "data_pipeline": ("measurement/data_pipeline.py", ENGINE),
     "evaluate": ("evaluation/evaluate.py", ENGINE),
     # the ease-of-use inventory of every framework, imported by name; the run it logs
-    "aggregate": ("reporting/aggregate.py", "engines/*/inventory.py", "tracking/mlflow_run.py"),
+    "aggregate": ("reporting/aggregate.py", "engines/*/inventory.py", "tracking/tracker.py"),
 }
 STAGES = tuple(ENTRIES)
 

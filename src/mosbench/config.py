@@ -214,7 +214,7 @@ def check_grid(config):
     """Refuse a grid with a training cell that cannot run, naming every such cell.
 
     Data parallelism splits the preset's global batch over the job's GPUs,
-    unevenly where it must (``training.replicas.replica_rows``); a cell with more
+    unevenly where it must (``engines.replicas.replica_rows``); a cell with more
     GPUs than sequences in the batch would leave devices without rows.
     """
     run, presets = config["run"], config["presets"]

@@ -32,3 +32,6 @@ AGGREGATE_OUTPUTS = {
     "valid_ppl_png": "valid_ppl.png", "scaling_png": "scaling.png",
     "memory_png": "memory.png", "latency_png": "latency.png",
 }
+# A training job's outputs in its TRAIN folder (the evaluate stage reads both).
+WEIGHTS = "model.weights.npz"  # best by validation (named NumPy arrays, canonical names)
+SUMMARY = "train.json"

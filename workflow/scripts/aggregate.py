@@ -11,7 +11,7 @@ from mosbench.io import redirect_output
 redirect_output(snakemake.log[0])
 
 from mosbench.reporting.aggregate import aggregate  # noqa: E402
-from mosbench.tracking.mlflow_run import log_aggregate  # noqa: E402
+from mosbench.tracking.tracker import log_aggregate  # noqa: E402
 
 out_dir = Path(snakemake.output.runs).parent
 written = aggregate(snakemake.input.train, snakemake.input.metrics, out_dir,

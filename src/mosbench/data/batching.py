@@ -7,6 +7,7 @@ the end of one window is the right start for the next.
 """
 
 import numpy as np
+import pyarrow.parquet as pq
 
 from mosbench.errors import MosbenchError
 
@@ -28,3 +29,15 @@ def windows(streams, bptt):
     for start in range(0, steps - 1, bptt):
         length = min(bptt, steps - 1 - start)
         yield streams[:, start : start + length], streams[:, start + 1 : start + 1 + length]
+
+
+def read_ids(path):
+    """All ids of a tokenised Parquet file, read record batch by record batch."""
+    parquet = pq.ParquetFile(path)
+    ids = np.empty(parquet.metadata.num_rows, np.int32)
+    filled = 0
+    for batch in parquet.iter_batches(columns=["id"]):
+        chunk = batch.column(0).to_numpy()
+        ids[filled : filled + len(chunk)] = chunk
+        filled += len(chunk)
+    return ids

@@ -187,7 +187,7 @@ class Engine(abc.ABC):
         """Optimiser (SGD with the preset's weight decay), iterate average, compiled steps.
 
         ``batch_size`` is global: with several devices each takes a contiguous
-        share of its rows (``mosbench.training.replicas.replica_rows``).
+        share of its rows (``mosbench.engines.replicas.replica_rows``).
         """
 
     @abc.abstractmethod

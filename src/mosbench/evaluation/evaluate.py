@@ -61,9 +61,10 @@ from mosbench.evaluation.resume import PROGRESS, SavedProgress, weights_digest
 from mosbench.io import read_json, write_json
 from mosbench.measurement.provenance import as_tags, provenance
 from mosbench.outcomes import FINISHED, outcome_of
+from mosbench.paths import SUMMARY, WEIGHTS
+from mosbench.stopping import StopSignal
 from mosbench.tracking import mlflow_run
 from mosbench.tracking.tracker import REPLACES_TAG, Tracker
-from mosbench.training.train import SUMMARY, WEIGHTS, StopSignal
 from mosbench.workload import head_dimension, training_hparams
 
 # The seconds of the passes a result needs (result_eval_s: the static valid and test

@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from mosbench.config import SPLITS
 from mosbench.data.batching import batchify
@@ -43,18 +42,6 @@ def preprocess(raw_dir, subset=None):
     tokens = {s: read_tokens(Path(raw_dir) / f"{s}.txt", limit=subset) for s in SPLITS}
     vocab = build_vocab(tokens[s] for s in SPLITS)
     return {s: np.fromiter((vocab[w] for w in t), np.int32, len(t)) for s, t in tokens.items()}
-
-
-def read_ids(path):
-    """All ids of a tokenised Parquet file, read record batch by record batch."""
-    parquet = pq.ParquetFile(path)
-    ids = np.empty(parquet.metadata.num_rows, np.int32)
-    filled = 0
-    for batch in parquet.iter_batches(columns=["id"]):
-        chunk = batch.column(0).to_numpy()
-        ids[filled : filled + len(chunk)] = chunk
-        filled += len(chunk)
-    return ids
 
 
 def measure_data_pipeline(engine, raw_dir, data_dir, *, batch_size, bptt, scratch_dir,

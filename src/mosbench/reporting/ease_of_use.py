@@ -46,7 +46,7 @@ SHARED = [
     ("resumable checkpoints", "training", ["mosbench.training.checkpoint"], ALL,
      "atomic, verified, generation-named files with the loop's state and RNGs"),
     ("uneven batch split over devices", "training",
-     ["mosbench.training.replicas.replica_rows"], ALL, ""),
+     ["mosbench.engines.replicas.replica_rows"], ALL, ""),
     ("perplexity with carried state", "evaluation",
      ["mosbench.evaluation.perplexity.evaluate_loss"], ALL, ""),
     ("next-word latency", "evaluation",

@@ -292,24 +292,3 @@ def training_inputs(data_dir, dataset, tokens):
 def aggregate_experiment(experiment):
     """Where the aggregate's runs go: an experiment of their own beside the training runs'."""
     return f"{experiment}-aggregate"
-
-
-def log_aggregate(experiment, files, folder):
-    """A run named "aggregate" holding the aggregate's tables and plots as artefacts.
-
-    It goes to :func:`aggregate_experiment` (``<experiment>-aggregate``), so the
-    training runs' experiment holds training runs only. Each aggregation makes
-    a new run, so earlier reports stay browsable. The calls go through a
-    :class:`~mosbench.tracking.tracker.Tracker` whose spool is in ``folder``:
-    with the store away the aggregate still succeeds, and
-    ``mosbench replay-tracking FOLDER`` delivers the run later. Returns whether
-    everything was delivered.
-    """
-    from mosbench.tracking.tracker import Tracker  # it imports this module
-
-    tracker = Tracker(folder, aggregate_experiment(experiment))
-    tracker.create_run("aggregate", tags={"mosbench.stage": "aggregate",
-                                          "git_commit": git_commit()})
-    for path in files:
-        tracker.log_artifact(path)
-    return tracker.end_run("FINISHED")

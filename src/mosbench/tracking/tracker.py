@@ -643,3 +643,22 @@ def replay(paths, uri=None):
                   f"store{outside}")
     if left:
         raise MosbenchError("; ".join(left))
+
+
+def log_aggregate(experiment, files, folder):
+    """A run named "aggregate" holding the aggregate's tables and plots as artefacts.
+
+    It goes to :func:`mlflow_run.aggregate_experiment` (``<experiment>-aggregate``),
+    so the training runs' experiment holds training runs only. Each aggregation
+    makes a new run, so earlier reports stay browsable. The calls go through a
+    :class:`Tracker` whose spool is in ``folder``: with the store away the
+    aggregate still succeeds, and
+    ``mosbench replay-tracking FOLDER`` delivers the run later. Returns whether
+    everything was delivered.
+    """
+    tracker = Tracker(folder, mlflow_run.aggregate_experiment(experiment))
+    tracker.create_run("aggregate", tags={"mosbench.stage": "aggregate",
+                                          "git_commit": mlflow_run.git_commit()})
+    for path in files:
+        tracker.log_artifact(path)
+    return tracker.end_run("FINISHED")

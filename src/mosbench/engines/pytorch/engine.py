@@ -26,8 +26,8 @@ from mosbench.engines.pytorch import input_pipeline
 from mosbench.engines.pytorch.distributed import WorkerError, Workers
 from mosbench.engines.pytorch.replica import Replica, detached, tokens, trainable
 from mosbench.engines.pytorch.runtime import configure, placement
+from mosbench.engines.replicas import replica_rows
 from mosbench.errors import MosbenchError
-from mosbench.training.replicas import replica_rows
 from mosbench.workload import weight_shapes
 
 MIB = 2**20

@@ -11,8 +11,7 @@ batched streams as views, as in training; a ``DataLoader`` with
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from mosbench.data.batching import batchify
-from mosbench.measurement.data_pipeline import read_ids
+from mosbench.data.batching import batchify, read_ids
 
 
 def _windows(streams, bptt):

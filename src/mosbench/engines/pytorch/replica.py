@@ -22,7 +22,7 @@ from mosbench.engines.pytorch.models.activation_regularisation import (
     activation_penalty,
     temporal_activation_penalty,
 )
-from mosbench.training.replicas import replica_rows
+from mosbench.engines.replicas import replica_rows
 from mosbench.workload import training_spec
 
 

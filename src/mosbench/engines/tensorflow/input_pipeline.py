@@ -2,8 +2,7 @@
 
 import tensorflow as tf
 
-from mosbench.data.batching import batchify
-from mosbench.measurement.data_pipeline import read_ids
+from mosbench.data.batching import batchify, read_ids
 
 
 def _cut_windows(streams, bptt):

@@ -6,11 +6,11 @@ calls them with its tensors.
 
 import tensorflow as tf
 
+from mosbench.engines.replicas import replica_rows
 from mosbench.engines.tensorflow.models.activation_regularisation import (
     activation_penalty,
     temporal_activation_penalty,
 )
-from mosbench.training.replicas import replica_rows
 from mosbench.workload import training_spec
 
 
