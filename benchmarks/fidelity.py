@@ -23,6 +23,16 @@ Welch; default log(1.01) nats, 1 % of perplexity) and the verdict in words.
 The runs and the summary are written to ``--results`` (default
 results/fidelity) as CSV and JSON, after every run.
 
+Each finished run is also kept in ``--results``/runs/, keyed by what makes it
+the same run (side, seed, hyperparameters, the cut, and the code: the train
+stage's code hash of that engine, or the reference's commit and patches), and
+a later invocation reuses it instead of training again (``--fresh`` trains
+everything). So a study too long for one sitting accumulates: run the sides in
+separate invocations, in turn or side by side with ``--threads 1``, then
+``--report`` prints the table from the stored runs alone. The thread count is
+recorded per run but not part of the key: another count redraws a run as
+another seed does (docs/design.md), it does not bias it.
+
 ``--max-steps N`` makes a smoke run: every training stream is cut to
 ``N * bptt + 1`` positions (the same cut in the reference), so an epoch is
 about N windows, and the perplexities are not a result.
@@ -33,6 +43,7 @@ Usage::
     .venv/bin/python benchmarks/fidelity.py --seeds 3 --frameworks tensorflow pytorch
     .venv/bin/python benchmarks/fidelity.py --seeds 2 --max-steps 30   # a smoke run
     .venv/bin/python benchmarks/fidelity.py --reference ~/src/mos      # a copy at hand
+    .venv/bin/python benchmarks/fidelity.py --seeds 3 --no-reference --report  # stored runs
 
 Needs statsmodels (``.venv/bin/pip install statsmodels==0.15.0``) and, for
 the reference and the PyTorch engine, torch. Run it alone: on 2 cores anything
@@ -60,6 +71,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from mosbench.code_hash import code_hash
 from mosbench.config import load_config, preset
 from mosbench.data.batching import batchify
 from mosbench.data.tokenise import read_tokens
@@ -269,6 +281,33 @@ def run_engine(framework, seed, work, config_path, logs):
             "train_s": summary["train_time_s"]}
 
 
+def run_key(side, seed, hp, stream_positions, code):
+    """A digest of what makes a stored run the same run as the one asked for."""
+    what = {"side": side, "seed": seed, "hparams": hp, "stream_positions": stream_positions,
+            "code": code}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def stored_run(folder, side, seed, key):
+    """The finished run kept under ``key``, or None."""
+    try:
+        stored = json.loads((folder / "runs" / f"{side}-seed{seed}.json").read_text())
+    except (OSError, ValueError):
+        return None
+    record = stored.get("record") or {}
+    return record if stored.get("key") == key and record.get("status") == "ok" else None
+
+
+def store_run(folder, record, key):
+    """Keep a finished run for later invocations; written whole or not at all."""
+    runs = folder / "runs"
+    runs.mkdir(parents=True, exist_ok=True)
+    path = runs / f"{record['side']}-seed{record['seed']}.json"
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps({"key": key, "record": record}, indent=2) + "\n")
+    os.replace(partial, path)
+
+
 def last_line(log):
     lines = [line for line in Path(log).read_text(errors="replace").splitlines() if line.strip()]
     return lines[-1][:300] if lines else "no output"
@@ -441,7 +480,7 @@ def estimate_lines(records, sides, hp, full_windows, seeds):
 def write_results(folder, settings, records, rows):
     folder.mkdir(parents=True, exist_ok=True)
     fields = ["side", "seed", "status", "valid_loss", "valid_ppl", "train_loss", "n_params",
-              "windows", "step_median_s", "train_s", "wall_s", "log"]
+              "windows", "threads", "step_median_s", "train_s", "wall_s", "log"]
     with open(folder / "fidelity.csv", "w", newline="") as out:
         writer = csv.DictWriter(out, fields, extrasaction="ignore")
         writer.writeheader()
@@ -476,11 +515,17 @@ def main(argv=None):
                              "(default results/fidelity)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="threads per run (default: the usable cores)")
+    parser.add_argument("--fresh", action="store_true",
+                        help="train every run, reusing none kept in --results/runs")
+    parser.add_argument("--report", action="store_true",
+                        help="train nothing: the table from the runs kept in --results/runs")
     parser.add_argument("--work", type=Path,
                         help="scratch folder, kept (default: a temporary one, removed)")
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.epochs < 1 or (args.max_steps is not None and args.max_steps < 1):
         parser.error("--seeds, --epochs and --max-steps must be at least 1")
+    if args.fresh and args.report:
+        parser.error("--fresh trains every run and --report none: give one of them")
     try:
         import statsmodels  # noqa: F401
     except ImportError:
@@ -528,7 +573,7 @@ def run(args, config, seeds, scratch, work, logs):
               f"(--max-steps {args.max_steps}: about {args.max_steps} windows of the "
               f"{window_count(full_positions, hp, seeds[0])} of an epoch)")
 
-    reference_note = None
+    reference_note = reference_code = None
     if args.no_reference:
         reference_note = "reference: not run (--no-reference)"
     elif (why := reference_mismatch(hp)) is not None:
@@ -548,6 +593,8 @@ def run(args, config, seeds, scratch, work, logs):
                 reference_note = f"reference: skipped, {exc}"
             else:
                 sides.append(REFERENCE)
+                reference_code = commit + ":" + hashlib.sha256(json.dumps(
+                    [REFERENCE_PATCHES, STEP_CAP_ANCHOR]).encode()).hexdigest()[:16]
                 print(f"reference: zihangdai/mos {commit} from {args.reference or REFERENCE_URL}"
                       f", copied to {code} and patched there:")
                 for line in done:
@@ -559,7 +606,8 @@ def run(args, config, seeds, scratch, work, logs):
         print(reference_note)
     print()
 
-    prepare_data(work, args.data, config_path, hp, positions, logs)
+    if not args.report:
+        prepare_data(work, args.data, config_path, hp, positions, logs)
     stream_positions = positions or full_positions
     # the reference's ms/batch lines every 200 steps; a few in a smoke run
     log_interval = max(2, args.max_steps // 4) if positions else 200
@@ -571,7 +619,16 @@ def run(args, config, seeds, scratch, work, logs):
     records = []
     for seed in seeds:
         for side in sides:
-            if side == REFERENCE:
+            code = reference_code if side == REFERENCE else code_hash("train", side)
+            key = run_key(side, seed, hp, stream_positions, code)
+            record = None if args.fresh else stored_run(args.results, side, seed, key)
+            if record is not None:
+                print(f"{side} seed {seed}: kept from an earlier invocation "
+                      f"({args.results / 'runs'})")
+            elif args.report:
+                print(f"{side} seed {seed}: no kept run (--report trains nothing)")
+                continue
+            elif side == REFERENCE:
                 record = run_reference(seed, scratch / "reference-code", args.data, hp,
                                        args.threads, scratch, logs, log_interval)
                 record["windows"] = window_count(stream_positions, hp, seed, hp["epochs"],
@@ -579,15 +636,17 @@ def run(args, config, seeds, scratch, work, logs):
             else:
                 record = run_engine(side, seed, work, config_path, logs)
                 record["windows"] = window_count(stream_positions, hp, seed, hp["epochs"])
+            record.setdefault("threads", args.threads)
             records.append(record)
             if record["status"] == "ok":
+                store_run(args.results, record, key)
                 step = record.get("step_median_s")
                 params = record.get("n_params")
                 print(f"{side} seed {seed}: valid ppl {perplexity(record['valid_loss']):.2f} "
                       f"(loss {record['valid_loss']:.5f}), "
                       f"{'?' if params is None else f'{params:,}'} parameters, median step "
                       f"{'-' if step is None else f'{step:.3f} s'}, {record['wall_s']:.0f} s "
-                      "in all", flush=True)
+                      f"in all, {record['threads']} threads", flush=True)
             else:
                 print(f"{side} seed {seed}: {record['status']}", flush=True)
             write_results(args.results, settings, records, summarise(records, sides,
@@ -608,7 +667,8 @@ def run(args, config, seeds, scratch, work, logs):
     write_results(args.results, settings, records, rows)
     print(f"\nwrote {args.results / 'fidelity.csv'}, {args.results / 'fidelity.json'}, "
           f"logs in {args.results / 'logs'}")
-    return 0 if all(r["status"] == "ok" for r in records) else 1
+    complete = len(records) == len(seeds) * len(sides)
+    return 0 if complete and all(r["status"] == "ok" for r in records) else 1
 
 
 if __name__ == "__main__":
