@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from toy_stream import AWD, DROPOUTS, LR, LSTM, VOCAB, train, training_windows
 
 from mosbench.config import load_config, preset
 from mosbench.data.batching import batchify, windows
@@ -53,19 +54,12 @@ from mosbench.workload import parameter_count, weight_shapes
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE, OTHERS = FRAMEWORKS[0], FRAMEWORKS[1:]
-VOCAB, LR = 40, 20.0  # LR: with clip 0.1 every step is clipped
-AWD = dict(emsize=8, nhid=16, nhidlast=12, nlayers=2, init_range=0.5, n_experts=3,
-           dropout=0.0, dropouth=0.0, dropouti=0.0, dropoute=0.0, wdrop=0.0, dropoutl=0.0,
-           alpha=2.0, beta=1.0, wdecay=1e-3, clip=0.1, lr=LR, small_batch_size=4)
-LSTM = dict(emsize=12, nhid=12, nlayers=2, dropout=0.0, tie_weights=True, init_range=0.5,
-            alpha=0.0, beta=0.0, wdecay=1e-3, clip=0.1, lr=LR, small_batch_size=4)
 TRAINED = {"lstm": LSTM, "awd-lstm": {**AWD, "nhidlast": 8}, "awd-lstm-moc": AWD,
            "awd-lstm-mos": AWD}
 # Trained 20 steps: the plain model and both mixture heads. The tied softmax is the
 # mixtures' body with a simpler head; with dropout off a training step computes what the
 # gradient comparison checks, plus AR/TAR, clipping and decay, which the AWD body shares.
 STEPPED = ("lstm", "awd-lstm-moc", "awd-lstm-mos")
-DROPOUTS = dict(dropout=0.3, dropouth=0.3, dropouti=0.3, dropoute=0.2, wdrop=0.4, dropoutl=0.3)
 # Small models, each differing from the base where its model needs (three layers: the
 # middle one has other input and output sizes than the outer ones).
 BASE = dict(emsize=8, nhid=12, nhidlast=10, nlayers=3, init_range=0.5, n_experts=3,
@@ -312,39 +306,6 @@ def test_a_weight_in_a_wrong_convention_is_caught(framework, breakage):
     difference = float(np.abs(_scored(ours, x, y, states)[0] - expected).max())
     print(f"\n{breakage}: NLL max abs diff {difference:.2e}")
     assert difference > 1e-3
-
-
-def stream(batch, steps, seed=3):
-    """A learnable stream: mostly t -> 7t + 3 (mod V), 20 % noise; ``(batch, steps)`` int32."""
-    rng = np.random.default_rng(seed)
-    ids = np.empty((batch, steps), np.int32)
-    ids[:, 0] = rng.integers(0, VOCAB, batch)
-    for i in range(1, steps):
-        noise = rng.integers(0, VOCAB, batch)
-        ids[:, i] = np.where(rng.random(batch) < 0.2, noise, (7 * ids[:, i - 1] + 3) % VOCAB)
-    return ids
-
-
-def training_windows(batch, count, lengths=(6, 4, 7, 5), seed=3):
-    """``count`` consecutive windows of varying length (variable BPTT)."""
-    sizes = [lengths[i % len(lengths)] for i in range(count)]
-    ids = stream(batch, sum(sizes) + 1, seed)
-    starts = np.cumsum([0, *sizes[:-1]])
-    return [(ids[:, s:s + n], ids[:, s + 1:s + n + 1])
-            for s, n in zip(starts, sizes, strict=True)]
-
-
-def train(built, data, lr=LR, average_from=None, states=None):
-    """Train on ``data``; returns the losses and the states to carry on."""
-    states = states if states is not None else built.initial_state(data[0][0].shape[0])
-    losses = []
-    for i, (x, y) in enumerate(data):
-        if i == average_from:
-            built.start_average()
-        loss, states = built.train_step(x, y, states, lr, average_from is not None
-                                        and i >= average_from)
-        losses.append(loss)
-    return np.array(losses), states
 
 
 @pytest.mark.parametrize("model", STEPPED)

@@ -28,18 +28,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from toy_stream import AWD, DROPOUTS, LR, LSTM, VOCAB, train, training_windows  # noqa: E402
+
 from mosbench.engines import load_engine  # noqa: E402
 from mosbench.engines.pytorch.engine import ShardedStates  # noqa: E402
 from mosbench.errors import MosbenchError  # noqa: E402
 
-VOCAB, LR = 40, 20.0  # LR: with clip 0.1 every step is clipped
-AWD = dict(emsize=8, nhid=16, nhidlast=12, nlayers=2, init_range=0.5, n_experts=3,
-           dropout=0.0, dropouth=0.0, dropouti=0.0, dropoute=0.0, wdrop=0.0, dropoutl=0.0,
-           alpha=2.0, beta=1.0, wdecay=1e-3, clip=0.1, lr=LR, small_batch_size=4)
-LSTM = dict(emsize=12, nhid=12, nlayers=2, dropout=0.0, tie_weights=True, init_range=0.5,
-            alpha=0.0, beta=0.0, wdecay=1e-3, clip=0.1, lr=LR, small_batch_size=4)
 PRESETS = {"awd-lstm-mos": AWD, "lstm": LSTM}
-DROPOUTS = dict(dropout=0.3, dropouth=0.3, dropouti=0.3, dropoute=0.2, wdrop=0.4, dropoutl=0.3)
 
 
 @pytest.fixture(autouse=True)
@@ -56,45 +51,12 @@ def _torch_flags():
     torch.backends.cudnn.deterministic = saved[5]
 
 
-def stream(batch, steps, seed=3):
-    """A learnable stream: mostly t -> 7t + 3 (mod V), 20 % noise; ``(batch, steps)`` int32."""
-    rng = np.random.default_rng(seed)
-    ids = np.empty((batch, steps), np.int32)
-    ids[:, 0] = rng.integers(0, VOCAB, batch)
-    for i in range(1, steps):
-        noise = rng.integers(0, VOCAB, batch)
-        ids[:, i] = np.where(rng.random(batch) < 0.2, noise, (7 * ids[:, i - 1] + 3) % VOCAB)
-    return ids
-
-
-def windows(batch, count, lengths=(6, 4, 7, 5), seed=3):
-    """``count`` consecutive windows of varying length (variable BPTT)."""
-    sizes = [lengths[i % len(lengths)] for i in range(count)]
-    ids = stream(batch, sum(sizes) + 1, seed)
-    starts = np.cumsum([0, *sizes[:-1]])
-    return [(ids[:, s:s + n], ids[:, s + 1:s + n + 1])
-            for s, n in zip(starts, sizes, strict=True)]
-
-
 def engine(model="awd-lstm-mos", framework="pytorch", hp=None, batch=6, **placement):
     built = load_engine(framework, **{"seed": 1, "threads": 2, **placement})
     hp = hp or PRESETS[model]
     built.build(model, VOCAB, hp)
     built.prepare_training(hp, batch)
     return built
-
-
-def train(built, data, lr=LR, average_from=None, states=None):
-    """Train on ``data``; returns the losses and the states to carry on."""
-    states = states if states is not None else built.initial_state(data[0][0].shape[0])
-    losses = []
-    for i, (x, y) in enumerate(data):
-        if i == average_from:
-            built.start_average()
-        loss, states = built.train_step(x, y, states, lr, average_from is not None
-                                        and i >= average_from)
-        losses.append(loss)
-    return np.array(losses), states
 
 
 def largest_difference(a, b):
@@ -107,7 +69,7 @@ def largest_difference(a, b):
 def test_two_processes_make_the_update_one_process_makes():
     """Batch 7 over two CPU processes (4 + 3 rows), chunks of 2, a tiny clip, weight decay."""
     hp = {**AWD, "small_batch_size": 2, "clip": 0.01}
-    data = windows(7, 3)
+    data = training_windows(7, 3)
     one = engine(hp=hp, batch=7)
     one_losses, one_states = train(one, data, average_from=1)
     with engine(hp=hp, batch=7, devices=["cpu", "cpu"]) as two:
@@ -129,7 +91,7 @@ def test_two_processes_make_the_update_one_process_makes():
 def _halves_after_one_step(rates, devices):
     """Carried states after one step on a batch whose rows 4-7 repeat rows 0-3."""
     hp = {**AWD, **dict.fromkeys(DROPOUTS, 0.0), **rates, "small_batch_size": None}
-    x, y = windows(4, 1)[0]
+    x, y = training_windows(4, 1)[0]
     x, y = np.concatenate([x, x]), np.concatenate([y, y])
     with engine(hp=hp, batch=8, devices=devices) as built:
         loss, states = built.train_step(x, y, built.initial_state(8), LR, False)
@@ -204,7 +166,7 @@ def running(pid):
 @pytest.mark.parametrize("devices", [["cpu", "cpu"]], ids=["two-processes"])
 def test_a_resume_is_bit_identical(tmp_path, devices):
     hp = {**AWD, **DROPOUTS}
-    data = windows(6, 6)
+    data = training_windows(6, 6)
     with engine(hp=hp, deterministic=True, devices=devices) as straight:
         straight_losses, _ = train(straight, data, average_from=2)
         expected = straight.checkpoint_arrays()
@@ -233,7 +195,7 @@ def test_a_resume_is_bit_identical(tmp_path, devices):
 def test_draws_from_the_global_generator_leave_the_masks_alone():
     """A DataLoader (or any code) drawing from torch's global generator between steps."""
     hp = {**AWD, **DROPOUTS}
-    data = windows(6, 3)
+    data = training_windows(6, 3)
     quiet = train(engine(hp=hp), data)[0]
     noisy, losses = engine(hp=hp), []
     states = noisy.initial_state(6)
@@ -246,7 +208,7 @@ def test_draws_from_the_global_generator_leave_the_masks_alone():
 
 def test_the_average_is_the_mean_of_the_iterates():
     built = engine()
-    data = windows(6, 5)
+    data = training_windows(6, 5)
     train(built, data[:2])
     built.start_average()
     seen = []
@@ -293,7 +255,7 @@ def test_each_precision_sets_the_flags():
 def test_a_mixed_bfloat16_step_trains_float32_weights_to_a_close_loss():
     full, mixed = engine(), engine(precision="mixed_bfloat16")
     mixed.load_weights(full.weights())
-    data = windows(6, 3)
+    data = training_windows(6, 3)
     full_losses, mixed_losses = train(full, data)[0], train(mixed, data)[0]
     assert all(p.dtype == torch.float32 for p in mixed.model.parameters())
     assert all(a.dtype == np.float32 for a in mixed.weights().values())
