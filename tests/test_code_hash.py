@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import yaml
@@ -290,18 +291,32 @@ print(json.dumps(sorted(Path(m.__file__).resolve().relative_to(root).as_posix()
 """
 
 
-@pytest.mark.parametrize(("stage", "framework"), JOBS)
-def test_what_python_loads_for_a_stage_is_hashed(stage, framework):
-    """In a fresh interpreter, importing what the stage's script imports (and the engine
-    or inventories it loads by name) loads only hashed or plumbing modules."""
+def _loaded_modules(stage, framework):
+    """Run LOADED in a fresh interpreter on what ``stage``'s script imports (and the engine
+    or inventories it loads by name)."""
     names = script_modules(stage) + [
         "mosbench." + p.format(framework=framework).removesuffix(".py").replace("/", ".")
         for p in ENTRIES[stage] if p == ENGINE]
     if stage == "aggregate":
         names += [f"mosbench.engines.{f}.inventory" for f in FRAMEWORKS]
-    done = subprocess.run([sys.executable, "-c", LOADED, *names], capture_output=True,
-                          text=True, timeout=300, cwd=REPO,
-                          env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+    return names, subprocess.run([sys.executable, "-c", LOADED, *names], capture_output=True,
+                                 text=True, timeout=300, cwd=REPO,
+                                 env={**os.environ, "CUDA_VISIBLE_DEVICES": ""})
+
+
+@pytest.fixture(scope="module")
+def loaded_per_job():
+    """Every job's fresh interpreter, as many at once as there are cores: each spends
+    seconds importing its framework on one core."""
+    with ThreadPoolExecutor(max_workers=len(os.sched_getaffinity(0))) as pool:
+        return dict(zip(JOBS, pool.map(lambda job: _loaded_modules(*job), JOBS), strict=True))
+
+
+@pytest.mark.parametrize(("stage", "framework"), JOBS)
+def test_what_python_loads_for_a_stage_is_hashed(loaded_per_job, stage, framework):
+    """In a fresh interpreter, importing what the stage's script imports (and the engine
+    or inventories it loads by name) loads only hashed or plumbing modules."""
+    names, done = loaded_per_job[stage, framework]
     assert done.returncode == 0, done.stderr[-3000:]
     loaded = set(json.loads(done.stdout.splitlines()[-1]))
     assert loaded, names

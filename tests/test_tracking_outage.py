@@ -26,7 +26,6 @@ from mlflow import MlflowClient
 
 from conftest import REPO, TINY_CONFIG
 from mosbench import paths
-from mosbench.engines import FRAMEWORKS
 from mosbench.errors import TrainingPaused
 from mosbench.evaluation.evaluate import evaluate
 from mosbench.tracking.mlflow_run import aggregate_experiment, epoch_metrics
@@ -257,11 +256,16 @@ def test_server_never_back_then_replay_twice(tiny_config, tiny_data, tmp_path, m
         "train.json", "metrics.json", "config.yaml"}
 
 
+AWAY = ("pytorch",)  # the frameworks of the workflow run while the server is away
+
 @pytest.mark.slow
 def test_a_workflow_run_without_its_server_completes_and_one_replay_delivers_it(tmp_path,
                                                                                 servers):
     config = yaml.safe_load(TINY_CONFIG.read_text())
-    config["run"].update(models=["lstm"], seeds=[1])  # one job per framework and stage
+    # One job per stage: the spool and its replay are the tracker's, the same for every
+    # framework (tests/test_engine_conformance.py covers the engines); PyTorch starts fastest.
+    config["run"].update(frameworks=list(AWAY), models=["lstm"], seeds=[1])
+    config["run"]["probes"]["enabled"] = False  # probes log nothing to MLflow
     config["mlflow"]["experiment"] = "away"
     configfile = tmp_path / "away.yaml"
     configfile.write_text(yaml.safe_dump(config))
@@ -282,7 +286,7 @@ def test_a_workflow_run_without_its_server_completes_and_one_replay_delivers_it(
 
     # every stage that talks to MLflow kept its calls, said so, and waited for nothing
     jobs = [f"{stage}/{framework}/tiny/lstm/seed1-gpus0" for stage in ("train", "evaluate")
-            for framework in FRAMEWORKS] + ["aggregate"]
+            for framework in AWAY] + ["aggregate"]
     assert sorted(p.parent.relative_to(results).as_posix()
                   for p in results.rglob(SPOOL)) == sorted(jobs)
     for job in jobs:
@@ -300,14 +304,14 @@ def test_a_workflow_run_without_its_server_completes_and_one_replay_delivers_it(
         done = subprocess.run(replay, cwd=work, env=env, capture_output=True, text=True,
                               timeout=300)
         assert done.returncode == 0, done.stderr[-3000:]
-        assert done.stdout.count("delivered to") == (5 if attempt == 0 else 0), done.stdout
+        assert done.stdout.count("delivered to") == (3 if attempt == 0 else 0), done.stdout
     assert not list(results.rglob(SPOOL))
     assert "nothing kept" in done.stdout
 
     client = MlflowClient(server.uri)
     runs = client.search_runs([client.get_experiment_by_name("away").experiment_id])
     assert sorted(r.info.run_name for r in runs) == [f"{f}-tiny-lstm-seed1-gpus0"
-                                                     for f in sorted(FRAMEWORKS)]
+                                                     for f in AWAY]
     for run in runs:
         framework = run.data.tags["framework"]
         summary = json.loads((results / "train" / framework / "tiny" / "lstm" / "seed1-gpus0" /

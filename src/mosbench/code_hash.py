@@ -26,6 +26,7 @@ logged and reported, not what they are, so editing them reruns nothing
 """
 
 import ast
+import functools
 import hashlib
 import os
 from pathlib import Path
@@ -119,23 +120,35 @@ def _packages(rel):
     return {"/".join([*parts[:i], "__init__.py"]) for i in range(len(parts) + 1)}
 
 
-def imported_modules(rel, root=None):
-    """The package modules the module ``rel`` imports anywhere in it (lazy imports too)."""
-    root = code_root(root)
+@functools.lru_cache(maxsize=512)
+def _import_candidates(source, rel):
+    """Per import statement name in ``source`` (the module ``rel``): the dotted names it may
+    mean, the likelier first. Cached on the source text: parsing is most of a code hash's
+    time, and a workflow hashes the same files for every stage and framework."""
     module = ".".join([PACKAGE, *Path(rel).with_suffix("").parts])
     package = module if rel.endswith("__init__.py") else module.rpartition(".")[0]
     package = package.removesuffix(".__init__")
-    found = set()
-    for node in ast.walk(ast.parse((root / rel).read_bytes(), filename=rel)):
+    candidates = []
+    for node in ast.walk(ast.parse(source, filename=rel)):
         if isinstance(node, ast.Import):
-            found.update(module_file(alias.name, root) for alias in node.names)
+            candidates.extend((alias.name,) for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:  # relative: from the package, `level - 1` packages up
                 anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
                 base = f"{anchor}.{base}".rstrip(".")
-            for alias in node.names:  # `from mosbench import paths` names a module
-                found.add(module_file(f"{base}.{alias.name}", root) or module_file(base, root))
+            # `from mosbench import paths` names a module, `from mosbench.io import x` not
+            candidates.extend((f"{base}.{alias.name}", base) for alias in node.names)
+    return tuple(candidates)
+
+
+def imported_modules(rel, root=None):
+    """The package modules the module ``rel`` imports anywhere in it (lazy imports too)."""
+    root = code_root(root)
+    found = set()
+    for names in _import_candidates((root / rel).read_bytes(), rel):
+        # resolved on every call: which files exist may change, the source's text may not
+        found.add(next((f for f in (module_file(n, root) for n in names) if f), None))
     return found - {None}
 
 
