@@ -152,11 +152,19 @@ def _patch(path, **changes):
 PPL = {"tensorflow": (60.0, 61.0, 62.5), "pytorch": (55.0, 56.0, 56.5)}
 
 
-@pytest.fixture
-def grid(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
     """PTB awd-lstm-mos: 3 seeds per framework on 1 GPU (PyTorch clearly lower ppl), on
-    2 GPUs TensorFlow only, one seed each on the CPU; memory, latency and provenance."""
-    _inventory_stub(monkeypatch)
+    2 GPUs TensorFlow only, one seed each on the CPU; memory, latency and provenance.
+
+    Aggregated once for the module (the tests read it and write elsewhere), the inventory
+    stubbed while the module runs."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _inventory_stub(monkeypatch)
+        yield _grid(tmp_path_factory.mktemp("grid"))
+
+
+def _grid(tmp_path):
     files = []
     cells = [(f, s, 1) for f in PPL for s in (1, 2, 3)] + [("tensorflow", s, 2) for s in (1, 2)]
     cells += [(f, 1, 0) for f in PPL]
