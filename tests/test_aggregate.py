@@ -39,6 +39,18 @@ def make_run(root, dataset, model, seed, gpus, valid_ppl, test_ppl, curve, optim
 
 @pytest.fixture
 def runs(tmp_path):
+    return _runs(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    """aggregate() of :func:`_runs`, once for the tests that only read what it wrote:
+    ``(paths, report folder)``."""
+    runs = _runs(tmp_path_factory.mktemp("aggregated"))
+    return aggregate(*runs), runs[2]
+
+
+def _runs(tmp_path):
     """Four groups: 2 seeds, 3 seeds, a single seed, and a real data set without optimal_ppl."""
     specs = [
         ("synthetic", "lstm", 2, 0, 14.0, 15.0, [40.0, 20.0, 14.0], 8.0),
@@ -56,8 +68,8 @@ def runs(tmp_path):
     return train_files, metrics_files, tmp_path / "report"
 
 
-def test_runs_table(runs):
-    paths = aggregate(*runs)
+def test_runs_table(report):
+    paths = report[0]
     table = pd.read_csv(paths["runs"])
     assert len(table) == 8
     keys = list(table[["dataset", "model", "gpus", "seed"]].itertuples(index=False, name=None))
@@ -82,8 +94,8 @@ def test_runs_table(runs):
     assert {"latency_ms_p95", "eval_tokens_per_s", "test_loss"} <= set(table.columns)
 
 
-def test_summary_values(runs):
-    paths = aggregate(*runs)
+def test_summary_values(report):
+    paths = report[0]
     summary = pd.read_csv(paths["summary_csv"]).set_index(["dataset", "model", "gpus",
                                                            "framework"])
     assert len(summary) == 4
@@ -122,8 +134,8 @@ def _section(text, title):
     return [line for line in part.splitlines() if line.startswith("|")]
 
 
-def test_summary_markdown(runs):
-    text = aggregate(*runs)["summary_md"].read_text(encoding="utf-8")
+def test_summary_markdown(report):
+    text = report[0]["summary_md"].read_text(encoding="utf-8")
     assert text.startswith("# ")
     table = _section(text, "Perplexity")
     assert len(table) == 2 + 4  # header, separator, one line per group
@@ -159,8 +171,8 @@ def test_missing_optional_keys(tmp_path):
     assert "latency" not in "".join(_section(text, "Perplexity"))
 
 
-def test_every_figure_is_a_legible_png(runs):
-    paths = aggregate(*runs)
+def test_every_figure_is_a_legible_png(report):
+    paths = report[0]
     for name in ("valid_ppl_png", "scaling_png", "memory_png", "latency_png",
                  "result_cost_png"):
         data = paths[name].read_bytes()
@@ -170,8 +182,8 @@ def test_every_figure_is_a_legible_png(runs):
         assert image[..., :3].std() > 0.01, name  # not a blank canvas
 
 
-def test_summary_mean_and_std_equal_pandas_on_runs_csv(runs):
-    paths = aggregate(*runs)
+def test_summary_mean_and_std_equal_pandas_on_runs_csv(report):
+    paths = report[0]
     table = pd.read_csv(paths["runs"])
     key = ["dataset", "model", "gpus", "framework"]
     summary = pd.read_csv(paths["summary_csv"]).set_index(key)
@@ -188,9 +200,9 @@ def test_summary_mean_and_std_equal_pandas_on_runs_csv(runs):
     assert (summary["n_seeds"] == grouped.size()).all()
 
 
-def test_only_final_files_are_left(runs):
-    paths = aggregate(*runs)
-    names = sorted(p.name for p in runs[2].iterdir())
+def test_only_final_files_are_left(report):
+    paths, folder = report
+    names = sorted(p.name for p in folder.iterdir())
     assert names == sorted(p.name for p in paths.values())
 
 
