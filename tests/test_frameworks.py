@@ -182,7 +182,7 @@ def _grid(tmp_path):
             "data_stream_tokens_per_s": 1e5, "data_cache_memory_tokens_per_s": 5e5},
             provenance={"framework": framework, "framework_version": "2.21.0"
                         if framework == "tensorflow" else "2.13.0",
-                        "keras_version": "3.15.1" if framework == "tensorflow" else None,
+                        "libraries": "keras 3.15.1" if framework == "tensorflow" else None,
                         "cuda_version": "12.8" if gpus else None, "cudnn_version": None,
                         "nvidia_driver": "570.1" if gpus else None,
                         "gpu_model": "NVIDIA H100" if gpus else None, "gpu_count": gpus,
@@ -434,22 +434,22 @@ def test_runs_on_different_gpus_are_not_averaged(tmp_path, monkeypatch):
                                   78.0 + seed, [90.0, 80.0 + seed])
         if gpu:
             _patch(train, provenance={"framework": "tensorflow", "framework_version": "2.21.0",
-                                      "keras_version": "3.15.1", "gpu_model": gpu,
+                                      "keras_version": "3.15.1", "gpu_model": gpu,  # older
                                       "cpu_model": "Xeon", "git_dirty": True})
         files.append((train, metrics))
     train_files, metrics_files = (list(f) for f in zip(*files, strict=True))
     paths = aggregate(train_files, metrics_files, tmp_path / "out")
     runs = pd.read_csv(paths["runs"])
-    assert {"framework_version", "keras_version", "cuda_version", "cudnn_version",
+    assert {"framework_version", "libraries", "cuda_version", "cudnn_version",
             "nvidia_driver", "gpu_model", "gpu_count", "cpu_model", "hostname",
             "python_version", "git_commit", "git_dirty"} <= set(runs.columns)
     assert runs.set_index("seed").loc[3, "gpu_model"] == "NVIDIA H100"
     summary = pd.read_csv(paths["summary_csv"]).set_index("environment")
     assert len(summary) == 3
-    a100 = "NVIDIA A100; tensorflow 2.21.0; Keras 3.15.1"
+    a100 = "NVIDIA A100; tensorflow 2.21.0; keras 3.15.1"  # an older run's keras_version read
     assert summary.loc[a100, "n_seeds"] == 2
     assert summary.loc[a100, "best_valid_ppl_mean"] == pytest.approx(81.5)  # seeds 1, 2
-    assert summary.loc["NVIDIA H100; tensorflow 2.21.0; Keras 3.15.1", "n_seeds"] == 1
+    assert summary.loc["NVIDIA H100; tensorflow 2.21.0; keras 3.15.1", "n_seeds"] == 1
     assert summary.loc["unknown", "n_seeds"] == 1  # a train.json without provenance
     text = paths["summary_md"].read_text(encoding="utf-8")
     assert "| dataset | model | gpus | framework | env | seeds |" in text

@@ -30,10 +30,10 @@ def test_tags_carry_the_identity_and_every_known_version():
 
     gpu = mlflow_run.run_tags("ptb", "lstm", 1, 2, "tensorflow",
                               {"framework": "tensorflow", "framework_version": "2.21.0",
-                               "keras_version": "3.15.1", "cuda_version": "12.5.1",
+                               "libraries": "keras 3.15.1", "cuda_version": "12.5.1",
                                "gpu_model": "NVIDIA H100 80GB HBM3", "gpu_count": 2})
-    assert (gpu["framework"], gpu["keras_version"], gpu["cuda_version"], gpu["gpu_model"]) == (
-        "tensorflow", "3.15.1", "12.5.1", "NVIDIA H100 80GB HBM3")
+    assert (gpu["framework"], gpu["libraries"], gpu["cuda_version"], gpu["gpu_model"]) == (
+        "tensorflow", "keras 3.15.1", "12.5.1", "NVIDIA H100 80GB HBM3")
 
 
 def test_metric_names_are_the_json_keys_where_the_values_sit():

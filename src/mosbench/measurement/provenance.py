@@ -2,7 +2,7 @@
 
 :func:`provenance` returns one flat dict with exactly :data:`KEYS`, None where
 a value does not exist on the machine (no GPU, no git checkout, a framework
-without Keras). Training writes it to ``train.json["provenance"]`` and to its
+without companion libraries). Training writes it to ``train.json["provenance"]`` and to its
 MLflow run as tags; the aggregate compares it between seeds, so that runs on
 different GPU models or library versions are never averaged together.
 """
@@ -13,7 +13,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-KEYS = ("framework", "framework_version", "keras_version", "cuda_version", "cudnn_version",
+KEYS = ("framework", "framework_version", "libraries", "cuda_version", "cudnn_version",
         "nvidia_driver", "gpu_model", "gpu_count", "cpu_model", "hostname", "python_version",
         "git_commit", "git_dirty")
 
@@ -23,8 +23,9 @@ def provenance(versions, gpus=0):
 
     ``versions`` is the engine's ``Engine.versions()`` (framework, its
     version, CUDA, cuDNN and companion libraries); keys it lacks are None.
-    Of the libraries the record keeps Keras' version (``keras_version``, a
-    key of the aggregate's environments). The GPUs are the first ``gpus`` of
+    The companion libraries (Keras; jaxlib and optax) become one text,
+    ``libraries`` (``"keras 3.15.1"``), the same key for every framework and
+    part of the aggregate's environments. The GPUs are the first ``gpus`` of
     those ``CUDA_VISIBLE_DEVICES`` shows, as the job's hardware monitor
     samples them; a CPU job records no GPU, no driver and no CUDA or cuDNN,
     whatever the machine or the wheel has (TensorFlow reports the CUDA it was
@@ -33,7 +34,7 @@ def provenance(versions, gpus=0):
     libraries = versions.get("libraries") or {}
     record = {"framework": _text(versions.get("framework")),
               "framework_version": _text(versions.get("framework_version")),
-              "keras_version": _text(libraries.get("keras")),
+              "libraries": library_text(libraries),
               "cuda_version": _text(versions.get("cuda")),
               "cudnn_version": _text(versions.get("cudnn"))}
     if not gpus:
@@ -45,6 +46,12 @@ def provenance(versions, gpus=0):
                   python_version=platform.python_version(), git_commit=commit,
                   git_dirty=dirty)
     return record
+
+
+def library_text(libraries):
+    """``{name: version}`` as ``"name version, ..."`` sorted by name; None when empty."""
+    named = [f"{name} {version}" for name, version in sorted(libraries.items()) if version]
+    return ", ".join(named) or None
 
 
 def as_tags(record, prefix=""):

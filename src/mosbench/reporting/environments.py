@@ -4,26 +4,36 @@ Each train.json carries a ``provenance`` block (framework and library
 versions, GPU and CPU model, host, Python, git commit). Seeds of one cell
 (dataset, model, gpus, framework) are averaged only when they ran in the same
 *environment*: the same processor (the GPU model on a GPU job, the CPU model
-on a CPU job) and the same framework, Keras, CUDA and cuDNN versions. A cell
+on a CPU job) and the same framework, companion-library (Keras, ...), CUDA and cuDNN
+versions. A cell
 whose seeds ran in two environments becomes two rows, and the tables say why.
 Runs written before provenance was recorded form one environment, "unknown".
 """
 
-PROVENANCE_KEYS = ("framework", "framework_version", "keras_version", "cuda_version",
+PROVENANCE_KEYS = ("framework", "framework_version", "libraries", "cuda_version",
                    "cudnn_version", "nvidia_driver", "gpu_model", "gpu_count", "cpu_model",
                    "hostname", "python_version", "git_commit", "git_dirty")
 # runs.csv columns: the block's keys but `framework`, which is the run's own column already
 PROVENANCE_COLUMNS = [k for k in PROVENANCE_KEYS if k != "framework"]
-SOFTWARE = (("framework_version", ""), ("keras_version", "Keras "), ("cuda_version", "CUDA "),
+SOFTWARE = (("framework_version", ""), ("libraries", ""), ("cuda_version", "CUDA "),
             ("cudnn_version", "cuDNN "))
 UNKNOWN = "unknown"
 
 
 def provenance_of(train_data):
     """The run's provenance as runs.csv columns (None where absent or never recorded)."""
+    return {k: _block(train_data).get(k) for k in PROVENANCE_COLUMNS}
+
+
+def _block(train_data):
+    """The run's provenance block; one written before ``libraries`` (a ``keras_version``)
+    read as it would be written now."""
     block = train_data.get("provenance")
-    block = block if isinstance(block, dict) else {}
-    return {k: block.get(k) for k in PROVENANCE_COLUMNS}
+    if not isinstance(block, dict):
+        return {}
+    if "libraries" not in block and block.get("keras_version"):
+        block = {**block, "libraries": f"keras {block['keras_version']}"}
+    return block
 
 
 def hardware_of(train_data):
@@ -37,9 +47,9 @@ def hardware_of(train_data):
 
 def environment_of(train_data):
     """A run's environment label: its processor and the library versions it ran with."""
-    block = train_data.get("provenance")
-    if not isinstance(block, dict):
+    if not isinstance(train_data.get("provenance"), dict):
         return UNKNOWN
+    block = _block(train_data)
     versions = [f"{prefix}{block[key]}" for key, prefix in SOFTWARE if block.get(key)]
     if versions and block.get("framework_version"):
         versions[0] = f"{train_data.get('framework')} {versions[0]}"
