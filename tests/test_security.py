@@ -49,10 +49,10 @@ def test_no_secret_reaches_mlflow_or_the_results(tiny_config, tiny_data, tmp_pat
     hparams = dict(tiny_config["presets"]["tiny"]["lstm"], epochs=1)
     train_dir, eval_dir = tmp_path / "train", tmp_path / "evaluate"
     summary = train(tiny_data, train_dir, dataset="tiny", model_name="lstm", seed=5, gpus=0,
-                    hparams=hparams, experiment="security", config_snapshot=tiny_config,
-                    prices=tiny_config["cost"])
+                    framework="pytorch", hparams=hparams, experiment="security",
+                    config_snapshot=tiny_config, prices=tiny_config["cost"])
     evaluate(tiny_data, train_dir, eval_dir / "metrics.json", model_name="lstm",
-             hparams=hparams, experiment="security", framework="tensorflow")
+             hparams=hparams, experiment="security", framework="pytorch")
 
     found = []
     client = mlflow.MlflowClient()

@@ -19,7 +19,6 @@ import time
 import urllib.request
 from pathlib import Path
 
-import keras
 import pytest
 import yaml
 from mlflow import MlflowClient
@@ -37,7 +36,7 @@ from mosbench.training.train import train
 BIN = Path(sys.executable).parent
 
 # One tiny training job in its own process, logging to $MLFLOW_TRACKING_URI once the
-# server there answers (it imports TensorFlow meanwhile).
+# server there answers (it imports PyTorch meanwhile).
 TRAIN_JOB = """
 import json, os, sys, time, urllib.request
 from mosbench.training.train import train
@@ -48,7 +47,8 @@ for _ in range(600):
     except OSError:
         time.sleep(0.2)
 train(sys.argv[1], sys.argv[2], dataset="tiny", model_name="lstm", seed=3, gpus=0,
-      hparams=json.loads(sys.argv[3]), experiment="outage", config_snapshot={"job": "outage"})
+      framework="pytorch", hparams=json.loads(sys.argv[3]), experiment="outage",
+      config_snapshot={"job": "outage"})
 """
 
 
@@ -195,21 +195,20 @@ def test_server_never_back_then_replay_twice(tiny_config, tiny_data, tmp_path, m
 
     def job(**kwargs):
         return train(tiny_data, out, dataset="tiny", model_name="lstm", seed=3, gpus=0,
-                     hparams=hparams, experiment="outage", config_snapshot=tiny_config,
-                     **kwargs)
+                     framework="pytorch", hparams=hparams, experiment="outage",
+                     config_snapshot=tiny_config, **kwargs)
 
     # paused after one step, before the run could be created: the checkpoint names it pending
     with pytest.raises(TrainingPaused):
         job(wall_time_s=1e-9)
     pending = json.loads((out / checkpoint.STATE).read_text())["run_id"]
     assert pending.startswith("pending:")
-    keras.backend.clear_session()  # the resumed model's layers get the same names again
     summary = job()  # resumed into the same (still pending) run
     assert summary["run_id"] == pending
     assert [r["epoch"] for r in summary["history"]] == [1, 2]
     assert (out / "model.weights.npz").exists() and summary["measurements"]["epoch_time_s"] > 0
     metrics = evaluate(tiny_data, out, metrics_file, model_name="lstm", hparams=hparams,
-                       experiment="outage", framework="tensorflow")
+                       experiment="outage", framework="pytorch")
     assert json.loads(metrics_file.read_text()) == metrics and metrics["test_ppl"] > 1
     assert (out / SPOOL).exists() and (metrics_file.parent / SPOOL).exists()
 
@@ -246,7 +245,7 @@ def test_server_never_back_then_replay_twice(tiny_config, tiny_data, tmp_path, m
     assert len(runs) == 1
     run = runs[0]
     assert run.data.tags[TOKEN_TAG] == pending.removeprefix("pending:")
-    assert run.info.status == "FINISHED" and run.info.run_name == "tensorflow-tiny-lstm-seed3-gpus0"
+    assert run.info.status == "FINISHED" and run.info.run_name == "pytorch-tiny-lstm-seed3-gpus0"
     assert run.data.params["n_params"] == str(summary["n_params"])
     assert run.data.metrics["test_ppl"] == pytest.approx(metrics["test_ppl"])
     assert_logged_once(client, run.info.run_id, summary["history"],

@@ -83,7 +83,8 @@ def test_divergence_ends_the_job_marked_with_a_failed_run(tiny_config, tiny_data
 def test_more_gpus_than_the_machine_has(tiny_config, tiny_data, tmp_path, mlflow_store):
     with pytest.raises(MosbenchError, match="gpus=64 was asked for"):
         train(tiny_data, tmp_path, dataset="tiny", model_name="lstm", seed=1, gpus=64,
-              hparams=tiny_config["presets"]["tiny"]["lstm"], experiment="unit")
+              framework="pytorch", hparams=tiny_config["presets"]["tiny"]["lstm"],
+              experiment="unit")
 
 
 def test_checkpoint_of_another_model_is_refused(tiny_config, tiny_data, tmp_path, mlflow_store):

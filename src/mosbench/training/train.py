@@ -133,7 +133,7 @@ def _one_trainer_per_folder(train_job):
 
 @_one_trainer_per_folder
 def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experiment,
-          framework="tensorflow", threads=None, config_snapshot=None, wall_time_s=None,
+          framework, threads=None, config_snapshot=None, wall_time_s=None,
           devices=None, prices=None, code_hash=None):
     """Train one (framework, dataset, model, seed, gpus) job; return the summary (train.json).
 
