@@ -36,7 +36,8 @@ from mosbench.training.train import train
 BIN = Path(sys.executable).parent
 
 # One tiny training job in its own process, logging to $MLFLOW_TRACKING_URI once the
-# server there answers (it imports PyTorch meanwhile).
+# server there answers (it imports TensorFlow meanwhile). TensorFlow, the slower to train:
+# the job must outlast several of the system-metrics sampler's half-second intervals.
 TRAIN_JOB = """
 import json, os, sys, time, urllib.request
 from mosbench.training.train import train
@@ -47,7 +48,7 @@ for _ in range(600):
     except OSError:
         time.sleep(0.2)
 train(sys.argv[1], sys.argv[2], dataset="tiny", model_name="lstm", seed=3, gpus=0,
-      framework="pytorch", hparams=json.loads(sys.argv[3]), experiment="outage",
+      framework="tensorflow", hparams=json.loads(sys.argv[3]), experiment="outage",
       config_snapshot={"job": "outage"})
 """
 
