@@ -141,8 +141,9 @@ def gpu_check(tmp_path, *args, hide=("tensorflow", "keras", "mlflow", "snakemake
 
 def test_gpu_check_runs_on_the_cpu_without_tensorflow(tmp_path):
     out = tmp_path / "check.json"
+    # one model (the parameter counts of every preset: tests/test_engine_conformance.py)
     done = gpu_check(tmp_path, "--cpu", "--steps", "1", "--eval-windows", "2",
-                     "--models", "lstm", "awd-lstm-moc", "--out", str(out))
+                     "--models", "awd-lstm-moc", "--out", str(out))
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     report = json.loads(out.read_text())
     assert not report["stopped_early"] and report["failed"] == []
@@ -151,15 +152,14 @@ def test_gpu_check_runs_on_the_cpu_without_tensorflow(tmp_path):
     assert {k: report["settings"][k] for k in ("steps", "warmup", "repeats", "gpus")} == {
         "steps": 1, "warmup": 1, "repeats": 2, "gpus": 0}
     records = {r["model"]: r for r in report["models"]}
-    assert list(records) == ["lstm", "awd-lstm-moc"]
-    # the reference parameter counts hold only with PTB's vocabulary of exactly 10,000 words
-    assert records["lstm"]["parameters"] == 13_275_200
+    assert list(records) == ["awd-lstm-moc"]
+    # the reference parameter count holds only with PTB's vocabulary of exactly 10,000 words
     assert records["awd-lstm-moc"]["parameters"] == 21_500_620
-    for model, r in records.items():
+    for r in records.values():
         probe = r["probe"]
         assert r["status"] == "ok"
         assert (probe["scaling"], probe["devices"], probe["timed_steps"]) == ("strong", 1, 1)
-        assert probe["global_batch"] == {"lstm": 20, "awd-lstm-moc": 12}[model]
+        assert probe["global_batch"] == 12
         assert len(probe["tokens_per_s_blocks"]) == 2 and probe["tokens_per_s"] > 0
         assert probe["step_time_median_s"] > 0
         # no GPU: the memory figures are absent with the reason, never zero
@@ -172,10 +172,10 @@ def test_gpu_check_runs_on_the_cpu_without_tensorflow(tmp_path):
     assert "## Versions" in text and "- framework_version: 2." in text
     header = next(line for line in text.splitlines() if line.startswith("| model |"))
     assert "tokens/s (median)" in header and "NVML peak (MiB)" in header
-    rows = [line for line in text.splitlines() if line.startswith(("| lstm ", "| awd-lstm-moc "))]
-    assert len(rows) == 2 and all(row.count("|") == header.count("|") for row in rows)
-    assert "| 21,500,620 | 12 x 70 |" in rows[1]
-    assert "- lstm: cuDNN assertion skipped: --cpu" in text  # the reason, printed
+    rows = [line for line in text.splitlines() if line.startswith("| awd-lstm-moc ")]
+    assert len(rows) == 1 and rows[0].count("|") == header.count("|")
+    assert "| 21,500,620 | 12 x 70 |" in rows[0]
+    assert "- awd-lstm-moc: cuDNN assertion skipped: --cpu" in text  # the reason, printed
 
 
 def test_gpu_check_stops_at_its_budget_and_says_so(tmp_path):
