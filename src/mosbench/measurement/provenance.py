@@ -2,9 +2,9 @@
 
 :func:`provenance` returns one flat dict with exactly :data:`KEYS`, None where
 a value does not exist on the machine (no GPU, no git checkout, a framework
-without companion libraries). Training writes it to ``train.json["provenance"]`` and to its
-MLflow run as tags; the aggregate compares it between seeds, so that runs on
-different GPU models or library versions are never averaged together.
+without companion libraries). Training writes it to ``train.json["provenance"]``
+and to its MLflow run as tags; the aggregate compares it between seeds, so that
+runs on different GPU models or library versions are never averaged together.
 """
 
 import os

@@ -4,9 +4,9 @@ Each train.json carries a ``provenance`` block (framework and library
 versions, GPU and CPU model, host, Python, git commit). Seeds of one cell
 (dataset, model, gpus, framework) are averaged only when they ran in the same
 *environment*: the same processor (the GPU model on a GPU job, the CPU model
-on a CPU job) and the same framework, companion-library (Keras, ...), CUDA and cuDNN
-versions. A cell
-whose seeds ran in two environments becomes two rows, and the tables say why.
+on a CPU job) and the same framework, companion-library (Keras, ...), CUDA and
+cuDNN versions. A cell whose seeds ran in two environments becomes two rows, and
+the tables say why.
 Runs written before provenance was recorded form one environment, "unknown".
 """
 
