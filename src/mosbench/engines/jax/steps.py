@@ -1,0 +1,122 @@
+"""The pure functions the engine jits: training step, evaluation, dynamic evaluation.
+
+Each takes the parameter dict and the carried states ``[(h, c), ...]`` and
+returns new ones; nothing is mutated, so a step is a function of its inputs
+and a resume from the same arrays, key and draw count repeats it bit for bit.
+"""
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def _penalised(model, spec, compute):
+    """The loss of one chunk: mean NLL + AR + TAR, weighted by the chunk's share."""
+
+    def loss(params, x, y, states, key, share):
+        nll, new_states, (raw, dropped) = model.nll(params, x, y, states, key, compute)
+        mean = nll.mean()
+        total = mean
+        if spec.alpha:  # AR on the dropped output
+            total = total + spec.alpha * jnp.mean(jnp.square(dropped.astype(jnp.float32)))
+        if spec.beta:  # TAR on the raw one
+            raw = raw.astype(jnp.float32)
+            total = total + spec.beta * jnp.mean(jnp.square(raw[:, 1:] - raw[:, :-1]))
+        return total * share, (mean, new_states)
+
+    return jax.value_and_grad(loss, has_aux=True)
+
+
+def optimiser(spec):
+    """Clip by the global norm, then add the weight decay (coupled L2, as PyTorch's SGD).
+
+    The learning rate changes every step (variable BPTT scales it), so the
+    step multiplies by it rather than baking it into the optax chain.
+    """
+    parts = [optax.clip_by_global_norm(spec.clip)] if spec.clip else []
+    if spec.wdecay:
+        parts.append(optax.add_decayed_weights(spec.wdecay))
+    return optax.chain(*parts)
+
+
+def train_step(model, spec, batch_size, compute):
+    """``(params, states, x, y, lr, mask_root, draw) -> (params, states, mean NLL)``.
+
+    Chunks of ``small_batch_size`` rows each run one training-mode forward with
+    its own mask key (``fold_in(mask_root, draw + chunk)``, so a step of n chunks
+    spends n draws) and add their gradient weighted by their rows' share.
+    """
+    rows = [(a, min(a + spec.small_batch_size, batch_size))
+            for a in range(0, batch_size, spec.small_batch_size)]
+    grad = _penalised(model, spec, compute)
+    tx = optimiser(spec)
+
+    def step(params, states, x, y, lr, mask_root, draw):
+        grads, total, pieces = None, 0.0, []
+        for chunk, (a, b) in enumerate(rows):
+            key = jax.random.fold_in(mask_root, draw + chunk)
+            part = [(h[a:b], c[a:b]) for h, c in states]
+            (_, (mean, new)), g = grad(params, x[a:b], y[a:b], part, key, (b - a) / batch_size)
+            grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
+            total = total + mean * ((b - a) / batch_size)
+            pieces.append(new)
+        states = [tuple(jnp.concatenate([p[layer][i] for p in pieces]) for i in range(2))
+                  for layer in range(len(states))]
+        updates, _ = tx.update(grads, tx.init(params), params)
+        params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
+        return params, states, total
+
+    return step, len(rows)
+
+
+def eval_window(model, compute):
+    """``(params, x, y, states) -> (summed NLL, states)`` without dropout."""
+
+    def window(params, x, y, states):
+        nll, states, _ = model.nll(params, x, y, states, None, compute)
+        return nll.sum(), states
+
+    return window
+
+
+def log_probs(model, compute):
+    """``(params, x, states) -> ((batch, time, vocab) log-probabilities, states)``."""
+
+    def rows(params, x, states):
+        return model.log_probs(params, x, states, compute)
+
+    return rows
+
+
+def _mean_nll(model, compute):
+    def loss(params, x, y, states):
+        nll, states, _ = model.nll(params, x, y, states, None, compute)
+        return nll.mean(), states
+
+    return jax.value_and_grad(loss, has_aux=True)
+
+
+def window_gradient(model, compute):
+    """``(params, x, y, states) -> (mean NLL, gradient, states)``, no dropout."""
+    grad = _mean_nll(model, compute)
+
+    def gradient(params, x, y, states):
+        (loss, states), g = grad(params, x, y, states)
+        return loss, g, states
+
+    return gradient
+
+
+def adaptive_update(model, compute):
+    """One dynamic-evaluation window: its loss before the update, then
+    ``w += decay * (w_trained - w) - scale * g`` (``decay = lamb * rate``,
+    ``scale = lr / (ms + epsilon)``)."""
+    grad = _mean_nll(model, compute)
+
+    def update(params, trained, decay, scale, x, y, states):
+        (loss, states), g = grad(params, x, y, states)
+        params = jax.tree.map(lambda w, t, d, s, gw: w + (d * (t - w) - s * gw),
+                              params, trained, decay, scale, g)
+        return loss, params, states
+
+    return update
