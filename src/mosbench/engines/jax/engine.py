@@ -28,6 +28,10 @@ from mosbench.errors import MosbenchError
 from mosbench.workload import training_spec
 
 MIB = 2**20
+# Training windows are padded to a multiple of this many steps (the padding masked), so
+# variable BPTT compiles one program per bucket rather than per length; None: exact
+# lengths. Chosen by benchmarks/jax_bptt.py (docs/design.md, the JAX engine).
+BUCKET = None
 
 
 def _host(array):
@@ -52,6 +56,7 @@ class JaxEngine(Engine):
         self.compiles = CompileLedger()
         self.model = self.params = self.average = None
         self.input_s = 0.0
+        self.bucket = BUCKET
 
     @classmethod
     def framework_versions(cls):
@@ -65,8 +70,7 @@ class JaxEngine(Engine):
                 "libraries": {"jaxlib": jaxlib.__version__, "optax": optax.__version__}}
 
     def compile_statistics(self):
-        """``{"compiles", "compile_s"}``: programs this engine compiled, and their seconds."""
-        return self.compiles.as_dict()
+        return self.compiles.as_dict(), None
 
     def _compiled(self, name, function, **options):
         return Compiled(name, function, self.compiles, **options)
@@ -125,10 +129,17 @@ class JaxEngine(Engine):
             raise MosbenchError(f"a window of {inputs.shape[0]} rows, but training was prepared "
                                 f"for batches of {self.batch_size}")
         start = time.perf_counter()
+        padding = ()
+        if self.bucket:
+            length = inputs.shape[1]
+            shape = (inputs.shape[0], -(-length // self.bucket) * self.bucket)
+            inputs, targets = (np.pad(a, ((0, 0), (0, shape[1] - length)))
+                               for a in (inputs, targets))
+            padding = (np.int32(length),)
         x, y = self._tokens(inputs), self._tokens(targets)
         self.input_s += time.perf_counter() - start
         self.params, states, nll = self._train(self.params, states, x, y, np.float32(lr),
-                                               self.mask_root, np.uint32(self.draws))
+                                               self.mask_root, np.uint32(self.draws), *padding)
         self.draws += self._chunks
         if average:
             self.average.update(self.params)

@@ -10,18 +10,32 @@ import jax.numpy as jnp
 import optax
 
 
-def _penalised(model, spec, compute):
-    """The loss of one chunk: mean NLL + AR + TAR, weighted by the chunk's share."""
+def _mean(values, real):
+    """The mean over ``(batch, time, ...)`` of the real time steps (all where ``real`` is None)."""
+    if real is None:
+        return jnp.mean(values)
+    shape = (1, values.shape[1]) + (1,) * (values.ndim - 2)
+    weights = jnp.broadcast_to(real.reshape(shape), values.shape)
+    return jnp.sum(jnp.where(weights, values, 0.0)) / jnp.sum(weights)
 
-    def loss(params, x, y, states, key, share):
-        nll, new_states, (raw, dropped) = model.nll(params, x, y, states, key, compute)
-        mean = nll.mean()
+
+def _penalised(model, spec, compute):
+    """The loss of one chunk: mean NLL + AR + TAR, weighted by the chunk's share.
+
+    With ``length`` the window is padded: only its first ``length`` steps count.
+    """
+
+    def loss(params, x, y, states, key, share, length):
+        nll, new_states, (raw, dropped) = model.nll(params, x, y, states, key, compute, length)
+        real = None if length is None else jnp.arange(x.shape[1]) < length
+        mean = _mean(nll, real)
         total = mean
         if spec.alpha:  # AR on the dropped output
-            total = total + spec.alpha * jnp.mean(jnp.square(dropped.astype(jnp.float32)))
-        if spec.beta:  # TAR on the raw one
+            total = total + spec.alpha * _mean(jnp.square(dropped.astype(jnp.float32)), real)
+        if spec.beta:  # TAR on the raw one: the pairs whose later step is real
             raw = raw.astype(jnp.float32)
-            total = total + spec.beta * jnp.mean(jnp.square(raw[:, 1:] - raw[:, :-1]))
+            total = total + spec.beta * _mean(jnp.square(raw[:, 1:] - raw[:, :-1]),
+                                              None if real is None else real[1:])
         return total * share, (mean, new_states)
 
     return jax.value_and_grad(loss, has_aux=True)
@@ -40,23 +54,26 @@ def optimiser(spec):
 
 
 def train_step(model, spec, batch_size, compute):
-    """``(params, states, x, y, lr, mask_root, draw) -> (params, states, mean NLL)``.
+    """``(params, states, x, y, lr, mask_root, draw, length) -> (params, states, mean NLL)``.
 
     Chunks of ``small_batch_size`` rows each run one training-mode forward with
     its own mask key (``fold_in(mask_root, draw + chunk)``, so a step of n chunks
     spends n draws) and add their gradient weighted by their rows' share.
+    ``length`` is None for a window of its own shape, else the real steps of a
+    padded one.
     """
     rows = [(a, min(a + spec.small_batch_size, batch_size))
             for a in range(0, batch_size, spec.small_batch_size)]
     grad = _penalised(model, spec, compute)
     tx = optimiser(spec)
 
-    def step(params, states, x, y, lr, mask_root, draw):
+    def step(params, states, x, y, lr, mask_root, draw, length=None):
         grads, total, pieces = None, 0.0, []
         for chunk, (a, b) in enumerate(rows):
             key = jax.random.fold_in(mask_root, draw + chunk)
             part = [(h[a:b], c[a:b]) for h, c in states]
-            (_, (mean, new)), g = grad(params, x[a:b], y[a:b], part, key, (b - a) / batch_size)
+            (_, (mean, new)), g = grad(params, x[a:b], y[a:b], part, key, (b - a) / batch_size,
+                                      length)
             grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
             total = total + mean * ((b - a) / batch_size)
             pieces.append(new)

@@ -64,7 +64,7 @@ class AWDLanguageModel:
         return [(jnp.zeros((batch, u), jnp.float32), jnp.zeros((batch, u), jnp.float32))
                 for u in self.sizes]
 
-    def features(self, params, tokens, states, key, compute):
+    def features(self, params, tokens, states, key, compute, length=None):
         """Time-major ``(dropped_last, new_states, raw_last)`` for batch-first ``tokens``."""
         def site(number):
             return None if key is None else masks.site_key(key, number)
@@ -78,16 +78,17 @@ class AWDLanguageModel:
             w_hh = masks.weight_drop(params[p + "w_hh"], site(masks.WEIGHT_DROP + layer),
                                      self.wdrop)
             raw, state = lstm_layer(x, state, params[p + "w_ih"], w_hh,
-                                    params[p + "b_ih"] + params[p + "b_hh"])
+                                    params[p + "b_ih"] + params[p + "b_hh"], length)
             new_states.append(state)
             if layer < len(states) - 1:
                 x = masks.locked(raw, site(masks.HIDDEN + layer), self.dropouth)
         return masks.locked(raw, site(masks.OUTPUT), self.dropout), new_states, raw
 
-    def nll(self, params, tokens, targets, states, key=None, compute=jnp.float32):
+    def nll(self, params, tokens, targets, states, key=None, compute=jnp.float32, length=None):
         """Per-token NLL ``(batch, time)``, the new states, and the last layer's output
-        ``(raw, dropped)`` batch-first (TAR and AR)."""
-        dropped, new_states, raw = self.features(params, tokens, states, key, compute)
+        ``(raw, dropped)`` batch-first (TAR and AR). ``length``: the real steps of a
+        padded window (the states are those after them)."""
+        dropped, new_states, raw = self.features(params, tokens, states, key, compute, length)
         nll = self.head.nll(params, dropped, targets.T, key, compute)
         return nll.T, new_states, (raw.swapaxes(0, 1), dropped.swapaxes(0, 1))
 

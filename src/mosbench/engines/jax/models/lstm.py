@@ -53,7 +53,7 @@ class LSTMLanguageModel:
         return [(jnp.zeros((batch, self.nhid), jnp.float32),
                  jnp.zeros((batch, self.nhid), jnp.float32)) for _ in range(self.nlayers)]
 
-    def features(self, params, tokens, states, key, compute):
+    def features(self, params, tokens, states, key, compute, length=None):
         def site(number):
             return None if key is None else masks.site_key(key, masks.PLAIN + number)
 
@@ -62,13 +62,13 @@ class LSTMLanguageModel:
         for layer, state in enumerate(states):
             p = f"rnn.{layer}."
             raw, state = lstm_layer(x, state, params[p + "w_ih"], params[p + "w_hh"],
-                                    params[p + "b"])
+                                    params[p + "b"], length)
             new_states.append(state)
             x = masks.plain(raw, site(layer + 1), self.dropout)
         return x, new_states, raw
 
-    def nll(self, params, tokens, targets, states, key=None, compute=jnp.float32):
-        dropped, new_states, raw = self.features(params, tokens, states, key, compute)
+    def nll(self, params, tokens, targets, states, key=None, compute=jnp.float32, length=None):
+        dropped, new_states, raw = self.features(params, tokens, states, key, compute, length)
         nll = self.head.nll(params, dropped, targets.T, key, compute)
         return nll.T, new_states, (raw.swapaxes(0, 1), dropped.swapaxes(0, 1))
 

@@ -17,22 +17,30 @@ from jax import lax
 UNROLL = 1
 
 
-def lstm_layer(x, state, w_ih, w_hh, bias, unroll=UNROLL):
+def lstm_layer(x, state, w_ih, w_hh, bias, length=None, unroll=None):
     """Run one layer over time-major ``x`` ``(time, batch, input)`` from ``(h, c)``.
 
-    ``bias`` is the sum of the layer's biases. Returns ``(outputs (time, batch,
-    hidden), (h, c))``. The recurrence stays in float32 whatever the policy.
+    ``bias`` is the sum of the layer's biases. ``length`` (a traced scalar):
+    only the first ``length`` steps are real, the rest padding that leaves the
+    state as it is, so windows padded to one bucket share a compiled program.
+    Returns ``(outputs (time, batch, hidden), (h, c))``. The recurrence stays
+    in float32 whatever the policy.
     """
     h0, c0 = state
     gates_in = jnp.einsum("tbi,gi->tbg", x.astype(w_ih.dtype), w_ih) + bias
     w_hh_t = w_hh.T
 
-    def step(carry, gates_x):
+    def step(carry, inputs):
         h, c = carry
+        gates_x, real = inputs
         i, f, g, o = jnp.split(gates_x + h @ w_hh_t, 4, axis=-1)
-        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-        h = jax.nn.sigmoid(o) * jnp.tanh(c)
-        return (h, c), h
+        c_new = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+        h_new = jax.nn.sigmoid(o) * jnp.tanh(c_new)
+        if real is not None:
+            h_new, c_new = jnp.where(real, h_new, h), jnp.where(real, c_new, c)
+        return (h_new, c_new), h_new
 
-    (h, c), outputs = lax.scan(step, (h0, c0), gates_in, unroll=min(unroll, x.shape[0]))
+    real = None if length is None else jnp.arange(x.shape[0]) < length
+    (h, c), outputs = lax.scan(step, (h0, c0), (gates_in, real),
+                               unroll=min(unroll or UNROLL, x.shape[0]))
     return outputs, (h, c)
