@@ -11,10 +11,11 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-# Steps unrolled into one loop iteration. Measured on the 2-core CPU with the demo's
-# and PTB's layer sizes (benchmarks/jax_unroll.py): 1 -> 2 -> 4 gains ~10-20 % per step
-# of the loop, 8 nothing more while compile time keeps growing.
-UNROLL = 1
+# Steps unrolled into one loop iteration. benchmarks/jax_bptt.py, the demo's awd-lstm-mos
+# on 2 shared (noisy) cores, unroll 1/2/4/8: compile 10/12/19/21 s, step 0.23/0.16/0.18/
+# 0.11 s. 2 takes a good part of the gain for little compile time, and a compile is paid
+# per window shape; remeasure on the GPU, where the loop overhead is per kernel launch.
+UNROLL = 2
 
 
 def lstm_layer(x, state, w_ih, w_hh, bias, length=None, unroll=None):
