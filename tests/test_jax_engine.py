@@ -1,14 +1,19 @@
-"""What only the JAX engine has: windows padded to a bucket, its compile count, one device.
+"""What only the JAX engine has: windows padded to a bucket, its compile count, shard_map.
 
 The engine's agreement with the other frameworks is in test_engine_conformance.py
 and its masks in test_random_streams.py; here, the ways of running it that those
 suites do not choose.
 """
 
+import json
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from toy_stream import AWD, DROPOUTS, LR, train, training_windows
 
+from conftest import REPO
 from mosbench.data.batching import batchify, read_ids, windows
 from mosbench.engines import load_engine
 from mosbench.errors import MosbenchError
@@ -64,11 +69,30 @@ def test_padding_that_leaked_into_the_loss_or_state_would_show():
     assert np.abs(first - np.array(unmasked)).max() > 1e-3
 
 
-def test_several_devices_are_refused_in_one_line():
-    for placement in ({"gpus": 2}, {"devices": ["/cpu:0", "/cpu:1"]}):
-        with pytest.raises(MosbenchError, match="the JAX engine trains on one device in this "
-                                                "version"):
-            load_engine("jax", **placement)
+def test_two_devices_make_the_update_one_device_makes():
+    """shard_map over 2 logical CPU devices (a process of its own) against 1: the losses,
+    weights, average and states of a few clipped steps, dropout off and with weight drop
+    (one mask per global batch, shared by the replicas)."""
+    done = subprocess.run([sys.executable, str(REPO / "tests" / "jax_data_parallel_check.py")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result.pop("uneven") == ("the JAX engine splits a batch evenly over its devices: "
+                                    "batch_size 7 over 2 devices")
+    for case, found in result.items():
+        assert found["devices"] == 2, case
+        assert found["loss"] < 1e-5 and found["states"] < 1e-5, (case, found)
+        assert found["weights"] < 1e-5 and found["averaged"] < 1e-5, (case, found)
+        assert found["moved"] > 1e-3, (case, found)  # training moved: equality is not vacuous
+        assert found["programs"] <= 4, (case, found)  # one per window length, not per step
+
+
+def test_devices_jax_does_not_show_are_refused_in_one_line():
+    with pytest.raises(MosbenchError, match=r"2 GPU device\(s\) were asked for .* JAX shows 0 "
+                                            r"on this machine; use gpus: \[0\]"):
+        load_engine("jax", gpus=2)
+    with pytest.raises(MosbenchError, match=r"mix the CPU and GPUs"):
+        load_engine("jax", devices=["/cpu:0", "/gpu:0"])
 
 
 def test_versions_name_jax_jaxlib_and_optax():

@@ -26,8 +26,9 @@ class CompileLedger:
 
 def _signature(args):
     leaves, tree = jax.tree.flatten(args)
-    return tree, tuple((getattr(x, "shape", ()), str(getattr(x, "dtype", type(x))))
-                       for x in leaves)
+    # the sharding too: a compiled program takes its arguments where it was compiled for
+    return tree, tuple((getattr(x, "shape", ()), str(getattr(x, "dtype", type(x))),
+                        getattr(x, "sharding", None)) for x in leaves)
 
 
 class Compiled:
@@ -53,6 +54,6 @@ class Compiled:
             self.ledger.seconds += seconds
             self.programs[key] = program
             log.info("compiled %s for %s in %.2f s (%d compiles, %.1f s so far)", self.name,
-                     [s for s, _ in key[1] if s][:3], seconds, self.ledger.count,
+                     [s for s, _, _ in key[1] if s][:3], seconds, self.ledger.count,
                      self.ledger.seconds)
         return program(*args)

@@ -6,7 +6,12 @@ The parameters are a dict keyed by the canonical names of
 steps (``steps.py``) are pure functions compiled per window shape
 (``compiled.py``); every dropout mask comes from ``fold_in(mask_root, draw)``
 with a host draw counter, so a checkpoint's random state is a key and a count.
-One device: several are refused (``runtime.placement``).
+
+Several devices (``gpus >= 2``, or ``devices``): one process, a ``data`` mesh
+axis over them, the parameters replicated and the training step a
+``jax.shard_map`` in which each replica takes its contiguous rows of the
+window and the gradients are summed with ``psum`` before the clip.
+Evaluation runs on the same mesh, replicated.
 """
 
 import contextlib
@@ -17,6 +22,8 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding, SingleDeviceSharding
+from jax.sharding import PartitionSpec as P
 
 from mosbench.engines.interface import AdaptiveCarry, Engine, check_arrays
 from mosbench.engines.jax import input_pipeline, steps
@@ -48,7 +55,14 @@ class JaxEngine(Engine):
                  seed=0, devices=None):
         self.compute = configure(threads=threads, precision=precision,
                                  deterministic=deterministic)
-        self.device = placement(gpus, devices)
+        self.devices = placement(gpus, devices)
+        self.device = self.devices[0]
+        if len(self.devices) > 1:
+            self.mesh = Mesh(np.array(self.devices), ("data",))
+            self.replicated = NamedSharding(self.mesh, P())
+            self.rows = NamedSharding(self.mesh, P("data"))
+        else:
+            self.mesh, self.replicated = None, SingleDeviceSharding(self.device)
         root = jax.random.PRNGKey(seed)
         self.init_key = jax.random.fold_in(root, 0)
         self.mask_root = jax.random.fold_in(root, 1)
@@ -81,7 +95,7 @@ class JaxEngine(Engine):
         self.model = build_model(model_name, vocab_size, hparams)
         self.shapes = self.model.shapes
         with jax.default_device(self.device):
-            self.params = self.model.init(self.init_key)
+            self.params = jax.device_put(self.model.init(self.init_key), self.replicated)
         model, compute = self.model, self.compute
         self._eval = self._compiled("eval_window", steps.eval_window(model, compute))
         self._log_probs = self._compiled("log_probs", steps.log_probs(model, compute))
@@ -100,7 +114,7 @@ class JaxEngine(Engine):
 
     def _arrays(self, arrays, what):
         check_arrays(arrays, self.shapes, what)
-        return {n: jax.device_put(np.asarray(arrays[n], np.float32), self.device)
+        return {n: jax.device_put(np.asarray(arrays[n], np.float32), self.replicated)
                 for n in self.shapes}
 
     def load_weights(self, arrays):
@@ -109,18 +123,27 @@ class JaxEngine(Engine):
     # --- training ----------------------------------------------------------------------------
 
     def prepare_training(self, hparams, batch_size):
+        replicas = len(self.devices)
+        if batch_size % replicas:
+            raise MosbenchError(f"the JAX engine splits a batch evenly over its devices: "
+                                f"batch_size {batch_size} over {replicas} devices")
         self.batch_size = batch_size
         spec = training_spec(hparams, batch_size)
-        step, self._chunks = steps.train_step(self.model, spec, batch_size, self.compute)
+        step, self._chunks = steps.train_step(self.model, spec, batch_size, self.compute,
+                                              replicas)
+        if replicas > 1:  # params, states, x, y, lr, mask_root, draw, length
+            rows = P("data")
+            step = jax.shard_map(step, mesh=self.mesh,
+                                 in_specs=(P(), rows, rows, rows, P(), P(), P(), P()),
+                                 out_specs=(P(), rows, P()))
         self._train = self._compiled("train_step", step)
         self.average = IterateAverage(self.params)
 
     def initial_state(self, batch_size):
-        with jax.default_device(self.device):
-            return self.model.initial_state(batch_size)
+        return jax.device_put(self.model.initial_state(batch_size), self.replicated)
 
     def _tokens(self, array):
-        return jax.device_put(np.asarray(array, np.int32), self.device)
+        return jax.device_put(np.asarray(array, np.int32), self.replicated)
 
     def train_step(self, inputs, targets, states, lr, average):
         if self._train is None:
@@ -129,17 +152,19 @@ class JaxEngine(Engine):
             raise MosbenchError(f"a window of {inputs.shape[0]} rows, but training was prepared "
                                 f"for batches of {self.batch_size}")
         start = time.perf_counter()
-        padding = ()
+        length = None
         if self.bucket:
             length = inputs.shape[1]
             shape = (inputs.shape[0], -(-length // self.bucket) * self.bucket)
             inputs, targets = (np.pad(a, ((0, 0), (0, shape[1] - length)))
                                for a in (inputs, targets))
-            padding = (np.int32(length),)
+            length = np.int32(length)
         x, y = self._tokens(inputs), self._tokens(targets)
+        if self.mesh is not None:  # each replica's rows where it runs: one program per shape
+            x, y, states = jax.device_put((x, y, states), self.rows)
         self.input_s += time.perf_counter() - start
         self.params, states, nll = self._train(self.params, states, x, y, np.float32(lr),
-                                               self.mask_root, np.uint32(self.draws), *padding)
+                                               self.mask_root, np.uint32(self.draws), length)
         self.draws += self._chunks
         if average:
             self.average.update(self.params)
@@ -191,7 +216,7 @@ class JaxEngine(Engine):
         return [_host(s) for layer in states for s in layer]
 
     def states_from_arrays(self, arrays):
-        put = [jax.device_put(np.asarray(a, np.float32), self.device) for a in arrays]
+        put = [jax.device_put(np.asarray(a, np.float32), self.replicated) for a in arrays]
         return [(put[i], put[i + 1]) for i in range(0, len(put), 2)]
 
     # --- evaluation --------------------------------------------------------------------------
@@ -259,10 +284,10 @@ class JaxEngine(Engine):
         return self.input_s, None
 
     def allocator_peak_mb(self):
-        stats = self.device.memory_stats()
-        if not stats or "peak_bytes_in_use" not in stats:
+        stats = [d.memory_stats() for d in self.devices]
+        if not all(s and "peak_bytes_in_use" in s for s in stats):
             return None, f"JAX's {self.device.platform} device keeps no allocator statistics"
-        return stats["peak_bytes_in_use"] / MIB, None
+        return sum(s["peak_bytes_in_use"] for s in stats) / MIB, None
 
 
 ENGINE = JaxEngine

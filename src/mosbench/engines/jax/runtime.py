@@ -46,20 +46,35 @@ def configure(*, threads=None, precision="float32", deterministic=False):
     return compute
 
 
-def placement(gpus, devices=None):
-    """The job's one device: the CPU, or the first GPU.
-
-    The JAX engine trains on one device in this version: several GPUs or
-    devices are refused in one line rather than silently using one.
-    """
-    if (devices and len(devices) > 1) or gpus > 1:
-        raise MosbenchError(f"the JAX engine trains on one device in this version; asked for "
-                            f"{devices or f'{gpus} GPUs'}")
-    kind = "gpu" if gpus or (devices and "gpu" in str(devices[0]).lower()) else "cpu"
-    if kind == "cpu":
-        return jax.devices("cpu")[0]
+def _available(kind):
     try:
-        return jax.devices("gpu")[0]
-    except RuntimeError:
-        raise MosbenchError("gpus=1 was asked for, but JAX shows no GPU on this machine; "
-                            "use gpus: [0] to train on the CPU") from None
+        return jax.devices(kind)
+    except RuntimeError:  # no backend of that kind on this machine
+        return []
+
+
+def placement(gpus, devices=None):
+    """The job's devices, one per replica: ``devices`` if given, else ``gpus`` GPUs or the CPU.
+
+    ``devices`` in TensorFlow's or PyTorch's spelling (``/cpu:1``, ``/gpu:0``,
+    ``cuda:0``); CPU devices beyond the first exist only with
+    ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` set before JAX starts.
+    """
+    wanted = []
+    for name in devices or ([f"gpu:{i}" for i in range(gpus)] if gpus else ["cpu:0"]):
+        kind, _, index = str(name).strip("/").lower().partition(":")
+        kind = {"cuda": "gpu"}.get(kind, kind)
+        if kind not in ("cpu", "gpu"):
+            raise MosbenchError(f"unknown device '{name}': use cpu:N, gpu:N or cuda:N")
+        wanted.append((kind, int(index or 0)))
+    if len({kind for kind, _ in wanted}) > 1:
+        raise MosbenchError(f"devices {devices} mix the CPU and GPUs: use one kind")
+    kind = wanted[0][0]
+    available = _available(kind)
+    missing = [i for _, i in wanted if i >= len(available)]
+    if missing:
+        hint = "; use gpus: [0] to train on the CPU" if kind == "gpu" else ""
+        raise MosbenchError(f"{len(wanted)} {kind.upper()} device(s) were asked for "
+                            f"({devices or gpus}), but JAX shows {len(available)} on this "
+                            f"machine{hint}")
+    return [available[i] for _, i in wanted]

@@ -53,7 +53,7 @@ def optimiser(spec):
     return optax.chain(*parts)
 
 
-def train_step(model, spec, batch_size, compute):
+def train_step(model, spec, batch_size, compute, replicas=1):
     """``(params, states, x, y, lr, mask_root, draw, length) -> (params, states, mean NLL)``.
 
     Chunks of ``small_batch_size`` rows each run one training-mode forward with
@@ -61,9 +61,15 @@ def train_step(model, spec, batch_size, compute):
     spends n draws) and add their gradient weighted by their rows' share.
     ``length`` is None for a window of its own shape, else the real steps of a
     padded one.
+
+    With ``replicas`` > 1 the step is one replica's, inside ``shard_map`` over the
+    ``data`` axis: it takes its rows of the window and of the states, chunks
+    them, and sums the gradients and the NLL over the replicas before the clip,
+    so N replicas make the update one device makes.
     """
-    rows = [(a, min(a + spec.small_batch_size, batch_size))
-            for a in range(0, batch_size, spec.small_batch_size)]
+    local = batch_size // replicas
+    rows = [(a, min(a + spec.small_batch_size, local))
+            for a in range(0, local, spec.small_batch_size)]
     grad = _penalised(model, spec, compute)
     tx = optimiser(spec)
 
@@ -71,6 +77,8 @@ def train_step(model, spec, batch_size, compute):
         grads, total, pieces = None, 0.0, []
         for chunk, (a, b) in enumerate(rows):
             key = jax.random.fold_in(mask_root, draw + chunk)
+            if replicas > 1:
+                key = (key, jax.random.fold_in(key, jax.lax.axis_index("data")))
             part = [(h[a:b], c[a:b]) for h, c in states]
             (_, (mean, new)), g = grad(params, x[a:b], y[a:b], part, key, (b - a) / batch_size,
                                       length)
@@ -79,6 +87,8 @@ def train_step(model, spec, batch_size, compute):
             pieces.append(new)
         states = [tuple(jnp.concatenate([p[layer][i] for p in pieces]) for i in range(2))
                   for layer in range(len(states))]
+        if replicas > 1:
+            grads, total = jax.lax.psum((grads, total), "data")
         updates, _ = tx.update(grads, tx.init(params), params)
         params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
         return params, states, total

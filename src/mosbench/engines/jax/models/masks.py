@@ -15,8 +15,15 @@ WEIGHT_DROP, HIDDEN, PLAIN = 100, 200, 300
 
 
 def site_key(key, site):
-    """The key of one dropout site within a forward's ``key``."""
-    return jax.random.fold_in(key, site)
+    """The key of one dropout site within a forward's ``key``.
+
+    Under data parallelism ``key`` is a pair ``(shared, replica)``: weight drop,
+    one mask of the whole matrix per global batch, draws from the key every
+    replica shares; the masks over sequences from the replica's own, since they
+    differ between replicas as between the rows of one batch.
+    """
+    shared, replica = key if isinstance(key, tuple) else (key, key)
+    return jax.random.fold_in(shared if WEIGHT_DROP <= site < HIDDEN else replica, site)
 
 
 def dropout_mask(key, shape, rate, dtype=jnp.float32):

@@ -1,0 +1,76 @@
+"""Run by test_jax_engine.py in a process of its own: 2 logical CPU devices against 1.
+
+XLA fixes its device count when it starts, hence the flag before JAX is imported
+and the separate process. Prints one JSON line of the largest differences.
+"""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                           + " --xla_force_host_platform_device_count=2").strip()
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+from toy_stream import AWD, train, training_windows  # noqa: E402
+
+from mosbench.engines import load_engine  # noqa: E402
+from mosbench.errors import MosbenchError  # noqa: E402
+
+
+def pair(hp):
+    """One engine on one CPU device and one over two, with the same weights."""
+    engines = []
+    for devices in (None, ["/cpu:0", "/cpu:1"]):
+        engine = load_engine("jax", seed=1, threads=2, devices=devices)
+        engine.build("awd-lstm-mos", 40, hp)
+        engine.prepare_training(hp, 6)
+        engines.append(engine)
+    engines[1].load_weights(engines[0].weights())
+    return engines
+
+
+def differences(hp, steps):
+    one, two = pair(hp)
+    data = training_windows(6, steps)
+    (loss_1, states_1), (loss_2, states_2) = (train(e, data, average_from=2)
+                                              for e in (one, two))
+    with one.averaged(), two.averaged():
+        averaged = max(float(np.abs(a - b).max())
+                       for a, b in zip(one.weights().values(), two.weights().values(),
+                                       strict=True))
+    return {"loss": float(np.abs(loss_1 / loss_2 - 1).max()),
+            "weights": max(float(np.abs(a - b).max())
+                           for a, b in zip(one.weights().values(), two.weights().values(),
+                                           strict=True)),
+            "averaged": averaged,
+            "states": max(float(np.abs(a - b).max())
+                          for a, b in zip(one.state_arrays(states_1),
+                                          two.state_arrays(states_2), strict=True)),
+            "moved": float(np.abs(loss_1[0] - loss_1[-1])),
+            "devices": len(two.devices),
+            "programs": len(two._train.programs)}
+
+
+def uneven():
+    """The message a batch that does not split evenly over the devices gets."""
+    engine = load_engine("jax", devices=["/cpu:0", "/cpu:1"])
+    engine.build("awd-lstm-mos", 40, AWD)
+    try:
+        engine.prepare_training(AWD, 7)
+    except MosbenchError as exc:
+        return str(exc)
+    return None
+
+
+if __name__ == "__main__":
+    print(json.dumps({
+        "uneven": uneven(),
+        # dropout off, chunks of 4 + 2 rows on one device, 3 rows on each replica
+        "plain": differences(AWD, 5),
+        # weight drop only, one chunk: its mask is shared by the replicas, so it is the
+        # one device's mask
+        "weight_drop": differences({**AWD, "wdrop": 0.5, "small_batch_size": 6}, 3),
+    }))
