@@ -31,17 +31,28 @@ def _signature(args):
                         getattr(x, "sharding", None)) for x in leaves)
 
 
-class Compiled:
-    """``jax.jit(function)`` with one compiled program per argument signature.
+# (name, what defines the function) -> (jitted function, {signature: program}), for the
+# process: engines of the same model and settings (a test's, an evaluation after training)
+# share their programs instead of compiling them again.
+_SHARED = {}
 
-    Scalars must be passed as NumPy scalars of a fixed dtype (``np.float32``):
-    a Python float would be weakly typed and not match the program.
+
+class Compiled:
+    """``jax.jit(make())`` with one compiled program per argument signature.
+
+    ``key`` says what defines the function ``make`` returns (model, settings):
+    engines with an equal key share the jitted function and its programs, and
+    each engine's ledger counts the compiles it caused. Scalars must be passed
+    as NumPy scalars of a fixed dtype (``np.float32``): a Python float would be
+    weakly typed and not match the program.
     """
 
-    def __init__(self, name, function, ledger, **jit_options):
+    def __init__(self, name, key, make, ledger):
         self.name, self.ledger = name, ledger
-        self.jitted = jax.jit(function, **jit_options)
-        self.programs = {}
+        shared = (name, *key)
+        if shared not in _SHARED:
+            _SHARED[shared] = jax.jit(make()), {}
+        self.jitted, self.programs = _SHARED[shared]
 
     def __call__(self, *args):
         key = _signature(args)

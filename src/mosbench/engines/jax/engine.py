@@ -86,8 +86,9 @@ class JaxEngine(Engine):
     def compile_statistics(self):
         return self.compiles.as_dict(), None
 
-    def _compiled(self, name, function, **options):
-        return Compiled(name, function, self.compiles, **options)
+    def _compiled(self, name, make, *key):
+        """``make()`` jitted, shared with every engine of this model and ``key``."""
+        return Compiled(name, (self.model, self.compute, self.mesh, *key), make, self.compiles)
 
     # --- the model -------------------------------------------------------------------------
 
@@ -97,12 +98,13 @@ class JaxEngine(Engine):
         with jax.default_device(self.device):
             self.params = jax.device_put(self.model.init(self.init_key), self.replicated)
         model, compute = self.model, self.compute
-        self._eval = self._compiled("eval_window", steps.eval_window(model, compute))
-        self._log_probs = self._compiled("log_probs", steps.log_probs(model, compute))
-        self._predict = self._compiled("predict_next", lambda p, x, s: (
-            lambda lp, st: (jnp.argmax(lp[0, -1]), st))(*model.log_probs(p, x, s, compute)))
-        self._gradient = self._compiled("gradient", steps.window_gradient(model, compute))
-        self._adapt = self._compiled("adaptive_update", steps.adaptive_update(model, compute))
+        self._eval = self._compiled("eval_window", lambda: steps.eval_window(model, compute))
+        self._log_probs = self._compiled("log_probs", lambda: steps.log_probs(model, compute))
+        self._predict = self._compiled("predict_next", lambda: steps.predict(model, compute))
+        self._gradient = self._compiled("gradient",
+                                        lambda: steps.window_gradient(model, compute))
+        self._adapt = self._compiled("adaptive_update",
+                                     lambda: steps.adaptive_update(model, compute))
         self._train = None
 
     @property
@@ -136,7 +138,7 @@ class JaxEngine(Engine):
             step = jax.shard_map(step, mesh=self.mesh,
                                  in_specs=(P(), rows, rows, rows, P(), P(), P(), P()),
                                  out_specs=(P(), rows, P()))
-        self._train = self._compiled("train_step", step)
+        self._train = self._compiled("train_step", lambda: step, spec, batch_size)
         self.average = IterateAverage(self.params)
 
     def initial_state(self, batch_size):

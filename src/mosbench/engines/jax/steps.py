@@ -115,6 +115,16 @@ def log_probs(model, compute):
     return rows
 
 
+def predict(model, compute):
+    """``(params, x, states) -> (most likely next word after the window, states)``."""
+
+    def next_word(params, x, states):
+        log_probs, states = model.log_probs(params, x, states, compute)
+        return jnp.argmax(log_probs[0, -1]), states
+
+    return next_word
+
+
 def _mean_nll(model, compute):
     def loss(params, x, y, states):
         nll, states, _ = model.nll(params, x, y, states, None, compute)
