@@ -1,7 +1,7 @@
 """Process-wide JAX settings of a job: threads, determinism, matmul precision, devices.
 
-XLA reads its flags once, when the first backend starts, so threads and
-determinism are set in ``XLA_FLAGS`` before that and ignored (with a log
+XLA reads its flags once, when the first backend starts, so a single thread
+and determinism are set in ``XLA_FLAGS`` before that and ignored (with a log
 line) after; the matmul precision is a config value any time.
 """
 
@@ -31,9 +31,8 @@ def configure(*, threads=None, precision="float32", deterministic=False):
     """Apply the job's settings; returns the compute dtype of the heads' matmuls."""
     check_precision(precision)
     flags = []
-    if threads:
-        flags.append(f"--xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'}")
-        flags.append(f"intra_op_parallelism_threads={threads}")
+    if threads == 1:  # XLA has no flag for another pool size: its pool has one per core
+        flags.append("--xla_cpu_multi_thread_eigen=false")
     if deterministic:
         flags.append("--xla_gpu_deterministic_ops=true")
     if flags:
