@@ -40,7 +40,7 @@ PROCEDURE = [
     ("initialisation by the reference's rules", "model",
      [MODELS + "init.initialise", MODELS + "init.uniform"], ALL, ""),
     ("MoS mixture in float32 log space", "model",
-     [MODELS + "heads.MixtureOfSoftmaxes"], MOS,
+     [MODELS + "mixture_of_softmaxes.MixtureOfSoftmaxes"], MOS,
      "logsumexp instead of the reference's probability-space sum, which underflows"),
     ("automatic differentiation", "training", ["jax:value_and_grad"], ALL, ""),
     ("compiled steps", "training", ["jax:jit"], ALL, "one program per window shape"),

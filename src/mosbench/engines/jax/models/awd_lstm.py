@@ -11,9 +11,13 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from mosbench.engines.jax.models import heads, masks
+from mosbench.engines.jax.models import masks
+from mosbench.engines.jax.models.expert_contexts import ExpertContexts
 from mosbench.engines.jax.models.init import initialise, uniform
+from mosbench.engines.jax.models.mixture_of_contexts import MixtureOfContexts
+from mosbench.engines.jax.models.mixture_of_softmaxes import MixtureOfSoftmaxes
 from mosbench.engines.jax.models.scan_lstm import lstm_layer
+from mosbench.engines.jax.models.tied_softmax import TiedSoftmax
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,9 +40,9 @@ class AWDLanguageModel:
         if head == "softmax" and nhidlast != emsize:
             raise ValueError(f"a tied softmax needs nhidlast == emsize, got {nhidlast} "
                              f"and {emsize}")
-        contexts = heads.ExpertContexts(n_experts, emsize, dropoutl)
-        out = {"softmax": heads.TiedSoftmax(), "moc": heads.MixtureOfContexts(contexts),
-               "mos": heads.MixtureOfSoftmaxes(contexts)}[head]
+        contexts = ExpertContexts(n_experts, emsize, dropoutl)
+        out = {"softmax": TiedSoftmax(), "moc": MixtureOfContexts(contexts),
+               "mos": MixtureOfSoftmaxes(contexts)}[head]
         return cls(shapes, (nhid,) * (nlayers - 1) + (nhidlast,), dropout, dropouth, dropouti,
                    dropoute, wdrop, init_range, out)
 

@@ -9,9 +9,10 @@ import dataclasses
 
 import jax.numpy as jnp
 
-from mosbench.engines.jax.models import heads, masks
+from mosbench.engines.jax.models import masks
 from mosbench.engines.jax.models.init import initialise, uniform
 from mosbench.engines.jax.models.scan_lstm import lstm_layer
+from mosbench.engines.jax.models.tied_softmax import TiedSoftmax
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,7 +30,7 @@ class LSTMLanguageModel:
     def create(cls, shapes, *, emsize, nhid, nlayers, dropout, tie_weights, init_range):
         if tie_weights and emsize != nhid:
             raise ValueError(f"tied weights need emsize == nhid, got {emsize} and {nhid}")
-        head = heads.TiedSoftmax("embedding" if tie_weights else "decoder.w")
+        head = TiedSoftmax("embedding" if tie_weights else "decoder.w")
         return cls(shapes, nhid, nlayers, dropout, init_range, head)
 
     def __hash__(self):
