@@ -20,21 +20,21 @@ from mosbench.engines import load_engine  # noqa: E402
 from mosbench.errors import MosbenchError  # noqa: E402
 
 
-def pair(hp):
+def pair(hp, batch):
     """One engine on one CPU device and one over two, with the same weights."""
     engines = []
     for devices in (None, ["/cpu:0", "/cpu:1"]):
         engine = load_engine("jax", seed=1, threads=2, devices=devices)
         engine.build("awd-lstm-mos", 40, hp)
-        engine.prepare_training(hp, 6)
+        engine.prepare_training(hp, batch)
         engines.append(engine)
     engines[1].load_weights(engines[0].weights())
     return engines
 
 
-def differences(hp, steps):
-    one, two = pair(hp)
-    data = training_windows(6, steps)
+def differences(hp, steps, batch=6):
+    one, two = pair(hp, batch)
+    data = training_windows(batch, steps)
     (loss_1, states_1), (loss_2, states_2) = (train(e, data, average_from=2)
                                               for e in (one, two))
     with one.averaged(), two.averaged():
@@ -54,12 +54,12 @@ def differences(hp, steps):
             "programs": len(two._train.programs)}
 
 
-def uneven():
-    """The message a batch that does not split evenly over the devices gets."""
+def too_few_rows():
+    """The message a batch with fewer rows than devices gets."""
     engine = load_engine("jax", devices=["/cpu:0", "/cpu:1"])
     engine.build("awd-lstm-mos", 40, AWD)
     try:
-        engine.prepare_training(AWD, 7)
+        engine.prepare_training(AWD, 1)
     except MosbenchError as exc:
         return str(exc)
     return None
@@ -67,10 +67,13 @@ def uneven():
 
 if __name__ == "__main__":
     print(json.dumps({
-        "uneven": uneven(),
+        "too_few_rows": too_few_rows(),
         # dropout off, chunks of 4 + 2 rows on one device, 3 rows on each replica
         "plain": differences(AWD, 5),
         # weight drop only, one chunk: its mask is shared by the replicas, so it is the
         # one device's mask
         "weight_drop": differences({**AWD, "wdrop": 0.5, "small_batch_size": 6}, 3),
+        # 5 rows: 3 and 2, the second replica's share padded with a row that counts for
+        # nothing; chunks of 1 row, so its last chunk is all padding
+        "uneven": differences({**AWD, "small_batch_size": 1}, 3, batch=5),
     }))

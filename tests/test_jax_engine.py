@@ -74,14 +74,14 @@ def test_padding_that_leaked_into_the_loss_or_state_would_show():
 
 def test_two_devices_make_the_update_one_device_makes():
     """shard_map over 2 logical CPU devices (a process of its own) against 1: the losses,
-    weights, average and states of a few clipped steps, dropout off and with weight drop
-    (one mask per global batch, shared by the replicas)."""
+    weights, average and states of a few clipped steps, dropout off, with weight drop
+    (one mask per global batch, shared by the replicas), and a batch of 5 rows (3 + 2)."""
     done = subprocess.run([sys.executable, str(REPO / "tests" / "jax_data_parallel_check.py")],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result.pop("uneven") == ("the JAX engine splits a batch evenly over its devices: "
-                                    "batch_size 7 over 2 devices")
+    assert result.pop("too_few_rows") == ("batch_size 1 is smaller than the 2 devices it "
+                                          "would be split over: some would get no rows")
     for case, found in result.items():
         assert found["devices"] == 2, case
         assert found["loss"] < 1e-5 and found["states"] < 1e-5, (case, found)

@@ -10,8 +10,11 @@ with a host draw counter, so a checkpoint's random state is a key and a count.
 Several devices (``gpus >= 2``, or ``devices``): one process, a ``data`` mesh
 axis over them, the parameters replicated and the training step a
 ``jax.shard_map`` in which each replica takes its contiguous rows of the
-window and the gradients are summed with ``psum`` before the clip.
-Evaluation runs on the same mesh, replicated.
+window and the gradients are summed with ``psum`` before the clip. A batch
+that does not split evenly is split as ``replicas.replica_rows`` says, each
+replica's share padded to the largest with rows that count for nothing; the
+carried states are then a :class:`PaddedStates`. Evaluation runs on the same
+mesh, replicated.
 """
 
 import contextlib
@@ -31,6 +34,7 @@ from mosbench.engines.jax.averaging import IterateAverage
 from mosbench.engines.jax.compiled import Compiled, CompileLedger
 from mosbench.engines.jax.models import build_model
 from mosbench.engines.jax.runtime import configure, placement
+from mosbench.engines.replicas import replica_rows
 from mosbench.errors import MosbenchError
 from mosbench.workload import training_spec
 
@@ -44,6 +48,20 @@ BUCKET = None
 def _host(array):
     """A NumPy copy (never a view of a device buffer)."""
     return np.array(array, copy=True)
+
+
+class PaddedStates:
+    """The carried states of an uneven data-parallel batch: each replica's rows padded.
+
+    ``states`` in the padded layout; ``slots`` the padded row of each real row.
+    Pass it on to the next :meth:`JaxEngine.train_step`, or to
+    :meth:`JaxEngine.state_arrays`, which gives the real rows.
+    """
+
+    __slots__ = ("states", "slots")
+
+    def __init__(self, states, slots):
+        self.states, self.slots = states, slots
 
 
 class JaxEngine(Engine):
@@ -126,17 +144,18 @@ class JaxEngine(Engine):
 
     def prepare_training(self, hparams, batch_size):
         replicas = len(self.devices)
-        if batch_size % replicas:
-            raise MosbenchError(f"the JAX engine splits a batch evenly over its devices: "
-                                f"batch_size {batch_size} over {replicas} devices")
+        spans = replica_rows(batch_size, replicas)  # refuses fewer rows than devices
+        local = max(end - first for first, end in spans)
+        self.slots = None if batch_size % replicas == 0 else np.concatenate(
+            [r * local + np.arange(end - first) for r, (first, end) in enumerate(spans)])
         self.batch_size = batch_size
         spec = training_spec(hparams, batch_size)
         step, self._chunks = steps.train_step(self.model, spec, batch_size, self.compute,
                                               replicas)
-        if replicas > 1:  # params, states, x, y, lr, mask_root, draw, length
+        if replicas > 1:  # params, states, x, y, lr, mask_root, draw, length, row weights
             rows = P("data")
             step = jax.shard_map(step, mesh=self.mesh,
-                                 in_specs=(P(), rows, rows, rows, P(), P(), P(), P()),
+                                 in_specs=(P(), rows, rows, rows, P(), P(), P(), P(), rows),
                                  out_specs=(P(), rows, P()))
         self._train = self._compiled("train_step", lambda: step, spec, batch_size)
         self.average = IterateAverage(self.params)
@@ -161,16 +180,32 @@ class JaxEngine(Engine):
             inputs, targets = (np.pad(a, ((0, 0), (0, shape[1] - length)))
                                for a in (inputs, targets))
             length = np.int32(length)
+        weights = None
+        if self.slots is not None:  # an uneven batch: every replica's share padded alike
+            inputs, targets = self._spread(inputs), self._spread(targets)
+            weights = self._spread(np.ones(self.batch_size, np.float32))
+            states = states.states if isinstance(states, PaddedStates) else [
+                tuple(self._spread(_host(s)) for s in layer) for layer in states]
         x, y = self._tokens(inputs), self._tokens(targets)
         if self.mesh is not None:  # each replica's rows where it runs: one program per shape
-            x, y, states = jax.device_put((x, y, states), self.rows)
+            x, y, states, weights = jax.device_put((x, y, states, weights), self.rows)
         self.input_s += time.perf_counter() - start
         self.params, states, nll = self._train(self.params, states, x, y, np.float32(lr),
-                                               self.mask_root, np.uint32(self.draws), length)
+                                               self.mask_root, np.uint32(self.draws), length,
+                                               weights)
+        if self.slots is not None:
+            states = PaddedStates(states, self.slots)
         self.draws += self._chunks
         if average:
             self.average.update(self.params)
         return float(nll), states  # the step's one wait for the device
+
+    def _spread(self, array):
+        """``(batch, ...)`` rows into the padded layout of an uneven batch (zeros between)."""
+        padded = np.zeros((len(self.devices) * (-(-self.batch_size // len(self.devices))),
+                           *array.shape[1:]), array.dtype)
+        padded[self.slots] = array
+        return padded
 
     def _averaging(self):
         if self.average is None:
@@ -215,6 +250,8 @@ class JaxEngine(Engine):
         self.draws = int(arrays["rng/draws"])
 
     def state_arrays(self, states):
+        if isinstance(states, PaddedStates):
+            return [_host(s)[states.slots] for layer in states.states for s in layer]
         return [_host(s) for layer in states for s in layer]
 
     def states_from_arrays(self, arrays):
@@ -223,17 +260,24 @@ class JaxEngine(Engine):
 
     # --- evaluation --------------------------------------------------------------------------
 
+    def _full(self, states):
+        """The states of the real rows, whatever layout training left them in."""
+        if isinstance(states, PaddedStates):
+            return self.states_from_arrays(self.state_arrays(states))
+        return states
+
     def eval_window(self, inputs, targets, states):
         total, states = self._eval(self.params, self._tokens(inputs), self._tokens(targets),
-                                   states)
+                                   self._full(states))
         return float(total), states
 
     def predict_next(self, token, states):
-        word, states = self._predict(self.params, self._tokens([[token]]), states)
+        word, states = self._predict(self.params, self._tokens([[token]]), self._full(states))
         return int(word), states
 
     def log_prob_rows(self, inputs, states):
-        log_probs, states = self._log_probs(self.params, self._tokens(inputs), states)
+        log_probs, states = self._log_probs(self.params, self._tokens(inputs),
+                                            self._full(states))
         rows = np.asarray(log_probs, np.float64)
         return rows.reshape(-1, rows.shape[-1]), states
 

@@ -10,24 +10,33 @@ import jax.numpy as jnp
 import optax
 
 
+def _real(x, length, rows):
+    """``(batch, time)`` True where a padded window is real; None when nothing is padded."""
+    if length is None and rows is None:
+        return None
+    steps = jnp.ones(x.shape[1], bool) if length is None else jnp.arange(x.shape[1]) < length
+    kept = jnp.ones(x.shape[0], bool) if rows is None else rows > 0
+    return kept[:, None] & steps[None, :]
+
+
 def _mean(values, real):
-    """The mean over ``(batch, time, ...)`` of the real time steps (all where ``real`` is None)."""
+    """The mean over ``(batch, time, ...)`` of the real entries (all where ``real`` is None)."""
     if real is None:
         return jnp.mean(values)
-    shape = (1, values.shape[1]) + (1,) * (values.ndim - 2)
-    weights = jnp.broadcast_to(real.reshape(shape), values.shape)
-    return jnp.sum(jnp.where(weights, values, 0.0)) / jnp.sum(weights)
+    weights = jnp.broadcast_to(real.reshape(real.shape + (1,) * (values.ndim - 2)), values.shape)
+    return jnp.sum(jnp.where(weights, values, 0.0)) / jnp.maximum(jnp.sum(weights), 1)
 
 
 def _penalised(model, spec, compute):
     """The loss of one chunk: mean NLL + AR + TAR, weighted by the chunk's share.
 
-    With ``length`` the window is padded: only its first ``length`` steps count.
+    With ``length`` the window is padded in time, only its first ``length``
+    steps count; with ``rows`` (1 or 0 per row) padded rows count for nothing.
     """
 
-    def loss(params, x, y, states, key, share, length):
+    def loss(params, x, y, states, key, share, length, rows):
         nll, new_states, (raw, dropped) = model.nll(params, x, y, states, key, compute, length)
-        real = None if length is None else jnp.arange(x.shape[1]) < length
+        real = _real(x, length, rows)
         mean = _mean(nll, real)
         total = mean
         if spec.alpha:  # AR on the dropped output
@@ -35,7 +44,7 @@ def _penalised(model, spec, compute):
         if spec.beta:  # TAR on the raw one: the pairs whose later step is real
             raw = raw.astype(jnp.float32)
             total = total + spec.beta * _mean(jnp.square(raw[:, 1:] - raw[:, :-1]),
-                                              None if real is None else real[1:])
+                                              None if real is None else real[:, 1:])
         return total * share, (mean, new_states)
 
     return jax.value_and_grad(loss, has_aux=True)
@@ -60,30 +69,32 @@ def train_step(model, spec, batch_size, compute, replicas=1):
     its own mask key (``fold_in(mask_root, draw + chunk)``, so a step of n chunks
     spends n draws) and add their gradient weighted by their rows' share.
     ``length`` is None for a window of its own shape, else the real steps of a
-    padded one.
+    padded one; ``rows`` is None, or 1 for each real row and 0 for padding (a
+    batch that does not split evenly over the replicas).
 
     With ``replicas`` > 1 the step is one replica's, inside ``shard_map`` over the
     ``data`` axis: it takes its rows of the window and of the states, chunks
     them, and sums the gradients and the NLL over the replicas before the clip,
     so N replicas make the update one device makes.
     """
-    local = batch_size // replicas
-    rows = [(a, min(a + spec.small_batch_size, local))
-            for a in range(0, local, spec.small_batch_size)]
+    local = -(-batch_size // replicas)  # rows per replica, an uneven batch padded
+    spans = [(a, min(a + spec.small_batch_size, local))
+             for a in range(0, local, spec.small_batch_size)]
     grad = _penalised(model, spec, compute)
     tx = optimiser(spec)
 
-    def step(params, states, x, y, lr, mask_root, draw, length=None):
+    def step(params, states, x, y, lr, mask_root, draw, length=None, rows=None):
         grads, total, pieces = None, 0.0, []
-        for chunk, (a, b) in enumerate(rows):
+        for chunk, (a, b) in enumerate(spans):
             key = jax.random.fold_in(mask_root, draw + chunk)
             if replicas > 1:
                 key = (key, jax.random.fold_in(key, jax.lax.axis_index("data")))
             part = [(h[a:b], c[a:b]) for h, c in states]
-            (_, (mean, new)), g = grad(params, x[a:b], y[a:b], part, key, (b - a) / batch_size,
-                                      length)
+            real = None if rows is None else rows[a:b]
+            share = ((b - a) if rows is None else jnp.sum(real)) / batch_size
+            (_, (mean, new)), g = grad(params, x[a:b], y[a:b], part, key, share, length, real)
             grads = g if grads is None else jax.tree.map(jnp.add, grads, g)
-            total = total + mean * ((b - a) / batch_size)
+            total = total + mean * share
             pieces.append(new)
         states = [tuple(jnp.concatenate([p[layer][i] for p in pieces]) for i in range(2))
                   for layer in range(len(states))]
@@ -93,7 +104,7 @@ def train_step(model, spec, batch_size, compute, replicas=1):
         params = jax.tree.map(lambda p, u: p - lr * u, params, updates)
         return params, states, total
 
-    return step, len(rows)
+    return step, len(spans)
 
 
 def eval_window(model, compute):
