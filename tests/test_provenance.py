@@ -22,7 +22,7 @@ def test_a_cpu_job_records_every_key_with_its_engines_versions(framework):
     assert tuple(record) == prov.KEYS == PROVENANCE_KEYS  # the aggregate's keys, in order
     assert record["framework"] == framework
     assert record["framework_version"] == versions["framework_version"]
-    assert (record["keras_version"] is None) == (framework == "pytorch")  # Keras: TF only
+    assert (record["keras_version"] is None) == (framework != "tensorflow")  # Keras: TF only
     # a CPU job: no GPU, and no driver even on a machine that has one
     assert (record["gpu_model"], record["gpu_count"], record["nvidia_driver"]) == (None, 0, None)
     # ... and no CUDA or cuDNN, though TensorFlow's wheel names the ones it was built with
