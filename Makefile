@@ -18,7 +18,7 @@ ALLOWED_HOSTS ?=
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[tensorflow,pytorch,test]'
+	$(BIN)/python -m pip install --quiet -e '.[tensorflow,pytorch,jax,test]'
 	touch $@
 
 ## run: the whole pipeline on the synthetic demo corpus, on the CPU, then its HTML report

@@ -309,9 +309,9 @@ def test_a_run_file_without_a_known_framework_is_refused(tmp_path):
     with pytest.raises(MosbenchError, match="lacks framework; expected the keys dataset, "
                                             "model, framework, seed, gpus"):
         aggregate([train], [metrics], tmp_path / "out")
-    write_json(train, {**data, "framework": "jax"})
-    with pytest.raises(MosbenchError, match=r"unknown framework 'jax'; allowed: "
-                                            r"\['tensorflow', 'pytorch'\]"):
+    write_json(train, {**data, "framework": "mxnet"})
+    with pytest.raises(MosbenchError, match=r"unknown framework 'mxnet'; allowed: "
+                                            r"\['tensorflow', 'pytorch', 'jax'\]"):
         aggregate([train], [metrics], tmp_path / "out")
 
 

@@ -89,7 +89,7 @@ def test_every_positional_argument_has_help_and_names_its_choices(capsys):
                 assert action.help, f"mosbench {name} {action.dest}"
     for argv, wanted in ((["train", "-h"], ["the data set: tiny",
                                             "the model: lstm, awd-lstm, awd-lstm-moc, "
-                                            "awd-lstm-mos", "{tensorflow,pytorch}"]),
+                                            "awd-lstm-mos", "{tensorflow,pytorch,jax}"]),
                          (["download", "-h"], ["the corpus: tiny"])):
         with pytest.raises(SystemExit) as done:
             main(["--config", str(TINY_CONFIG), *argv])

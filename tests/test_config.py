@@ -33,7 +33,7 @@ def _broken(edit):
     ("edit", "expected"),
     [
         (lambda c: c["run"].update(models=["transformer"]), "run.models[0]"),
-        (lambda c: c["run"].update(frameworks=["jax"]), "run.frameworks[0]"),
+        (lambda c: c["run"].update(frameworks=["mxnet"]), "run.frameworks[0]"),
         (lambda c: c["run"].update(frameworks=[]), "run.frameworks"),
         (lambda c: c["run"].update(frameworks=["pytorch", "pytorch"]), "run.frameworks"),
         (lambda c: c["run"].update(frameworks="pytorch"), "run.frameworks"),
@@ -70,9 +70,9 @@ def test_allowed_values_are_listed():
 
 def test_an_unknown_framework_is_named_with_the_allowed_ones():
     with pytest.raises(MosbenchError) as info:
-        validate_config(_broken(lambda c: c["run"].update(frameworks=["tensorflow", "jax"])))
-    assert str(info.value) == ("config: config key 'run.frameworks[1]': 'jax' is not one of "
-                               "['tensorflow', 'pytorch']")
+        validate_config(_broken(lambda c: c["run"].update(frameworks=["tensorflow", "mxnet"])))
+    assert str(info.value) == ("config: config key 'run.frameworks[1]': 'mxnet' is not one of "
+                               "['tensorflow', 'pytorch', 'jax']")
 
 
 def test_frameworks_default_to_tensorflow_and_match_the_engines():

@@ -14,8 +14,8 @@ PYPROJECT = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
 # The workflow's own tools: installed by `-e ../` with the project, not listed again.
 TOOLS = {"snakemake", "snakemake-executor-plugin-slurm"}
 # The extra a framework's jobs install on a cluster, where it differs from the framework's
-# own: TensorFlow with its CUDA wheels (the `tensorflow` extra stays plain for CPU machines).
-CLUSTER_EXTRAS = {"tensorflow": "tensorflow-cuda"}
+# own: TensorFlow and JAX with their CUDA wheels (their plain extras stay plain for CPU machines).
+CLUSTER_EXTRAS = {"tensorflow": "tensorflow-cuda", "jax": "jax-cuda"}
 # env file -> the pyproject extras it installs
 ENVS = {"mosbench": [], "reporting": list(FRAMEWORKS),
         **{f: [CLUSTER_EXTRAS.get(f, f)] for f in FRAMEWORKS}}

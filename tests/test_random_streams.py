@@ -27,8 +27,8 @@ result together. So, for each engine (:data:`mosbench.engines.FRAMEWORKS`):
 
 Masks are observed, not mocked: each engine's own model draws them at its own
 dropout sites, from the generators its training step uses (:class:`TensorFlowStreams`,
-:class:`PyTorchStreams`; an engine added later adds its adapter here), and in whole
-training-mode forwards and steps with fixed weights and inputs. Statistical
+:class:`PyTorchStreams`, :class:`JaxStreams`; an engine added later adds its adapter
+here), and in whole training-mode forwards and steps with fixed weights and inputs. Statistical
 bounds are five standard errors (about one false alarm in two million checks).
 """
 
@@ -202,7 +202,84 @@ class PyTorchStreams:
         return {name: (p.detach().numpy().copy(), bound) for name, (p, bound) in rules.items()}
 
 
-ADAPTERS = {"tensorflow": TensorFlowStreams, "pytorch": PyTorchStreams}
+class JaxStreams:
+    """A JAX engine's dropout sites: each probe is one training-mode forward's key.
+
+    The engine's steps spend one draw of its counter per chunk's forward
+    (``fold_in(mask_root, draw)``); each probe here spends the next one, so the
+    probes and the steps read the same sequence of keys.
+    """
+
+    def __init__(self, engine):
+        import jax
+        import jax.numpy as jnp
+
+        from mosbench.engines.jax.models import masks
+
+        self.jax, self.jnp, self.masks, self.engine = jax, jnp, masks, engine
+        self.model = engine.model
+
+    def _key(self):
+        key = self.jax.random.fold_in(self.engine.mask_root, self.engine.draws)
+        self.engine.draws += 1
+        return key
+
+    def locked(self, site, batch, time, features):
+        m, masks = self.model, self.masks
+        number, rate = {"dropouti": (masks.INPUT, m.dropouti), "dropout": (masks.OUTPUT, m.dropout),
+                        "dropoutl": (masks.LATENT, m.head.contexts.dropoutl)}.get(site) or (
+            masks.HIDDEN + int(site[-1]), m.dropouth)
+        ones = self.jnp.ones((time, batch, features))  # time-major, as the model's sites
+        mask = masks.locked(ones, masks.site_key(self._key(), number), rate)
+        return np.asarray(mask).transpose(1, 0, 2)
+
+    def weight_drop(self, layer):
+        raw = self.engine.params[f"rnn.{layer}.w_hh"]
+        key = self.masks.site_key(self._key(), self.masks.WEIGHT_DROP + layer)
+        return np.asarray(self.masks.weight_drop(raw, key, self.model.wdrop) / raw)
+
+    def embedding(self, tokens):
+        ones = self.jnp.ones(self.engine.params["embedding"].shape)
+        key = self.masks.site_key(self._key(), self.masks.EMBEDDING)
+        rows = self.masks.embedding_lookup(ones, self.jnp.asarray(tokens), key,
+                                           self.model.dropoute)
+        return _one_factor_per_row(np.asarray(rows))
+
+    def forward(self, x, y):
+        states = self.model.initial_state(x.shape[0])
+        nll, _, _ = self.model.nll(self.engine.params, self.jnp.asarray(x), self.jnp.asarray(y),
+                                   states, self._key())
+        return np.asarray(nll)
+
+    def set_rate(self, stream, rate):
+        import dataclasses
+
+        m = self.model
+        if stream == "dropoutl":
+            contexts = dataclasses.replace(m.head.contexts, dropoutl=rate)
+            self.model = dataclasses.replace(m, head=dataclasses.replace(m.head,
+                                                                         contexts=contexts))
+        else:
+            self.model = dataclasses.replace(m, **{stream: rate})
+
+    def initial_tensors(self):
+        hp, params = self.engine.hparams, self.engine.params
+        names = {"embedding": "embedding", "decoder.b": "decoder bias", "prior.w": "prior weight",
+                 "latent.w": "latent weight", "latent.b": "latent bias"}
+        rules = {}
+        for name, values in params.items():
+            if name.startswith("rnn."):
+                _, layer, part = name.split(".")
+                rules[f"lstm{layer} {part}"] = (values, self.model.sizes[int(layer)] ** -0.5)
+            else:
+                bound = {"embedding": hp["init_range"], "decoder.b": 0.0}.get(
+                    name, hp["nhidlast"] ** -0.5)
+                rules[names[name]] = (values, bound)
+        assert len(rules) == len(params), "a weight without its initialisation rule"
+        return {name: (np.asarray(v).copy(), bound) for name, (v, bound) in rules.items()}
+
+
+ADAPTERS = {"tensorflow": TensorFlowStreams, "pytorch": PyTorchStreams, "jax": JaxStreams}
 
 
 def _one_factor_per_row(rows):

@@ -15,7 +15,7 @@ from mosbench.cpu_features import check_precision_hardware
 from mosbench.errors import MosbenchError
 from mosbench.workload import check_precision
 
-FRAMEWORKS = ("tensorflow", "pytorch")
+FRAMEWORKS = ("tensorflow", "pytorch", "jax")
 
 
 def engine_class(framework):

@@ -301,6 +301,11 @@ class Engine(abc.ABC):
         framework's own input path), or ``(None, why it is not timed)``."""
         return None, f"the {self.framework} engine does not time its input"
 
+    def compile_statistics(self):
+        """``({"compiles", "compile_s"}, None)``: the programs the engine compiled since it was
+        made and their seconds, or ``(None, why they are not counted)``."""
+        return None, f"the {self.framework} engine does not count its compiles"
+
     # --- helpers shared by every engine -----------------------------------------------------
 
     def close(self):  # noqa: B027 - optional: most engines start nothing to release

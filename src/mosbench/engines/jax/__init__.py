@@ -1,0 +1,1 @@
+"""The JAX engine: plain JAX and optax, parameters a dict keyed by the canonical names."""

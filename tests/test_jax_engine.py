@@ -1,0 +1,124 @@
+"""What only the JAX engine has: windows padded to a bucket, its compile count, shard_map.
+
+The engine's agreement with the other frameworks is in test_engine_conformance.py
+and its masks in test_random_streams.py; here, the ways of running it that those
+suites do not choose.
+"""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from toy_stream import AWD, DROPOUTS, LR, train, training_windows
+
+from conftest import REPO
+from mosbench.data.batching import batchify, read_ids, windows
+from mosbench.engines import load_engine
+from mosbench.errors import MosbenchError
+
+pytest.importorskip("jax")
+
+HP = {**AWD, **DROPOUTS}
+
+
+def _engine(bucket, hp=HP, seed=3):
+    engine = load_engine("jax", seed=seed, threads=2)
+    engine.build("awd-lstm-mos", 40, hp)
+    engine.prepare_training(hp, 6)
+    engine.bucket = bucket
+    return engine
+
+
+def test_windows_padded_to_a_bucket_train_as_exact_ones_with_one_compile():
+    """Lengths 6, 4, 7, 5 padded to 8 steps: the same losses, weights and states as exact
+    windows, dropout on (every AWD mask is drawn per sequence or per matrix, not per
+    step, so padding draws the same masks), from one compiled program instead of four."""
+    data = training_windows(6, 8)
+    # chunks of 3 rows: settings of this test's own, so no other test compiled its programs
+    hp = {**HP, "small_batch_size": 3}
+    exact, padded = _engine(None, hp), _engine(8, hp)
+    padded.load_weights(exact.weights())
+    start = padded.weights()
+    results = {}
+    for name, engine in (("exact", exact), ("padded", padded)):
+        losses, states = train(engine, data, average_from=4)
+        results[name] = losses, engine.state_arrays(states), engine.weights()
+    (loss_a, states_a, weights_a), (loss_b, states_b, weights_b) = results.values()
+    assert np.abs(loss_a / loss_b - 1).max() < 1e-5
+    assert max(float(np.abs(a - b).max()) for a, b in zip(states_a, states_b, strict=True)) < 1e-5
+    assert max(float(np.abs(weights_a[n] - weights_b[n]).max()) for n in weights_a) < 1e-5
+    assert max(float(np.abs(weights_b[n] - start[n]).max()) for n in start) > 1e-2  # it moved
+    (exact_figures, reason), (padded_figures, _) = (e.compile_statistics()
+                                                    for e in (exact, padded))
+    assert reason is None and exact_figures["compile_s"] > 0
+    assert exact_figures["compiles"] == 4 and padded_figures["compiles"] == 1
+
+
+def test_padding_that_leaked_into_the_loss_or_state_would_show():
+    """The same padded program with the length ignored (the padding counted as real steps)
+    gives other losses: the masking above is what makes the two paths agree."""
+    data = training_windows(6, 2, lengths=(5,))
+    masked, leaking = _engine(8), _engine(8)
+    leaking.load_weights(masked.weights())
+    first = train(masked, data)[0]
+    states = leaking.initial_state(6)
+    unmasked = []
+    for x, y in data:
+        padded = [np.pad(a, ((0, 0), (0, 3))) for a in (x, y)]
+        loss, states = leaking.train_step(*padded, states, LR, False)
+        unmasked.append(loss)
+    assert np.abs(first - np.array(unmasked)).max() > 1e-3
+
+
+def test_two_devices_make_the_update_one_device_makes():
+    """shard_map over 2 logical CPU devices (a process of its own) against 1: the losses,
+    weights, average and states of a few clipped steps, dropout off, with weight drop
+    (one mask per global batch, shared by the replicas), and a batch of 5 rows (3 + 2)."""
+    done = subprocess.run([sys.executable, str(REPO / "tests" / "jax_data_parallel_check.py")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result.pop("too_few_rows") == ("batch_size 1 is smaller than the 2 devices it "
+                                          "would be split over: some would get no rows")
+    for case, found in result.items():
+        assert found["devices"] == 2, case
+        assert found["loss"] < 1e-5 and found["states"] < 1e-5, (case, found)
+        assert found["weights"] < 1e-5 and found["averaged"] < 1e-5, (case, found)
+        assert found["moved"] > 1e-3, (case, found)  # training moved: equality is not vacuous
+        assert found["programs"] == 1, (case, found)  # one per window length, not per step
+
+
+def test_devices_jax_does_not_show_are_refused_in_one_line():
+    with pytest.raises(MosbenchError, match=r"2 GPU device\(s\) were asked for .* JAX shows 0 "
+                                            r"on this machine; use gpus: \[0\]"):
+        load_engine("jax", gpus=2)
+    with pytest.raises(MosbenchError, match=r"mix the CPU and GPUs"):
+        load_engine("jax", devices=["/cpu:0", "/gpu:0"])
+
+
+def test_versions_name_jax_jaxlib_and_optax():
+    import jax
+
+    from mosbench.engines import engine_class
+
+    versions = engine_class("jax").versions()
+    assert versions["framework"] == "jax" and versions["framework_version"] == jax.__version__
+    assert set(versions["libraries"]) == {"jaxlib", "optax"}
+    if not [d for d in jax.devices() if d.platform == "gpu"]:
+        assert versions["cuda"] is None and versions["cudnn"] is None
+
+
+def test_the_input_pipelines_read_the_training_windows(tiny_data, tmp_path):
+    engine = load_engine("jax")
+    path = tiny_data / "train.parquet"
+    streams = batchify(read_ids(path), 4)
+    expected = (sum(x.size for x, _ in windows(streams, 7)),
+                sum(int(y.sum(dtype=np.int64)) for _, y in windows(streams, 7)))
+    pipelines = engine.input_pipelines(path, 4, 7, tmp_path / "cache")
+    assert set(pipelines) == {"stream", "cache_memory", "cache_file"}
+    for name, one_pass in pipelines.items():
+        assert one_pass() == expected, name
+        assert one_pass() == expected, f"{name}, second pass (from its cache)"
+    assert (tmp_path / "cache.npy").exists()
