@@ -134,6 +134,7 @@ def test_snakemake_plans_the_grid_given_on_its_command_line(override, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     planned = {line.split()[0]: int(line.split()[1]) for line in done.stdout.splitlines()
                if len(line.split()) == 2 and line.split()[1].isdigit()}
-    assert planned["train"] == 2 * 3  # both frameworks (the file's) x lstm x three seeds
+    frameworks = yaml.safe_load(TINY_CONFIG.read_text())["run"]["frameworks"]
+    assert planned["train"] == len(frameworks) * 3  # the file's frameworks x lstm x 3 seeds
     assert "train/tensorflow/tiny/lstm/seed5-gpus0" in done.stdout
     assert "awd-lstm-mos" not in done.stdout

@@ -195,7 +195,7 @@ def _grid(tmp_path):
                                           "dynamic_test_ppl": 47.69, "source": "paper"}}}
     prices = {"currency": "USD", "gpu_hour": 3.6, "cpu_hour": 0.36}
     paths = aggregate(train_files, metrics_files, tmp_path / "out", reference=reference,
-                      prices=prices)
+                      prices=prices, comparison={"frameworks": list(PPL)})  # the two it planted
     return paths, train_files, metrics_files
 
 
