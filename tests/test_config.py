@@ -75,6 +75,27 @@ def test_an_unknown_framework_is_named_with_the_allowed_ones():
                                "['tensorflow', 'pytorch', 'jax']")
 
 
+@pytest.mark.parametrize(("engines", "expected"), [
+    ({"jax": {"bucket": 8}}, "config key 'engines.jax': Additional properties are not allowed "
+                             "('bucket' was unexpected)"),
+    ({"jax": {"bptt_bucket": 1}}, "config key 'engines.jax.bptt_bucket': 1 is less than the "
+                                  "minimum of 2"),
+    ({"mxnet": {}}, "config key 'engines': Additional properties are not allowed ('mxnet' "
+                    "was unexpected)"),
+])
+def test_an_engine_setting_is_checked_by_name(engines, expected):
+    with pytest.raises(MosbenchError) as info:
+        validate_config(_broken(lambda c: c.update(engines=engines)))
+    assert expected in str(info.value)
+
+
+def test_engine_settings_default_to_exact_windows_and_no_shared_cache():
+    config = validate_config(_broken(lambda c: c.pop("engines", None)))
+    assert config["engines"] == {"jax": {"bptt_bucket": None, "compilation_cache": None}}
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    assert set(schema["properties"]["engines"]["properties"]) <= set(FRAMEWORKS)
+
+
 def test_frameworks_default_to_tensorflow_and_match_the_engines():
     config = validate_config(_broken(lambda c: c["run"].pop("frameworks")))
     assert config["run"]["frameworks"] == ["tensorflow"]

@@ -6,12 +6,13 @@ suites do not choose.
 """
 
 import json
+import os
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from toy_stream import AWD, DROPOUTS, LR, train, training_windows
+from toy_stream import AWD, DROPOUTS, LR, LSTM, train, training_windows
 
 from conftest import REPO
 from mosbench.data.batching import batchify, read_ids, windows
@@ -24,10 +25,9 @@ HP = {**AWD, **DROPOUTS}
 
 
 def _engine(bucket, hp=HP, seed=3):
-    engine = load_engine("jax", seed=seed, threads=2)
+    engine = load_engine("jax", {"bptt_bucket": bucket}, seed=seed, threads=2)
     engine.build("awd-lstm-mos", 40, hp)
     engine.prepare_training(hp, 6)
-    engine.bucket = bucket
     return engine
 
 
@@ -122,3 +122,33 @@ def test_the_input_pipelines_read_the_training_windows(tiny_data, tmp_path):
         assert one_pass() == expected, name
         assert one_pass() == expected, f"{name}, second pass (from its cache)"
     assert (tmp_path / "cache.npy").exists()
+
+
+CACHED_JOB = """
+import json, sys
+import numpy as np
+from mosbench.engines import load_engine
+engine = load_engine("jax", {"compilation_cache": sys.argv[1]}, seed=1)
+engine.build("lstm", 40, json.loads(sys.argv[2]))
+states = engine.initial_state(2)
+engine.eval_window(np.zeros((2, 5), np.int32), np.zeros((2, 5), np.int32), states)
+print(engine.compile_statistics()[0]["compiles"])
+"""
+
+
+def test_a_compilation_cache_keeps_the_programs_for_the_next_job(tmp_path):
+    """engines.jax.compilation_cache: a job (a fresh process, as Snakemake starts) writes its
+    programs there, however quick their compile, and the next job finds them there: it
+    writes none (and still counts the compiles it asked for)."""
+    cache = tmp_path / "cache"
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("JAX_")}  # not the test session's own cache
+    entries = []
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-c", CACHED_JOB, str(cache), json.dumps(LSTM)],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert int(done.stdout.split()[-1]) >= 1
+        entries.append(sorted(path.name for path in cache.iterdir()))
+    assert any(name.endswith("-cache") for name in entries[0])
+    assert entries[1] == entries[0]

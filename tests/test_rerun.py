@@ -85,15 +85,16 @@ def test_another_tracking_store_and_a_touch_plan_nothing(tiny_run):
 
 # What an edit of each kind of module reruns: one framework's jobs, or both frameworks';
 # the data-pipeline job of a framework too where it imports the module (its engine does).
-# The tiny config runs 2 frameworks x 2 models x 2 seeds, and 1 data set on the CPU.
+# The tiny config runs 3 frameworks x 2 models x 2 seeds, and 1 data set on the CPU.
 # module edited: (frameworks retrained, data-pipeline jobs per framework, probe jobs). A
-# framework's probes rerun with its engine, and so do the next framework's probes of the same
-# cells (tiny.yaml: tensorflow, then pytorch), which must be timed beside them again.
+# framework's probes rerun with its engine, and so do the later frameworks' probes of the
+# same cells (tiny.yaml: tensorflow, pytorch, jax), which must be timed beside them again.
 EDITS = {
-    "the TensorFlow engine's LSTM": ("engines/tensorflow/models/lstm.py", {"tensorflow"}, 1, 4),
-    "the PyTorch engine's LSTM": ("engines/pytorch/models/lstm.py", {"pytorch"}, 1, 2),
+    "the TensorFlow engine's LSTM": ("engines/tensorflow/models/lstm.py", {"tensorflow"}, 1, 6),
+    "the PyTorch engine's LSTM": ("engines/pytorch/models/lstm.py", {"pytorch"}, 1, 4),
+    "the JAX engine's LSTM": ("engines/jax/models/scan_lstm.py", {"jax"}, 1, 2),
     "the neutral training procedure": ("training/bptt.py", set(FRAMEWORKS), 0, 0),
-    "the engine interface": ("engines/interface.py", set(FRAMEWORKS), 1, 4),
+    "the engine interface": ("engines/interface.py", set(FRAMEWORKS), 1, 6),
 }
 
 
@@ -129,8 +130,9 @@ def test_a_hyperparameter_change_plans_only_that_models_jobs(tiny_run):
     changed = tiny_run.root / "lstm-lr4.yaml"
     changed.write_text(yaml.safe_dump(config))  # keys now sorted: a new order reruns nothing
     jobs = planned_jobs(dry_run(tiny_run, configfile=changed))
-    # both frameworks': 2 seeds of training and evaluation, 1 probe each
-    assert counts(jobs) == {"train": 4, "evaluate": 4, "probe": 2, "aggregate": 1}
+    # every framework's: 2 seeds of training and evaluation, 1 probe each
+    n = len(FRAMEWORKS)
+    assert counts(jobs) == {"train": 2 * n, "evaluate": 2 * n, "probe": n, "aggregate": 1}
     assert {job.wildcards["model"] for job in jobs if job.rule != "aggregate"} == {"lstm"}
 
     # The README's way to see which outputs a params change invalidates.
@@ -142,6 +144,16 @@ def test_a_hyperparameter_change_plans_only_that_models_jobs(tiny_run):
                          ("evaluate", ("metrics.json",))) for name in names} | {
                          f"results/probe/{framework}/tiny/lstm/strong-gpus0/probe.json"
                          for framework in FRAMEWORKS}
+
+
+@pytest.mark.slow
+def test_an_engine_setting_plans_only_that_frameworks_jobs(tiny_run):
+    """engines.jax: a param of JAX's training, evaluation and probe jobs, no other's."""
+    changed = changed_config(tiny_run, "jax-bucket", lambda config: config.setdefault(
+        "engines", {}).setdefault("jax", {}).update(bptt_bucket=4))
+    jobs = planned_jobs(dry_run(tiny_run, configfile=changed))
+    assert counts(jobs) == {"train": 4, "evaluate": 4, "probe": 2, "aggregate": 1}
+    assert {job.wildcards["framework"] for job in jobs if job.rule != "aggregate"} == {"jax"}
 
 
 def changed_config(tiny_run, name, change):
@@ -169,7 +181,7 @@ def test_an_evaluation_only_key_plans_only_that_models_evaluate_and_aggregate(ti
     changed = changed_config(tiny_run, key.replace(" ", "-"),
                              lambda config: change(config["presets"]["tiny"][model]))
     jobs = planned_jobs(dry_run(tiny_run, configfile=changed))
-    assert counts(jobs) == {"evaluate": 4, "aggregate": 1}  # 2 frameworks x 2 seeds
+    assert counts(jobs) == {"evaluate": 2 * len(FRAMEWORKS), "aggregate": 1}  # x 2 seeds
     assert {job.wildcards["model"] for job in jobs if job.rule == "evaluate"} == {model}
 
 
@@ -203,8 +215,8 @@ def test_a_grid_with_gpu_jobs_plans_one_data_pipeline_job_per_device(tiny_run):
     assert done.returncode == 0, done.stderr[-3000:]
     jobs = planned_jobs(done.stdout + done.stderr)
     pipelines = [job for job in jobs if job.rule == "data_pipeline"]
-    # trained at the smallest GPU count (2 frameworks x 2 models x 2 seeds), probed at both
-    assert counts(jobs)["train"] == 8 and counts(jobs)["probe"] == 8
+    # trained at the smallest GPU count (each framework x 2 models x 2 seeds), probed at both
+    assert counts(jobs)["train"] == counts(jobs)["probe"] == 4 * len(FRAMEWORKS)
     assert {j.wildcards["gpus"] for j in jobs if j.rule == "train"} == {"0"}
     assert {j.wildcards["gpus"] for j in jobs if j.rule == "probe"} == {"0", "1"}
     assert sorted((j.wildcards["framework"], j.wildcards["device"]) for j in pipelines) == [

@@ -1,6 +1,7 @@
 """The real workflow, end to end, through the real `snakemake` and a real MLflow store."""
 
 import base64
+import json
 import os
 import subprocess
 import sys
@@ -50,9 +51,10 @@ def test_pipeline_runs_end_to_end_and_tracks_every_run(tiny_workflow):
 
     runs = pd.read_csv(results / "aggregate" / "runs.csv")
     # per model, a cell's frameworks side by side, then seeds
-    assert runs["model"].tolist() == ["awd-lstm-mos"] * 4 + ["lstm"] * 4
-    assert runs["framework"].tolist() == ["pytorch", "pytorch", "tensorflow", "tensorflow"] * 2
-    assert runs["seed"].tolist() == [1, 2] * 4
+    n = len(FRAMEWORKS)
+    assert runs["model"].tolist() == ["awd-lstm-mos"] * 2 * n + ["lstm"] * 2 * n
+    assert runs["framework"].tolist() == [f for f in sorted(FRAMEWORKS) for _ in (1, 2)] * 2
+    assert runs["seed"].tolist() == [1, 2] * 2 * n
     assert (runs["test_ppl"] > runs["optimal_ppl"]).all()
     lstm, mos = runs[runs["model"] == "lstm"], runs[runs["model"] == "awd-lstm-mos"]
     assert (lstm["best_valid_ppl"] < 40).all()  # learnt something: uniform guessing scores 40
@@ -91,9 +93,17 @@ def test_pipeline_runs_end_to_end_and_tracks_every_run(tiny_workflow):
         assert set(tracked["params.framework"]) == {framework}
     tracked = mlflow.search_runs(experiment_names=["mosbench-test"],
                                  filter_string="tags.dataset = 'tiny'")
-    assert len(tracked) == 8 and set(tracked["tags.framework"]) == set(FRAMEWORKS)
+    assert len(tracked) == 4 * n and set(tracked["tags.framework"]) == set(FRAMEWORKS)
     assert set(tracked["params.n_params"].astype(int)) == set(runs["n_params"])
     assert set(tracked["params.matmul_precision"]) == {"float32"}  # strict fp32 by default
+    # an engine's own settings (tiny.yaml: engines.jax), in its runs' params and train.json
+    jax_runs = tracked["tags.framework"] == "jax"
+    assert set(tracked.loc[jax_runs, "params.engine.bptt_bucket"]) == {"8"}
+    assert tracked.loc[~jax_runs, "params.engine.bptt_bucket"].isna().all()
+    for framework in FRAMEWORKS:
+        record = results / "train" / framework / "tiny" / "lstm" / "seed1-gpus0" / "train.json"
+        assert json.loads(record.read_text())["engine_options"] == (
+            {"bptt_bucket": 8, "compilation_cache": None} if framework == "jax" else {})
     tracked = tracked.set_index("run_id").loc[runs["run_id"]]
     assert tracked["metrics.test_ppl"].tolist() == pytest.approx(runs["test_ppl"].tolist())
     assert tracked["metrics.best_valid_ppl"].tolist() == pytest.approx(

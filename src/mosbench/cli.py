@@ -121,7 +121,8 @@ def _train(args, config):
                         seed=args.seed, gpus=args.gpus,
                         hparams=hparams,
                         experiment=config["mlflow"]["experiment"], threads=config["threads"],
-                        config_snapshot=config, prices=config["cost"])
+                        config_snapshot=config, prices=config["cost"],
+                        engine_options=config["engines"].get(args.framework))
     if "reason" in summary:  # diverged: an outcome, so exit status 0 (as under Snakemake)
         print(f"wrote {train_dir}; {summary['outcome']}: {summary['reason']}")
         return
@@ -138,7 +139,8 @@ def _evaluate(args, config):
                            model_name=args.model,
                            hparams=preset(config, args.dataset, args.model),
                            experiment=config["mlflow"]["experiment"], gpus=args.gpus,
-                           threads=config["threads"], framework=args.framework)
+                           threads=config["threads"], framework=args.framework,
+                           engine_options=config["engines"].get(args.framework))
     if "reason" in metrics:  # a diverged run: nothing was scored
         print(f"wrote {eval_dir}; not scored: training {metrics['outcome']}")
         return

@@ -66,6 +66,12 @@ def hparams(wildcards):
     return canonical(preset(config, wildcards.dataset, wildcards.model))
 
 
+def engine_options(wildcards):
+    """The framework's own engine settings (config key engines.<framework>): a change reruns
+    that framework's training, evaluation and probe jobs, no other framework's."""
+    return canonical(config["engines"].get(wildcards.framework, {}))
+
+
 def train_hparams(wildcards):
     """The preset without the keys only evaluation reads (workload.EVALUATION_KEYS): a
     new dynamic_eval, rank_contexts or test_batch_size reruns evaluate, not training."""

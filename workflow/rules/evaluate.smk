@@ -10,6 +10,7 @@ rule evaluate:
         metrics=f"{paths.EVALUATE}/metrics.json",
     params:
         hparams=hparams,  # the whole preset: an evaluation-only key reruns only this
+        engine=engine_options,
         code=lambda w: code_hash("evaluate", w.framework),  # an edit reruns, a touch does not
     threads: config["threads"]
     resources:

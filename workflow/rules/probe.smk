@@ -11,6 +11,7 @@ rule probe:
         probe=f"{paths.PROBE}/probe.json",
     params:
         hparams=train_hparams,  # the probe trains: evaluation-only keys rerun no probe
+        engine=engine_options,
         settings=lambda w: canonical(probe_settings()),  # steps, warm-up, repeats, seed
         code=lambda w: code_hash("probe", w.framework),  # reruns on an edit, not a touch
     threads: config["threads"]

@@ -9,6 +9,7 @@ rule train:
         summary=f"{paths.TRAIN}/train.json",
     params:
         hparams=train_hparams,  # per (dataset, model), evaluation-only keys aside (workload.py)
+        engine=engine_options,
         # the neutral code and this framework's engine: an engine edit reruns its jobs only
         code=lambda w: code_hash("train", w.framework),
     threads: config["threads"]

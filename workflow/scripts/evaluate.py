@@ -24,7 +24,8 @@ try:
              hparams=snakemake.params.hparams,
              experiment=snakemake.config["mlflow"]["experiment"],
              gpus=int(snakemake.wildcards.gpus), threads=snakemake.threads,
-             framework=snakemake.wildcards.framework, wall_time_s=budget)
+             framework=snakemake.wildcards.framework, wall_time_s=budget,
+             engine_options=snakemake.params.engine)
 except TrainingPaused as paused:  # EvaluationPaused: its progress is saved
     # A retry (profiles/slurm sets `retries`) or the next run goes on where it stopped.
     print(f"paused: {paused}", file=sys.stderr)

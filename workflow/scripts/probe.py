@@ -16,7 +16,7 @@ result = run_probe(Path(snakemake.input.train).parent, model_name=w.model,
                    hparams=snakemake.params.hparams, seed=settings["seed"], gpus=int(w.gpus),
                    scaling=w.scaling, steps=settings["steps"], warmup=settings["warmup"],
                    repeats=settings["repeats"], threads=snakemake.threads,
-                   framework=w.framework)
+                   framework=w.framework, engine_options=snakemake.params.engine)
 write_json(snakemake.output.probe, {"framework": w.framework, "dataset": w.dataset,
                                     "model": w.model, "gpus": int(w.gpus), **result})
 print({k: v for k, v in result.items() if k != "provenance"})

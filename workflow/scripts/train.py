@@ -30,7 +30,8 @@ try:
           gpus=int(w.gpus), hparams=snakemake.params.hparams,
           experiment=snakemake.config["mlflow"]["experiment"], threads=snakemake.threads,
           config_snapshot=snakemake.config, wall_time_s=budget, prices=snakemake.config["cost"],
-          code_hash=snakemake.params.code)  # the code this run is for: resume only its checkpoint
+          code_hash=snakemake.params.code,  # the code this run is for: resume only its checkpoint
+          engine_options=snakemake.params.engine)
 except TrainingPaused as paused:
     # Checkpointed: a retry (profiles/slurm sets `retries`) or the next run resumes.
     print(f"paused: {paused}", file=sys.stderr)

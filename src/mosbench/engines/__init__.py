@@ -32,8 +32,11 @@ def engine_class(framework):
     return module.ENGINE
 
 
-def load_engine(framework, **placement):
+def load_engine(framework, options=None, **placement):
     """An engine of ``framework`` placed as ``placement`` says (see :class:`Engine`).
+
+    ``options``: that framework's own settings (config key ``engines.<framework>``),
+    keyword arguments of its engine.
 
     The precision and the CPU are checked first, before the framework is imported: an
     unknown precision, or one the CPU cannot compute, is refused in one line rather
@@ -42,4 +45,4 @@ def load_engine(framework, **placement):
     check_precision(placement.get("precision", "float32"))
     check_precision_hardware(placement.get("precision", "float32"), placement.get("gpus", 0),
                              placement.get("devices"))
-    return engine_class(framework)(**placement)
+    return engine_class(framework)(**placement, **(options or {}))

@@ -97,12 +97,13 @@ def _evaluation_seconds(results):
             "static_test_s": results.get("static_test_s")}
 
 
-def load_trained(train_dir, model_name, vocab_size, hparams, framework, gpus=0, threads=None):
+def load_trained(train_dir, model_name, vocab_size, hparams, framework, gpus=0, threads=None,
+                 engine_options=None):
     """An engine holding the job's best weights, with a clear error on a mismatch.
 
     Evaluation runs on one device: ``gpus`` above one still places it on one.
     """
-    engine = load_engine(framework, gpus=min(gpus, 1), threads=threads,
+    engine = load_engine(framework, engine_options, gpus=min(gpus, 1), threads=threads,
                          precision=hparams.get("matmul_precision", "float32"))
     engine.build(model_name, vocab_size, hparams)
     path = Path(train_dir) / WEIGHTS
@@ -248,7 +249,7 @@ def _replace_training_run(tracker, trained, train_dir, data_dir, hparams, tokens
 
 
 def evaluate(data_dir, train_dir, out_path, *, model_name, hparams, experiment, framework,
-             gpus=0, threads=None, wall_time_s=None):
+             gpus=0, threads=None, wall_time_s=None, engine_options=None):
     """Score the trained model; write and return the metrics.
 
     A run that did not finish (diverged) has nothing to score: its metrics.json
@@ -269,7 +270,7 @@ def evaluate(data_dir, train_dir, out_path, *, model_name, hparams, experiment, 
         valid_ids, meta = load_split(data_dir, "valid")
         test_ids, _ = load_split(data_dir, "test")
         engine = load_trained(train_dir, model_name, meta["vocab_size"], hparams, framework,
-                              gpus, threads)
+                              gpus, threads, engine_options)
         saved = SavedProgress.open(Path(out_path).parent, _fingerprint(
             trained, Path(train_dir), framework, model_name, hparams))
         saved.start_launch(provenance(engine.versions(), min(gpus, 1)))

@@ -34,7 +34,7 @@ def global_batch(hparams, scaling, n_devices):
 
 
 def run_probe(data_dir, *, model_name, hparams, seed, gpus, framework, scaling="strong",
-              steps=50, warmup=5, repeats=3, threads=None, devices=None):
+              steps=50, warmup=5, repeats=3, threads=None, devices=None, engine_options=None):
     """Time ``repeats`` blocks of ``steps`` training steps; a dict of figures.
 
     ``devices`` overrides the GPUs (the tests use logical CPU devices).
@@ -47,7 +47,8 @@ def run_probe(data_dir, *, model_name, hparams, seed, gpus, framework, scaling="
         raise MosbenchError(f"{scaling}-scaling probe: the training split has too few tokens "
                             f"for a batch of {batch} x {bptt + 1} ({len(train_ids)} tokens)")
     with HardwareMonitor(gpus=gpus) as monitor:
-        engine = load_engine(framework, gpus=gpus, threads=threads, devices=devices, seed=seed,
+        engine = load_engine(framework, engine_options, gpus=gpus, threads=threads,
+                             devices=devices, seed=seed,
                              precision=hparams.get("matmul_precision", "float32"))
         try:
             engine.build(model_name, meta["vocab_size"], hparams)

@@ -221,11 +221,13 @@ def run_name(dataset, model, seed, gpus, framework):
 
 
 def train_params(dataset, model, seed, gpus, framework, *, n_params, vocab_size, train_tokens,
-                 hparams):
-    """A training run's params: the job, the model's size, the data and the training preset."""
+                 hparams, engine_options=None):
+    """A training run's params: the job, the model's size, the data, the training preset and
+    the engine's own settings (``engine.<key>``, config key ``engines.<framework>``)."""
     return flatten({"framework": framework, "dataset": dataset, "model": model, "seed": seed,
                     "gpus": gpus, "n_params": n_params, "vocab_size": vocab_size,
-                    "train_tokens": train_tokens, **hparams})
+                    "train_tokens": train_tokens, **hparams,
+                    **({"engine": engine_options} if engine_options else {})})
 
 
 # Metric names: an MLflow metric is named by where its value sits in the job's JSON file,

@@ -26,7 +26,7 @@ class TrackingObserver:
         return self.tracker.run_id
 
     def on_start(self, state, ran_on, *, n_params, meta, hparams, data_dir,
-                 config_snapshot=None):
+                 config_snapshot=None, engine_options=None):
         """Open the job's run (a new one, or the paused one again): sets ``state.run_id``."""
         tracker = self.tracker
         replaces = {}  # a paused run deleted meanwhile (or another store): a new run says so
@@ -41,7 +41,8 @@ class TrackingObserver:
                 tags={**mlflow_run.run_tags(*self.job, ran_on), **replaces},
                 params=mlflow_run.train_params(
                     *self.job, n_params=n_params, vocab_size=meta["vocab_size"],
-                    train_tokens=meta["tokens"]["train"], hparams=hparams),
+                    train_tokens=meta["tokens"]["train"], hparams=hparams,
+                    engine_options=engine_options),
                 dicts=None if config_snapshot is None else {"config.yaml": config_snapshot})
             dataset = self.job[0]
             tracker.log_inputs(mlflow_run.training_inputs(data_dir, dataset, meta["tokens"]))

@@ -134,20 +134,23 @@ def _one_trainer_per_folder(train_job):
 @_one_trainer_per_folder
 def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experiment,
           framework, threads=None, config_snapshot=None, wall_time_s=None,
-          devices=None, prices=None, code_hash=None):
+          devices=None, prices=None, code_hash=None, engine_options=None):
     """Train one (framework, dataset, model, seed, gpus) job; return the summary (train.json).
 
     ``code_hash`` is the hash of the train code the job runs (the rule's
     ``params.code``; None computes it, as the rule does): a checkpoint written
     by other code, or from other data, is not resumed. ``prices`` (config key
     ``cost``) prices its epochs; ``devices`` replaces
-    the GPUs (the tests' logical CPU devices). The data pipeline (streaming vs
+    the GPUs (the tests' logical CPU devices); ``engine_options`` are the framework's own
+    settings (config key ``engines.<framework>``). The data pipeline (streaming vs
     caching) is measured by its own stage, once per data set and device
     (:func:`mosbench.measurement.data_pipeline.data_pipeline_record`).
     """
     out_dir = Path(out_dir)
     started = time.monotonic()
-    engine = load_engine(framework, gpus=gpus, threads=threads, devices=devices, seed=seed,
+    engine_options = dict(engine_options or {})
+    engine = load_engine(framework, engine_options, gpus=gpus, threads=threads,
+                         devices=devices, seed=seed,
                          precision=hparams.get("matmul_precision", "float32"),
                          deterministic=hparams.get("deterministic", False))
     train_ids, valid_ids, meta, input_load = _read_data(data_dir)
@@ -162,7 +165,7 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
     # rule reruns the job for (a fix or new data trains afresh, not on from the old run).
     fingerprint = {"framework": framework, "dataset": dataset, "model": model_name,
                    "seed": seed, "gpus": gpus, "vocab_size": meta["vocab_size"],
-                   "hparams": hparams,
+                   "hparams": hparams, "engine_options": engine_options,
                    "code": code_hash or code_hashes.code_hash("train", framework),
                    "data": _data_digest(train_ids, valid_ids)}
     state, hidden = _resume_or_start(out_dir, engine, fingerprint, hparams, seed)
@@ -173,7 +176,8 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
     tracking = TrackingObserver(out_dir, experiment, framework=framework, dataset=dataset,
                                 model_name=model_name, seed=seed, gpus=gpus)
     tracking.on_start(state, ran_on, n_params=engine.n_params, meta=meta, hparams=hparams,
-                      data_dir=data_dir, config_snapshot=config_snapshot)
+                      data_dir=data_dir, config_snapshot=config_snapshot,
+                      engine_options=engine_options)
 
     stop, diverged = StopSignal(), None
     job = _Job(out_dir, engine, hparams, streams, valid_ids, started, wall_time_s,
@@ -203,7 +207,7 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
 
     summary = {"framework": framework, "dataset": dataset, "model": model_name, "seed": seed,
                "gpus": gpus, "run_id": tracking.run_id, "n_params": engine.n_params,
-               "vocab_size": meta["vocab_size"]}
+               "vocab_size": meta["vocab_size"], "engine_options": engine_options}
     summary.update(_outcome(state, diverged, ran_on))
     summary["measurements"], summary["absent"] = _job_measurements(
         state, monitor, prices, gpus, engine, job.input_wait, input_load)

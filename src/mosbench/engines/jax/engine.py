@@ -39,10 +39,6 @@ from mosbench.errors import MosbenchError
 from mosbench.workload import training_spec
 
 MIB = 2**20
-# Training windows are padded to a multiple of this many steps (the padding masked), so
-# variable BPTT compiles one program per bucket rather than per length; None: exact
-# lengths. Chosen by benchmarks/jax_bptt.py (docs/design.md, the JAX engine).
-BUCKET = None
 
 
 def _host(array):
@@ -70,9 +66,11 @@ class JaxEngine(Engine):
     framework = "jax"
 
     def __init__(self, *, gpus=0, threads=None, precision="float32", deterministic=False,
-                 seed=0, devices=None):
+                 seed=0, devices=None, bptt_bucket=None, compilation_cache=None):
+        """``bptt_bucket``, ``compilation_cache``: config key ``engines.jax`` (the schema
+        says what each does); by default exact window lengths, and each job compiles."""
         self.compute = configure(threads=threads, precision=precision,
-                                 deterministic=deterministic)
+                                 deterministic=deterministic, compilation_cache=compilation_cache)
         self.devices = placement(gpus, devices)
         self.device = self.devices[0]
         if len(self.devices) > 1:
@@ -88,7 +86,9 @@ class JaxEngine(Engine):
         self.compiles = CompileLedger()
         self.model = self.params = self.average = None
         self.input_s = 0.0
-        self.bucket = BUCKET
+        # Training windows padded to a multiple of this many steps, the padding masked: one
+        # program per bucket instead of one per length (benchmarks/jax_bptt.py, design.md)
+        self.bucket = bptt_bucket
 
     @classmethod
     def framework_versions(cls):

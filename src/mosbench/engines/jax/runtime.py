@@ -27,8 +27,12 @@ def _backend_started():
     return bool(xla_bridge._backends)
 
 
-def configure(*, threads=None, precision="float32", deterministic=False):
-    """Apply the job's settings; returns the compute dtype of the heads' matmuls."""
+def configure(*, threads=None, precision="float32", deterministic=False, compilation_cache=None):
+    """Apply the job's settings; returns the compute dtype of the heads' matmuls.
+
+    ``compilation_cache``: a folder for JAX's persistent compilation cache (every
+    program, however quick its compile), for the process; None leaves JAX's setting.
+    """
     check_precision(precision)
     flags = []
     if threads == 1:  # XLA has no flag for another pool size: its pool has one per core
@@ -40,6 +44,9 @@ def configure(*, threads=None, precision="float32", deterministic=False):
             log.info("XLA already started: %s not applied", " ".join(flags))
         else:
             os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", ""), *flags]).strip()
+    if compilation_cache is not None:
+        jax.config.update("jax_compilation_cache_dir", os.path.abspath(compilation_cache))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     matmul, compute = PRECISIONS[precision]
     jax.config.update("jax_default_matmul_precision", matmul)
     return compute
