@@ -1,17 +1,26 @@
-"""The GPU smoke's PyTorch part that fits one GPU, in minutes, on a machine without TensorFlow.
+"""The GPU smoke's PyTorch or JAX part that fits one GPU, in minutes, without TensorFlow.
 
-For a single-GPU machine with PyTorch (2.11 or later), offline, holding only
+For a single-GPU machine with PyTorch (2.11 or later) or, with ``--framework
+jax``, JAX (0.10 or later, its CUDA plugin installed), offline, holding only
 the project's tree: for each PTB model of ``--config`` (the presets and probe
 settings of config/gpu-smoke.yaml by default) it runs, in a process of its own
 so that no model's memory counts in another's figures,
 
 * the strong-scaling probe on 1 GPU through the workflow's own code
-  (:func:`mosbench.measurement.probe.run_probe`, ``framework="pytorch"``):
-  tokens/s (median and per timed block), median step time, the allocator's
-  peak and NVML's peak of the process' device memory (``gpu_memory_peak_mb``);
+  (:func:`mosbench.measurement.probe.run_probe`, ``framework=`` the one
+  asked for): tokens/s (median and per timed block), median step time, the
+  allocator's peak (PyTorch's, or JAX's ``memory_stats()`` peak) and NVML's
+  peak of the process' device memory (``gpu_memory_peak_mb``);
 * the cuDNN assertion of the PyTorch engine (``assert_fused_lstm``, under the
-  engine's autocast, so in the dtype the steps run in);
+  engine's autocast, so in the dtype the steps run in); the JAX engine's LSTM
+  is a ``lax.scan`` with no cuDNN path, so for JAX the row says "not asserted";
 * a few evaluation windows at the preset's ``eval_batch_size``, timed.
+
+JAX's processes run with ``XLA_PYTHON_CLIENT_PREALLOCATE=false``, so that its
+allocator takes what the model needs rather than most of the GPU, and NVML's
+figure means what PyTorch's does. The JAX engine compiles one program per
+window shape; a probe's windows, and the evaluation windows timed, are of one
+length each, so the compiles fall in the untimed warm-up.
 
 The data is a synthetic corpus with PTB's vocabulary of 10,000 words, written
 to a temporary folder as text and turned into Parquet by the project's
@@ -19,20 +28,24 @@ tokeniser. (The project's Markov source, ``mosbench.data.synthetic``, needs a
 dense 10,000 x 10,000 transition matrix and its SVD: minutes, not seconds, so
 the words come from its word list with Zipf frequencies instead; the speed of
 a step does not depend on which words they are.) It prints the versions
-(torch, CUDA, cuDNN, GPU, driver) and one Markdown table, and writes both as
+(torch, or jax and jaxlib; CUDA, cuDNN, GPU, driver) and one Markdown table,
+and writes both as
 JSON to ``--out``. ``--budget-s`` bounds the whole run: a model still running
 then is stopped, the rest are not started, and the report says so.
 
 Usage::
 
     python3 benchmarks/gpu_check.py --out "$OUT/gpu_check.json"    # the GPU machine
+    python3 benchmarks/gpu_check.py --framework jax --out "$OUT/gpu_check_jax.json"
     .venv/bin/python benchmarks/gpu_check.py --cpu --steps 2          # the script itself, on a CPU
 
-Needs numpy, torch, pyarrow, PyYAML, psutil and jsonschema (the presets are
-validated and completed by the config schema), and nvidia-ml-py for the NVML
-figures (absent, with the reason, otherwise). Exit status: 0 when every model
-ran (or the budget stopped the run) and cuDNN ran every LSTM; 1 when a model
-failed or the assertion did; 2 when the check could not start.
+Needs numpy, pyarrow, PyYAML, psutil and jsonschema (the presets are
+validated and completed by the config schema), torch for PyTorch or jax,
+jaxlib and optax for JAX (not the other framework), and nvidia-ml-py for the
+NVML figures (absent, with the reason, otherwise). Exit status: 0 when every
+model ran (or the budget stopped the run) and, for PyTorch, cuDNN ran every
+LSTM; 1 when a model failed or the assertion did; 2 when the check could not
+start.
 """
 
 import argparse
@@ -55,11 +68,14 @@ VOCAB = 10_000  # PTB's
 # Enough for every window of a probe to be fresh text (a probe window is at most
 # 20 x 71 tokens) and for the evaluation windows at eval_batch_size 10.
 TOKENS = {"train": 200_000, "valid": 20_000, "test": 5_000}
-NEEDED = ("numpy", "torch", "pyarrow", "yaml", "psutil", "jsonschema")
+COMMON = ("numpy", "pyarrow", "yaml", "psutil", "jsonschema")
+NEEDED = {"pytorch": (*COMMON, "torch"), "jax": (*COMMON, "jax", "jaxlib", "optax")}
+NAMES = {"pytorch": "PyTorch", "jax": "JAX"}
+NO_CUDNN = "the JAX engine has no cuDNN path yet (its LSTM is a lax.scan)"
 # jsonschema and its dependencies, for a machine without it (and without a network).
 WHEELS = ("jsonschema jsonschema-specifications referencing rpds-py "
           "(attrs and typing-extensions too, where absent)")
-MIN_START_S = 10  # a model started with less left would only import torch before its stop
+MIN_START_S = 10  # a model started with less left would only import its framework
 COLUMNS = ("model", "parameters", "batch x bptt", "tokens/s (median)", "tokens/s per block",
            "step median (ms)", "warm-up (s)", "allocator peak (MiB)", "NVML peak (MiB)",
            "eval window median (ms)", "eval tokens/s", "cuDNN fused LSTM", "wall (s)")
@@ -113,12 +129,12 @@ def run_model(job):
     from mosbench.config import load_config, preset
     from mosbench.data.tokenise import load_split
     from mosbench.engines import load_engine
-    from mosbench.engines.pytorch.models import assert_fused_lstm
     from mosbench.io import write_json
     from mosbench.measurement.probe import run_probe
     from mosbench.workload import training_hparams
 
     model, gpus, out = job["model"], job["gpus"], Path(job["out"])
+    framework = job["framework"]
     # the probe job's hyperparameters: the preset without the evaluation-only keys
     hp = training_hparams(preset(load_config(job["config"]), "ptb", model))
     if job["precision"]:
@@ -126,26 +142,34 @@ def run_model(job):
     threads = os.cpu_count() if not gpus else None
     record = {"model": model, "precision": hp["matmul_precision"],
               "batch": hp["batch_size"], "bptt": hp["bptt"]}
+    if framework == "jax":  # what XLA started with in this process
+        record["environment"] = {name: os.environ.get(name) for name in
+                                 ("XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_FLAGS")}
     errors = []
     try:
         record["probe"] = run_probe(job["data"], model_name=model, hparams=hp,
                                     seed=job["seed"], gpus=gpus, scaling="strong",
                                     steps=job["steps"], warmup=job["warmup"],
                                     repeats=job["repeats"], threads=threads,
-                                    framework="pytorch")
+                                    framework=framework)
     except Exception as exc:  # reported; the assertion below still says whether cuDNN runs
         errors.append(f"probe: {type(exc).__name__}: {exc}")
     write_json(out, {**record, "error": "; ".join(errors) or None})
 
-    engine = load_engine("pytorch", gpus=gpus, threads=threads, seed=job["seed"],
+    engine = load_engine(framework, gpus=gpus, threads=threads, seed=job["seed"],
                          precision=hp["matmul_precision"])
     try:
         valid, meta = load_split(job["data"], "valid")
-        if not gpus:
+        if framework == "jax":
+            record["cudnn"] = {"status": "not asserted", "detail": NO_CUDNN}
+            engine.build(model, meta["vocab_size"], hp)
+        elif not gpus:
             record["cudnn"] = {"status": "skipped", "detail": "--cpu: cuDNN runs on a CUDA "
                                "device only, so there is nothing to assert"}
             engine.build(model, meta["vocab_size"], hp)
         else:
+            from mosbench.engines.pytorch.models import assert_fused_lstm
+
             try:
                 engine.build(model, meta["vocab_size"], hp)  # asserts too, on a GPU
                 with engine.replica.autocast():  # the dtype the steps compute in
@@ -177,7 +201,7 @@ def _eval_windows(engine, hp, valid, job):
         if i == job["warmup"] + job["eval_windows"] or inputs.shape[1] < bptt:
             break
         began = time.perf_counter()
-        _, states = engine.eval_window(inputs, targets, states)  # .item(): synchronised
+        _, states = engine.eval_window(inputs, targets, states)  # a float: synchronised
         if i >= job["warmup"]:
             times.append(time.perf_counter() - began)
     median = float(np.median(times))
@@ -187,13 +211,22 @@ def _eval_windows(engine, hp, valid, job):
 
 # --- the run ----------------------------------------------------------------------------------
 
-def missing_modules():
-    return [name for name in NEEDED if importlib.util.find_spec(name) is None]
+def missing_modules(framework):
+    return [name for name in NEEDED[framework] if importlib.util.find_spec(name) is None]
 
 
-def versions(gpus):
-    """torch, CUDA, cuDNN, GPU and driver (NVML), host: without starting CUDA in this process,
-    whose memory would then sit on the GPU beside the models'."""
+def child_env(framework):
+    """A model's process' environment: for JAX, an allocator that takes what it uses."""
+    if framework == "jax":  # read when JAX's GPU backend starts: set before the process is
+        return {**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    return None
+
+
+def versions(gpus, framework="pytorch"):
+    """The framework's, CUDA, cuDNN, GPU and driver (NVML), host: without starting CUDA in
+    this process, whose memory would then sit on the GPU beside the models'."""
+    if framework == "jax":
+        return jax_versions(gpus)
     import torch
 
     from mosbench.engines.pytorch.engine import PyTorchEngine
@@ -203,6 +236,42 @@ def versions(gpus):
     record = provenance(built, gpus)
     record.update(cuda_build=torch.version.cuda, cudnn_build=built["cudnn"],
                   cuda_available=torch.cuda.is_available())
+    return record
+
+
+# Run in a process of its own: JAX has no way to list its devices without starting a backend,
+# and one started here would hold GPU memory for the whole run.
+JAX_DEVICES = """
+import json, jax
+try:
+    gpus = jax.devices("gpu")
+except RuntimeError:
+    gpus = []
+print(json.dumps({"backend": jax.default_backend(),
+                  "gpus": [f"{d.platform}:{d.id} {d.device_kind}" for d in gpus]}))
+"""
+
+
+def jax_versions(gpus):
+    """jax, jaxlib, optax, CUDA and cuDNN as jaxlib reports them, and the devices JAX sees
+    (asked in a short child process on a GPU machine)."""
+    from mosbench.engines.jax.engine import JaxEngine
+    from mosbench.errors import MosbenchError
+    from mosbench.measurement.provenance import provenance
+
+    built = JaxEngine.versions()
+    record = provenance(built, gpus)
+    record.update(cuda_build=built["cuda"], cudnn_build=built["cudnn"], jax_backend="cpu",
+                  jax_gpus=[], cuda_available=False)
+    if gpus:
+        done = subprocess.run([sys.executable, "-c", JAX_DEVICES], env=child_env("jax"),
+                              capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            raise MosbenchError("JAX could not list its devices: "
+                                + (done.stderr.strip().splitlines() or ["(no output)"])[-1])
+        seen = json.loads(done.stdout.strip().splitlines()[-1])
+        record.update(jax_backend=seen["backend"], jax_gpus=seen["gpus"],
+                      cuda_available=bool(seen["gpus"]))
     return record
 
 
@@ -217,10 +286,11 @@ def run_all(args, settings, data, deadline, log_dir):
             continue
         out, log = log_dir / f"{model}.json", log_dir / f"{model}.log"
         job = {**settings, "model": model, "data": str(data), "out": str(out)}
+        env = child_env(settings["framework"])
         began = time.monotonic()
         with open(log, "w") as sink:
             child = subprocess.Popen([sys.executable, __file__, "--child", json.dumps(job)],
-                                     stdout=sink, stderr=subprocess.STDOUT,
+                                     stdout=sink, stderr=subprocess.STDOUT, env=env,
                                      start_new_session=True)
             try:
                 code = child.wait(timeout=left)
@@ -271,16 +341,20 @@ def table(records):
             notes.append(f"- {r['model']}: {r['status']}: {r.get('detail', '')}")
         if cudnn.get("status") in ("failed", "skipped"):
             notes.append(f"- {r['model']}: cuDNN assertion {cudnn['status']}: {cudnn['detail']}")
+        elif cudnn.get("status") == "not asserted":
+            notes.append(f"- {r['model']}: cuDNN fused LSTM not asserted: {cudnn['detail']}")
         for key in ("allocator_peak_mb", "gpu_memory_peak_mb"):
             if key in (probe.get("absent") or {}):
                 notes.append(f"- {r['model']}: {key} absent: {probe['absent'][key]}")
     return lines + ([""] + notes if notes else [])
 
 
-def versions_block(record):
+def versions_block(record, framework="pytorch"):
     keys = ("framework_version", "cuda_build", "cudnn_build", "gpu_model", "nvidia_driver",
             "cuda_available", "python_version", "cpu_model", "hostname", "git_commit",
             "git_dirty")
+    if framework == "jax":  # jax's version, then jaxlib's and optax's; the devices JAX sees
+        keys = (*keys[:1], "libraries", *keys[1:5], "jax_backend", "jax_gpus", *keys[5:])
     return [f"- {key}: {record.get(key)}" for key in keys]
 
 
@@ -289,6 +363,8 @@ def parse_args(argv):
     parser.add_argument("--config", type=Path, default=REPO / "config" / "gpu-smoke.yaml",
                         help="presets (presets.ptb) and probe settings (run.probes) "
                              "(default: config/gpu-smoke.yaml)")
+    parser.add_argument("--framework", choices=sorted(NEEDED), default="pytorch",
+                        help="the engine to check (default pytorch)")
     parser.add_argument("--models", nargs="+", help="default: the config's run.models")
     parser.add_argument("--steps", type=int, help="timed steps a block (default: run.probes)")
     parser.add_argument("--warmup", type=int, help="untimed steps (and evaluation windows) "
@@ -313,7 +389,7 @@ def main(argv=None):
         return run_model(json.loads(args.child))
     started = time.monotonic()
     deadline = started + args.budget_s
-    missing = missing_modules()
+    missing = missing_modules(args.framework)
     if missing:
         print(f"gpu_check: missing Python packages: {', '.join(missing)}. Offline, carry them as "
               f"wheels (for jsonschema: {WHEELS}), install them with `pip install --no-index "
@@ -328,7 +404,8 @@ def main(argv=None):
         config = load_config(args.config)
         probes = config["run"]["probes"]
         settings = {
-            "config": str(args.config), "models": args.models or config["run"]["models"],
+            "config": str(args.config), "framework": args.framework,
+            "models": args.models or config["run"]["models"],
             "gpus": gpus, "seed": probe_seed(config),
             "steps": args.steps or probes["steps"],
             "warmup": args.warmup or (1 if args.cpu else probes["warmup"]),
@@ -337,9 +414,10 @@ def main(argv=None):
             "precision": args.precision, "budget_s": args.budget_s}
         for model in settings["models"]:
             preset(config, "ptb", model)  # an unknown model stops here, not in each child
-        ran_on = versions(gpus)
+        ran_on = versions(gpus, args.framework)
         if gpus and not ran_on["cuda_available"]:
-            raise MosbenchError("PyTorch sees no CUDA device: run on a GPU, or with --cpu")
+            raise MosbenchError(f"{NAMES[args.framework]} sees no CUDA device: run on a GPU, "
+                                "or with --cpu")
     except MosbenchError as exc:
         print(f"gpu_check: {exc}", file=sys.stderr)
         return 2
@@ -356,8 +434,9 @@ def main(argv=None):
               "stopped_early": bool(stopped), "failed": failed}
 
     device = "CPU (--cpu)" if args.cpu else f"1 GPU ({ran_on.get('gpu_model')})"
-    lines = ["## Versions", "", *versions_block(ran_on), "",
-             f"## PyTorch on {device}: strong-scaling probes, PTB presets of {args.config.name}",
+    lines = ["## Versions", "", *versions_block(ran_on, args.framework), "",
+             f"## {NAMES[args.framework]} on {device}: strong-scaling probes, PTB presets of "
+             f"{args.config.name}",
              "",
              f"Synthetic corpus, vocabulary {VOCAB:,}; probe: {settings['warmup']} warm-up + "
              f"{settings['repeats']} x {settings['steps']} timed steps; "

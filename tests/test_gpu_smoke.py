@@ -2,8 +2,9 @@
 
 The smoke is planned, not run: a dry run through the SLURM profile lists its
 jobs and resources, and `mosbench plan` its cost. benchmarks/gpu_check.py, the
-smoke's PyTorch part for a single-GPU machine without TensorFlow, runs here on
-the CPU (``--cpu``) with TensorFlow, MLflow and Snakemake hidden, as there.
+smoke's PyTorch (or JAX) part for a single-GPU machine without TensorFlow, runs
+here on the CPU (``--cpu``) with TensorFlow, MLflow and Snakemake hidden, as
+there (and torch too, for JAX).
 """
 
 import copy
@@ -176,6 +177,37 @@ def test_gpu_check_runs_on_the_cpu_without_tensorflow(tmp_path):
     assert len(rows) == 1 and rows[0].count("|") == header.count("|")
     assert "| 21,500,620 | 12 x 70 |" in rows[0]
     assert "- awd-lstm-moc: cuDNN assertion skipped: --cpu" in text  # the reason, printed
+
+
+def test_gpu_check_runs_jax_on_the_cpu_without_tensorflow_or_torch(tmp_path):
+    out = tmp_path / "check.json"
+    # the cheapest model, one step a block, one block, one evaluation window (the session's
+    # quick XLA flags, inherited): under 20 s on 2 busy cores, most of it compiling
+    done = gpu_check(tmp_path, "--cpu", "--framework", "jax", "--steps", "1", "--repeats", "1",
+                     "--eval-windows", "1", "--models", "lstm", "--out", str(out),
+                     hide=("tensorflow", "keras", "mlflow", "snakemake", "torch"))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert not report["stopped_early"] and report["failed"] == []
+    assert report["settings"]["framework"] == "jax"
+    assert report["versions"]["framework"] == "jax"
+    assert "jaxlib" in report["versions"]["libraries"]
+    [r] = report["models"]
+    assert (r["model"], r["status"], r["parameters"]) == ("lstm", "ok", 13_275_200)
+    assert r["environment"]["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    probe = r["probe"]
+    assert probe["provenance"]["framework"] == "jax"
+    assert (probe["timed_steps"], probe["repeats"]) == (1, 1) and probe["tokens_per_s"] > 0
+    assert probe["allocator_peak_mb"] is None and "allocator statistics" in \
+        probe["absent"]["allocator_peak_mb"]
+    assert r["cudnn"]["status"] == "not asserted"  # no cuDNN path in the JAX engine: no failure
+    assert r["eval"]["windows"] == 1 and r["eval"]["tokens_per_s"] > 0
+
+    text = done.stdout
+    assert "## JAX on CPU (--cpu)" in text and "- libraries: jaxlib " in text
+    [row] = [line for line in text.splitlines() if line.startswith("| lstm ")]
+    assert "| 13,275,200 | 20 x 35 |" in row and "| not asserted |" in row
+    assert "- lstm: cuDNN fused LSTM not asserted: the JAX engine has no cuDNN path" in text
 
 
 def test_gpu_check_stops_at_its_budget_and_says_so(tmp_path):
