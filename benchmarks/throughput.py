@@ -6,9 +6,12 @@ timed training steps of one, then of the other, then evaluation blocks, for
 ``--rounds`` rounds, after a warm-up (tracing, allocation) that is not timed.
 A training step is the whole update: forward, backward, clipping by global
 norm, SGD with weight decay; an evaluation step is a forward pass at the
-preset's ``eval_batch_size`` with the state carried. The ``tensorflow`` and
-``pytorch`` sides are the project's engines (``Engine.train_step``,
-``Engine.eval_window``), so the figures are those a pipeline job gets; the
+preset's ``eval_batch_size`` with the state carried. The ``tensorflow``,
+``pytorch`` and ``jax`` sides are the project's engines (``Engine.train_step``,
+``Engine.eval_window``), so the figures are those a pipeline job gets (JAX's
+compiles, one per window shape, fall in the warm-up; its worker starts with
+``XLA_PYTHON_CLIENT_PREALLOCATE=false`` unless set, so that on a shared GPU it
+leaves the other side its memory); the
 ``reference`` side is ``torch_reference.py``, an independent PyTorch
 implementation written as a user would, to show the engine is no slower.
 
@@ -25,6 +28,7 @@ Usage::
     .venv/bin/python benchmarks/throughput.py --preset mos-ptb --framework pytorch \
         --compare reference
     .venv/bin/python benchmarks/throughput.py --preset lstm-wt2 --framework tensorflow
+    .venv/bin/python benchmarks/throughput.py --preset awd-ptb --framework jax --compare pytorch
 
 Input tokens are uniform random ids (speed does not depend on them). Run it
 alone: on 2 cores anything else busy skews it.
@@ -147,6 +151,13 @@ def gpu_available(framework):
         import tensorflow as tf
 
         return bool(tf.config.list_physical_devices("GPU"))
+    if framework == "jax":
+        import jax
+
+        try:
+            return bool(jax.devices("gpu"))
+        except RuntimeError:  # no GPU backend in this jaxlib, or no GPU
+            return False
     import torch
 
     return torch.cuda.is_available()
@@ -178,7 +189,22 @@ def pytorch_gemm(n=2048, repeats=10):
     return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
 
 
-GEMM = {"tensorflow": tensorflow_gemm, "pytorch": pytorch_gemm}
+def jax_gemm(n=2048, repeats=10):
+    """GFLOP/s of JAX's fp32 n^3 matmul (precision highest: no TF32) on its default device."""
+    import jax
+    import jax.numpy as jnp
+
+    a, b = (jax.random.normal(key, (n, n), jnp.float32)
+            for key in jax.random.split(jax.random.PRNGKey(0)))
+    f = jax.jit(lambda a, b: jnp.sum(jnp.matmul(a, b, precision=jax.lax.Precision.HIGHEST)))
+    f(a, b).block_until_ready()  # compiled, and the inputs made
+    start = time.perf_counter()
+    for _ in range(repeats):
+        f(a, b).block_until_ready()
+    return 2 * n**3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+GEMM = {"tensorflow": tensorflow_gemm, "pytorch": pytorch_gemm, "jax": jax_gemm}
 
 
 def cpu_description():
@@ -212,6 +238,20 @@ def runtime_settings(framework):
         onednn = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1") != "0"
         return (f"TensorFlow {tf.__version__}, intra-op threads {intra}, inter-op {inter}, "
                 f"oneDNN {'on' if onednn else 'off'}")
+    if framework == "jax":
+        import jax
+        import jaxlib
+
+        device = jax.devices()[0]
+        flags = os.environ.get("XLA_FLAGS", "")
+        threads = ("1 (xla_cpu_multi_thread_eigen=false)" if
+                   "--xla_cpu_multi_thread_eigen=false" in flags else "one per core (XLA's)")
+        return (f"JAX {jax.__version__}, jaxlib {jaxlib.__version__}, device {device.platform}:"
+                f"{device.id} ({device.device_kind}), default matmul precision "
+                f"{jax.config.jax_default_matmul_precision}, XLA_FLAGS {flags or 'unset'}, "
+                + (f"CPU threads {threads}" if device.platform == "cpu" else
+                   "XLA_PYTHON_CLIENT_PREALLOCATE "
+                   f"{os.environ.get('XLA_PYTHON_CLIENT_PREALLOCATE', 'unset (true)')}"))
     import torch
 
     blas = "MKL" if torch.backends.mkl.is_available() else "non-MKL BLAS"
@@ -248,12 +288,15 @@ class ReferenceSide:
 
 SIDES = {"tensorflow": lambda *a: EngineSide("tensorflow", *a),
          "pytorch": lambda *a: EngineSide("pytorch", *a),
+         "jax": lambda *a: EngineSide("jax", *a),
          "reference": ReferenceSide}
 
 
 def worker(framework, preset, overrides, conn):
     """Build one side, then answer the parent's commands until told to stop."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if framework == "jax":  # before JAX starts: take what it uses, not most of a shared GPU
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     model_name, vocab, hp = preset_hparams(preset, overrides)
     side = SIDES[framework](model_name, vocab, hp)
     data = {
