@@ -485,7 +485,8 @@ def test_data_loading_comes_from_the_data_pipeline_files(tmp_path, monkeypatch):
             "provenance": {"framework": framework}})
     train_files, metrics_files = (list(f) for f in zip(*files, strict=True))
     paths = aggregate(train_files, metrics_files, tmp_path / "out",
-                      data_pipeline_files=pipeline)
+                      data_pipeline_files=pipeline,
+                      comparison={"frameworks": ["tensorflow", "pytorch"]})
     runs = pd.read_csv(paths["runs"]).set_index(["framework", "gpus"])
     assert runs.loc[("pytorch", 0), "data_stream_tokens_per_s"] == 3e6
     assert math.isnan(runs.loc[("pytorch", 1), "data_stream_tokens_per_s"])  # no gpu file

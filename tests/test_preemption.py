@@ -1,18 +1,17 @@
 """Training jobs killed at many points and rerun by Snakemake end as if never killed.
 
-Two jobs, the tiny LSTM in TensorFlow and in PyTorch (op determinism on),
-run side by side in each `snakemake` invocation and are killed by SIGKILL or
-SIGTERM at the same point of each attempt, through the fault points of
+A job, the tiny LSTM in PyTorch (op determinism on), is killed by SIGKILL
+or SIGTERM at one point of each attempt, through the fault points of
 :mod:`mosbench.faults`: between steps, while a checkpoint's arrays are being
 written, between a checkpoint's arrays and its JSON, while the best weights
 are being written, after validation before the checkpoint, and after the
 results are written but before the clean-up. Each time `snakemake
---rerun-incomplete` runs the jobs again, which resume from whatever
-checkpoint survived. For every attempt the test checks how each job ended
+--rerun-incomplete` runs the job again, which resumes from whatever
+checkpoint survived. For every attempt the test checks how the job ended
 (exit status 75 for a checkpointed pause, death by SIGKILL otherwise, as
 Snakemake reports it) and which checkpoint generation the next run resumed.
 The final history, weights and MLflow run must equal those of an
-uninterrupted run of the same jobs (made meanwhile, in another folder).
+uninterrupted run of the same job (made meanwhile, in another folder).
 """
 
 import hashlib
@@ -35,7 +34,10 @@ from conftest import REPO, TINY_CONFIG
 from mosbench.errors import PAUSED_EXIT_CODE
 
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
-FRAMEWORKS = ("tensorflow", "pytorch")
+# One framework: what is killed and resumed here is the neutral procedure (checkpoint
+# generations, the best weights, train.json, MLflow); each engine's own bit-identical resume
+# is test_engine_conformance.py's, for every framework.
+FRAMEWORKS = ("pytorch",)
 JOB = "results/train/{framework}/tiny/lstm/seed1-gpus0"
 TARGETS = [f"{JOB.format(framework=f)}/train.json" for f in FRAMEWORKS]
 LOG = "logs/train/{framework}/tiny/lstm/seed1-gpus0.log"
@@ -103,12 +105,12 @@ def _workdir(path, tiny_data, store):
 
 
 def _snakemake(workdir, configfile, fault=None):
-    """The `snakemake` command that (re)runs both jobs in ``workdir``, and its environment."""
+    """The `snakemake` command that (re)runs the jobs in ``workdir``, and its environment."""
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI",
                                                              "MOSBENCH_FAULT")}
     if fault:
         env["MOSBENCH_FAULT"] = ":".join(map(str, fault))
-    # both jobs at once; --keep-going: one job's death does not spare the other its fault
+    # the jobs at once; --keep-going: one job's death does not spare another its fault
     cmd = [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory",
            str(workdir), "--configfile", str(configfile), "--cores", "2", "--keep-going",
            "--rerun-incomplete", *TARGETS]

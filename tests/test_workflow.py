@@ -310,8 +310,8 @@ def test_bad_config_is_refused_before_any_job(tmp_path):
 def test_demo_and_grid_configs_plan_the_expected_jobs(tmp_path):
     # trained: frameworks x datasets x models x seeds x train GPU counts; probed: frameworks x
     # datasets x models x (strong at every GPU count + weak at 2 or more)
-    for configfile, trains, probes in ((REPO / "config" / "demo.yaml", 2 * 1 * 4 * 2 * 1,
-                                        2 * 1 * 4 * 1),
+    for configfile, trains, probes in ((REPO / "config" / "demo.yaml", 3 * 1 * 4 * 2 * 1,
+                                        3 * 1 * 4 * 1),
                                        (REPO / "config" / "config.yaml", 2 * 2 * 4 * 10 * 1,
                                         2 * 2 * 4 * (4 + 3))):
         done = snakemake(tmp_path, "--dry-run", configfile=configfile)

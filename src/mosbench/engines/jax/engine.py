@@ -330,6 +330,8 @@ class JaxEngine(Engine):
         return self.input_s, None
 
     def allocator_peak_mb(self):
+        if self.device.platform == "cpu":  # as the other engines: the figure is a GPU's
+            return None, "gpus=0: a CPU job"
         stats = [d.memory_stats() for d in self.devices]
         if not all(s and "peak_bytes_in_use" in s for s in stats):
             return None, f"JAX's {self.device.platform} device keeps no allocator statistics"
