@@ -224,7 +224,36 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def restore_checkpoint(self, arrays):
-        """Load :meth:`checkpoint_arrays`' arrays (after :meth:`prepare_training`)."""
+        """Load :meth:`checkpoint_arrays`' arrays (after :meth:`prepare_training`).
+
+        Engines check them first with :meth:`checkpoint_parts` (or
+        :meth:`check_checkpoint`): a checkpoint of another model is refused
+        whole, before anything is loaded.
+        """
+
+    def checkpoint_shapes(self):
+        """``{name: shape}`` of :meth:`checkpoint_arrays`: what :meth:`restore_checkpoint` takes.
+
+        Read off the arrays by default; an engine that knows the shapes without
+        copying its state to the host gives them here instead.
+        """
+        return {name: np.shape(array) for name, array in self.checkpoint_arrays().items()}
+
+    def check_checkpoint(self, arrays):
+        """Raise a MosbenchError naming every missing, unexpected and mis-shaped array of a
+        checkpoint's ``arrays``, against this engine's own (:meth:`checkpoint_shapes`)."""
+        check_arrays(arrays, self.checkpoint_shapes(), "the checkpoint's arrays")
+
+    def checkpoint_parts(self, arrays, *prefixes):
+        """A checkpoint's ``arrays``, checked (:meth:`check_checkpoint`), split by name prefix.
+
+        One ``{name after the prefix: array}`` per prefix, in their order:
+        ``checkpoint_parts(arrays, "model/", "average/")`` gives the model's
+        weights and their average, each under the canonical names.
+        """
+        self.check_checkpoint(arrays)
+        return tuple({name[len(prefix):]: array for name, array in arrays.items()
+                      if name.startswith(prefix)} for prefix in prefixes)
 
     @abc.abstractmethod
     def state_arrays(self, states):

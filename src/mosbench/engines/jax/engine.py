@@ -234,20 +234,13 @@ class JaxEngine(Engine):
         return arrays
 
     def restore_checkpoint(self, arrays):
-        expected = self.checkpoint_arrays()
-        check_arrays(arrays, {n: np.shape(a) for n, a in expected.items()},
-                     "the checkpoint's arrays")
-
-        def part(prefix):
-            return {n[len(prefix):]: a for n, a in arrays.items() if n.startswith(prefix)}
-
-        self.params = self._arrays(part("model/"), "the checkpoint's weights")
-        stored = part("average/")
+        model, stored, rng = self.checkpoint_parts(arrays, "model/", "average/", "rng/")
+        self.params = self._arrays(model, "the checkpoint's weights")
         count = int(stored.pop("count"))
         self.average.restart(self._arrays(stored, "the checkpoint's average"))
         self.average.count = count
-        self.mask_root = jnp.asarray(np.asarray(arrays["rng/mask_root"], np.uint32))
-        self.draws = int(arrays["rng/draws"])
+        self.mask_root = jnp.asarray(np.asarray(rng["mask_root"], np.uint32))
+        self.draws = int(rng["draws"])
 
     def state_arrays(self, states):
         if isinstance(states, PaddedStates):

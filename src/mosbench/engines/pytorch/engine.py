@@ -237,28 +237,22 @@ class PyTorchEngine(Engine):
         return arrays
 
     def restore_checkpoint(self, arrays):
-        expected = self.checkpoint_arrays()
-        check_arrays(arrays, {n: np.shape(a) for n, a in expected.items()},
-                     "the checkpoint's arrays")
-
-        def part(prefix):
-            return {n[len(prefix):]: a for n, a in arrays.items() if n.startswith(prefix)}
-
-        self._load(part("model/"), "the checkpoint's weights")
+        model, stored, optimizer, *rngs = self.checkpoint_parts(
+            arrays, "model/", "average/", "optimizer/",
+            *(f"rng/{rank}/" for rank in range(len(self.devices))))
+        self._load(model, "the checkpoint's weights")
         average = self._average()
         with torch.no_grad():
-            stored = part("average/")
             for w in self._canonical:
                 average.averages[w.index].copy_(_tensor(stored[w.name]))
         average.count = int(stored["count"])
-        rngs = [part(f"rng/{rank}/") for rank in range(len(self.devices))]
         if self.workers:
             self._everywhere("broadcast_weights")
-            self._everywhere("restore_optimizer", part("optimizer/"), reply=True)
+            self._everywhere("restore_optimizer", optimizer, reply=True)
             self._everywhere("restore_rng", rngs[0], reply=True,
                              each=[(r,) for r in rngs[1:]])
         else:
-            self.replica.restore_optimizer(part("optimizer/"))
+            self.replica.restore_optimizer(optimizer)
             self.replica.restore_rng(rngs[0])
 
     def state_arrays(self, states):

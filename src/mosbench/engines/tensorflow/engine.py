@@ -169,11 +169,13 @@ class TensorFlowEngine(Engine):
         return {name: np.ascontiguousarray(np.asarray(v).T) if transposed else np.asarray(v)
                 for name, (v, transposed) in self._checkpointed().items()}
 
+    def checkpoint_shapes(self):  # the variables' shapes, without copying their values
+        return {n: tuple(v.shape)[::-1] if t else tuple(v.shape)
+                for n, (v, t) in self._checkpointed().items()}
+
     def restore_checkpoint(self, arrays):
-        variables = self._checkpointed()
-        check_arrays(arrays, {n: tuple(v.shape)[::-1] if t else tuple(v.shape)
-                              for n, (v, t) in variables.items()}, "the checkpoint's arrays")
-        for name, (variable, transposed) in variables.items():
+        self.check_checkpoint(arrays)
+        for name, (variable, transposed) in self._checkpointed().items():
             variable.assign(np.asarray(arrays[name]).T if transposed else arrays[name])
 
     def state_arrays(self, states):
