@@ -3,7 +3,8 @@ ease-of-use inventory (:mod:`mosbench.reporting.ease_of_use` reads it).
 
 JAX has no layers: a model here is a frozen dataclass of sizes and rates
 whose parameters are a plain dict, so the walk over layer classes finds the
-written model and head classes and their only base, ``object``. Everything
+written model and head classes, the models' written base
+(``models/language_model.py``) and, under them all, ``object``. Everything
 else is listed in ``PROCEDURE`` rows: (component, kind, implementing objects
 as pkgutil.resolve_name paths, models using it, why).
 """
@@ -70,7 +71,7 @@ PROCEDURE = [
 
 
 def public_name(cls):
-    """``object`` for the one base the written model classes have."""
+    """``object`` for the one framework-side base the written model classes have."""
     return "object" if cls is object else None
 
 

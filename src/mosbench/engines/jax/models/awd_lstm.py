@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from mosbench.engines.jax.models import masks
 from mosbench.engines.jax.models.expert_contexts import ExpertContexts
 from mosbench.engines.jax.models.init import initialise, uniform
+from mosbench.engines.jax.models.language_model import LanguageModel
 from mosbench.engines.jax.models.mixture_of_contexts import MixtureOfContexts
 from mosbench.engines.jax.models.mixture_of_softmaxes import MixtureOfSoftmaxes
 from mosbench.engines.jax.models.scan_lstm import lstm_layer
@@ -21,7 +22,7 @@ from mosbench.engines.jax.models.tied_softmax import TiedSoftmax
 
 
 @dataclasses.dataclass(frozen=True)
-class AWDLanguageModel:
+class AWDLanguageModel(LanguageModel):
     """Sizes, rates and head of one AWD model; ``shapes`` are its canonical weights."""
 
     shapes: dict
@@ -87,16 +88,3 @@ class AWDLanguageModel:
             if layer < len(states) - 1:
                 x = masks.locked(raw, site(masks.HIDDEN + layer), self.dropouth)
         return masks.locked(raw, site(masks.OUTPUT), self.dropout), new_states, raw
-
-    def nll(self, params, tokens, targets, states, key=None, compute=jnp.float32, length=None):
-        """Per-token NLL ``(batch, time)``, the new states, and the last layer's output
-        ``(raw, dropped)`` batch-first (TAR and AR). ``length``: the real steps of a
-        padded window (the states are those after them)."""
-        dropped, new_states, raw = self.features(params, tokens, states, key, compute, length)
-        nll = self.head.nll(params, dropped, targets.T, key, compute)
-        return nll.T, new_states, (raw.swapaxes(0, 1), dropped.swapaxes(0, 1))
-
-    def log_probs(self, params, tokens, states, compute=jnp.float32):
-        """``(batch, time, vocab)`` log-probabilities without dropout, and the new states."""
-        dropped, new_states, _ = self.features(params, tokens, states, None, compute)
-        return self.head.log_probs(params, dropped, None, compute).swapaxes(0, 1), new_states

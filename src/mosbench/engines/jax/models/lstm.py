@@ -11,12 +11,13 @@ import jax.numpy as jnp
 
 from mosbench.engines.jax.models import masks
 from mosbench.engines.jax.models.init import initialise, uniform
+from mosbench.engines.jax.models.language_model import LanguageModel
 from mosbench.engines.jax.models.scan_lstm import lstm_layer
 from mosbench.engines.jax.models.tied_softmax import TiedSoftmax
 
 
 @dataclasses.dataclass(frozen=True)
-class LSTMLanguageModel:
+class LSTMLanguageModel(LanguageModel):
     """Sizes and rate of one baseline; ``shapes`` are its canonical weights."""
 
     shapes: dict
@@ -67,12 +68,3 @@ class LSTMLanguageModel:
             new_states.append(state)
             x = masks.plain(raw, site(layer + 1), self.dropout)
         return x, new_states, raw
-
-    def nll(self, params, tokens, targets, states, key=None, compute=jnp.float32, length=None):
-        dropped, new_states, raw = self.features(params, tokens, states, key, compute, length)
-        nll = self.head.nll(params, dropped, targets.T, key, compute)
-        return nll.T, new_states, (raw.swapaxes(0, 1), dropped.swapaxes(0, 1))
-
-    def log_probs(self, params, tokens, states, compute=jnp.float32):
-        dropped, new_states, _ = self.features(params, tokens, states, None, compute)
-        return self.head.log_probs(params, dropped, None, compute).swapaxes(0, 1), new_states
