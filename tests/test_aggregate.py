@@ -261,6 +261,24 @@ def test_measurements_and_absent_reasons_reach_the_tables(tmp_path):
     assert "| ptb | lstm | 2 | tensorflow | 1 | 900 ± – |" in text  # host RSS, the one figure
 
 
+def test_compile_figures_reach_the_runs_table_and_the_summary(tmp_path):
+    train, metrics = make_run(tmp_path, "ptb", "lstm", 1, 0, 90.0, 85.0, [120.0, 90.0])
+    data = pd.read_json(train, typ="series").to_dict()
+    why = "TensorFlow traces and optimises a step's graph within the step's first call"
+    data["measurements"] = {"first_step_s": 4.0, "compiles": 7, "compile_s": None}
+    data["absent"] = {"compile_s": why}
+    write_json(train, data)
+    paths = aggregate([train], [metrics], tmp_path / "out")
+    row = pd.read_csv(paths["runs"]).iloc[0]
+    assert row["compiles"] == 7 and math.isnan(row["compile_s"])
+    assert f"compile_s: {why}" in row["absent"]
+    text = paths["summary_md"].read_text(encoding="utf-8")
+    speed = _section(text, "Training speed and cost")
+    assert "first step (s) | compiles (TensorFlow: traces) |" in speed[0]
+    assert speed[2].endswith("| 4.00 ± – | 7.00 ± – |")
+    assert f"- *compile time (s)*: absent: {why}" in text
+
+
 def test_scaling_table_from_gpu_runs_and_weak_probes(tmp_path):
     pairs = [make_run(tmp_path / "runs", "ptb", "mos", seed, gpus, 60.0, 58.0, [70.0, 60.0])
              for seed in (1, 2) for gpus in (0, 1, 2, 4)]

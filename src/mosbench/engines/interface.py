@@ -331,8 +331,10 @@ class Engine(abc.ABC):
         return None, f"the {self.framework} engine does not time its input"
 
     def compile_statistics(self):
-        """``({"compiles", "compile_s"}, None)``: the programs the engine compiled since it was
-        made and their seconds, or ``(None, why they are not counted)``."""
+        """``(figures, None)``: ``{"compiles", "compile_s"}``, the programs the engine compiled
+        since it was made and their seconds. A figure the engine cannot give is None and the
+        second item says why; ``(None, why)`` when it gives neither. A training job records
+        them in train.json's measurements, summed over its launches."""
         return None, f"the {self.framework} engine does not count its compiles"
 
     # --- helpers shared by every engine -----------------------------------------------------

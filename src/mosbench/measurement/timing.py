@@ -1,4 +1,5 @@
-"""Step times of the training loop: the first call apart, then a distribution per epoch."""
+"""Step times of the training loop: the first call apart, then a distribution per epoch;
+the input's share of the steps; the engine's compiles over a job's launches."""
 
 import numpy as np
 
@@ -72,3 +73,41 @@ class InputWait:
         if step_s <= 0:
             return dict.fromkeys(names), dict.fromkeys(names, "no step after the first calls")
         return {"input_wait_s": input_s, "input_wait_fraction": input_s / step_s}, {}
+
+
+COMPILE_FIGURES = ("compiles", "compile_s")
+
+
+class CompileTotals:
+    """The programs a job's engine compiled and their seconds, summed over its launches.
+
+    Each launch makes a new engine, which compiles again and counts from zero
+    (:meth:`mosbench.engines.interface.Engine.compile_statistics`).
+    ``totals`` is ``[compiles, seconds]``, kept in the job's checkpointed
+    state: it comes in as the earlier launches' sum, and :meth:`update` makes
+    it that sum plus this launch's so far, so each checkpoint holds the figures
+    up to its own point. A launch killed without a checkpoint adds nothing of
+    what it compiled after the last one, as its steps since then add nothing
+    to the job's times.
+    """
+
+    def __init__(self, engine, totals):
+        self.engine, self.totals = engine, totals
+        self._earlier = list(totals)
+        self.given, self.reason = (), None
+
+    def update(self):
+        """Make ``totals`` the earlier launches' sum plus this launch's so far."""
+        launch, self.reason = self.engine.compile_statistics()
+        self.given = [n for n in COMPILE_FIGURES if (launch or {}).get(n) is not None]
+        for i, name in enumerate(COMPILE_FIGURES):
+            if name in self.given:
+                self.totals[i] = self._earlier[i] + launch[name]
+
+    def figures(self):
+        """``({compiles, compile_s}, {figure: why absent})``, up to now."""
+        self.update()
+        figures = {name: total if name in self.given else None
+                   for name, total in zip(COMPILE_FIGURES, self.totals, strict=True)}
+        why = self.reason or "the engine did not give it"
+        return figures, {name: why for name in COMPILE_FIGURES if name not in self.given}

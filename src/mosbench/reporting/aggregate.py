@@ -95,6 +95,8 @@ SECTIONS = {
         "step_time_median_s": ("step median (s)", "sig"),
         "step_time_p95_s": ("step p95 (s)", "sig"),
         "first_step_s": ("first step (s)", "sig"),
+        "compiles": ("compiles (TensorFlow: traces)", "sig"),
+        "compile_s": ("compile time (s)", "sig"),
     },
     "Prediction": {
         "latency_ms_median": ("latency median (ms)", "sig"),
@@ -383,7 +385,9 @@ def summary_markdown(summary, absent=None, currency=None, *, data=None, from_fil
         "or the figure is absent). Per (dataset, model, gpus, framework); times in seconds, "
         "memory in "
         f"MiB{f', money in {currency}' if currency else ''}. Step times exclude the first "
-        "step, which traces and compiles (its time is 'first step'); latency is one next "
+        "step, which traces and compiles (its time is 'first step'); 'compiles' are the "
+        "programs a job's engine compiled, over all its launches, and 'compile time' their "
+        "seconds; latency is one next "
         "word at batch size 1. Seeds that ran on different hardware or library versions "
         "are not averaged together.",
         *excluded,

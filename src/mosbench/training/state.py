@@ -36,6 +36,7 @@ class LoopState:
 
     ``partial`` is an interrupted epoch's ``[loss sum, tokens, seconds]``;
     ``input_wait`` the :class:`~mosbench.measurement.timing.InputWait` totals;
+    ``compiles`` the :class:`~mosbench.measurement.timing.CompileTotals` totals;
     ``launches`` each distinct provenance of the job's launches; ``keep`` the
     files a checkpoint's clean-up must leave (the best weights).
     """
@@ -56,6 +57,7 @@ class LoopState:
     train_time_s: float
     launches: list = dataclasses.field(default_factory=list)
     input_wait: list = dataclasses.field(default_factory=lambda: [0.0, 0.0])
+    compiles: list = dataclasses.field(default_factory=lambda: [0, 0.0])
     fingerprint: dict | None = None
     first_step_s: float | None = None
     time_to_first_step_s: float | None = None

@@ -33,7 +33,8 @@ One trainer at a time per job folder: :func:`train` holds the folder's lock
 it returns or raises; a second trainer stops before it touches the folder.
 
 Around the loop the job measures what the study compares
-(:mod:`mosbench.measurement`): time to the first step, step times, epoch
+(:mod:`mosbench.measurement`): time to the first step, the programs the
+engine compiled and their seconds, step times, epoch
 time and its cost, the validation passes' time, the share of the steps spent
 waiting for their input (the data read first from a cold page cache where the
 OS allows), and the hardware (device and host memory, GPU utilisation and
@@ -65,7 +66,7 @@ from mosbench.measurement import page_cache
 from mosbench.measurement.cost import cost
 from mosbench.measurement.hardware import HardwareMonitor, hardware_metrics
 from mosbench.measurement.provenance import provenance
-from mosbench.measurement.timing import InputWait, StepTimer
+from mosbench.measurement.timing import CompileTotals, InputWait, StepTimer
 from mosbench.outcomes import DIVERGED, FINISHED
 from mosbench.paths import SUMMARY, WEIGHTS
 from mosbench.progress import Progress
@@ -109,6 +110,7 @@ class _Job:
     wall_time_s: float | None
     timer: StepTimer
     input_wait: InputWait
+    compiles: CompileTotals
 
     @property
     def budget(self):
@@ -181,7 +183,8 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
 
     stop, diverged = StopSignal(), None
     job = _Job(out_dir, engine, hparams, streams, valid_ids, started, wall_time_s,
-               StepTimer(), InputWait(engine, state.input_wait))
+               StepTimer(), InputWait(engine, state.input_wait),
+               CompileTotals(engine, state.compiles))
     monitor = HardwareMonitor(gpus=gpus).__enter__()  # left in the `finally` below
     try:
         while state.phase != "done":
@@ -210,7 +213,7 @@ def train(data_dir, out_dir, *, dataset, model_name, seed, gpus, hparams, experi
                "vocab_size": meta["vocab_size"], "engine_options": engine_options}
     summary.update(_outcome(state, diverged, ran_on))
     summary["measurements"], summary["absent"] = _job_measurements(
-        state, monitor, prices, gpus, engine, job.input_wait, input_load)
+        state, monitor, prices, gpus, engine, job.input_wait, job.compiles, input_load)
     summary["input_load_page_cache"] = input_load["page_cache"]  # cold or not, and why
     # no best weights (diverged before any finite validation): the current ones, so that the
     # job's output exists; train.json says what they are
@@ -256,6 +259,7 @@ def _resume_or_start(out_dir, engine, fingerprint, hparams, seed):
 def _save(job, state, rng, position, hidden_states=None):
     """A checkpoint of the job at window ``position`` of the current epoch."""
     state.position, state.rng = position, rng_state(rng)
+    job.compiles.update()  # this launch's so far, for a resume to add to
     saved = state.as_dict()
     checkpoint.save(job.out_dir, job.engine, saved, hidden_states)
     state.generation = saved["generation"]
@@ -404,22 +408,26 @@ def _write_outputs(out_dir, best_file, current, summary):
     write_json(out_dir / SUMMARY, summary, durable=True)
 
 
-def _job_measurements(state, monitor, prices, gpus, engine, input_wait, input_load):
+def _job_measurements(state, monitor, prices, gpus, engine, input_wait, compiles, input_load):
     """The job's figures for train.json and MLflow, and why any is absent.
 
     Per-epoch figures are averaged over epochs (step-time percentiles: their
     median over epochs); epoch time and tokens/s leave out the compiled steps'
     first calls, which trace and compile (``first_step_s`` has the first one).
     ``time_to_first_step_s`` runs from the job's start to the end of its first
-    step. Hardware figures are those of the launch that finished the job (the
-    same model and batch as any earlier launch). ``input_wait_fraction``: the
-    share of the steps' time spent on their input (:class:`InputWait`), with
-    ``input_wait_s`` its seconds, over every launch; ``input_load_s``: this
-    launch's read of the train and valid Parquet files, with
-    ``input_load_cached_pct`` of their pages cached when it started
+    step; ``compiles`` and ``compile_s`` are the programs the engine compiled and
+    their seconds, summed over the job's launches (:class:`CompileTotals`; absent,
+    with the engine's reason, where it does not count them). Hardware figures
+    are those of the launch that finished the job (the same model and batch as
+    any earlier launch). ``input_wait_fraction``: the share of the steps' time
+    spent on their input (:class:`InputWait`), with ``input_wait_s`` its
+    seconds, over every launch; ``input_load_s``: this launch's read of the
+    train and valid Parquet files, with ``input_load_cached_pct`` of their
+    pages cached when it started
     (:func:`mosbench.measurement.page_cache.drop`; 0: from a cold cache).
     """
     history = state.history
+    compiled, compiles_absent = compiles.figures()
 
     def over_epochs(key, reduce):
         values = [h[key] for h in history if h.get(key) is not None]
@@ -435,9 +443,10 @@ def _job_measurements(state, monitor, prices, gpus, engine, input_wait, input_lo
         "step_time_p95_s": over_epochs("step_time_p95_s", np.median),
         "first_step_s": state.first_step_s,
         "time_to_first_step_s": state.time_to_first_step_s,
+        **compiled,
         "cost_per_epoch": over_epochs("cost_per_epoch", np.mean),
     }
-    absent = {}
+    absent = dict(compiles_absent)
     if not prices:
         absent["cost_per_epoch"] = "no prices configured (config key cost)"
     hardware, hardware_absent = hardware_metrics(monitor)

@@ -136,6 +136,9 @@ class PyTorchEngine(Engine):
         self.workers.check()
         return results
 
+    def compile_statistics(self):
+        return None, "PyTorch runs eagerly: the engine compiles nothing"
+
     def close(self):
         """Stop the worker processes, if any (idempotent)."""
         if self._finalizer is not None:

@@ -145,6 +145,22 @@ class TensorFlowEngine(Engine):
     def input_seconds(self):
         return self._input_s, None
 
+    def compile_statistics(self):
+        """Traces of the engine's ``tf.function`` steps as its compiles, without seconds.
+
+        A trace builds a step's graph, which TensorFlow then optimises, inside the
+        step's first call with a new input signature: that call's time is
+        ``first_step_s`` (the training step) and cannot be split from running the
+        step, so ``compile_s`` is None. Not counted: XLA's compiles of the decoder
+        (``xla_decoder``), made at run time per new shape without a trace.
+        """
+        steps = [*getattr(self, "_train_steps", {}).values(), self._eval_step, self._predict,
+                 self._rows, self._gradient]
+        traces = sum(s.experimental_get_tracing_count() for s in steps if s is not None)
+        return {"compiles": traces, "compile_s": None}, (
+            "TensorFlow traces and optimises a step's graph within the step's first call, "
+            "whose time (first_step_s) cannot be split from running the step")
+
     def start_average(self):
         self.averager.restore([v.numpy() for v in self.model.trainable_variables], 0)
 
