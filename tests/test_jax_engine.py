@@ -110,6 +110,44 @@ def test_versions_name_jax_jaxlib_and_optax():
         assert versions["cuda"] is None and versions["cudnn"] is None
 
 
+def test_versions_survive_jaxs_private_cuda_module_moving(monkeypatch, caplog):
+    """The CUDA and cuDNN versions come from jax._src.lib.cuda_versions, which a JAX release
+    may move: then they are None, the rest is recorded, and a CUDA install logs why."""
+    from types import SimpleNamespace
+
+    import jax._src.lib
+
+    from mosbench.engines.jax import engine as jax_engine
+
+    def versions():
+        found = jax_engine.JaxEngine.versions()
+        assert found["framework_version"] == jax.__version__
+        assert set(found["libraries"]) == {"jaxlib", "optax"}
+        return found["cuda"], found["cudnn"]
+
+    def failing():
+        raise RuntimeError("no libcudart")
+
+    private = "cuda_versions"
+    monkeypatch.setattr(jax_engine, "CUDA_PLUGINS", ("mosbench_no_such_plugin",))
+    monkeypatch.setattr(jax._src.lib, private, SimpleNamespace(
+        cuda_runtime_get_version=lambda: 12080, cudnn_get_version=lambda: 91000),
+        raising=False)
+    assert versions() == ("12080", "91000")  # what the plugin reports, as text
+    monkeypatch.setattr(jax._src.lib, private, SimpleNamespace(
+        cuda_runtime_get_version=failing, cudnn_get_version=lambda: 91000))
+    assert versions() == (None, "91000")  # one failing call leaves the other
+    monkeypatch.delattr(jax._src.lib, private)  # moved out of jax._src.lib
+    assert versions() == (None, None)
+    monkeypatch.setitem(sys.modules, "jax._src.lib", None)  # jax._src.lib itself gone
+    assert versions() == (None, None)
+    assert "not recorded" not in caplog.text  # no CUDA plugin installed: nothing lost
+    monkeypatch.setattr(jax_engine, "CUDA_PLUGINS", ("json",))  # one installed
+    with caplog.at_level("WARNING", logger=jax_engine.__name__):
+        assert versions() == (None, None)
+    assert "the CUDA and cuDNN versions are not recorded" in caplog.text
+
+
 def test_the_input_pipelines_read_the_training_windows(tiny_data, tmp_path):
     engine = load_engine("jax")
     path = tiny_data / "train.parquet"

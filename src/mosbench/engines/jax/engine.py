@@ -18,6 +18,8 @@ mesh, replicated.
 """
 
 import contextlib
+import importlib.util
+import logging
 import time
 
 import jax
@@ -39,11 +41,45 @@ from mosbench.errors import MosbenchError
 from mosbench.workload import training_spec
 
 MIB = 2**20
+# The CUDA plugins jaxlib may load (jax._src.lib tries them in this order).
+CUDA_PLUGINS = ("jax_cuda13_plugin", "jax_cuda12_plugin", "jaxlib.cuda")
+
+log = logging.getLogger(__name__)
 
 
 def _host(array):
     """A NumPy copy (never a view of a device buffer)."""
     return np.array(array, copy=True)
+
+
+def _cuda_versions():
+    """``(CUDA runtime, cuDNN)`` versions the CUDA plugin loaded; None for any it cannot give.
+
+    From ``jax._src.lib.cuda_versions``, a private module (None where jaxlib
+    has no CUDA plugin): JAX has no public API for either that leaves the
+    backend unstarted, as :meth:`JaxEngine.versions` must
+    (``benchmarks/gpu_check.py`` asks in a process that must hold no GPU
+    memory). The public one, the GPU client's ``platform_version``
+    (``"cuda 12080"``), starts the backend, gives the CUDA the plugin was built
+    against rather than the one loaded, and no cuDNN; ``jax.print_environment_info``
+    names neither. If a JAX release moves the module, both are None and, where
+    a CUDA plugin is installed, the log says so: a job does not fail for want
+    of a provenance entry.
+    """
+    try:
+        from jax._src.lib import cuda_versions
+    except ImportError:
+        if any(importlib.util.find_spec(name) for name in CUDA_PLUGINS):
+            log.warning("this JAX has no jax._src.lib.cuda_versions: the CUDA and cuDNN "
+                        "versions are not recorded")
+        return None, None
+    cuda = cudnn = None
+    if cuda_versions is not None:
+        with contextlib.suppress(Exception):
+            cuda = cuda_versions.cuda_runtime_get_version()
+        with contextlib.suppress(Exception):
+            cudnn = cuda_versions.cudnn_get_version()
+    return cuda, cudnn
 
 
 class PaddedStates:
@@ -92,12 +128,7 @@ class JaxEngine(Engine):
 
     @classmethod
     def framework_versions(cls):
-        cuda = cudnn = None
-        versions = jax._src.lib.cuda_versions  # None where jaxlib has no CUDA plugin
-        if versions is not None:
-            with contextlib.suppress(Exception):
-                cuda = versions.cuda_runtime_get_version()
-                cudnn = versions.cudnn_get_version()
+        cuda, cudnn = _cuda_versions()
         return {"framework_version": jax.__version__, "cuda": cuda, "cudnn": cudnn,
                 "libraries": {"jaxlib": jaxlib.__version__, "optax": optax.__version__}}
 
