@@ -169,7 +169,8 @@ def machine_lines(threads):
     from throughput import cpu_description
 
     versions = [f"python {platform.python_version()}"]
-    for package in ("tensorflow", "keras", "torch", "numpy", "scipy", "statsmodels"):
+    for package in ("tensorflow", "keras", "torch", "jax", "jaxlib", "optax", "numpy", "scipy",
+                    "statsmodels"):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions.append(f"{package} {importlib.metadata.version(package)}")
     return [f"cpu: {cpu_description()}; {threads} threads per run",

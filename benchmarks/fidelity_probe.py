@@ -1,0 +1,226 @@
+"""Where two engines' whole runs part: two probes on fidelity.py's model and the real PTB.
+
+``fidelity.py`` says whether whole runs end at the same perplexity; when they
+do not, these two probes split the question (issue 24):
+
+- ``trace``: every framework from the *same* initial weights (the first
+  framework's, drawn with ``--seed``), every dropout off, over the first
+  ``--steps`` windows of the PTB epoch (the windows and learning rates the
+  procedure draws for that seed). With no randomness left, the engines'
+  per-window training losses differ only by floating-point rounding: the table
+  says at which window they first part by 1e-6, 1e-4, 1e-2 and 0.1 nats, and
+  the mean loss of blocks of windows. Equal losses over the first windows show
+  that the step's arithmetic (forward, backward, clipping, decay, SGD, the
+  states carried between windows) is the same; how soon rounding grows into
+  whole nats shows how chaotic training is there, so how far apart two runs
+  of one engine may end for reasons no test can hold fixed.
+- ``masks``: the dropout streams' distribution at full size. Given trained
+  weights (``--weights``, a ``model.weights.npz`` in canonical names, from any
+  engine), every framework takes ``--draws`` training steps at learning rate 0
+  on one fixed window from zero states: the weights never move, so the losses
+  differ only by the masks drawn. Each stream runs alone at its preset rate
+  (the others at 0), then all together. If two engines draw their masks from
+  the same distribution (rates, scaling, what shares a mask, independence),
+  the mean losses agree within their standard errors; a mean apart by several
+  errors points at that stream.
+
+The model is fidelity.py's (the ``ptb`` AWD-LSTM-MoS preset scaled to emsize
+200, nhid 400, nhidlast 200, 5 experts), tokenised from ``--data`` by
+``mosbench tokenise`` in a scratch folder. Each framework runs in this
+process, one after the other, on ``--threads`` threads.
+
+    .venv/bin/python benchmarks/fidelity_probe.py trace --steps 200
+    .venv/bin/python benchmarks/fidelity_probe.py masks --weights run/model.weights.npz
+"""
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mosbench.config import load_config
+from mosbench.data.batching import batchify
+from mosbench.data.tokenise import load_split
+from mosbench.engines import FRAMEWORKS, load_engine
+from mosbench.training.bptt import epoch_windows, restore_rng
+from mosbench.training.train import fresh_state
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fidelity import (  # noqa: E402  (the benchmark's own model and data)
+    DATASET,
+    DEFAULT_DATA,
+    MODEL,
+    REPO,
+    SCALED,
+    check_ptb,
+    machine_lines,
+    prepare_data,
+    write_config,
+)
+
+STREAMS = ("wdrop", "dropoute", "dropouti", "dropouth", "dropout", "dropoutl")
+THRESHOLDS = (1e-6, 1e-4, 1e-2, 0.1)
+WINDOW_START = 5000  # the masks probe's fixed window: 5000 positions into the train streams
+
+
+def engine_for(framework, hp, vocab, seed, threads):
+    """A built engine, its training prepared, as ``mosbench train`` makes one."""
+    engine = load_engine(framework, threads=threads, seed=seed)
+    engine.build(MODEL, vocab, hp)
+    engine.prepare_training(hp, hp["batch_size"])
+    return engine
+
+
+def without_dropout(hp):
+    return {**hp, **dict.fromkeys(STREAMS, 0.0)}
+
+
+# ------------------------------------------------------------------------------ trace
+
+
+def trace(frameworks, hp, streams, vocab, seed, steps, threads):
+    """``{framework: per-window training losses}``, all from the first framework's weights."""
+    hp = without_dropout(hp)
+    initial, losses = None, {}
+    for framework in frameworks:
+        engine = engine_for(framework, hp, vocab, seed, threads)
+        if initial is None:
+            initial = engine.weights()
+        else:
+            engine.load_weights(initial)
+        rng = restore_rng(fresh_state(hp, seed)["rng"])
+        states, out, started = engine.initial_state(hp["batch_size"]), [], time.monotonic()
+        windows = epoch_windows(rng, streams.shape[1], hp["bptt"], hp["variable_bptt"],
+                                hp.get("max_seq_len_delta"))
+        for start, length, scale in windows:
+            if len(out) == steps:
+                break
+            window = streams[:, start:start + length + 1]
+            nll, states = engine.train_step(window[:, :-1], window[:, 1:], states,
+                                            hp["lr"] * scale, False)
+            out.append(float(nll))
+        engine.close()
+        losses[framework] = np.array(out)
+        print(f"{framework}: {len(out)} windows in {time.monotonic() - started:.0f} s",
+              flush=True)
+    return losses
+
+
+def first_parting(a, b, threshold):
+    """The first window (1-based) where two loss traces differ by more than ``threshold``."""
+    apart = np.flatnonzero(np.abs(a - b) > threshold)
+    return int(apart[0]) + 1 if apart.size else None
+
+
+def trace_tables(losses, block=50):
+    base_name, *others = list(losses)
+    base = losses[base_name]
+    lines = [f"| side | {' | '.join(f'first window apart by > {t:g}' for t in THRESHOLDS)} |",
+             "|---|" + "---:|" * len(THRESHOLDS),
+             f"| {base_name} (baseline) |" + " |" * len(THRESHOLDS)]
+    for name in others:
+        cells = [first_parting(base, losses[name], t) for t in THRESHOLDS]
+        lines.append(f"| {name} | " + " | ".join("never" if c is None else str(c)
+                                                for c in cells) + " |")
+    lines += ["", "mean training loss per block of windows",
+              "| windows | " + " | ".join(losses) + " |", "|---|" + "---:|" * len(losses)]
+    for start in range(0, len(base), block):
+        end = min(start + block, len(base))
+        lines.append(f"| {start + 1}-{end} | " + " | ".join(
+            f"{v[start:end].mean():.4f}" for v in losses.values()) + " |")
+    return lines
+
+
+# ------------------------------------------------------------------------------ masks
+
+
+def mask_losses(framework, hp, streams, vocab, weights, seed, draws, only, threads):
+    """``draws`` training losses at learning rate 0 on the fixed window, ``only`` stream(s) on."""
+    rates = {s: (hp[s] if s in only else 0.0) for s in STREAMS}
+    engine = engine_for(framework, {**hp, **rates}, vocab, seed, threads)
+    engine.load_weights(weights)
+    window = streams[:, WINDOW_START:WINDOW_START + hp["bptt"] + 1]
+    losses = []
+    for _ in range(draws):
+        nll, _ = engine.train_step(window[:, :-1], window[:, 1:],
+                                   engine.initial_state(hp["batch_size"]), 0.0, False)
+        losses.append(float(nll))
+    engine.close()
+    return np.array(losses)
+
+
+def mask_table(results, frameworks):
+    """One row per stream: each side's mean ± standard error, and each against the first."""
+    base = frameworks[0]
+    head = "| streams on | " + " | ".join(f"{f} mean ± se" for f in frameworks) + " | " + \
+        " | ".join(f"{f} − {base} (z)" for f in frameworks[1:]) + " |"
+    lines = [head, "|---|" + "---:|" * (2 * len(frameworks) - 1)]
+    for label, by_side in results.items():
+        stats = {f: (v.mean(), v.std(ddof=1) / math.sqrt(v.size)) for f, v in by_side.items()}
+        cells = [f"{m:.5f} ± {se:.5f}" for m, se in stats.values()]
+        for f in frameworks[1:]:
+            diff = stats[f][0] - stats[base][0]
+            z = diff / math.hypot(stats[f][1], stats[base][1])
+            cells.append(f"{diff:+.5f} ({z:+.1f})")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+# ------------------------------------------------------------------------------ main
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("probe", choices=("trace", "masks"))
+    parser.add_argument("--frameworks", nargs="+", choices=FRAMEWORKS, default=list(FRAMEWORKS),
+                        help="the engines, the first the baseline (default: all)")
+    parser.add_argument("--seed", type=int, default=31, help="the engines' seed (default 31)")
+    parser.add_argument("--steps", type=int, default=200, help="trace: windows (default 200)")
+    parser.add_argument("--weights", type=Path,
+                        help="masks: trained weights, a model.weights.npz in canonical names")
+    parser.add_argument("--streams", nargs="+", choices=(*STREAMS, "all"),
+                        default=[*STREAMS, "all"], help="masks: which rows (default: each, all)")
+    parser.add_argument("--draws", type=int, default=200, help="masks: steps per row (200)")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                        help="folder of PTB's train/valid/test.txt (default ../shared/data/ptb)")
+    parser.add_argument("--threads", type=int, default=1, help="threads per engine (1)")
+    args = parser.parse_args(argv)
+    if args.probe == "masks" and args.weights is None:
+        parser.error("masks needs --weights (fidelity.py --work DIR keeps each run's)")
+
+    config = load_config(REPO / "config" / "config.yaml")
+    check_ptb(args.data, config)
+    print("\n".join(machine_lines(args.threads)))
+    print("command:", " ".join(["benchmarks/fidelity_probe.py", *(argv or sys.argv[1:])]))
+    with tempfile.TemporaryDirectory(prefix="mosbench-probe-") as scratch:
+        work = Path(scratch)
+        config_path, hp = write_config(work, {**SCALED, "epochs": 1}, args.threads)
+        prepare_data(work, args.data, config_path, hp, None, work)
+        ids, meta = load_split(work / "results" / "data" / DATASET, "train")
+        streams, vocab = np.array(batchify(ids, hp["batch_size"])), meta["vocab_size"]
+
+    if args.probe == "trace":
+        losses = trace(args.frameworks, hp, streams, vocab, args.seed, args.steps, args.threads)
+        print("\n".join(trace_tables(losses)))
+        return 0
+    with np.load(args.weights) as stored:
+        weights = {name: stored[name] for name in stored.files}
+    results = {}
+    for label in args.streams:
+        only = STREAMS if label == "all" else (label,)
+        results[label] = {f: mask_losses(f, hp, streams, vocab, weights, args.seed,
+                                         args.draws, only, args.threads)
+                          for f in args.frameworks}
+        print(f"{label}: done", flush=True)
+    print(f"training loss at lr 0 on the window at position {WINDOW_START}, zero states, "
+          f"{args.draws} draws a side (z: the difference over its standard error)")
+    print("\n".join(mask_table(results, args.frameworks)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
