@@ -45,8 +45,8 @@ def test_the_grid_plans_every_job_with_its_cluster_resources(tmp_path, capsys):
     jobs = planned_jobs(done.stdout)
     by_rule = {rule: [j for j in jobs if j.rule == rule] for rule in {j.rule for j in jobs}}
     assert {rule: len(js) for rule, js in by_rule.items()} == {
-        "download_corpus": 2, "tokenise": 2, "data_pipeline": 4, "train": 160, "evaluate": 160,
-        "probe": 112, "aggregate": 1}
+        "download_corpus": 2, "tokenise": 2, "data_pipeline": 6, "train": 240, "evaluate": 240,
+        "probe": 168, "aggregate": 1}
     config = yaml.safe_load(GRID.read_text())
     run = config["run"]
     # trained to convergence at one GPU count only (run.train_gpus) ...

@@ -18,8 +18,8 @@ def test_shipped_configs_are_valid():
     assert grid["run"]["gpus"] == [1, 2, 4, 8] and len(grid["run"]["seeds"]) == 10
     assert set(grid["run"]["datasets"]) == {"ptb", "wikitext2"}
     assert demo["run"]["frameworks"] == list(FRAMEWORKS)  # every engine, in the demo
-    # the study: JAX joins when its engine has the cuDNN LSTM (README, Frameworks)
-    assert grid["run"]["frameworks"] == ["tensorflow", "pytorch"]
+    # the study: every engine, JAX since it has its cuDNN LSTM (README, Frameworks)
+    assert grid["run"]["frameworks"] == ["tensorflow", "pytorch", "jax"]
     # defaults from the schema are filled in
     assert demo["presets"]["synthetic"]["lstm"]["tie_weights"] is True
     assert grid["sources"]["ptb"]["members"]["train"]["sha256"].startswith("fcea919f")

@@ -26,19 +26,20 @@ def test_the_paper_grid_costs_a_tenth_of_full_training_at_every_gpu_count(capsys
     lines = plan(capsys, GRID, "--results", str(tmp_path / "none"))
     total = TOTAL.match(lines[-1])
     assert total, lines[-1]
-    # 160 trainings and evaluations, 112 probes, 4 data pipelines, 2 downloads, 2 tokenisations
-    # and the aggregate: the jobs of `snakemake --dry-run` (tests/test_cluster.py)
-    assert int(total[1]) == 160 + 160 + 112 + 4 + 2 + 2 + 1
+    # 240 trainings and evaluations, 168 probes, 6 data pipelines (3 frameworks x 2 data
+    # sets), 2 downloads, 2 tokenisations and the aggregate: the jobs of `snakemake --dry-run`
+    # (tests/test_cluster.py)
+    assert int(total[1]) == 240 + 240 + 168 + 6 + 2 + 2 + 1
     per_framework = {m[1]: number(m[2]) for line in lines
                      if (m := re.match(r"^(\w+): ceiling ([\d,]+) GPU-hours", line))}
-    assert set(per_framework) == {"tensorflow", "pytorch"}
+    assert set(per_framework) == {"tensorflow", "pytorch", "jax"}
     # trainings: 60 runs x 48 h + 10 x 8 h + 10 x 12 h; 56 exclusive probes x 8 GPUs x 0.5 h;
     # 80 evaluations x 2 h; 2 data pipelines x 2 h (the profile's default)
     assert per_framework["tensorflow"] == 60 * 48 + 10 * 8 + 10 * 12 + 56 * 8 * 0.5 + 80 * 2 + 4
     assert all(ceiling < 4620 for ceiling in per_framework.values())
     assert number(total[2]) == sum(per_framework.values())
     rows = {line.split()[0]: line.split() for line in lines[2:9]}
-    assert rows["train"][1:3] == ["160", "8-48"] and rows["probe"][1] == "112"
+    assert rows["train"][1:3] == ["240", "8-48"] and rows["probe"][1] == "168"
     assert number(rows["train"][4]) == 4 * number(rows["train"][3])  # retries: 3
     assert rows["train"][-2:] == ["published", "speeds"]
     assert any(line.startswith("warning: cluster.gpu_model is null") for line in lines)

@@ -315,15 +315,15 @@ def test_demo_and_grid_configs_plan_the_expected_jobs(tmp_path):
     # datasets x models x (strong at every GPU count + weak at 2 or more)
     for configfile, trains, probes in ((REPO / "config" / "demo.yaml", 3 * 1 * 4 * 2 * 1,
                                         3 * 1 * 4 * 1),
-                                       (REPO / "config" / "config.yaml", 2 * 2 * 4 * 10 * 1,
-                                        2 * 2 * 4 * (4 + 3))):
+                                       (REPO / "config" / "config.yaml", 3 * 2 * 4 * 10 * 1,
+                                        3 * 2 * 4 * (4 + 3))):
         done = snakemake(tmp_path, "--dry-run", configfile=configfile)
         assert done.returncode == 0, done.stderr[-2000:]
         counts = dict(line.split()[:2] for line in done.stdout.splitlines()
                       if len(line.split()) == 2 and line.split()[1].isdigit())
         assert int(counts["train"]) == trains and int(counts["evaluate"]) == trains
         assert int(counts["probe"]) == probes and int(counts["aggregate"]) == 1
-    assert trains == 160  # a quarter of the 640 of full training at 1, 2, 4 and 8 GPUs
+    assert trains == 240  # a quarter of the 960 of full training at 1, 2, 4 and 8 GPUs
 
 
 def check_probes(results):

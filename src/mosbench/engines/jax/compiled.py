@@ -44,11 +44,13 @@ class Compiled:
     engines with an equal key share the jitted function and its programs, and
     each engine's ledger counts the compiles it caused. Scalars must be passed
     as NumPy scalars of a fixed dtype (``np.float32``): a Python float would be
-    weakly typed and not match the program.
+    weakly typed and not match the program. ``check(program)``, if given, sees
+    each new program before it first runs (the cuDNN assertion); it raises to
+    refuse one.
     """
 
-    def __init__(self, name, key, make, ledger):
-        self.name, self.ledger = name, ledger
+    def __init__(self, name, key, make, ledger, check=None):
+        self.name, self.ledger, self.check = name, ledger, check
         shared = (name, *key)
         if shared not in _SHARED:
             _SHARED[shared] = jax.jit(make()), {}
@@ -63,6 +65,8 @@ class Compiled:
             seconds = time.perf_counter() - start
             self.ledger.count += 1
             self.ledger.seconds += seconds
+            if self.check is not None:
+                self.check(program)
             self.programs[key] = program
             log.info("compiled %s for %s in %.2f s (%d compiles, %.1f s so far)", self.name,
                      [s for s, _, _ in key[1] if s][:3], seconds, self.ledger.count,

@@ -15,6 +15,11 @@ that does not split evenly is split as ``replicas.replica_rows`` says, each
 replica's share padded to the largest with rows that count for nothing; the
 carried states are then a :class:`PaddedStates`. Evaluation runs on the same
 mesh, replicated.
+
+LSTMs: on GPUs the models run cuDNN's (``models/cudnn_lstm.py``), elsewhere a
+``lax.scan`` (``use_cudnn``: ``models/recurrence.py``). On cuDNN every new
+training-step program is checked, before it first runs, to hold the cuDNN
+custom calls, forward and backward, of every layer and chunk.
 """
 
 import contextlib
@@ -35,6 +40,8 @@ from mosbench.engines.jax import input_pipeline, steps
 from mosbench.engines.jax.averaging import IterateAverage
 from mosbench.engines.jax.compiled import Compiled, CompileLedger
 from mosbench.engines.jax.models import build_model
+from mosbench.engines.jax.models.cudnn_lstm import assert_cudnn_lstm
+from mosbench.engines.jax.models.recurrence import choose_cudnn
 from mosbench.engines.jax.runtime import configure, placement
 from mosbench.engines.replicas import replica_rows
 from mosbench.errors import MosbenchError
@@ -102,13 +109,18 @@ class JaxEngine(Engine):
     framework = "jax"
 
     def __init__(self, *, gpus=0, threads=None, precision="float32", deterministic=False,
-                 seed=0, devices=None, bptt_bucket=None, compilation_cache=None):
+                 seed=0, devices=None, bptt_bucket=None, compilation_cache=None,
+                 use_cudnn="auto"):
         """``bptt_bucket``, ``compilation_cache``: config key ``engines.jax`` (the schema
-        says what each does); by default exact window lengths, and each job compiles."""
+        says what each does); by default exact window lengths, and each job compiles.
+        ``use_cudnn``: the LSTM layer, not a config key (``models/recurrence.py``)."""
         self.compute = configure(threads=threads, precision=precision,
                                  deterministic=deterministic, compilation_cache=compilation_cache)
         self.devices = placement(gpus, devices)
         self.device = self.devices[0]
+        self.cudnn = choose_cudnn(use_cudnn, self.device.platform)
+        log.info("JAX LSTM layers: %s", "cuDNN (jax.experimental.rnn.lstm)" if self.cudnn
+                 else "lax.scan")
         if len(self.devices) > 1:
             self.mesh = Mesh(np.array(self.devices), ("data",))
             self.replicated = NamedSharding(self.mesh, P())
@@ -135,14 +147,15 @@ class JaxEngine(Engine):
     def compile_statistics(self):
         return self.compiles.as_dict(), None
 
-    def _compiled(self, name, make, *key):
+    def _compiled(self, name, make, *key, check=None):
         """``make()`` jitted, shared with every engine of this model and ``key``."""
-        return Compiled(name, (self.model, self.compute, self.mesh, *key), make, self.compiles)
+        return Compiled(name, (self.model, self.compute, self.mesh, *key), make, self.compiles,
+                        check)
 
     # --- the model -------------------------------------------------------------------------
 
     def build(self, model_name, vocab_size, hparams):
-        self.model = build_model(model_name, vocab_size, hparams)
+        self.model = build_model(model_name, vocab_size, hparams, cudnn=self.cudnn)
         self.shapes = self.model.shapes
         with jax.default_device(self.device):
             self.params = jax.device_put(self.model.init(self.init_key), self.replicated)
@@ -188,8 +201,26 @@ class JaxEngine(Engine):
             step = jax.shard_map(step, mesh=self.mesh,
                                  in_specs=(P(), rows, rows, rows, P(), P(), P(), P(), rows),
                                  out_specs=(P(), rows, P()))
-        self._train = self._compiled("train_step", lambda: step, spec, batch_size)
+        self._train = self._compiled("train_step", lambda: step, spec, batch_size,
+                                     check=self._cudnn_check if self.cudnn else None)
         self.average = IterateAverage(self.params)
+
+    def _cudnn_check(self, program):
+        """The cuDNN calls of a training-step program: each chunk runs every layer once,
+        forward and backward. MosbenchError if fewer (the scan was traced instead)."""
+        layers = sum(name.endswith(".w_ih") for name in self.shapes)
+        return assert_cudnn_lstm(program.as_text(), layers * self._chunks, gradient=True)
+
+    def cudnn_calls(self):
+        """The custom-call counts of every training-step program compiled so far, each
+        checked to run cuDNN's LSTM (MosbenchError otherwise): what proves a GPU job's
+        LSTMs ran cuDNN, as the PyTorch engine's ``assert_fused_lstm``."""
+        if not self.cudnn:
+            raise MosbenchError(f"this engine's LSTMs run a lax.scan, not cuDNN (devices: "
+                                f"{self.device.platform}; use_cudnn chose the scan)")
+        if self._train is None or not self._train.programs:
+            raise MosbenchError("no training step compiled yet: run train_step() first")
+        return [self._cudnn_check(program) for program in self._train.programs.values()]
 
     def initial_state(self, batch_size):
         return jax.device_put(self.model.initial_state(batch_size), self.replicated)

@@ -25,9 +25,20 @@ LAYER_NOTES = {
 }
 
 PROCEDURE = [
-    ("LSTM layer: lax.scan, input projection hoisted", "model",
+    ("LSTM layer on the GPU: cuDNN", "model", ["jax.experimental.rnn:lstm"], ALL,
+     "float32 only; one call per layer (its own sizes, W_hh dropped before the call)"),
+    ("LSTM layer on the CPU: lax.scan, input projection hoisted", "model",
      [MODELS + "scan_lstm.lstm_layer"], ALL,
-     "JAX has no LSTM layer; jax.experimental.rnn.lstm is cuDNN-only (GPU)"),
+     "JAX has no LSTM layer for the CPU; jax.experimental.rnn.lstm is cuDNN-only"),
+    ("cuDNN LSTM: flat weights packed per call, the layer chosen per device", "model",
+     [MODELS + "cudnn_lstm.pack_weights", MODELS + "cudnn_lstm.cudnn_lstm_layer",
+      MODELS + "recurrence.choose_cudnn", MODELS + "recurrence.lstm_layer"], ALL,
+     "JAX unpacks cuDNN's flat weight layout but has no packing; time-major models, "
+     "batch-major call"),
+    ("check that a GPU training step compiled to cuDNN's LSTM", "training",
+     [MODELS + "cudnn_lstm.assert_cudnn_lstm", ENGINE + "cudnn_calls"], ALL,
+     "nothing in JAX says which kernel a program runs: its compiled text is searched "
+     "for the cuDNN custom calls"),
     ("loop primitive of the recurrence", "model", ["jax:lax.scan"], ALL, ""),
     ("embedding dropout (whole word types)", "model", [MODELS + "masks.embedding_lookup"],
      AWD, "no dropout in JAX itself, let alone per word type"),

@@ -17,13 +17,16 @@ from mosbench.engines.jax.models.init import initialise, uniform
 from mosbench.engines.jax.models.language_model import LanguageModel
 from mosbench.engines.jax.models.mixture_of_contexts import MixtureOfContexts
 from mosbench.engines.jax.models.mixture_of_softmaxes import MixtureOfSoftmaxes
-from mosbench.engines.jax.models.scan_lstm import lstm_layer
+from mosbench.engines.jax.models.recurrence import lstm_layer
 from mosbench.engines.jax.models.tied_softmax import TiedSoftmax
 
 
 @dataclasses.dataclass(frozen=True)
 class AWDLanguageModel(LanguageModel):
-    """Sizes, rates and head of one AWD model; ``shapes`` are its canonical weights."""
+    """Sizes, rates and head of one AWD model; ``shapes`` are its canonical weights.
+
+    ``cudnn``: its LSTM layers run on cuDNN (``recurrence.choose_cudnn``), else scan.
+    """
 
     shapes: dict
     sizes: tuple
@@ -34,10 +37,11 @@ class AWDLanguageModel(LanguageModel):
     wdrop: float
     init_range: float
     head: object
+    cudnn: bool = False
 
     @classmethod
     def create(cls, shapes, *, head, emsize, nhid, nhidlast, nlayers, dropout, dropouth,
-               dropouti, dropoute, wdrop, init_range, n_experts=1, dropoutl=0.0):
+               dropouti, dropoute, wdrop, init_range, n_experts=1, dropoutl=0.0, cudnn=False):
         if head == "softmax" and nhidlast != emsize:
             raise ValueError(f"a tied softmax needs nhidlast == emsize, got {nhidlast} "
                              f"and {emsize}")
@@ -45,10 +49,10 @@ class AWDLanguageModel(LanguageModel):
         out = {"softmax": TiedSoftmax(), "moc": MixtureOfContexts(contexts),
                "mos": MixtureOfSoftmaxes(contexts)}[head]
         return cls(shapes, (nhid,) * (nlayers - 1) + (nhidlast,), dropout, dropouth, dropouti,
-                   dropoute, wdrop, init_range, out)
+                   dropoute, wdrop, init_range, out, cudnn)
 
     def __hash__(self):  # the jitted steps close over a model: hash what defines it
-        return hash((tuple(self.shapes.items()), self.sizes, self.head))
+        return hash((tuple(self.shapes.items()), self.sizes, self.head, self.cudnn))
 
     def init(self, key):
         """Embedding uniform(+-init_range), each LSTM tensor uniform(+-1/sqrt(its units)),
@@ -82,8 +86,8 @@ class AWDLanguageModel(LanguageModel):
             p = f"rnn.{layer}."
             w_hh = masks.weight_drop(params[p + "w_hh"], site(masks.WEIGHT_DROP + layer),
                                      self.wdrop)
-            raw, state = lstm_layer(x, state, params[p + "w_ih"], w_hh,
-                                    params[p + "b_ih"] + params[p + "b_hh"], length)
+            raw, state = lstm_layer(x, state, params[p + "w_ih"], w_hh, params[p + "b_ih"],
+                                    params[p + "b_hh"], length, cudnn=self.cudnn)
             new_states.append(state)
             if layer < len(states) - 1:
                 x = masks.locked(raw, site(masks.HIDDEN + layer), self.dropouth)

@@ -12,13 +12,16 @@ import jax.numpy as jnp
 from mosbench.engines.jax.models import masks
 from mosbench.engines.jax.models.init import initialise, uniform
 from mosbench.engines.jax.models.language_model import LanguageModel
-from mosbench.engines.jax.models.scan_lstm import lstm_layer
+from mosbench.engines.jax.models.recurrence import lstm_layer
 from mosbench.engines.jax.models.tied_softmax import TiedSoftmax
 
 
 @dataclasses.dataclass(frozen=True)
 class LSTMLanguageModel(LanguageModel):
-    """Sizes and rate of one baseline; ``shapes`` are its canonical weights."""
+    """Sizes and rate of one baseline; ``shapes`` are its canonical weights.
+
+    ``cudnn``: its LSTM layers run on cuDNN (its one bias as ``b_ih``, ``b_hh`` zero).
+    """
 
     shapes: dict
     nhid: int
@@ -26,16 +29,18 @@ class LSTMLanguageModel(LanguageModel):
     dropout: float
     init_range: float
     head: object
+    cudnn: bool = False
 
     @classmethod
-    def create(cls, shapes, *, emsize, nhid, nlayers, dropout, tie_weights, init_range):
+    def create(cls, shapes, *, emsize, nhid, nlayers, dropout, tie_weights, init_range,
+               cudnn=False):
         if tie_weights and emsize != nhid:
             raise ValueError(f"tied weights need emsize == nhid, got {emsize} and {nhid}")
         head = TiedSoftmax("embedding" if tie_weights else "decoder.w")
-        return cls(shapes, nhid, nlayers, dropout, init_range, head)
+        return cls(shapes, nhid, nlayers, dropout, init_range, head, cudnn)
 
     def __hash__(self):
-        return hash((tuple(self.shapes.items()), self.nhid, self.nlayers, self.head))
+        return hash((tuple(self.shapes.items()), self.nhid, self.nlayers, self.head, self.cudnn))
 
     def init(self, key):
         """Embedding uniform(+-init_range), LSTM tensors uniform(+-1/sqrt(nhid)), an untied
@@ -64,7 +69,7 @@ class LSTMLanguageModel(LanguageModel):
         for layer, state in enumerate(states):
             p = f"rnn.{layer}."
             raw, state = lstm_layer(x, state, params[p + "w_ih"], params[p + "w_hh"],
-                                    params[p + "b"], length)
+                                    params[p + "b"], None, length, cudnn=self.cudnn)
             new_states.append(state)
             x = masks.plain(raw, site(layer + 1), self.dropout)
         return x, new_states, raw

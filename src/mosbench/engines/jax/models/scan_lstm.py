@@ -1,9 +1,10 @@
 """One LSTM layer as a ``lax.scan``, its input projection hoisted out of the loop.
 
-JAX has no LSTM layer (``jax.experimental.rnn.lstm`` is cuDNN-only, GPU only).
-The input-to-hidden product of every time step is one matmul before the scan,
-so the loop body holds only the ``(batch, hidden) x (hidden, 4 hidden)``
-recurrence and the gates. Gates are stacked i, f, g, o as in the canonical
+JAX has no LSTM layer for the CPU (``jax.experimental.rnn.lstm`` is cuDNN's,
+GPU only: ``cudnn_lstm.py``, chosen in ``recurrence.py``). The input-to-hidden
+product of every time step is one matmul before the scan, so the loop body
+holds only the ``(batch, hidden) x (hidden, 4 hidden)`` recurrence and the
+gates. Gates are stacked i, f, g, o as in the canonical
 weights (``(out, in)`` matrices: ``x @ w.T``).
 """
 

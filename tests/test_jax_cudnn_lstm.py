@@ -1,0 +1,252 @@
+"""The JAX engine's cuDNN LSTM path (issue 26): packing, agreement, choice, the check.
+
+On the CPU cuDNN's call cannot run, nor even be traced, so the layer's own code
+(packing, transposes, sequence lengths, the plain LSTM's one bias) runs with
+``jax.experimental.rnn.lstm_ref``, JAX's scan of cuDNN's recurrence, in the
+kernel's place, fed the flat vector as JAX unpacks it. Where JAX sees a GPU,
+the last tests run the real kernel against the scan and check the training
+step's compiled program.
+"""
+
+import types
+
+import numpy as np
+import pytest
+
+jax = pytest.importorskip("jax")
+import jax.numpy as jnp  # noqa: E402
+from jax.experimental import rnn  # noqa: E402
+
+from mosbench.engines import load_engine  # noqa: E402
+from mosbench.engines.jax.models import build_model, cudnn_lstm, masks, scan_lstm  # noqa: E402
+from mosbench.engines.jax.models.recurrence import choose_cudnn  # noqa: E402
+from mosbench.errors import MosbenchError  # noqa: E402
+
+TIME, BATCH, INPUTS, HIDDEN = 7, 3, 5, 4
+TINY_AWD = {"emsize": 6, "nhid": 5, "nhidlast": 6, "nlayers": 3, "dropout": 0.4,
+            "dropouth": 0.3, "dropouti": 0.2, "dropoute": 0.1, "wdrop": 0.5,
+            "init_range": 0.1, "n_experts": 2, "dropoutl": 0.3}
+
+
+def _gpus():
+    try:
+        return jax.devices("gpu")
+    except RuntimeError:  # no GPU backend in this jaxlib, or no device
+        return []
+
+
+needs_gpu = pytest.mark.skipif(not _gpus(), reason="JAX sees no GPU: cuDNN's LSTM runs on "
+                                                   "a CUDA GPU only")
+
+
+def _tensors(seed=0, inputs=INPUTS, hidden=HIDDEN):
+    keys = jax.random.split(jax.random.PRNGKey(seed), 8)
+    normal = [jax.random.normal(k, s, jnp.float32) * 0.5 for k, s in zip(keys, [
+        (TIME, BATCH, inputs), (BATCH, hidden), (BATCH, hidden), (4 * hidden, inputs),
+        (4 * hidden, hidden), (4 * hidden,), (4 * hidden,)], strict=False)]
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh = normal
+    return x, (h0, c0), w_ih, w_hh, b_ih, b_hh, keys[7]
+
+
+def reference_lstm(x, h_0, c_0, weights, seq_lengths, *, input_size, hidden_size, num_layers,
+                   dropout, bidirectional, precision=None):
+    """``rnn.lstm``'s contract through ``rnn.lstm_ref``: the flat vector unpacked as JAX does."""
+    del precision
+    unpacked = rnn.unpack_lstm_weights(weights, input_size, hidden_size, num_layers,
+                                       bidirectional)
+    return rnn.lstm_ref(x, h_0, c_0, *unpacked, seq_lengths, input_size, hidden_size,
+                        num_layers, dropout, bidirectional)
+
+
+@pytest.fixture
+def reference_kernel(monkeypatch):
+    """The cuDNN layer with JAX's reference recurrence in the kernel's place."""
+    monkeypatch.setattr(cudnn_lstm, "rnn", types.SimpleNamespace(
+        lstm=reference_lstm, get_num_params_in_lstm=rnn.get_num_params_in_lstm))
+
+
+def _largest_relative(a, b):
+    return float(jnp.max(jnp.abs(a - b)) / jnp.maximum(jnp.max(jnp.abs(b)), 1e-12))
+
+
+def test_packed_weights_unpack_to_the_canonical_tensors():
+    """JAX's own unpacking of the flat vector gives back each canonical tensor exactly."""
+    _, _, w_ih, w_hh, b_ih, b_hh, _ = _tensors()
+    flat = cudnn_lstm.pack_weights(w_ih, w_hh, b_ih, b_hh)
+    assert flat.shape == (rnn.get_num_params_in_lstm(INPUTS, HIDDEN, 1, False),)
+    unpacked = rnn.unpack_lstm_weights(flat, INPUTS, HIDDEN, 1, False)
+    for mine, theirs in zip((w_ih, w_hh, b_ih, b_hh), unpacked, strict=True):
+        np.testing.assert_array_equal(np.asarray(theirs[0]), np.asarray(mine))
+    with pytest.raises(ValueError, match="cuDNN lays out"):
+        cudnn_lstm.pack_weights(w_ih, w_hh, b_ih, b_hh[:-1])
+
+
+@pytest.mark.parametrize("length", [None, 5], ids=["full", "padded"])
+def test_the_cudnn_layer_on_jaxs_reference_matches_the_scan(reference_kernel, length):
+    """Outputs and final (h, c) to 1e-5 and every gradient to 1e-4 (relative to the
+    tensor's largest entry), W_hh weight-dropped before packing; with ``length``, a window
+    padded past its real steps (the outputs compared on the real ones)."""
+    x, state, w_ih, w_hh, b_ih, b_hh, key = _tensors()
+    real = TIME if length is None else length
+    weights = jax.random.normal(jax.random.PRNGKey(9), (real, BATCH, HIDDEN))
+
+    def run(layer):
+        def loss(x, state, w_ih, w_hh, b_ih, b_hh):
+            dropped = masks.weight_drop(w_hh, key, 0.5)
+            y, (h, c) = layer(x, state, w_ih, dropped, b_ih, b_hh)
+            return jnp.sum(y[:real] * weights) + jnp.sum(h * h) + jnp.sum(c), (y[:real], h, c)
+
+        return jax.value_and_grad(loss, argnums=range(6), has_aux=True)(
+            x, state, w_ih, w_hh, b_ih, b_hh)
+
+    n = None if length is None else jnp.int32(length)
+    (_, ours), our_grads = run(lambda x, s, a, b, c, d: cudnn_lstm.cudnn_lstm_layer(
+        x, s, a, b, c, d, n))
+    (_, scans), scan_grads = run(lambda x, s, a, b, c, d: scan_lstm.lstm_layer(
+        x, s, a, b, c + d, n))
+    for mine, theirs in zip(ours, scans, strict=True):
+        assert float(jnp.max(jnp.abs(mine - theirs))) < 1e-5
+    leaves = jax.tree.leaves(our_grads), jax.tree.leaves(scan_grads)
+    assert len(leaves[0]) == 7  # x, h0, c0, w_ih, w_hh, b_ih, b_hh
+    for mine, theirs in zip(*leaves, strict=True):
+        assert _largest_relative(mine, theirs) < 1e-4
+    assert float(jnp.max(jnp.abs(our_grads[3]))) > 0  # the gradient reached W_hh
+
+
+@pytest.mark.parametrize("name", ["lstm", "awd-lstm-mos"])
+def test_models_on_the_cudnn_layer_compute_what_they_compute_on_the_scan(reference_kernel,
+                                                                         name):
+    """Whole models, dropout on (weight drop included), with ``cudnn`` on (the reference in
+    the kernel's place) and off: the same NLL, states and gradients. The plain LSTM's one
+    bias goes in as ``b_ih`` with a zero ``b_hh``."""
+    hp = TINY_AWD if name != "lstm" else {"emsize": 5, "nhid": 5, "nlayers": 2,
+                                         "dropout": 0.3, "tie_weights": True,
+                                         "init_range": 0.1}
+    scan, cudnn = (build_model(name, 11, hp, cudnn=flag) for flag in (False, True))
+    assert cudnn.cudnn and not scan.cudnn and hash(scan) != hash(cudnn)
+    params = scan.init(jax.random.PRNGKey(2))
+    tokens = jax.random.randint(jax.random.PRNGKey(3), (BATCH, TIME), 0, 11)
+    targets = jnp.roll(tokens, -1, axis=1)
+
+    def run(model):
+        def loss(params):
+            nll, states, _ = model.nll(params, tokens, targets, model.initial_state(BATCH),
+                                       jax.random.PRNGKey(4))
+            return nll.mean(), (nll, states)
+
+        return jax.value_and_grad(loss, has_aux=True)(params)
+
+    (_, (nll_a, states_a)), grads_a = run(cudnn)
+    (_, (nll_b, states_b)), grads_b = run(scan)
+    assert float(jnp.max(jnp.abs(nll_a - nll_b))) < 1e-5
+    for a, b in zip(jax.tree.leaves(states_a), jax.tree.leaves(states_b), strict=True):
+        assert float(jnp.max(jnp.abs(a - b))) < 1e-5
+    for key in grads_b:
+        assert _largest_relative(grads_a[key], grads_b[key]) < 1e-4, key
+
+
+HLO_WITH_CUDNN = """
+  %custom-call.1 = (f32[3,7,4]{2,1,0}, f32[1,3,4]{2,1,0}) custom-call(%p0, %p1), custom_call_target="cudnn_rnn_ffi", api_version=API_VERSION_TYPED_FFI
+  %custom-call.2 = (f32[3,7,4]{2,1,0}, f32[1,3,4]{2,1,0}) custom-call(%p0, %p1), custom_call_target="cudnn_rnn_ffi", api_version=API_VERSION_TYPED_FFI
+  %custom-call.3 = (f32[3,7,5]{2,1,0}) custom-call(%g0), custom_call_target="cudnn_rnn_bwd_ffi", output_to_operand_aliasing={{3}: (9, {})}
+  %custom-call.4 = (f32[3,7,5]{2,1,0}) custom-call(%g1), custom_call_target="cudnn_rnn_bwd_ffi", output_to_operand_aliasing={{3}: (9, {})}
+"""  # noqa: E501
+
+
+def test_the_program_check_accepts_cudnn_calls_and_refuses_a_scan():
+    """Counted in compiled HLO text (and a lowered program's StableHLO): enough forward
+    and backward calls pass; too few, or a real CPU program (the scan), fail in words."""
+    found = cudnn_lstm.assert_cudnn_lstm(HLO_WITH_CUDNN, 2)
+    assert (found["cudnn_rnn_ffi"], found["cudnn_rnn_bwd_ffi"]) == (2, 2)
+    stablehlo = '%0:4 = stablehlo.custom_call @cudnn_rnn_ffi(%arg0, %arg1) {api_version = 4}'
+    assert cudnn_lstm.assert_cudnn_lstm(stablehlo, 1, gradient=False)["cudnn_rnn_ffi"] == 1
+    with pytest.raises(MosbenchError, match="2 cudnn_rnn_ffi of 3"):
+        cudnn_lstm.assert_cudnn_lstm(HLO_WITH_CUDNN, 3)
+    forward_only = HLO_WITH_CUDNN.replace("cudnn_rnn_bwd_ffi", "something_else")
+    with pytest.raises(MosbenchError, match=r"0 cudnn_rnn_bwd_ffi of 2 .*something_else"):
+        cudnn_lstm.assert_cudnn_lstm(forward_only, 2)
+
+    x, state, w_ih, w_hh, b_ih, b_hh, _ = _tensors()
+    grad = jax.jit(jax.grad(lambda w: scan_lstm.lstm_layer(x, state, w_ih, w, b_ih)[0].sum()))
+    program = grad.lower(w_hh).compile().as_text()
+    with pytest.raises(MosbenchError) as refused:
+        cudnn_lstm.assert_cudnn_lstm(program, 1)
+    message = str(refused.value)
+    assert "0 cudnn_rnn_ffi of 1" in message and "did not happen" in message
+    assert "jax[cuda12]" in message  # what to install
+
+
+def test_use_cudnn_chooses_the_layer_and_refuses_cudnn_without_a_gpu(monkeypatch):
+    """'auto' scans on the CPU and takes cuDNN on a GPU (refusing a jaxlib without its
+    kernels); True on CPU devices is a clear error when the engine is made; False scans."""
+    assert choose_cudnn("auto", "cpu") is False and choose_cudnn(False, "gpu") is False
+    with pytest.raises(MosbenchError, match="use_cudnn must be 'auto', True or False, got 1"):
+        choose_cudnn(1, "cpu")
+    if not _gpus():  # this jaxlib has no GPU plugin: a GPU job would be refused up front
+        with pytest.raises(MosbenchError, match="no GPU plugin with its RNN kernels"):
+            choose_cudnn("auto", "gpu")
+    monkeypatch.setattr("mosbench.engines.jax.models.recurrence.cudnn_kernels_loaded",
+                        lambda: True)
+    assert choose_cudnn("auto", "gpu") is True and choose_cudnn(True, "gpu") is True
+
+    with pytest.raises(MosbenchError) as refused:
+        load_engine("jax", {"use_cudnn": True}, seed=0)
+    assert "use_cudnn=True, but the job's devices are CPUs" in str(refused.value)
+    engine = load_engine("jax", seed=0)
+    assert engine.cudnn is False
+    engine.build("awd-lstm", 11, TINY_AWD)
+    assert engine.model.cudnn is False
+    with pytest.raises(MosbenchError, match="run a lax.scan, not cuDNN"):
+        engine.cudnn_calls()
+
+
+# --- on a GPU ---------------------------------------------------------------------------------
+
+
+@needs_gpu
+def test_on_a_gpu_the_cudnn_layer_matches_the_scan():
+    """The real kernel against the scan, float32 without TF32 (``highest``): outputs and
+    states to 1e-5, gradients to 1e-4 relative, weight drop on, full and padded windows."""
+    x, state, w_ih, w_hh, b_ih, b_hh, key = _tensors(inputs=33, hidden=64)
+    cotangent = jax.random.normal(jax.random.PRNGKey(9), (TIME, BATCH, 64))
+    for length in (None, 5):
+        real = TIME if length is None else length
+        n = None if length is None else jnp.int32(length)
+
+        def run(layer, n=n, real=real):
+            def loss(x, state, w_ih, w_hh, b_ih, b_hh):
+                y, (h, c) = layer(x, state, w_ih, masks.weight_drop(w_hh, key, 0.5), b_ih,
+                                  b_hh, n)
+                return jnp.sum(y[:real] * cotangent[:real]) + jnp.sum(h * h) + jnp.sum(c), (
+                    y[:real], h, c)
+
+            with jax.default_matmul_precision("highest"):
+                return jax.jit(jax.value_and_grad(loss, argnums=range(6), has_aux=True))(
+                    x, state, w_ih, w_hh, b_ih, b_hh)
+
+        (_, ours), our_grads = run(cudnn_lstm.cudnn_lstm_layer)
+        (_, scans), scan_grads = run(lambda x, s, a, b, c, d, n: scan_lstm.lstm_layer(
+            x, s, a, b, c + d, n))
+        for mine, theirs in zip(ours, scans, strict=True):
+            assert float(jnp.max(jnp.abs(mine - theirs))) < 1e-5, length
+        for mine, theirs in zip(jax.tree.leaves(our_grads), jax.tree.leaves(scan_grads),
+                                strict=True):
+            assert _largest_relative(mine, theirs) < 1e-4, length
+
+
+@needs_gpu
+def test_on_a_gpu_the_training_step_compiles_to_cudnn_calls():
+    """A GPU engine chooses cuDNN by itself, and its training step's compiled program holds
+    a forward and a backward cuDNN call per layer and chunk (3 layers x 2 chunks)."""
+    engine = load_engine("jax", gpus=1, seed=0)
+    assert engine.cudnn is True
+    hp = {**TINY_AWD, "small_batch_size": 2, "clip": 0.25, "wdecay": 1.2e-6, "alpha": 2,
+          "beta": 1}
+    engine.build("awd-lstm-mos", 11, hp)
+    engine.prepare_training(hp, 4)
+    tokens = np.arange(4 * TIME, dtype=np.int32).reshape(4, TIME) % 11
+    loss, _ = engine.train_step(tokens, np.roll(tokens, -1, 1), engine.initial_state(4), 1.0,
+                                False)
+    assert np.isfinite(loss)
+    [found] = engine.cudnn_calls()
+    assert found["cudnn_rnn_ffi"] >= 6 and found["cudnn_rnn_bwd_ffi"] >= 6
