@@ -29,7 +29,7 @@ SMOKE = REPO / "config" / "gpu-smoke.yaml"
 GRID = REPO / "config" / "config.yaml"
 GPU_CHECK = REPO / "benchmarks" / "gpu_check.py"
 MOSBENCH = Path(sys.executable).with_name("mosbench")
-FRAMEWORKS = ("tensorflow", "pytorch")
+FRAMEWORKS = ("tensorflow", "pytorch", "jax")
 MODELS = ("lstm", "awd-lstm", "awd-lstm-moc", "awd-lstm-mos")
 FINETUNE = {"lstm": 0, "awd-lstm": 1, "awd-lstm-moc": 1, "awd-lstm-mos": 1}
 TOTAL = re.compile(r"^total: (\d+) jobs, ceiling ([\d,.]+) GPU-hours, expected ([\d,.]+) "
@@ -43,10 +43,10 @@ def test_the_smoke_plans_exactly_its_jobs_through_the_slurm_profile(tmp_path):
     jobs = planned_jobs(done.stdout)
     by_rule = {rule: [j for j in jobs if j.rule == rule] for rule in {j.rule for j in jobs}}
     assert {rule: len(js) for rule, js in by_rule.items()} == {
-        "download_corpus": 1, "tokenise": 1, "data_pipeline": 2, "train": 8, "evaluate": 8,
-        "probe": 24, "aggregate": 1}
+        "download_corpus": 1, "tokenise": 1, "data_pipeline": 3, "train": 12, "evaluate": 12,
+        "probe": 36, "aggregate": 1}
 
-    # 2 frameworks x 4 models x 1 seed, trained and evaluated on 1 GPU ...
+    # 3 frameworks x 4 models x 1 seed, trained and evaluated on 1 GPU ...
     trained = {(f, "ptb", m, "1", "1") for f, m in itertools.product(FRAMEWORKS, MODELS)}
     for rule in ("train", "evaluate"):
         assert {tuple(j.wildcards[k] for k in ("framework", "dataset", "model", "seed", "gpus"))
@@ -56,7 +56,7 @@ def test_the_smoke_plans_exactly_its_jobs_through_the_slurm_profile(tmp_path):
         FRAMEWORKS, MODELS, (("strong", "1"), ("strong", "2"), ("weak", "2")))}
     assert {tuple(j.wildcards[k] for k in ("framework", "dataset", "model", "scaling", "gpus"))
             for j in by_rule["probe"]} == probed
-    assert done.stdout.count("Group job probe-") == 12  # a cell's two frameworks in one job
+    assert done.stdout.count("Group job probe-") == 12  # a cell's three frameworks in one job
     assert {j.wildcards["device"] for j in by_rule["data_pipeline"]} == {"gpu"}
 
     # limits in minutes fit for a short run; config/config.yaml's 480 for the LSTM not leaked
@@ -113,15 +113,15 @@ def test_the_smoke_costs_little(tmp_path):
     total = TOTAL.match(done.stdout.splitlines()[-1])
     assert total, done.stdout
     jobs, ceiling, expected, money = (float(g.replace(",", "")) for g in total.groups())
-    assert jobs == 8 + 8 + 24 + 2 + 1 + 1 + 1  # the dry run's jobs, `all` aside
+    assert jobs == 12 + 12 + 36 + 3 + 1 + 1 + 1  # the dry run's jobs, `all` aside
     # the planner's own figures: trainings at the published speeds, 3 minutes a probe's
     # start, 15 and 45 minutes an evaluation (the smoke cuts what makes them so long)
-    assert expected <= 8 and ceiling <= 20 and money <= 25
+    assert expected <= 12 and ceiling <= 30 and money <= 38  # 2 frameworks: 8, 20, 25
 
     # the trainings' share: 2 epochs (+1 of finetune) each, at the published epoch times
     rules, _ = plan(load_config(SMOKE), results=tmp_path)
     train = next(r for r in rules if r.rule == "train")
-    assert train.jobs == 8
+    assert train.jobs == 12
     assert train.expected_gpu_h == pytest.approx(len(FRAMEWORKS) * sum(
         (2 + FINETUNE[m]) * EPOCH_TIME_S[("ptb", m)] for m in MODELS) / 3600)
 
