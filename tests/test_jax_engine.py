@@ -190,3 +190,36 @@ def test_a_compilation_cache_keeps_the_programs_for_the_next_job(tmp_path):
         entries.append(sorted(path.name for path in cache.iterdir()))
     assert any(name.endswith("-cache") for name in entries[0])
     assert entries[1] == entries[0]
+
+
+
+XLA_FLAGS_JOB = """
+import logging, os, sys
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
+os.environ.pop("XLA_FLAGS", None)
+import jax
+from jax._src import xla_bridge
+from mosbench.engines.jax import runtime
+runtime.configure(threads=1)
+print("before:", os.environ.pop("XLA_FLAGS", None))
+jax.devices()
+runtime.configure(threads=1)
+print("after:", os.environ.pop("XLA_FLAGS", None))
+del xla_bridge.backends_are_initialized  # a JAX without the private function
+runtime.configure(threads=1)
+print("cannot ask:", os.environ.pop("XLA_FLAGS", None))
+"""
+
+
+def test_xla_flags_are_set_before_the_backend_starts_and_said_to_be_late_after():
+    """XLA reads XLA_FLAGS once: configure() sets them while no backend has started and,
+    once one has, logs that they were not applied. A JAX that no longer lets it ask gets
+    them set anyway (an XLA that has started ignores them: only the log line is lost)."""
+    done = subprocess.run([sys.executable, "-c", XLA_FLAGS_JOB],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    flag = "--xla_cpu_multi_thread_eigen=false"
+    assert f"before: {flag}" in done.stdout
+    assert "after: None" in done.stdout
+    assert f"XLA already started: {flag} not applied" in done.stdout
+    assert f"cannot ask: {flag}" in done.stdout

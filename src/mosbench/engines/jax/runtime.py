@@ -22,9 +22,19 @@ PRECISIONS = {"float32": ("highest", jnp.float32), "tf32": ("tensorfloat32", jnp
 
 
 def _backend_started():
-    from jax._src import xla_bridge  # no public way to ask without starting one
+    """Whether XLA has started (so has read its flags); False when that cannot be asked.
 
-    return bool(xla_bridge._backends)
+    JAX has no public way to ask without starting a backend: this reads the private
+    ``xla_bridge.backends_are_initialized()`` (a function, under its lock) when it
+    exists. Where a later JAX drops it, the flags are set anyway, which is harmless:
+    an XLA that has started ignores them, and only the log line is lost.
+    """
+    try:
+        from jax._src import xla_bridge
+    except ImportError:
+        return False
+    started = getattr(xla_bridge, "backends_are_initialized", None)
+    return bool(started()) if callable(started) else False
 
 
 def configure(*, threads=None, precision="float32", deterministic=False, compilation_cache=None):
