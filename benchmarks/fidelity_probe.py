@@ -1,8 +1,16 @@
-"""Where two engines' whole runs part: two probes on fidelity.py's model and the real PTB.
+"""Where two engines' whole runs part: four probes on fidelity.py's model and the real PTB.
 
 ``fidelity.py`` says whether whole runs end at the same perplexity; when they
-do not, these two probes split the question (issue 24):
+do not, these probes split the question (issue 24):
 
+- ``validate``: whether the validation pass is where they part. Every
+  framework scores every ``--weights`` file (a ``model.weights.npz`` in
+  canonical names, from any engine's run) on PTB's validation split, with the
+  preset's eval batch size and bptt (``evaluate_loss``, as ``mosbench
+  evaluate`` scores). One row per file, one column per framework, and the
+  largest difference between engines: equal losses mean the engines'
+  evaluations agree, so different perplexities come from the weights, that
+  is from training.
 - ``trace``: every framework from the *same* initial weights (the first
   framework's, drawn with ``--seed``), every dropout off, over the first
   ``--steps`` windows of the PTB epoch (the windows and learning rates the
@@ -22,15 +30,29 @@ do not, these two probes split the question (issue 24):
   (the others at 0), then all together. If two engines draw their masks from
   the same distribution (rates, scaling, what shares a mask, independence),
   the mean losses agree within their standard errors; a mean apart by several
-  errors points at that stream.
+  errors points at that stream. ``--start`` moves the window.
+- ``embedding-masks``: embedding dropout's word-type masks themselves, the
+  stream whose losses vary most in ``masks``. Every framework's engine, built
+  at the real vocabulary size, draws its mask of every word type ``--draws``
+  times through its own generator (:mod:`mosbench.engines.mask_draws`, as
+  tests/test_random_streams.py draws it). Per framework: the drop rate and
+  its distance from the preset's ``dropoute`` in binomial standard errors;
+  the per-word drop rates' chi-square per degree of freedom (about 1 when
+  every word type is dropped at that rate); the spread of the dropped count
+  per draw against the binomial's; the correlation of neighbouring word
+  types and of successive draws (about 0 when the draws are independent).
 
 The model is fidelity.py's (the ``ptb`` AWD-LSTM-MoS preset scaled to emsize
 200, nhid 400, nhidlast 200, 5 experts), tokenised from ``--data`` by
-``mosbench tokenise`` in a scratch folder. Each framework runs in this
-process, one after the other, on ``--threads`` threads.
+``mosbench tokenise`` in a scratch folder (the train split for ``trace`` and
+``masks``, the valid split for ``validate``, the vocabulary for
+``embedding-masks``). Each framework runs in this process, one after the
+other, on ``--threads`` threads.
 
     .venv/bin/python benchmarks/fidelity_probe.py trace --steps 200
     .venv/bin/python benchmarks/fidelity_probe.py masks --weights run/model.weights.npz
+    .venv/bin/python benchmarks/fidelity_probe.py validate --weights runs/*/model.weights.npz
+    .venv/bin/python benchmarks/fidelity_probe.py embedding-masks --draws 2000
 """
 
 import argparse
@@ -46,6 +68,8 @@ from mosbench.config import load_config
 from mosbench.data.batching import batchify
 from mosbench.data.tokenise import load_split
 from mosbench.engines import FRAMEWORKS, load_engine
+from mosbench.engines.mask_draws import embedding_factors
+from mosbench.evaluation.perplexity import evaluate_loss
 from mosbench.training.bptt import epoch_windows, restore_rng
 from mosbench.training.train import fresh_state
 
@@ -65,6 +89,8 @@ from fidelity import (  # noqa: E402  (the benchmark's own model and data)
 STREAMS = ("wdrop", "dropoute", "dropouti", "dropouth", "dropout", "dropoutl")
 THRESHOLDS = (1e-6, 1e-4, 1e-2, 0.1)
 WINDOW_START = 5000  # the masks probe's fixed window: 5000 positions into the train streams
+PROBES = ("trace", "masks", "validate", "embedding-masks")
+DRAWS = {"masks": 200, "embedding-masks": 2000}  # --draws by default
 
 
 def engine_for(framework, hp, vocab, seed, threads):
@@ -77,6 +103,12 @@ def engine_for(framework, hp, vocab, seed, threads):
 
 def without_dropout(hp):
     return {**hp, **dict.fromkeys(STREAMS, 0.0)}
+
+
+def read_weights(path):
+    """``{name: array}`` of a ``model.weights.npz`` (canonical names, any engine's)."""
+    with np.load(path) as stored:
+        return {name: stored[name] for name in stored.files}
 
 
 # ------------------------------------------------------------------------------ trace
@@ -138,12 +170,16 @@ def trace_tables(losses, block=50):
 # ------------------------------------------------------------------------------ masks
 
 
-def mask_losses(framework, hp, streams, vocab, weights, seed, draws, only, threads):
-    """``draws`` training losses at learning rate 0 on the fixed window, ``only`` stream(s) on."""
+def mask_losses(framework, hp, streams, vocab, weights, seed, draws, only, threads,
+                start=WINDOW_START):
+    """``draws`` training losses at lr 0 on the window at ``start``, ``only`` stream(s) on."""
     rates = {s: (hp[s] if s in only else 0.0) for s in STREAMS}
     engine = engine_for(framework, {**hp, **rates}, vocab, seed, threads)
     engine.load_weights(weights)
-    window = streams[:, WINDOW_START:WINDOW_START + hp["bptt"] + 1]
+    window = streams[:, start:start + hp["bptt"] + 1]
+    if window.shape[1] < hp["bptt"] + 1:
+        raise SystemExit(f"fidelity_probe: no whole window at position {start} of "
+                         f"{streams.shape[1]}; give a smaller --start")
     losses = []
     for _ in range(draws):
         nll, _ = engine.train_step(window[:, :-1], window[:, 1:],
@@ -170,27 +206,120 @@ def mask_table(results, frameworks):
     return lines
 
 
+# ------------------------------------------------------------------------------ validate
+
+
+def validation_losses(frameworks, hp, valid, vocab, weights_files, seed, threads):
+    """``{weights file: {framework: loss}}``: every framework scores every file on ``valid``."""
+    losses = {str(path): {} for path in weights_files}
+    for framework in frameworks:
+        engine = load_engine(framework, threads=threads, seed=seed)
+        engine.build(MODEL, vocab, hp)
+        for path in weights_files:
+            engine.load_weights(read_weights(path))
+            losses[str(path)][framework] = evaluate_loss(engine, valid, hp["eval_batch_size"],
+                                                         hp["bptt"], f"{framework} validate")
+        engine.close()
+        print(f"{framework}: scored {len(weights_files)} weights file(s)", flush=True)
+    return losses
+
+
+def validation_table(losses, frameworks):
+    """One row per weights file: each framework's validation loss and the largest gap."""
+    lines = ["| weights | " + " | ".join(f"scored by {f}" for f in frameworks) +
+             " | largest difference |", "|---|" + "---:|" * (len(frameworks) + 1)]
+    for path, by_framework in losses.items():
+        values = [by_framework[f] for f in frameworks]
+        lines.append(f"| {path} | " + " | ".join(f"{v:.5f}" for v in values) +
+                     f" | {max(values) - min(values):.1e} |")
+    return lines
+
+
+# ------------------------------------------------------------------------------ embedding masks
+
+
+def embedding_drops(framework, hp, vocab, seed, draws, threads):
+    """``(draws, vocab)``: whether each draw of ``framework``'s engine drops each word type."""
+    engine = engine_for(framework, hp, vocab, seed, threads)
+    tokens = np.arange(vocab, dtype=np.int32).reshape(1, vocab)
+    dropped = np.stack([embedding_factors(engine, tokens)[0] == 0 for _ in range(draws)])
+    engine.close()
+    return dropped
+
+
+def binary_correlation(a, b):
+    """Pearson's r of two equally long boolean arrays, counted without float copies."""
+    n = a.size
+    pa, pb = np.count_nonzero(a) / n, np.count_nonzero(b) / n
+    pab = np.count_nonzero(a & b) / n
+    spread = math.sqrt(pa * (1 - pa) * pb * (1 - pb))
+    return (pab - pa * pb) / spread if spread else math.nan
+
+
+def embedding_stats(dropped, rate):
+    """What ``(draws, vocab)`` drops say against the rule: whole word types dropped at ``rate``.
+
+    ``z``: the drop rate's difference from ``rate`` in binomial standard errors;
+    ``chi2_df``: the per-word drop rates' chi-square per degree of freedom
+    (1 +- sqrt(2/vocab) by chance); ``count_sd`` and ``binomial_sd``: the spread
+    of the dropped count per draw and the binomial's; ``neighbour_r`` and
+    ``successive_r``: the correlation of neighbouring word types and of
+    successive draws (0 +- 1/sqrt(draws * vocab) by chance).
+    """
+    draws, vocab = dropped.shape
+    variance = rate * (1 - rate)
+    drop_rate = np.count_nonzero(dropped) / dropped.size
+    per_word = dropped.mean(axis=0)
+    counts = dropped.sum(axis=1)
+    return {"drop_rate": drop_rate,
+            "z": (drop_rate - rate) / math.sqrt(variance / dropped.size),
+            "chi2_df": float(((per_word - rate) ** 2).sum() / (variance / draws) / vocab),
+            "count_sd": float(counts.std()),
+            "binomial_sd": math.sqrt(vocab * variance),
+            "neighbour_r": binary_correlation(dropped[:, :-1], dropped[:, 1:]),
+            "successive_r": binary_correlation(dropped[:-1], dropped[1:])}
+
+
+def embedding_table(stats):
+    """One row per framework: :func:`embedding_stats`' figures."""
+    lines = ["| framework | drop rate (z) | per-word χ²/df | per-draw count sd (binomial) | "
+             "neighbour r | successive r |", "|---|---:|---:|---:|---:|---:|"]
+    for framework, s in stats.items():
+        lines.append(f"| {framework} | {s['drop_rate']:.5f} ({s['z']:+.1f}) | "
+                     f"{s['chi2_df']:.3f} | {s['count_sd']:.1f} ({s['binomial_sd']:.1f}) | "
+                     f"{s['neighbour_r']:+.4f} | {s['successive_r']:+.4f} |")
+    return lines
+
+
 # ------------------------------------------------------------------------------ main
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("probe", choices=("trace", "masks"))
+    parser.add_argument("probe", choices=PROBES)
     parser.add_argument("--frameworks", nargs="+", choices=FRAMEWORKS, default=list(FRAMEWORKS),
                         help="the engines, the first the baseline (default: all)")
     parser.add_argument("--seed", type=int, default=31, help="the engines' seed (default 31)")
     parser.add_argument("--steps", type=int, default=200, help="trace: windows (default 200)")
-    parser.add_argument("--weights", type=Path,
-                        help="masks: trained weights, a model.weights.npz in canonical names")
+    parser.add_argument("--weights", type=Path, nargs="+",
+                        help="masks: trained weights, a model.weights.npz in canonical names; "
+                             "validate: one or more such files")
     parser.add_argument("--streams", nargs="+", choices=(*STREAMS, "all"),
                         default=[*STREAMS, "all"], help="masks: which rows (default: each, all)")
-    parser.add_argument("--draws", type=int, default=200, help="masks: steps per row (200)")
+    parser.add_argument("--start", type=int, default=WINDOW_START,
+                        help=f"masks: the window's first position ({WINDOW_START})")
+    parser.add_argument("--draws", type=int,
+                        help="masks: steps per row (200); embedding-masks: draws per "
+                             "framework (2000)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
                         help="folder of PTB's train/valid/test.txt (default ../shared/data/ptb)")
     parser.add_argument("--threads", type=int, default=1, help="threads per engine (1)")
     args = parser.parse_args(argv)
-    if args.probe == "masks" and args.weights is None:
-        parser.error("masks needs --weights (fidelity.py --work DIR keeps each run's)")
+    if args.probe == "masks" and (args.weights is None or len(args.weights) != 1):
+        parser.error("masks needs one --weights (fidelity.py --work DIR keeps each run's)")
+    if args.probe == "validate" and args.weights is None:
+        parser.error("validate needs --weights, one or more model.weights.npz")
+    draws = DRAWS.get(args.probe) if args.draws is None else args.draws
 
     config = load_config(REPO / "config" / "config.yaml")
     check_ptb(args.data, config)
@@ -201,23 +330,42 @@ def main(argv=None):
         config_path, hp = write_config(work, {**SCALED, "epochs": 1}, args.threads)
         prepare_data(work, args.data, config_path, hp, None, work)
         ids, meta = load_split(work / "results" / "data" / DATASET, "train")
+        valid, _ = load_split(work / "results" / "data" / DATASET, "valid")
         streams, vocab = np.array(batchify(ids, hp["batch_size"])), meta["vocab_size"]
 
     if args.probe == "trace":
         losses = trace(args.frameworks, hp, streams, vocab, args.seed, args.steps, args.threads)
         print("\n".join(trace_tables(losses)))
         return 0
-    with np.load(args.weights) as stored:
-        weights = {name: stored[name] for name in stored.files}
+    if args.probe == "validate":
+        losses = validation_losses(args.frameworks, hp, valid, vocab, args.weights, args.seed,
+                                   args.threads)
+        print(f"validation loss (nats per token) on PTB valid, eval batch size "
+              f"{hp['eval_batch_size']}, bptt {hp['bptt']}")
+        print("\n".join(validation_table(losses, args.frameworks)))
+        return 0
+    if args.probe == "embedding-masks":
+        stats = {}
+        for framework in args.frameworks:
+            dropped = embedding_drops(framework, hp, vocab, args.seed, draws, args.threads)
+            stats[framework] = embedding_stats(dropped, hp["dropoute"])
+            print(f"{framework}: done", flush=True)
+        print(f"embedding dropout at the preset's rate {hp['dropoute']:g} over {vocab} word "
+              f"types, {draws} draws a side (z: the difference over its binomial standard "
+              f"error; chi2/df 1 +- {math.sqrt(2 / vocab):.3f} and r 0 +- "
+              f"{1 / math.sqrt(draws * vocab):.4f} by chance)")
+        print("\n".join(embedding_table(stats)))
+        return 0
+    weights = read_weights(args.weights[0])
     results = {}
     for label in args.streams:
         only = STREAMS if label == "all" else (label,)
         results[label] = {f: mask_losses(f, hp, streams, vocab, weights, args.seed,
-                                         args.draws, only, args.threads)
+                                         draws, only, args.threads, args.start)
                           for f in args.frameworks}
         print(f"{label}: done", flush=True)
-    print(f"training loss at lr 0 on the window at position {WINDOW_START}, zero states, "
-          f"{args.draws} draws a side (z: the difference over its standard error)")
+    print(f"training loss at lr 0 on the window at position {args.start}, zero states, "
+          f"{draws} draws a side (z: the difference over its standard error)")
     print("\n".join(mask_table(results, args.frameworks)))
     return 0
 

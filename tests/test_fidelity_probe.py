@@ -1,10 +1,13 @@
-"""benchmarks/fidelity_probe.py's two probes, run on a tiny MoS and a synthetic stream.
+"""benchmarks/fidelity_probe.py's four probes, run on a tiny MoS and synthetic streams.
 
 ``trace``: every framework from the first one's weights, dropout off, agrees
 window by window where rounding has not yet grown (a tiny model at a small
 learning rate is not chaotic over a few windows). ``masks``: the lr-0 losses
 do not move the weights, repeat for a seed, and tell a planted difference in a
-dropout rate apart by many standard errors.
+dropout rate apart by many standard errors. ``validate``: every framework gives
+one weights file the same validation loss, and two files different ones.
+``embedding-masks``: every framework's word-type masks keep the rule's
+statistics, and a rate other than the one drawn is told apart.
 """
 
 import importlib.util
@@ -70,17 +73,53 @@ def test_masks_probe_repeats_and_tells_a_planted_rate_apart(streams):
     weights = {name: 4 * values for name, values in engine.weights().items()}
     engine.close()
     # probe.WINDOW_START is past this stream's end: the probe's window, from position 0
-    local = streams
-    start, probe.WINDOW_START = probe.WINDOW_START, 0
-    try:
-        first, again = (probe.mask_losses(framework, HP, local, VOCAB, weights, 5, 40,
-                                          probe.STREAMS, 1) for _ in range(2))
-        planted = probe.mask_losses(framework, {**HP, "dropoutl": 0.9}, local, VOCAB, weights,
-                                    5, 40, probe.STREAMS, 1)
-    finally:
-        probe.WINDOW_START = start
+    first, again = (probe.mask_losses(framework, HP, streams, VOCAB, weights, 5, 40,
+                                      probe.STREAMS, 1, start=0) for _ in range(2))
+    planted = probe.mask_losses(framework, {**HP, "dropoutl": 0.9}, streams, VOCAB, weights,
+                                5, 40, probe.STREAMS, 1, start=0)
     np.testing.assert_array_equal(first, again)  # the seed repeats every draw
     assert len(set(first.tolist())) == first.size  # every step drew fresh masks
     table = probe.mask_table({"all": {"ours": first, "planted": planted}}, ["ours", "planted"])
     z = float(table[-1].rsplit("(", 1)[1].rstrip(") |"))
     assert abs(z) > 5, table
+
+
+def test_validate_gives_one_weights_file_one_loss_in_every_framework(tmp_path):
+    frameworks = available()
+    hp = {**HP, "eval_batch_size": 3}
+    valid = np.random.default_rng(1).integers(0, VOCAB, 3 * (4 * hp["bptt"] + 1)).astype(np.int32)
+    files = []
+    for seed, scale in ((5, 1), (7, 4)):  # two sets of initial weights, the second scaled up
+        engine = probe.engine_for(frameworks[0], hp, VOCAB, seed=seed, threads=1)
+        files.append(tmp_path / f"seed{seed}.weights.npz")
+        np.savez(files[-1], **{name: scale * values for name, values in engine.weights().items()})
+        engine.close()
+    losses = probe.validation_losses(frameworks, hp, valid, VOCAB, files, seed=0, threads=1)
+    rows = [np.array([losses[str(path)][f] for f in frameworks]) for path in files]
+    for path, row in zip(files, rows, strict=True):
+        assert np.isfinite(row).all() and row.max() - row.min() < 1e-5, (path, losses)
+    assert abs(rows[0][0] - rows[1][0]) > 1e-3, losses  # the files are told apart
+    table = probe.validation_table(losses, frameworks)
+    assert len(table) == 4 and all(str(path) in "\n".join(table) for path in files), table
+    assert f"{rows[0][0]:.5f}" in table[2], table
+
+
+def test_embedding_masks_keep_the_rule_and_tell_a_planted_rate_apart():
+    draws, rate = 400, HP["dropoute"]
+    n = draws * VOCAB
+    for framework in available():
+        dropped = probe.embedding_drops(framework, HP, VOCAB, seed=9, draws=draws, threads=1)
+        assert dropped.shape == (draws, VOCAB) and dropped.dtype == bool
+        stats = probe.embedding_stats(dropped, rate)
+        # five binomial standard errors, as tests/test_random_streams.py bounds its draws
+        assert abs(stats["drop_rate"] - rate) <= 5 * np.sqrt(rate * (1 - rate) / n), stats
+        assert abs(stats["z"]) <= 5, (framework, stats)
+        assert stats["chi2_df"] <= 1 + 5 * np.sqrt(2 / VOCAB), (framework, stats)
+        assert abs(stats["count_sd"] / stats["binomial_sd"] - 1) <= 5 / np.sqrt(2 * draws), \
+            (framework, stats)
+        for r in ("neighbour_r", "successive_r"):
+            assert abs(stats[r]) <= 5 / np.sqrt(n), (framework, r, stats)
+        planted = probe.embedding_stats(dropped, 2 * rate)  # the masks drawn at rate, not 2 rate
+        assert abs(planted["z"]) > 20 and planted["chi2_df"] > 5, (framework, planted)
+        table = probe.embedding_table({framework: stats, "planted": planted})
+        assert table[2].startswith(f"| {framework} | {stats['drop_rate']:.5f} "), table

@@ -28,7 +28,9 @@ result together. So, for each engine (:data:`mosbench.engines.FRAMEWORKS`):
 Masks are observed, not mocked: each engine's own model draws them at its own
 dropout sites, from the generators its training step uses (:class:`TensorFlowStreams`,
 :class:`PyTorchStreams`, :class:`JaxStreams`; an engine added later adds its adapter
-here), and in whole training-mode forwards and steps with fixed weights and inputs. Statistical
+here, and its embedding-dropout draw to :mod:`mosbench.engines.mask_draws`, which
+benchmarks/fidelity_probe.py shares), and in whole training-mode forwards and steps with
+fixed weights and inputs. Statistical
 bounds are five standard errors (about one false alarm in two million checks).
 """
 
@@ -38,6 +40,7 @@ import numpy as np
 import pytest
 
 from mosbench.engines import FRAMEWORKS, load_engine
+from mosbench.engines.mask_draws import embedding_factors
 from mosbench.training.bptt import epoch_windows, restore_rng, sample_seq_len
 from mosbench.training.train import fresh_state
 
@@ -83,13 +86,7 @@ class TensorFlowStreams:
 
     def embedding(self, tokens):
         """``(batch, time)`` factors one embedding-dropout draw gives the looked-up words."""
-        from mosbench.engines.tensorflow.models.embedding_dropout import embedding_dropout
-
-        m = self.model
-        ones = self.tf.ones(m.embedding.embeddings.shape)
-        rows = embedding_dropout(ones, self.tf.constant(tokens), m.dropoute, m.embedding_seed,
-                                 True).numpy()
-        return _one_factor_per_row(rows)
+        return embedding_factors(self.engine, tokens)
 
     def forward(self, x, y):
         """Per-token NLL of a training-mode forward from zero states."""
@@ -157,14 +154,7 @@ class PyTorchStreams:
             return (rnn.recurrent_weight() / rnn.weight_hh_raw).numpy()
 
     def embedding(self, tokens):
-        from mosbench.engines.pytorch.models.embedding_dropout import embedding_dropout
-
-        m = self.model
-        ones = self.torch.ones_like(m.embedding.weight)
-        with self._drawing(), self.torch.no_grad():
-            rows = embedding_dropout(ones, self.torch.from_numpy(tokens.T.astype(np.int64)),
-                                     m.dropoute, True)
-        return _one_factor_per_row(rows.numpy().transpose(1, 0, 2))
+        return embedding_factors(self.engine, tokens)
 
     def forward(self, x, y):
         ids = [self.torch.from_numpy(a.astype(np.int64)) for a in (x, y)]
@@ -238,12 +228,8 @@ class JaxStreams:
         key = self.masks.site_key(self._key(), self.masks.WEIGHT_DROP + layer)
         return np.asarray(self.masks.weight_drop(raw, key, self.model.wdrop) / raw)
 
-    def embedding(self, tokens):
-        ones = self.jnp.ones(self.engine.params["embedding"].shape)
-        key = self.masks.site_key(self._key(), self.masks.EMBEDDING)
-        rows = self.masks.embedding_lookup(ones, self.jnp.asarray(tokens), key,
-                                           self.model.dropoute)
-        return _one_factor_per_row(np.asarray(rows))
+    def embedding(self, tokens):  # spends the next key, as _key does
+        return embedding_factors(self.engine, tokens, self.model.dropoute)
 
     def forward(self, x, y):
         states = self.model.initial_state(x.shape[0])
@@ -280,13 +266,6 @@ class JaxStreams:
 
 
 ADAPTERS = {"tensorflow": TensorFlowStreams, "pytorch": PyTorchStreams, "jax": JaxStreams}
-
-
-def _one_factor_per_row(rows):
-    """``(batch, time, emsize)`` looked-up ones -> ``(batch, time)``: whole rows kept or dropped."""
-    assert np.array_equal(rows, np.repeat(rows[..., :1], rows.shape[-1], axis=-1)), \
-        "embedding dropout dropped single coordinates, not whole words"
-    return rows[..., 0]
 
 
 @pytest.fixture(params=FRAMEWORKS)
