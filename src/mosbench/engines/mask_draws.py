@@ -5,9 +5,12 @@ Not used by training: tests (tests/test_random_streams.py) and benchmarks
 to draw the masks an engine's training steps would draw, from the same
 generator, seed generator or key counter, at the engine's own dropout site,
 so that what they measure is the stream training uses rather than a copy of
-its rule. One function per engine (an engine added later adds its own here).
+its rule. Each engine's draw is ``embedding_rows(engine, tokens, rate)`` in its own
+``engines/<framework>/observe.py`` (an engine added later adds its own there).
 Each draw advances that engine's stream as a training-mode forward does.
 """
+
+import importlib
 
 import numpy as np
 
@@ -19,8 +22,8 @@ def embedding_factors(engine, tokens, rate=None):
     or 1/(1-rate) (kept). ``engine``: built, its training prepared (its
     generators exist). ``rate``: the draw's rate, default the engine's model's.
     """
-    draw = {"tensorflow": _tensorflow, "pytorch": _pytorch, "jax": _jax}[engine.framework]
-    return one_factor_per_row(draw(engine, tokens, rate))
+    observe = importlib.import_module(f"mosbench.engines.{engine.framework}.observe")
+    return one_factor_per_row(observe.embedding_rows(engine, tokens, rate))
 
 
 def one_factor_per_row(rows):
@@ -29,45 +32,3 @@ def one_factor_per_row(rows):
         "embedding dropout dropped single coordinates, not whole words"
     return rows[..., 0]
 
-
-def _tensorflow(engine, tokens, rate):
-    """Through the model's ``embedding_seed``, the seed generator its training forwards use."""
-    import tensorflow as tf
-
-    from mosbench.engines.tensorflow.models.embedding_dropout import embedding_dropout
-
-    m = engine.model
-    ones = tf.ones(m.embedding.embeddings.shape)
-    rate = m.dropoute if rate is None else rate
-    return embedding_dropout(ones, tf.constant(tokens), rate, m.embedding_seed, True).numpy()
-
-
-def _pytorch(engine, tokens, rate):
-    """From the engine's own generators (``replica.generators``), as its steps draw."""
-    import torch
-
-    from mosbench.engines.pytorch.models import masks
-    from mosbench.engines.pytorch.models.embedding_dropout import embedding_dropout
-
-    m = engine.model
-    ones = torch.ones_like(m.embedding.weight)
-    rate = m.dropoute if rate is None else rate
-    with masks.drawn_from(**engine.replica.generators), torch.no_grad():
-        rows = embedding_dropout(ones, torch.from_numpy(tokens.T.astype(np.int64)), rate, True)
-    return rows.numpy().transpose(1, 0, 2)  # time-major, as the model's lookup
-
-
-def _jax(engine, tokens, rate):
-    """The next training-mode forward's key (``fold_in(mask_root, draws)``), which it spends."""
-    import jax
-    import jax.numpy as jnp
-
-    from mosbench.engines.jax.models import masks
-
-    key = jax.random.fold_in(engine.mask_root, engine.draws)
-    engine.draws += 1
-    ones = jnp.ones(engine.params["embedding"].shape)
-    rate = engine.model.dropoute if rate is None else rate
-    rows = masks.embedding_lookup(ones, jnp.asarray(tokens), masks.site_key(key, masks.EMBEDDING),
-                                  rate)
-    return np.asarray(rows)
