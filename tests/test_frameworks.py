@@ -2,6 +2,7 @@
 files and the figures, on hand-made run files (tests/test_aggregate.py writes them)."""
 
 import math
+import re
 
 import matplotlib.image
 import numpy as np
@@ -13,6 +14,7 @@ from test_aggregate import make_run, stub_inventory
 from mosbench.errors import MosbenchError
 from mosbench.io import write_json
 from mosbench.reporting.aggregate import aggregate
+from mosbench.reporting.frameworks import EXACT, Sample, _compare
 from mosbench.reporting.statistics import (
     adjust,
     equivalence,
@@ -522,3 +524,154 @@ def test_no_figure_is_blank_and_each_is_legible(grid):
         height, width = image.shape[:2]
         assert height >= 400 and width >= 800, name  # 110 dpi: at least ~7 x 3.6 inches
         assert _ink(paths[name]) > 0.03, name  # lines, bars and points, not text alone
+
+
+TF_UNTIMED = ("TensorFlow traces and optimises a step's graph within the step's first call, "
+              "whose time (first_step_s) cannot be split from running the step")
+EAGER = "PyTorch runs eagerly: the engine compiles nothing"
+# (framework, gpus): per seed 1-3, (compiles, compile_s) or the reason the figure is absent.
+# 1 GPU: both counts the same over seeds, a TensorFlow-like side that times its compiles;
+# 2 GPUs: counts with a retrace or two, TensorFlow's seconds absent; CPU: a JAX-like baseline
+# that gives no count.
+COMPILE_RUNS = {
+    ("jax", 1): [(14, 20.5), (14, 21.0), (14, 21.5)],
+    ("tensorflow", 1): [(9, 30.0), (9, 31.0), (9, 32.5)],
+    ("pytorch", 1): [(EAGER, EAGER)] * 3,
+    ("jax", 2): [(14, 20.0), (15, 22.0), (14, 21.0)],
+    ("tensorflow", 2): [(9, TF_UNTIMED), (9, TF_UNTIMED), (10, TF_UNTIMED)],
+    ("jax", 0): [("the jax engine does not count its compiles",) * 2] * 3,
+    ("tensorflow", 0): [(9, TF_UNTIMED)] * 3,
+}
+
+
+@pytest.fixture(scope="module")
+def compile_grid(tmp_path_factory):
+    """ptb lstm, 3 seeds a cell (COMPILE_RUNS), JAX the baseline of three frameworks."""
+    tmp_path = tmp_path_factory.mktemp("compiles")
+    files = []
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _inventory_stub(monkeypatch)
+        for (framework, gpus), seeds in COMPILE_RUNS.items():
+            for seed, figures in enumerate(seeds, start=1):
+                train, metrics = make_run(tmp_path / "runs", "ptb", "lstm", seed, gpus, 90.0,
+                                          85.0, [120.0, 90.0], framework=framework)
+                measured = {"first_step_s": 2.0 + seed + (framework == "jax"),
+                            "time_to_first_step_s": 8.0 + seed + 2 * (framework == "jax")}
+                absent = {}
+                for name, value in zip(("compiles", "compile_s"), figures, strict=True):
+                    measured[name] = None if isinstance(value, str) else value
+                    if isinstance(value, str):
+                        absent[name] = value
+                _patch(train, measurements=measured, absent=absent)
+                files.append((train, metrics))
+        train_files, metrics_files = (list(f) for f in zip(*files, strict=True))
+        paths = aggregate(train_files, metrics_files, tmp_path / "out",
+                          comparison={"frameworks": ["jax", "tensorflow", "pytorch"]})
+    table = pd.read_csv(paths["frameworks_csv"])
+    table = table[table["question"] == "Compile and start-up"].astype({"gpus": int})
+    return paths, table.set_index(["gpus", "framework", "figure"])
+
+
+def _seeds(framework, gpus, which):
+    return [figures[which] for figures in COMPILE_RUNS[(framework, gpus)]]
+
+
+def test_compile_count_shows_both_means_and_their_ratio_without_a_test(compile_grid):
+    paths, rows = compile_grid
+    same = rows.loc[(1, "tensorflow", "compiles")]  # 14, 14, 14 against 9, 9, 9
+    assert (same["jax_mean"], same["tensorflow_mean"]) == (14, 9)
+    assert (same["jax_std"], same["tensorflow_std"]) == (0, 0)
+    assert same["ratio"] == pytest.approx(9 / 14)
+    assert same["verdict"] == "untested: a count the engine decides (the same over seeds or nearly)"
+    for column in ("p_value", "p_adjusted", "t", "df", "ratio_ci_low", "hedges_g"):
+        assert math.isnan(same[column]), column
+    assert not same["significant"] and same["endpoint"] == "secondary"
+    assert same["family"].endswith(" · Compile and start-up")
+    # a retrace or two on each side: Welch on the logs would give a p-value; none here, and
+    # the ratio is of the means (not the geometric means a test's ratio is)
+    spread = rows.loc[(2, "tensorflow", "compiles")]
+    jax, tf = _seeds("jax", 2, 0), _seeds("tensorflow", 2, 0)
+    assert ratio_test(jax, tf).welch is not None  # testable, so the test could be wrong here
+    assert math.isnan(spread["p_value"]) and spread["verdict"].startswith("untested: a count")
+    assert spread["ratio"] == pytest.approx(np.mean(tf) / np.mean(jax))
+    assert spread["ratio"] != pytest.approx(stats.gmean(tf) / stats.gmean(jax), rel=1e-6)
+    # the baseline gives no count: its reason, no ratio
+    cpu = rows.loc[(0, "tensorflow", "compiles")]
+    assert math.isnan(cpu["ratio"]) and cpu["verdict"] == "untested: no value from jax"
+    assert cpu["jax_reason"] == "absent: the jax engine does not count its compiles"
+    assert cpu["tensorflow_mean"] == 9
+    text = paths["frameworks_md"].read_text(encoding="utf-8")
+    assert ("| Compile and start-up | programs compiled per job (TensorFlow: tf.function "
+            f"traces) | 14.0 ± 0 (3) | 9.00 ± 0 (3) | absent: {EAGER} | tensorflow | 0.643 | "
+            "– | – | – | untested: a count the engine decides") in text
+    assert ("| programs compiled per job (TensorFlow: tf.function traces) | absent: the jax "
+            "engine does not count its compiles | 9.00 ± 0 (3) | not run | tensorflow | – |"
+            ) in text
+    assert not re.search(r"\b(nan|inf)\b", text, re.IGNORECASE)
+
+
+def test_compile_figures_a_framework_does_not_give_show_its_reason(compile_grid):
+    paths, rows = compile_grid
+    for figure in ("compiles", "compile_s"):
+        row = rows.loc[(1, "pytorch", figure)]
+        assert row["pytorch_reason"] == f"absent: {EAGER}" and row["pytorch_n"] == 0
+        assert row["verdict"] == "untested: no value from pytorch"
+        assert math.isnan(row["ratio"]) and math.isnan(row["p_value"])
+    assert rows.loc[(2, "tensorflow", "compile_s"), "tensorflow_reason"] == (
+        f"absent: {TF_UNTIMED}")
+    text = paths["frameworks_md"].read_text(encoding="utf-8")
+    assert (f"| Compile and start-up | compile time per job (s) | 21.0 ± 0.500 (3) | 31.2 ± "
+            f"1.26 (3) | absent: {EAGER} | pytorch | – | – (no value from pytorch) |") in text
+    assert (f"| compile time per job (s) | 21.0 ± 1.00 (3) | absent: {TF_UNTIMED} | not run "
+            "| tensorflow | – |") in text
+
+
+def test_compile_time_is_tested_within_its_question(compile_grid):
+    paths, rows = compile_grid
+    row = rows.loc[(1, "tensorflow", "compile_s")]
+    jax, tf = np.log(_seeds("jax", 1, 1)), np.log(_seeds("tensorflow", 1, 1))
+    expected = stats.ttest_ind(tf, jax, equal_var=False)
+    assert row["p_value"] == pytest.approx(expected.pvalue)
+    assert row["ratio"] == pytest.approx(math.exp(tf.mean() - jax.mean()))
+    assert row["ratio_ci_low"] == pytest.approx(math.exp(expected.confidence_interval().low))
+    assert row["verdict"].startswith("jax lower than tensorflow by ")
+    # secondary: Benjamini-Hochberg over the question's tests of this comparison on this
+    # processor (every GPU count: the first step, the job's start to it and compile time;
+    # the count is none of them, nor is a side without figures)
+    question = rows[rows["family"] == row["family"]]
+    assert row["family"] == "tensorflow vs jax · unknown · Compile and start-up"
+    tested = question[question["p_value"].notna()]
+    assert sorted(tested.index) == sorted([
+        (gpus, "tensorflow", figure) for gpus in (0, 1, 2)
+        for figure in ("first_step_s", "time_to_first_step_s")] + [(1, "tensorflow", "compile_s")])
+    assert tested["p_adjusted"].tolist() == pytest.approx(
+        list(adjust(tested["p_value"], "fdr_bh")))
+    assert row["adjustment"] == "Benjamini-Hochberg over 7 tests"
+    assert row["p_adjusted"] > row["p_value"]
+    assert (rows["endpoint"] == "secondary").all()
+    # the start-up table: each side's mean count and compile time, and why one is absent
+    text = paths["frameworks_md"].read_text(encoding="utf-8")
+    start_up = text[text.index("## Compile and start-up"):]
+    assert ("| compiles, baseline / compared | compile time (s), baseline / compared |"
+            in start_up)
+    assert "| ptb | lstm | 1 | tensorflow vs jax |" in start_up
+    assert "| 14.0 / 9.00 | 21.0 / 31.2 |" in start_up
+    assert "| ptb | lstm | 2 | tensorflow vs jax |" in start_up
+    assert "| 14.3 / 9.33 | 21.0 / – |" in start_up
+    assert f"- *compile time (s)*, tensorflow: absent: {TF_UNTIMED}" in start_up
+    assert f"- *compiles*, pytorch: absent: {EAGER}" in start_up
+    assert "- *compiles*, jax: absent: the jax engine does not count its compiles" in start_up
+    verdict = paths["verdict_md"].read_text(encoding="utf-8")  # built from the same rows
+    assert "| tensorflow vs jax |" in verdict and "compile" not in verdict
+
+
+def test_a_count_whose_baseline_is_zero_has_no_ratio():
+    # an engine that compiled nothing, against one that did: no ratio, no inf, no test
+    samples = {"jax": Sample.of([0, 0, 0]), "tensorflow": Sample.of([9, 9, 9])}
+    out, result = _compare(samples, "jax", "tensorflow", "compiles", None, EXACT["compiles"])
+    assert result is None and math.isnan(out["ratio"]) and math.isnan(out["p_value"])
+    assert out["note"] == "jax's mean is 0: no ratio"
+    assert out["verdict"].startswith("untested: a count")
+    out, _ = _compare({**samples, "jax": Sample.of([14, 14])}, "jax", "tensorflow",
+                      "compiles", None, EXACT["compiles"])
+    assert out["ratio"] == pytest.approx(9 / 14) and out["note"] == ""

@@ -12,7 +12,9 @@ over the GPU counts that trained with the same global batch, with a test of
 equivalence (TOST) at the model's margin. Which figures are primary
 endpoints, which are derived from another and how p-values are adjusted:
 :mod:`mosbench.reporting.statistics`. Compile and start-up (the first step,
-and the job's start to the end of it) is a question of its own.
+the job's start to the end of it, the programs the engine compiled and their
+seconds) is a question of its own; the compile count is shown, not tested
+(:data:`EXACT`).
 
 Data loading is a property of the framework's input pipeline on a data set
 and device, not of a model: it has its own table. A cell a framework could
@@ -41,6 +43,13 @@ QUESTIONS = [
      "first training step: tracing and compiling (s)", "lower", "sig"),
     ("Compile and start-up", "time_to_first_step_s",
      "job start to the end of its first step (s)", "lower", "sig"),
+    # The programs a job's engine compiled and their seconds, over its launches (train.json's
+    # compiles, compile_s; docs/measurements.md): JAX gives both; TensorFlow counts its
+    # tf.function traces, untimed; PyTorch runs eagerly. The count is never tested (EXACT);
+    # the seconds are a time, tested on the logs as the first step is.
+    ("Compile and start-up", "compiles",
+     "programs compiled per job (TensorFlow: tf.function traces)", "lower", "sig"),
+    ("Compile and start-up", "compile_s", "compile time per job (s)", "lower", "sig"),
     ("Cost of a result", "total_time_s", "training + evaluation time (s)", "lower", "sig"),
     ("Cost of a result", "total_cost", "training + evaluation cost", "lower", "sig"),
     ("Cost of a result", "time_to_target_s",
@@ -79,7 +88,16 @@ DERIVED_WHY = {"cost_per_epoch": "time per epoch x price", "tokens_per_s": "toke
                "epoch / time per epoch", "total_cost": "time x price",
                "cost_to_target": "time to target x price"}
 TO_TARGET = ("time_to_target_s", "cost_to_target")  # means over the seeds that reached it
-EXACT = ("efficiency",)  # one figure from the mean throughputs: nothing to test
+# Figures shown with each side's mean and the ratio of the means, never tested: {figure:
+# why, the verdict's words}. Efficiency is one figure from the mean throughputs. The compile
+# count is what the engine's design and the data's window shapes make it, the same over
+# seeds or nearly: not a noisy sample of a cost, and a Welch test on it has no error to test
+# against (a side whose seeds agree gives a zero variance: an infinite t, or no test at all,
+# and a p-value from a retrace or two would be a test of nothing). Its row shows both means
+# and their ratio.
+ONE_FIGURE = "one figure a side"
+EXACT = {"efficiency": ONE_FIGURE,
+         "compiles": "a count the engine decides (the same over seeds or nearly)"}
 DATA_QUESTIONS = [
     ("data_stream_tokens_per_s", "streaming from Parquet, tokens/s", "higher", "sig"),
     ("data_cache_memory_tokens_per_s", "cached in memory, tokens/s", "higher", "sig"),
@@ -143,9 +161,9 @@ def _first_reason(reasons, figure, default):
     return default
 
 
-def _compare(samples, baseline, other, figure, margin, exact=False):
+def _compare(samples, baseline, other, figure, margin, exact=""):
     """The result columns of ``other`` against ``baseline`` (before any adjustment);
-    ``exact``: one figure a side, nothing to test."""
+    ``exact``: why the figure is not tested (:data:`EXACT`): the ratio of the means only."""
     a, b = samples[baseline], samples[other]
     out = dict.fromkeys(RESULT_COLUMNS, float("nan"))
     out.update(note="", verdict="", equivalence="", adjustment="", significant=False,
@@ -156,8 +174,11 @@ def _compare(samples, baseline, other, figure, margin, exact=False):
         out["verdict"] = "untested: " + out["note"]
         return out, None
     if exact:
-        out["ratio"] = b.mean / a.mean if a.mean else float("nan")
-        out["verdict"] = "untested: one figure a side"
+        if a.mean and np.isfinite(a.mean) and np.isfinite(b.mean):
+            out["ratio"] = b.mean / a.mean
+        else:
+            out["note"] = f"{baseline}'s mean is {format_value(a.mean, 'sig')}: no ratio"
+        out["verdict"] = f"untested: {exact}"
         return out, None
     result = st.ratio_test(a.values, b.values)
     if result is None:
@@ -181,7 +202,7 @@ def _compare(samples, baseline, other, figure, margin, exact=False):
 
 
 def _row(ident, question, figure, label, better_is, samples, environments, baseline, other,
-         margin=None, exact=False):
+         margin=None, exact=""):
     out, result = _compare(samples, baseline, other, figure, margin, exact)
     row = {**ident, "question": question, "measure": label, "figure": figure,
            "device": ident.get("device") or ("gpu" if ident["gpus"] else "cpu"),
@@ -279,7 +300,7 @@ def comparison_table(runs, reasons, scaling, excluded=None, *, frameworks=None, 
             margin = margins.get(ident["model"], st.margin_nats(st.DEFAULT_MARGIN_PCT))
             for other in frameworks[1:]:
                 row = _row(ident, question, figure, label, better_is, samples, environments,
-                           baseline, other, margin, exact=figure in EXACT)
+                           baseline, other, margin, exact=EXACT.get(figure, ""))
                 row["_cell"] = cell
                 rows.append(row)
 
@@ -389,7 +410,7 @@ def data_comparison(data, frameworks=None, baseline=None):
                 samples[f] = sample
             for other in frameworks[1:]:
                 rows.append({**_row(ident, "Data loading", figure, label, better_is, samples,
-                                    {}, baseline, other, exact=True),
+                                    {}, baseline, other, exact=ONE_FIGURE),
                              "endpoint": "secondary", "family": ""})
     return pd.DataFrame(rows, columns=columns(frameworks))
 
@@ -540,6 +561,12 @@ def _heading(ident, environments, with_environments):
     return text
 
 
+# The start-up table's figures with a ratio and its adjusted p, and those shown as
+# "baseline / compared" means only (their ratios and tests are in each cell's table).
+START_UP_TESTED = (("first_step_s", "first step"), ("time_to_first_step_s", "to first step"))
+START_UP_MEANS = (("compiles", "compiles"), ("compile_s", "compile time (s)"))
+
+
 def _start_up(comparison):
     """The compile and start-up question across cells: one row per cell and comparison."""
     rows = comparison[comparison["question"] == "Compile and start-up"]
@@ -549,33 +576,59 @@ def _start_up(comparison):
              "step (imports, data, model building and the first step), per cell; not in the "
              "step times or throughputs above. Ratio: geometric means over seeds, compared "
              "framework over the baseline, with its 95 % interval; p adjusted "
-             f"({st.METHOD_NAMES[st.SECONDARY_METHOD]}) within this question.", ""]
-    if rows.empty or rows["ratio"].isna().all():
-        return lines + ["No run recorded its first step."]
-    shades = []
-    table = []
+             f"({st.METHOD_NAMES[st.SECONDARY_METHOD]}) within this question. *Compiles* "
+             "are the programs a job's engine compiled over its launches (JAX: one per new "
+             "window shape; TensorFlow: its tf.function traces; PyTorch runs eagerly and "
+             "compiles none), *compile time* their seconds (JAX only: a TensorFlow trace is "
+             "timed with its step's first call); both as means over seeds, baseline / "
+             "compared. Their ratios are in each cell's table, where compile time is tested "
+             "as the first step is (its cell here coloured where that test is significant) "
+             "and the count is not: a count the engine decides is the same over seeds, or "
+             "nearly, and has no error to test against.", ""]
+    figures = [f for f, _ in START_UP_TESTED + START_UP_MEANS]
+    means = [f"{f}_mean" for f in frameworks_of(comparison)]
+    if rows.empty or rows[means].isna().all(axis=None):
+        return lines + ["No run recorded its first step or its compiles."]
+    shades, table, absent = [], [], []
     for key, group in rows.groupby(["dataset", "model", "gpus", "hardware", "framework"],
                                    sort=True):
-        by = group.set_index("figure")
+        by = {}  # a figure's first row (a cell split by environment has more)
+        for _, r in group[group["figure"].isin(figures)].iterrows():
+            by.setdefault(r["figure"], r)
+        base, other = group["baseline"].iloc[0], key[4]
         cells, shade = [], [""] * 4
-        for figure in ("first_step_s", "time_to_first_step_s"):
-            if figure not in by.index:
+        for figure, _ in START_UP_TESTED:
+            r = by.get(figure)
+            if r is None:
                 cells += ["–", "–", "–"]
                 shade += ["", "", ""]
                 continue
-            r = by.loc[figure]
-            r = r.iloc[0] if isinstance(r, pd.DataFrame) else r
-            base = r["baseline"]
             cells += [f"{format_value(r[f'{base}_mean'], 'sig')} / "
-                      f"{format_value(r[f'{key[4]}_mean'], 'sig')}", ratio_cell(r),
+                      f"{format_value(r[f'{other}_mean'], 'sig')}", ratio_cell(r),
                       _p_cells(r)[1]]
             shade += ["", tone(r), ""]
-        table.append([*key[:3], f"{key[4]} vs {group['baseline'].iloc[0]}", *cells])
+        for figure, label in START_UP_MEANS:
+            r = by.get(figure)
+            shade.append("" if r is None else tone(r))  # the count: never significant
+            if r is None:
+                cells.append("–")
+                continue
+            cells.append(f"{format_value(r[f'{base}_mean'], 'sig')} / "
+                         f"{format_value(r[f'{other}_mean'], 'sig')}")
+            for f in (base, other):  # the engine's own reason; "not run" needs no line
+                line = f"- *{label}*, {f}: {r[f'{f}_reason']}"
+                if (pd.isna(r[f"{f}_mean"]) and str(r[f"{f}_reason"]).startswith("absent: ")
+                        and line not in absent):
+                    absent.append(line)
+        table.append([*key[:3], f"{other} vs {base}", *cells])
         shades.append(shade)
-    return lines + [Table(
-        ["dataset", "model", "gpus", "comparison", "first step (s), baseline / compared",
-         "first step ratio", "first step p adj.", "to first step (s), baseline / compared",
-         "to first step ratio", "to first step p adj."], table, 4, shades)]
+    header = ["dataset", "model", "gpus", "comparison"]
+    for _, label in START_UP_TESTED:
+        header += [f"{label} (s), baseline / compared", f"{label} ratio", f"{label} p adj."]
+    header += [f"{label}, baseline / compared" for _, label in START_UP_MEANS]
+    lines.append(Table(header, table, 4, shades))
+    return lines + (["", "Compile figures a framework does not give:", "", *absent]
+                    if absent else [])
 
 
 def intro(baseline, currency=None, primary_gpus=None):
