@@ -6,6 +6,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= 2
+# pytest-xdist workers of `make test` (the tests that share the tiny workflow run keep to one)
+TEST_WORKERS ?= 2
 HOST ?= 127.0.0.1
 PORT ?= 5000
 MLFLOW_DIR ?= results
@@ -33,7 +35,7 @@ report: $(STAMP)
 
 ## test: lint, then the whole test suite (the end-to-end tests run the real workflow)
 test: $(STAMP) lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks workflow/scripts

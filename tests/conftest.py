@@ -52,7 +52,13 @@ def pytest_unconfigure(config):
         shutil.rmtree(_JAX_CACHE, ignore_errors=True)
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
+    # `make test` runs on two pytest-xdist workers (--dist loadgroup): the tests that read
+    # the one tiny workflow run go to one worker, which then runs the workflow once.
+    for item in items:
+        if "tiny_workflow" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("tiny_workflow"))
     # Such a CPU crashes inside the framework (oneDNN's LSTM) and a job refuses it
     # (mosbench.cpu_features): skip with the probe's reason rather than fail.
     marked = [item for item in items if item.get_closest_marker("cpu_bfloat16")]
