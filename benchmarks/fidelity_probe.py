@@ -1,8 +1,15 @@
-"""Where two engines' whole runs part: four probes on fidelity.py's model and the real PTB.
+"""Where two engines' whole runs part: five probes on fidelity.py's model and the real PTB.
 
 ``fidelity.py`` says whether whole runs end at the same perplexity; when they
 do not, these probes split the question (issue 24):
 
+- ``init``: whether the engines draw their initial weights from one
+  distribution at full size. Every framework builds the model for ``--seeds``
+  seeds from ``--seed``; per canonical tensor, the mean, standard deviation
+  and extremes over those draws, and each framework's standard deviation
+  over the first framework's (1 when the initialiser's range is the same;
+  ``trace`` and ``masks`` start every engine from one set of weights, so only
+  this probe sees the initialisers).
 - ``validate``: whether the validation pass is where they part. Every
   framework scores every ``--weights`` file (a ``model.weights.npz`` in
   canonical names, from any engine's run) on PTB's validation split, with the
@@ -49,6 +56,7 @@ The model is fidelity.py's (the ``ptb`` AWD-LSTM-MoS preset scaled to emsize
 ``embedding-masks``). Each framework runs in this process, one after the
 other, on ``--threads`` threads.
 
+    .venv/bin/python benchmarks/fidelity_probe.py init --seeds 6
     .venv/bin/python benchmarks/fidelity_probe.py trace --steps 200
     .venv/bin/python benchmarks/fidelity_probe.py masks --weights run/model.weights.npz
     .venv/bin/python benchmarks/fidelity_probe.py validate --weights runs/*/model.weights.npz
@@ -89,7 +97,7 @@ from fidelity import (  # noqa: E402  (the benchmark's own model and data)
 STREAMS = ("wdrop", "dropoute", "dropouti", "dropouth", "dropout", "dropoutl")
 THRESHOLDS = (1e-6, 1e-4, 1e-2, 0.1)
 WINDOW_START = 5000  # the masks probe's fixed window: 5000 positions into the train streams
-PROBES = ("trace", "masks", "validate", "embedding-masks")
+PROBES = ("init", "trace", "masks", "validate", "embedding-masks")
 DRAWS = {"masks": 200, "embedding-masks": 2000}  # --draws by default
 
 
@@ -206,6 +214,38 @@ def mask_table(results, frameworks):
     return lines
 
 
+# ------------------------------------------------------------------------------ init
+
+
+def initial_moments(framework, hp, vocab, seeds, threads):
+    """``{tensor: (mean, std, min, max)}`` of ``framework``'s initial weights over ``seeds``."""
+    draws = {}
+    for seed in seeds:
+        engine = load_engine(framework, threads=threads, seed=seed)
+        engine.build(MODEL, vocab, hp)
+        for name, array in engine.weights().items():
+            draws.setdefault(name, []).append(np.asarray(array, np.float64))
+        engine.close()
+    return {name: (float(np.mean(a)), float(np.mean([x.std() for x in a])), float(np.min(a)),
+                   float(np.max(a))) for name, a in draws.items()}
+
+
+def init_table(moments, frameworks):
+    """One row per tensor: each framework's mean ± std [min, max], and its std over the first's."""
+    base = frameworks[0]
+    lines = ["| tensor | " + " | ".join(f"{f} mean, std [min, max]" for f in frameworks) + " | "
+             + " | ".join(f"std {f} / {base}" for f in frameworks[1:]) + " |",
+             "|---|" + "---:|" * (2 * len(frameworks) - 1)]
+    for name, first in moments[base].items():
+        cells = [f"{m:+.5f}, {sd:.5f} [{lo:+.5f}, {hi:+.5f}]"
+                 for m, sd, lo, hi in (moments[f][name] for f in frameworks)]
+        cells += [f"{moments[f][name][1] / first[1]:.4f}" if first[1] else
+                  ("equal" if moments[f][name][1] == 0 else "baseline constant")
+                  for f in frameworks[1:]]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
 # ------------------------------------------------------------------------------ validate
 
 
@@ -300,6 +340,7 @@ def main(argv=None):
     parser.add_argument("--frameworks", nargs="+", choices=FRAMEWORKS, default=list(FRAMEWORKS),
                         help="the engines, the first the baseline (default: all)")
     parser.add_argument("--seed", type=int, default=31, help="the engines' seed (default 31)")
+    parser.add_argument("--seeds", type=int, default=6, help="init: seeds from --seed (6)")
     parser.add_argument("--steps", type=int, default=200, help="trace: windows (default 200)")
     parser.add_argument("--weights", type=Path, nargs="+",
                         help="masks: trained weights, a model.weights.npz in canonical names; "
@@ -336,6 +377,14 @@ def main(argv=None):
     if args.probe == "trace":
         losses = trace(args.frameworks, hp, streams, vocab, args.seed, args.steps, args.threads)
         print("\n".join(trace_tables(losses)))
+        return 0
+    if args.probe == "init":
+        seeds = range(args.seed, args.seed + args.seeds)
+        moments = {f: initial_moments(f, hp, vocab, seeds, args.threads)
+                   for f in args.frameworks}
+        print(f"initial weights of {len(seeds)} seeds ({seeds[0]}-{seeds[-1]}) a side: "
+              "mean over seeds of each tensor's mean and std, extremes over all")
+        print("\n".join(init_table(moments, args.frameworks)))
         return 0
     if args.probe == "validate":
         losses = validation_losses(args.frameworks, hp, valid, vocab, args.weights, args.seed,

@@ -1,4 +1,4 @@
-"""benchmarks/fidelity_probe.py's four probes, run on a tiny MoS and synthetic streams.
+"""benchmarks/fidelity_probe.py's five probes, run on a tiny MoS and synthetic streams.
 
 ``trace``: every framework from the first one's weights, dropout off, agrees
 window by window where rounding has not yet grown (a tiny model at a small
@@ -7,7 +7,9 @@ do not move the weights, repeat for a seed, and tell a planted difference in a
 dropout rate apart by many standard errors. ``validate``: every framework gives
 one weights file the same validation loss, and two files different ones.
 ``embedding-masks``: every framework's word-type masks keep the rule's
-statistics, and a rate other than the one drawn is told apart.
+statistics, and a rate other than the one drawn is told apart. ``init``: every
+framework's initial tensors have the first one's spread, and a doubled
+initialiser range is told apart.
 """
 
 import importlib.util
@@ -123,3 +125,28 @@ def test_embedding_masks_keep_the_rule_and_tell_a_planted_rate_apart():
         assert abs(planted["z"]) > 20 and planted["chi2_df"] > 5, (framework, planted)
         table = probe.embedding_table({framework: stats, "planted": planted})
         assert table[2].startswith(f"| {framework} | {stats['drop_rate']:.5f} "), table
+
+
+def test_init_moments_agree_between_engines_and_a_wider_range_is_seen():
+    frameworks = available()
+    seeds = range(3)
+    moments = {f: probe.initial_moments(f, HP, VOCAB, seeds, threads=1) for f in frameworks}
+    base = moments[frameworks[0]]
+    assert {"embedding", "rnn.0.w_hh", "latent.w", "prior.w", "decoder.b"} <= set(base)
+    for name in frameworks[1:]:
+        assert set(moments[name]) == set(base)
+        for tensor, (mean, sd, low, high) in moments[name].items():
+            _, base_sd, base_low, base_high = base[tensor]
+            if base_sd == 0:  # the decoder's bias starts at zero everywhere
+                assert (sd, low, high) == (0.0, 0.0, 0.0), (name, tensor)
+                continue
+            # a few dozen to a few thousand entries a tensor, 3 seeds: within 30 %
+            assert 0.7 < sd / base_sd < 1.3, (name, tensor, sd, base_sd)
+            assert abs(mean) < 3 * sd / np.sqrt(3), (name, tensor)  # centred
+            # the same range: the largest |entry| of at least 90 draws comes near its bound
+            assert 0.8 < max(-low, high) / max(-base_low, base_high) < 1.25, (name, tensor)
+    table = "\n".join(probe.init_table(moments, frameworks))
+    assert "| embedding |" in table and "| decoder.b |" in table
+    # a planted initialiser range twice the preset's is told apart
+    wide = probe.initial_moments(frameworks[-1], {**HP, "init_range": 0.2}, VOCAB, seeds, 1)
+    assert wide["embedding"][1] / base["embedding"][1] > 1.7
