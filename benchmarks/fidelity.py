@@ -76,6 +76,7 @@ from mosbench.config import load_config, preset
 from mosbench.data.batching import batchify
 from mosbench.data.tokenise import read_tokens
 from mosbench.engines import FRAMEWORKS
+from mosbench.errors import PAUSED_EXIT_CODE
 from mosbench.evaluation.perplexity import perplexity
 from mosbench.reporting.statistics import (  # ALPHA: a 95 % interval, each one-sided test 5 %
     ALPHA,
@@ -218,7 +219,7 @@ def mosbench(work, config_path, *args, log):
 def prepare_data(work, data_dir, config_path, hp, positions, logs):
     """Tokenise PTB with ``mosbench tokenise`` in ``work``; cut the train streams if capped."""
     raw = work / "results" / "raw" / DATASET
-    raw.mkdir(parents=True)
+    raw.mkdir(parents=True, exist_ok=True)  # --resume: already there
     for split in ("train", "valid", "test"):
         shutil.copyfile(data_dir / f"{split}.txt", raw / f"{split}.txt")
     (raw / "source.json").write_text(json.dumps({"name": DATASET, "kind": "archive",
@@ -270,6 +271,9 @@ def run_engine(framework, seed, work, config_path, logs):
               "log": str(log)}
     summary_path = (work / "results" / "train" / framework / DATASET / MODEL
                     / f"seed{seed}-gpus0" / "train.json")
+    if done.returncode == PAUSED_EXIT_CODE:  # SIGTERM: a checkpoint to resume from
+        return {**record, "status": f"paused: {last_line(log)}; the same command with "
+                                    f"--work {work.parent} --resume continues it"}
     if done.returncode or not summary_path.exists():
         return {**record, "status": f"failed (exit {done.returncode}): {last_line(log)}"}
     summary = json.loads(summary_path.read_text())
@@ -522,7 +526,12 @@ def main(argv=None):
                         help="train nothing: the table from the runs kept in --results/runs")
     parser.add_argument("--work", type=Path,
                         help="scratch folder, kept (default: a temporary one, removed)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep --work's runs: a run paused there (SIGTERM) resumes from "
+                             "its checkpoint instead of starting again")
     args = parser.parse_args(argv)
+    if args.resume and args.work is None:
+        parser.error("--resume needs the --work folder of the paused run")
     if args.seeds < 1 or args.epochs < 1 or (args.max_steps is not None and args.max_steps < 1):
         parser.error("--seeds, --epochs and --max-steps must be at least 1")
     if args.fresh and args.report:
@@ -539,9 +548,9 @@ def main(argv=None):
         else args.work
     scratch.mkdir(parents=True, exist_ok=True)
     work = scratch / "mosbench"
-    if work.exists():
+    if work.exists() and not args.resume:
         shutil.rmtree(work)
-    work.mkdir()
+    work.mkdir(exist_ok=True)
     logs = args.results / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     try:
