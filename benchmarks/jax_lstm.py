@@ -10,7 +10,11 @@ timed to ``block_until_ready``. Implementations (``--implementations``):
 
 - ``engine``: ``recurrence.lstm_layer`` as the models call it on the CPU, so
   ``scan_lstm.lstm_layer`` at its default unroll: the input projection of all
-  steps one matmul before a ``lax.scan`` of the recurrence;
+  steps one matmul before a ``lax.scan`` of the recurrence, whose backward is
+  written by hand (``jax.custom_vjp``, since issue 26: the ``hand-vjp`` below
+  with the input projection left to autodiff);
+- ``scan-autodiff``: ``scan_lstm.autodiff_lstm_layer``, the engine's layer
+  before issue 26: the same forward, the scan differentiated by JAX;
 - ``lstm_ref``: ``jax.experimental.rnn.lstm_ref``, JAX's own LSTM where cuDNN is
   absent (one layer per call, as the engine's cuDNN layer calls cuDNN, fed the
   packed cuDNN vector of ``cudnn_lstm.pack_weights`` through
@@ -23,7 +27,9 @@ timed to ``block_until_ready``. Implementations (``--implementations``):
   (``jax.custom_vjp``): the reverse loop holds only the per-step ``dz W_hh``
   product and the gate derivatives; the weight gradients are one matmul each
   over all steps afterwards, where autodiff of a scan adds a ``(4H, H)``
-  ``dW_hh`` into its carry at every step.
+  ``dW_hh`` into its carry at every step. It found the engine's backward; kept
+  as a row because its custom_vjp also covers the input projection (``dW_ih``,
+  ``db`` and ``dx`` written too), where the engine's leaves that to autodiff.
 
 Before anything is timed, every implementation's first call is checked against
 the engine's: the loss, the outputs, the final states and every gradient within
@@ -36,7 +42,7 @@ engine's (its median over this one's). Run it alone: on 2 busy cores the
 numbers move by up to 2x.
 
     .venv/bin/python benchmarks/jax_lstm.py --preset mos-ptb
-    .venv/bin/python benchmarks/jax_lstm.py --preset awd-ptb --implementations engine,hand-vjp
+    .venv/bin/python benchmarks/jax_lstm.py --preset awd-ptb --implementations engine,scan-autodiff
 """
 
 import argparse
@@ -96,6 +102,11 @@ def preset_shapes(name):
 def engine_layer(x, state, w_ih, w_hh, b_ih, b_hh):
     """The engine's CPU layer, called as the AWD models call it (two biases, no padding)."""
     return recurrence.lstm_layer(x, state, w_ih, w_hh, b_ih, b_hh, None, cudnn=False)
+
+
+def scan_autodiff_layer(x, state, w_ih, w_hh, b_ih, b_hh):
+    """The engine's layer before issue 26: its scan differentiated by JAX's autodiff."""
+    return scan_lstm.autodiff_lstm_layer(x, state, w_ih, w_hh, b_ih + b_hh)
 
 
 def lstm_ref_layer(x, state, w_ih, w_hh, b_ih, b_hh):
@@ -202,7 +213,8 @@ def hand_vjp_layer(x, state, w_ih, w_hh, b_ih, b_hh):
     return ys, (h, c)
 
 
-IMPLEMENTATIONS = {"engine": engine_layer, "lstm_ref": lstm_ref_layer,
+IMPLEMENTATIONS = {"engine": engine_layer, "scan-autodiff": scan_autodiff_layer,
+                   "lstm_ref": lstm_ref_layer,
                    "textbook": textbook_layer, "unrolled": unrolled_layer,
                    "hand-vjp": hand_vjp_layer}
 
