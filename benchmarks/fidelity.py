@@ -31,7 +31,12 @@ everything). So a study too long for one sitting accumulates: run the sides in
 separate invocations, in turn or side by side with ``--threads 1``, then
 ``--report`` prints the table from the stored runs alone. The thread count is
 recorded per run but not part of the key: another count redraws a run as
-another seed does (docs/design.md), it does not bias it.
+another seed does (docs/design.md), it does not bias it. A run is kept in a
+file of its own key (``<side>-seed<S>-<key>.json``), so a run of later code
+never replaces one of earlier code. ``--report --code SIDE=REV`` reads a
+side's runs kept under its code at git revision REV (the commit they were
+trained at), so engines trained at different commits share one table, each
+side's commit printed with it.
 
 ``--max-steps N`` makes a smoke run: every training stream is cut to
 ``N * bptt + 1`` positions (the same cut in the reference), so an epoch is
@@ -44,6 +49,8 @@ Usage::
     .venv/bin/python benchmarks/fidelity.py --seeds 2 --max-steps 30   # a smoke run
     .venv/bin/python benchmarks/fidelity.py --reference ~/src/mos      # a copy at hand
     .venv/bin/python benchmarks/fidelity.py --seeds 3 --no-reference --report  # stored runs
+    .venv/bin/python benchmarks/fidelity.py --report --no-reference --seeds 6 \
+        --code tensorflow=b809011 --code pytorch=b809011 --code jax=484512b
 
 Needs statsmodels (``.venv/bin/pip install statsmodels==0.15.0``) and, for
 the reference and the PyTorch engine, torch. Run it alone: on 2 cores anything
@@ -141,6 +148,22 @@ REFERENCE_FIXED = {"eval_batch_size": 10, "init_range": 0.1, "variable_bptt": Tr
 
 
 # --- statistics ---
+
+def parse_code_revisions(items, frameworks):
+    """``["jax=484512b", ...]`` -> ``{"jax": "484512b"}``, each side one of ``frameworks``."""
+    revisions = {}
+    for item in items:
+        side, sep, revision = item.partition("=")
+        if not sep or not revision:
+            raise ValueError(f"--code {item!r}: expected SIDE=REV, e.g. jax=484512b")
+        if side not in frameworks:
+            raise ValueError(f"--code {item!r}: side '{side}' is not one of --frameworks "
+                             f"{list(frameworks)}")
+        if side in revisions:
+            raise ValueError(f"--code: side '{side}' given twice")
+        revisions[side] = revision
+    return revisions
+
 
 def margin_type(text):
     """``--margin``: nats per token (``0.0099``) or a share of perplexity (``1%``)."""
@@ -293,29 +316,69 @@ def run_key(side, seed, hp, stream_positions, code):
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def run_path(folder, side, seed, key):
+    """Where the run of ``side`` and ``seed`` under ``key`` is kept: one file per key, so a
+    run of other code (a later commit) is kept beside it, never over it."""
+    return folder / "runs" / f"{side}-seed{seed}-{key}.json"
+
+
 def stored_run(folder, side, seed, key):
-    """The finished run kept under ``key``, or None."""
-    try:
-        stored = json.loads((folder / "runs" / f"{side}-seed{seed}.json").read_text())
-    except (OSError, ValueError):
-        return None
-    record = stored.get("record") or {}
-    return record if stored.get("key") == key and record.get("status") == "ok" else None
+    """The finished run kept under ``key``, or None.
+
+    Also reads the one-file-per-seed name of earlier versions (``<side>-seed<S>.json``),
+    whose key is inside the file.
+    """
+    for path in (run_path(folder, side, seed, key),
+                 folder / "runs" / f"{side}-seed{seed}.json"):
+        try:
+            stored = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        record = stored.get("record") or {}
+        if stored.get("key") == key and record.get("status") == "ok":
+            return record
+    return None
 
 
 def store_run(folder, record, key):
     """Keep a finished run for later invocations; written whole or not at all."""
-    runs = folder / "runs"
-    runs.mkdir(parents=True, exist_ok=True)
-    path = runs / f"{record['side']}-seed{record['seed']}.json"
+    path = run_path(folder, record["side"], record["seed"], key)
+    path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".json.partial")
     partial.write_text(json.dumps({"key": key, "record": record}, indent=2) + "\n")
     os.replace(partial, path)
 
 
-def last_line(log):
-    lines = [line for line in Path(log).read_text(errors="replace").splitlines() if line.strip()]
+def code_hash_at(revision, side, scratch, repo=REPO):
+    """``side``'s train code hash at git ``revision`` of ``repo``: the key its runs were kept
+    under when they were trained there.
+
+    The package at that revision is extracted (``git archive``) into ``scratch`` and hashed
+    with this checkout's rule (:func:`mosbench.code_hash.code_hash` with ``root``).
+    Raises ValueError naming the revision when git cannot read it.
+    """
+    done = subprocess.run(["git", "-C", str(repo), "rev-parse", "--verify", "--short",
+                           f"{revision}^{{commit}}"], capture_output=True, text=True)
+    if done.returncode:
+        raise ValueError(f"--code {side}={revision}: not a commit of {repo} "
+                         f"({last_text(done.stderr)})")
+    commit = done.stdout.strip()
+    tree = scratch / f"code-{commit}"
+    if not (tree / "src" / "mosbench").is_dir():
+        tree.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(repo), "archive", commit, "src/mosbench"],
+                                 capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return commit, code_hash("train", side, root=tree / "src" / "mosbench")
+
+
+def last_text(text):
+    lines = [line for line in text.splitlines() if line.strip()]
     return lines[-1][:300] if lines else "no output"
+
+
+def last_line(log):
+    return last_text(Path(log).read_text(errors="replace"))
 
 
 # --- the reference: fetched, patched, run ---
@@ -524,6 +587,10 @@ def main(argv=None):
                         help="train every run, reusing none kept in --results/runs")
     parser.add_argument("--report", action="store_true",
                         help="train nothing: the table from the runs kept in --results/runs")
+    parser.add_argument("--code", action="append", default=[], metavar="SIDE=REV",
+                        help="with --report: read SIDE's runs kept under its code at git "
+                             "revision REV (a commit it was trained at), not this checkout's; "
+                             "repeat per side")
     parser.add_argument("--work", type=Path,
                         help="scratch folder, kept (default: a temporary one, removed)")
     parser.add_argument("--resume", action="store_true",
@@ -536,6 +603,13 @@ def main(argv=None):
         parser.error("--seeds, --epochs and --max-steps must be at least 1")
     if args.fresh and args.report:
         parser.error("--fresh trains every run and --report none: give one of them")
+    try:
+        args.code = parse_code_revisions(args.code, args.frameworks)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.code and not args.report:
+        parser.error("--code reads runs kept under another commit's code; it needs --report "
+                     "(a run trained now runs this checkout's code)")
     try:
         import statsmodels  # noqa: F401
     except ImportError:
@@ -626,10 +700,20 @@ def run(args, config, seeds, scratch, work, logs):
                 "max_steps": args.max_steps, "stream_positions": stream_positions,
                 "machine": machine_lines(args.threads), "reference": reference_note,
                 "smoke": bool(positions)}
+    codes = {side: code_hash("train", side) for side in args.frameworks}
+    for side, revision in args.code.items():
+        try:
+            commit, codes[side] = code_hash_at(revision, side, scratch)
+        except ValueError as exc:
+            print(f"fidelity: {exc}", file=sys.stderr)
+            return 2
+        print(f"{side}: runs kept under its code at {commit} (train code hash {codes[side]})")
+    settings["codes"] = {side: args.code.get(side, "this checkout") + f" ({code})"
+                         for side, code in codes.items()}
     records = []
     for seed in seeds:
         for side in sides:
-            code = reference_code if side == REFERENCE else code_hash("train", side)
+            code = reference_code if side == REFERENCE else codes[side]
             key = run_key(side, seed, hp, stream_positions, code)
             record = None if args.fresh else stored_run(args.results, side, seed, key)
             if record is not None:

@@ -1,13 +1,18 @@
-"""benchmarks/fidelity.py's statistics on planted numbers: a difference, none, too few runs.
+"""benchmarks/fidelity.py without training: its verdicts and its kept runs.
 
-Only the verdict part of the benchmark runs here (no training): per-seed
+The verdicts on planted numbers (a difference, none, too few runs): per-seed
 validation losses of two sides, compared with Welch's interval and the two
-one-sided tests at the default margin of 1 % of perplexity.
+one-sided tests at the default margin of 1 % of perplexity. The kept runs:
+one file per code key, so runs of two commits live side by side, and a kept
+run found again by the code hash of the commit it was trained at.
 """
 
 import importlib.util
+import json
 import math
 import re
+import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -64,3 +69,69 @@ def test_the_margin_is_given_in_nats_or_as_a_share_of_perplexity():
     for bad in ("0", "-1%", "one"):
         with pytest.raises(Exception, match="margin|expected"):
             fidelity.margin_type(bad)
+
+
+def ok_run(side, seed, loss):
+    return {"side": side, "seed": seed, "status": "ok", "valid_loss": loss}
+
+
+def test_runs_of_two_code_versions_are_kept_side_by_side(tmp_path):
+    old, new = (fidelity.run_key("jax", 30, {"lr": 20}, None, code) for code in ("a1", "b2"))
+    fidelity.store_run(tmp_path, ok_run("jax", 30, 6.1), old)
+    fidelity.store_run(tmp_path, ok_run("jax", 30, 6.2), new)
+    assert fidelity.stored_run(tmp_path, "jax", 30, old)["valid_loss"] == 6.1
+    assert fidelity.stored_run(tmp_path, "jax", 30, new)["valid_loss"] == 6.2
+    assert fidelity.stored_run(tmp_path, "jax", 31, old) is None
+    assert not list((tmp_path / "runs").glob("*.partial"))
+
+
+def test_a_run_kept_under_the_earlier_one_file_per_seed_name_is_still_found(tmp_path):
+    key = fidelity.run_key("pytorch", 28, {}, None, "c3")
+    (tmp_path / "runs").mkdir()
+    legacy = tmp_path / "runs" / "pytorch-seed28.json"
+    legacy.write_text(json.dumps({"key": key, "record": ok_run("pytorch", 28, 5.8)}))
+    assert fidelity.stored_run(tmp_path, "pytorch", 28, key)["valid_loss"] == 5.8
+    assert fidelity.stored_run(tmp_path, "pytorch", 28, key[::-1]) is None
+    legacy.write_text(json.dumps({"key": key, "record": {**ok_run("pytorch", 28, 5.8),
+                                                         "status": "paused"}}))
+    assert fidelity.stored_run(tmp_path, "pytorch", 28, key) is None
+
+
+def git(repo, *args):
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+def test_the_code_key_of_an_earlier_commit_is_its_train_code_hash_then(tmp_path):
+    """A real git repository holding a copy of the package at two commits."""
+    repo = tmp_path / "repo"
+    shutil.copytree(REPO / "src" / "mosbench", repo / "src" / "mosbench",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    git(tmp_path, "init", "-q", str(repo))
+    for args in (("add", "-A"), ("-c", "user.name=t", "-c", "user.email=t@t", "commit",
+                                 "-qm", "first")):
+        git(repo, *args)
+    first = git(repo, "rev-parse", "--short", "HEAD")
+    engine = repo / "src" / "mosbench" / "engines" / "jax" / "engine.py"
+    then = fidelity.code_hash("train", "jax", root=repo / "src" / "mosbench")
+    engine.write_text(engine.read_text() + "\n# an edit\n")
+    git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "second")
+    now = fidelity.code_hash("train", "jax", root=repo / "src" / "mosbench")
+    assert now != then
+
+    assert fidelity.code_hash_at(first, "jax", tmp_path / "scratch", repo) == (first, then)
+    assert fidelity.code_hash_at("HEAD", "jax", tmp_path / "scratch", repo)[1] == now
+    # The other engines' code did not change between the commits.
+    assert (fidelity.code_hash_at(first, "pytorch", tmp_path / "scratch", repo)[1]
+            == fidelity.code_hash("train", "pytorch", root=repo / "src" / "mosbench"))
+    with pytest.raises(ValueError, match="--code jax=nosuchrev: not a commit"):
+        fidelity.code_hash_at("nosuchrev", "jax", tmp_path / "scratch", repo)
+
+
+def test_code_revisions_are_named_per_side_and_only_for_chosen_sides():
+    frameworks = ["tensorflow", "jax"]
+    assert fidelity.parse_code_revisions(["jax=484512b"], frameworks) == {"jax": "484512b"}
+    for bad, why in ((["jax"], "expected SIDE=REV"), (["torch=abc"], "not one of --frameworks"),
+                     (["jax=a", "jax=b"], "given twice")):
+        with pytest.raises(ValueError, match=why):
+            fidelity.parse_code_revisions(bad, frameworks)
