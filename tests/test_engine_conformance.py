@@ -338,6 +338,18 @@ def test_twenty_steps_and_the_average_equal_the_first_framework_s(framework, mod
     assert moved > 1e-2  # far beyond the tolerance: the agreement is not vacuous
 
 
+@pytest.mark.parametrize("framework", OTHERS)
+def test_steps_without_clipping_or_decay_equal_the_first_framework_s(framework):
+    """clip 0 and wdecay 0 are settings of their own (the plain gradient step), not defaults."""
+    hp = {**TRAINED["lstm"], "clip": 0.0, "wdecay": 0.0}
+    theirs, ours = _engine(REFERENCE, "lstm", hp, 6), _engine(framework, "lstm", hp, 6)
+    ours.load_weights(theirs.weights())
+    data = training_windows(6, 3)
+    expected, got = train(theirs, data)[0], train(ours, data)[0]
+    assert np.abs(got - expected).max() < 1e-4 * np.abs(expected).max()
+    assert _largest(theirs.weights(), ours.weights()) < 1e-4
+
+
 def test_clipping_and_decay_are_active_in_the_comparison():
     """The comparison's clip and weight decay change the result: neither is vacuous."""
     framework = FRAMEWORKS[-1]  # one that is compared

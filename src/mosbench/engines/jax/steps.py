@@ -59,7 +59,9 @@ def optimiser(spec):
     parts = [optax.clip_by_global_norm(spec.clip)] if spec.clip else []
     if spec.wdecay:
         parts.append(optax.add_decayed_weights(spec.wdecay))
-    return optax.chain(*parts)
+    # optax.chain() of nothing fails (it unzips an empty list): no clip and no decay is
+    # the plain gradient.
+    return optax.chain(*parts) if parts else optax.identity()
 
 
 def train_step(model, spec, batch_size, compute, replicas=1):
