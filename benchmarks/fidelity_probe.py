@@ -1,4 +1,4 @@
-"""Where two engines' whole runs part: five probes on fidelity.py's model and the real PTB.
+"""Where two engines' whole runs part: six probes on fidelity.py's model and the real PTB.
 
 ``fidelity.py`` says whether whole runs end at the same perplexity; when they
 do not, these probes split the question (issue 24):
@@ -38,6 +38,19 @@ do not, these probes split the question (issue 24):
   the same distribution (rates, scaling, what shares a mask, independence),
   the mean losses agree within their standard errors; a mean apart by several
   errors points at that stream. ``--start`` moves the window.
+- ``gradient``: whether each engine's update follows the gradient of the
+  loss under the masks its own forward drew (a backward that redrew a mask,
+  or reused an old one, would still pass every probe above: ``masks`` sees
+  losses only, ``trace`` has no masks). With no clipping, decay, AR or TAR
+  the update is ``-lr`` times the NLL's gradient ``g``, so from ``--weights``
+  a fresh engine takes one step at ``--lr`` (loss L0 under its first masks,
+  weights W1), and a second fresh engine with the same seed (so the same
+  first masks) scores W1 at lr 0 (L1). To first order L1 - L0 = g.(W1 - W)
+  = -|W1 - W|^2 / lr: the ratio of the measured change to that is 1 when
+  the gradient belongs to the forward's masks. The control scores W and W1
+  under another seed's masks: the ratio a backward with other masks would
+  give (the gradients' overlap between two draws, well below 1). One row
+  per seed of ``--seeds`` from ``--seed``, the window at ``--start``.
 - ``embedding-masks``: embedding dropout's word-type masks themselves, the
   stream whose losses vary most in ``masks``. Every framework's engine, built
   at the real vocabulary size, draws its mask of every word type ``--draws``
@@ -61,6 +74,7 @@ other, on ``--threads`` threads.
     .venv/bin/python benchmarks/fidelity_probe.py masks --weights run/model.weights.npz
     .venv/bin/python benchmarks/fidelity_probe.py validate --weights runs/*/model.weights.npz
     .venv/bin/python benchmarks/fidelity_probe.py embedding-masks --draws 2000
+    .venv/bin/python benchmarks/fidelity_probe.py gradient --weights run/model.weights.npz
 """
 
 import argparse
@@ -97,8 +111,10 @@ from fidelity import (  # noqa: E402  (the benchmark's own model and data)
 STREAMS = ("wdrop", "dropoute", "dropouti", "dropouth", "dropout", "dropoutl")
 THRESHOLDS = (1e-6, 1e-4, 1e-2, 0.1)
 WINDOW_START = 5000  # the masks probe's fixed window: 5000 positions into the train streams
-PROBES = ("init", "trace", "masks", "validate", "embedding-masks")
+PROBES = ("init", "trace", "masks", "validate", "embedding-masks", "gradient")
+OTHER_MASKS = 1000  # gradient: the control's seed is the row's seed plus this
 DRAWS = {"masks": 200, "embedding-masks": 2000}  # --draws by default
+SEEDS = {"init": 6, "gradient": 3}  # --seeds by default
 
 
 def engine_for(framework, hp, vocab, seed, threads):
@@ -211,6 +227,58 @@ def mask_table(results, frameworks):
             z = diff / math.hypot(stats[f][1], stats[base][1])
             cells.append(f"{diff:+.5f} ({z:+.1f})")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+# ------------------------------------------------------------------------------ gradient
+
+
+def plain_step(hp):
+    """Settings under which an update is -lr times the NLL's gradient: no clip, decay, AR, TAR."""
+    return {**hp, "clip": 0.0, "wdecay": 0.0, "alpha": 0.0, "beta": 0.0}
+
+
+def first_step(framework, hp, vocab, weights, seed, window, lr, threads):
+    """A fresh engine's first training step from ``weights``: its loss and the weights after."""
+    engine = engine_for(framework, hp, vocab, seed, threads)
+    engine.load_weights({name: np.asarray(v, np.float32) for name, v in weights.items()})
+    nll, _ = engine.train_step(window[:, :-1], window[:, 1:],
+                               engine.initial_state(hp["batch_size"]), lr, False)
+    after = {name: np.asarray(v, np.float64) for name, v in engine.weights().items()}
+    engine.close()
+    return float(nll), after
+
+
+def gradient_check(framework, hp, streams, vocab, weights, seed, lr, threads,
+                   start=WINDOW_START):
+    """One step's loss change under its own masks and under another seed's, and the
+    first-order change ``-|W1 - W|^2 / lr`` that the gradient of its own masks predicts."""
+    hp = plain_step(hp)
+    window = streams[:, start:start + hp["bptt"] + 1]
+    if window.shape[1] < hp["bptt"] + 1:
+        raise SystemExit(f"fidelity_probe: no whole window at position {start} of "
+                         f"{streams.shape[1]}; give a smaller --start")
+    before, after = first_step(framework, hp, vocab, weights, seed, window, lr, threads)
+    moved = {name: after[name] - np.asarray(weights[name], np.float64) for name in after}
+
+    def change(masks_seed):
+        """L(W1) - L(W), both under the first masks of ``masks_seed``."""
+        at_w = before if masks_seed == seed else first_step(
+            framework, hp, vocab, weights, masks_seed, window, 0.0, threads)[0]
+        return first_step(framework, hp, vocab, after, masks_seed, window, 0.0, threads)[0] \
+            - at_w
+
+    return {"predicted": -sum(float(np.sum(d * d)) for d in moved.values()) / lr,
+            "own": change(seed), "other": change(seed + OTHER_MASKS)}
+
+
+def gradient_table(checks):
+    lines = ["| framework | seed | predicted change | own masks: change | ratio "
+             "| other masks: change | ratio |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for (framework, seed), c in checks.items():
+        lines.append(f"| {framework} | {seed} | {c['predicted']:+.6f} | {c['own']:+.6f} | "
+                     f"{c['own'] / c['predicted']:.4f} | {c['other']:+.6f} | "
+                     f"{c['other'] / c['predicted']:.4f} |")
     return lines
 
 
@@ -340,15 +408,19 @@ def main(argv=None):
     parser.add_argument("--frameworks", nargs="+", choices=FRAMEWORKS, default=list(FRAMEWORKS),
                         help="the engines, the first the baseline (default: all)")
     parser.add_argument("--seed", type=int, default=31, help="the engines' seed (default 31)")
-    parser.add_argument("--seeds", type=int, default=6, help="init: seeds from --seed (6)")
+    parser.add_argument("--seeds", type=int, help="init: seeds from --seed (6); "
+                        "gradient: rows, a seed each (3)")
+    parser.add_argument("--lr", type=float, default=0.01,
+                        help="gradient: the step's learning rate (0.01)")
     parser.add_argument("--steps", type=int, default=200, help="trace: windows (default 200)")
     parser.add_argument("--weights", type=Path, nargs="+",
-                        help="masks: trained weights, a model.weights.npz in canonical names; "
-                             "validate: one or more such files")
+                        help="masks, gradient: trained weights, a model.weights.npz in "
+                             "canonical names; validate: one or more such files")
     parser.add_argument("--streams", nargs="+", choices=(*STREAMS, "all"),
                         default=[*STREAMS, "all"], help="masks: which rows (default: each, all)")
     parser.add_argument("--start", type=int, default=WINDOW_START,
-                        help=f"masks: the window's first position ({WINDOW_START})")
+                        help=f"masks, gradient: the window's first position "
+                             f"({WINDOW_START})")
     parser.add_argument("--draws", type=int,
                         help="masks: steps per row (200); embedding-masks: draws per "
                              "framework (2000)")
@@ -356,11 +428,13 @@ def main(argv=None):
                         help="folder of PTB's train/valid/test.txt (default ../shared/data/ptb)")
     parser.add_argument("--threads", type=int, default=1, help="threads per engine (1)")
     args = parser.parse_args(argv)
-    if args.probe == "masks" and (args.weights is None or len(args.weights) != 1):
-        parser.error("masks needs one --weights (fidelity.py --work DIR keeps each run's)")
+    if args.probe in ("masks", "gradient") and (args.weights is None or len(args.weights) != 1):
+        parser.error(f"{args.probe} needs one --weights (fidelity.py --work DIR keeps each "
+                     "run's)")
     if args.probe == "validate" and args.weights is None:
         parser.error("validate needs --weights, one or more model.weights.npz")
     draws = DRAWS.get(args.probe) if args.draws is None else args.draws
+    seeds = range(args.seed, args.seed + (args.seeds or SEEDS.get(args.probe, 1)))
 
     config = load_config(REPO / "config" / "config.yaml")
     check_ptb(args.data, config)
@@ -379,7 +453,6 @@ def main(argv=None):
         print("\n".join(trace_tables(losses)))
         return 0
     if args.probe == "init":
-        seeds = range(args.seed, args.seed + args.seeds)
         moments = {f: initial_moments(f, hp, vocab, seeds, args.threads)
                    for f in args.frameworks}
         print(f"initial weights of {len(seeds)} seeds ({seeds[0]}-{seeds[-1]}) a side: "
@@ -406,6 +479,15 @@ def main(argv=None):
         print("\n".join(embedding_table(stats)))
         return 0
     weights = read_weights(args.weights[0])
+    if args.probe == "gradient":
+        checks = {(f, seed): gradient_check(f, hp, streams, vocab, weights, seed, args.lr,
+                                            args.threads, args.start)
+                  for f in args.frameworks for seed in seeds}
+        print(f"one step at lr {args.lr:g} without clip, decay, AR or TAR on the window at "
+              f"position {args.start}, zero states; change = L(W1) - L(W); predicted = "
+              f"-|W1 - W|^2 / lr; other masks: seed + {OTHER_MASKS}")
+        print("\n".join(gradient_table(checks)))
+        return 0
     results = {}
     for label in args.streams:
         only = STREAMS if label == "all" else (label,)
