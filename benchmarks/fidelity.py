@@ -306,7 +306,53 @@ def run_engine(framework, seed, work, config_path, logs):
     return {**record, "status": "ok", "valid_loss": summary["best_valid_loss"],
             "train_loss": last["train_loss"], "n_params": summary["n_params"],
             "step_median_s": summary["measurements"]["step_time_median_s"],
-            "train_s": summary["train_time_s"]}
+            "train_s": summary["train_time_s"], "train_progress": progress_losses(log)}
+
+
+# `mosbench train`'s progress line: the epoch's running mean training loss after a step.
+PROGRESS = re.compile(r"train epoch 1/\d+ \| step (\d+)/~?\d+ [^|]*\| loss ([0-9.]+)")
+LAST_VALID = re.compile(r"best valid loss ([0-9.]+)\s*$")
+
+
+def progress_losses(log, valid_loss=None):
+    """``[[step, running mean training loss], ...]`` of the first epoch from a run's log.
+
+    None when the log has no progress lines, is a resumed run's (its running mean
+    restarts at the resume), or, given ``valid_loss``, ends with another run's loss
+    (a log the next run of that side and seed wrote over).
+    """
+    try:
+        text = Path(log).read_text(errors="replace").replace("\r", "\n")
+    except OSError:
+        return None
+    if "resuming at epoch" in text:
+        return None
+    if valid_loss is not None:
+        ends = LAST_VALID.search(text.rstrip())
+        if ends is None or abs(float(ends.group(1)) - valid_loss) > 5e-5:
+            return None
+    found = {int(step): float(loss) for step, loss in PROGRESS.findall(text)}
+    return [[step, found[step]] for step in sorted(found)] or None
+
+
+def block_losses(progress, stream_positions, hp, seed):
+    """``{last step: mean training loss of the block}`` between progress lines.
+
+    Recovered from the running means, token-weighted, with the seed's own window
+    lengths (the running mean is printed to 3 decimals, so a late block's mean is good to
+    about 0.005 nats).
+    """
+    lengths = [length for _, length, _ in epoch_windows(
+        np.random.default_rng(seed), stream_positions, hp["bptt"], hp["variable_bptt"],
+        hp.get("max_seq_len_delta"))]
+    tokens = np.concatenate([[0], np.cumsum(lengths)])
+    blocks, previous, total = {}, 0, 0.0
+    for step, loss in progress:
+        if step > len(lengths):
+            break
+        blocks[step] = (loss * tokens[step] - total) / (tokens[step] - tokens[previous])
+        previous, total = step, loss * tokens[step]
+    return blocks
 
 
 def run_key(side, seed, hp, stream_positions, code):
@@ -525,6 +571,38 @@ def comparison_table(rows, margin):
     return lines
 
 
+def curve_table(records, sides, hp, stream_positions):
+    """Mean training loss per block of windows, averaged over each side's seeds, and each
+    side's difference from the first with the count of seeds below it; [] without curves."""
+    blocks = {side: {} for side in sides}
+    for r in records:
+        if r["status"] == "ok" and r.get("train_progress") and r["side"] in blocks:
+            blocks[r["side"]][r["seed"]] = block_losses(r["train_progress"], stream_positions,
+                                                        hp, r["seed"])
+    if len([side for side in sides if len(blocks[side]) > 1]) < 2:
+        return []
+    base, others = sides[0], [side for side in sides[1:] if blocks[side]]
+    ends = sorted(set.intersection(*(set(b) for side in [base, *others]
+                                     for b in blocks[side].values())))
+    lines = ["| windows | " + " | ".join(f"{side} (n = {len(blocks[side])})"
+                                         for side in [base, *others]) + " | "
+             + " | ".join(f"{side} − {base} (seeds below)" for side in others) + " |",
+             "|---|" + "---:|" * (1 + 2 * len(others))]
+    start = 1
+    for end in ends:
+        means = {side: np.mean([b[end] for b in blocks[side].values()])
+                 for side in [base, *others]}
+        below = {side: sum(blocks[side][seed][end] < blocks[base][seed][end]
+                           for seed in blocks[side] if seed in blocks[base]) for side in others}
+        shared = {side: sum(seed in blocks[base] for seed in blocks[side]) for side in others}
+        lines.append(f"| {start}-{end} | " + " | ".join(f"{m:.3f}" for m in means.values())
+                     + " | " + " | ".join(f"{means[side] - means[base]:+.3f} "
+                                          f"({below[side]}/{shared[side]})" for side in others)
+                     + " |")
+        start = end + 1
+    return lines
+
+
 def estimate_lines(records, sides, hp, full_windows, seeds):
     """What the full run takes, from the smoke run's own step times and overheads."""
     lines, total = [], 0.0
@@ -719,6 +797,10 @@ def run(args, config, seeds, scratch, work, logs):
             if record is not None:
                 print(f"{side} seed {seed}: kept from an earlier invocation "
                       f"({args.results / 'runs'})")
+                if side != REFERENCE and not record.get("train_progress"):
+                    # kept before runs recorded it: from its log, if the log is still its own
+                    record["train_progress"] = progress_losses(record.get("log", ""),
+                                                               record["valid_loss"])
             elif args.report:
                 print(f"{side} seed {seed}: no kept run (--report trains nothing)")
                 continue
@@ -753,6 +835,12 @@ def run(args, config, seeds, scratch, work, logs):
     print()
     for line in comparison_table(rows, args.margin):
         print(line)
+    curves = curve_table(records, [s for s in sides if s != REFERENCE], hp, stream_positions)
+    if curves:
+        print("\ntraining loss per block of windows (nats; each run's mean over the block, "
+              "from its progress lines; then the mean over seeds)")
+        for line in curves:
+            print(line)
     if positions:
         print()
         for line in estimate_lines(records, sides, hp,

@@ -135,3 +135,54 @@ def test_code_revisions_are_named_per_side_and_only_for_chosen_sides():
                      (["jax=a", "jax=b"], "given twice")):
         with pytest.raises(ValueError, match=why):
             fidelity.parse_code_revisions(bad, frameworks)
+
+
+HP = {"bptt": 10, "variable_bptt": True, "max_seq_len_delta": 4}
+
+
+def write_log(path, seed, block_loss, every=3, valid=6.1234, resumed=False):
+    """A `mosbench train` log whose windows have the losses ``block_loss(step)``."""
+    lengths = [n for _, n, _ in fidelity.epoch_windows(np.random.default_rng(seed), 400, 10,
+                                                       True, 4)]
+    lines = ["resuming at epoch 1, window position 40"] if resumed else []
+    total = tokens = 0
+    for step, n in enumerate(lengths, 1):
+        total, tokens = total + block_loss(step) * n, tokens + n
+        if step % every == 0:
+            lines.append(f"train epoch 1/1 | step {step}/~{len(lengths)} {step}% | "
+                         f"loss {total / tokens:.3f} | 90 tok/s | elapsed 0:00:01")
+    lines.append(f"wrote results/train/x; best valid loss {valid:.4f}")
+    path.write_text("\n".join(lines) + "\n")
+    return len(lengths)
+
+
+def test_block_losses_are_recovered_from_the_running_means_of_a_log(tmp_path):
+    log = tmp_path / "run.log"
+    write_log(log, 3, lambda step: 7.0 if step <= 6 else 6.0)
+    progress = fidelity.progress_losses(log, valid_loss=6.1234)
+    assert [step for step, _ in progress][:3] == [3, 6, 9]
+    blocks = fidelity.block_losses(progress, 400, HP, 3)
+    assert blocks[3] == pytest.approx(7.0, abs=2e-3) and blocks[6] == pytest.approx(7.0, abs=2e-3)
+    assert blocks[9] == pytest.approx(6.0, abs=5e-3) and blocks[12] == pytest.approx(6.0, abs=8e-3)
+    # the log of another run (another last validation loss), a resumed run's, no log
+    assert fidelity.progress_losses(log, valid_loss=6.2) is None
+    write_log(log, 3, lambda step: 7.0, resumed=True)
+    assert fidelity.progress_losses(log) is None
+    assert fidelity.progress_losses(tmp_path / "absent.log") is None
+
+
+def test_the_curve_table_compares_each_side_block_by_block(tmp_path):
+    records = []
+    for side, offset in (("tensorflow", 0.0), ("pytorch", -0.1)):
+        for seed in (1, 2):
+            log = tmp_path / f"{side}-{seed}.log"
+            write_log(log, seed, lambda step, o=offset: 7.0 + (o if step > 6 else 0.0))
+            records.append({"side": side, "seed": seed, "status": "ok",
+                            "train_progress": fidelity.progress_losses(log)})
+    lines = fidelity.curve_table(records, ["tensorflow", "pytorch"], HP, 400)
+    assert lines[0].startswith("| windows | tensorflow (n = 2) | pytorch (n = 2) |")
+    first, third = lines[2], lines[4]
+    assert first.startswith("| 1-3 |") and "+0.000 (0/2)" in first
+    assert third.startswith("| 7-9 |") and third.endswith("(2/2) |")
+    assert float(third.split("|")[4].split()[0]) == pytest.approx(-0.1, abs=5e-3)
+    assert fidelity.curve_table(records[:2], ["tensorflow", "pytorch"], HP, 400) == []
