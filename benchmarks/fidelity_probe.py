@@ -1,4 +1,4 @@
-"""Where two engines' whole runs part: six probes on fidelity.py's model and the real PTB.
+"""Where two engines' whole runs part: seven probes on fidelity.py's model and the real PTB.
 
 ``fidelity.py`` says whether whole runs end at the same perplexity; when they
 do not, these probes split the question (issue 24):
@@ -51,6 +51,14 @@ do not, these probes split the question (issue 24):
   under another seed's masks: the ratio a backward with other masks would
   give (the gradients' overlap between two draws, well below 1). One row
   per seed of ``--seeds`` from ``--seed``, the window at ``--start``.
+- ``gradient-noise``: the masks' effect on the gradient, which training
+  follows (``masks`` sees the loss). ``--draws`` plain steps (as
+  ``gradient``'s) at lr 1 from ``--weights``, reloaded before each, so each
+  weight change is minus one gradient under fresh masks. Per canonical
+  tensor: the mean squared gradient E|g|^2 and the squared mean gradient
+  |E g|^2 (unbiased: the products of different batches' means, 8 batches),
+  with standard errors (over draws; by the jackknife over batches). Engines
+  whose masks act alike give the same two figures for every tensor.
 - ``embedding-masks``: embedding dropout's word-type masks themselves, the
   stream whose losses vary most in ``masks``. Every framework's engine, built
   at the real vocabulary size, draws its mask of every word type ``--draws``
@@ -75,6 +83,7 @@ other, on ``--threads`` threads.
     .venv/bin/python benchmarks/fidelity_probe.py validate --weights runs/*/model.weights.npz
     .venv/bin/python benchmarks/fidelity_probe.py embedding-masks --draws 2000
     .venv/bin/python benchmarks/fidelity_probe.py gradient --weights run/model.weights.npz
+    .venv/bin/python benchmarks/fidelity_probe.py gradient-noise --weights run/model.weights.npz
 """
 
 import argparse
@@ -111,9 +120,11 @@ from fidelity import (  # noqa: E402  (the benchmark's own model and data)
 STREAMS = ("wdrop", "dropoute", "dropouti", "dropouth", "dropout", "dropoutl")
 THRESHOLDS = (1e-6, 1e-4, 1e-2, 0.1)
 WINDOW_START = 5000  # the masks probe's fixed window: 5000 positions into the train streams
-PROBES = ("init", "trace", "masks", "validate", "embedding-masks", "gradient")
+PROBES = ("init", "trace", "masks", "validate", "embedding-masks", "gradient",
+          "gradient-noise")
 OTHER_MASKS = 1000  # gradient: the control's seed is the row's seed plus this
-DRAWS = {"masks": 200, "embedding-masks": 2000}  # --draws by default
+DRAWS = {"masks": 200, "embedding-masks": 2000, "gradient-noise": 320}  # --draws default
+BATCHES = 8  # gradient-noise: |E g|^2 from the products of these batches' means
 SEEDS = {"init": 6, "gradient": 3}  # --seeds by default
 
 
@@ -282,6 +293,60 @@ def gradient_table(checks):
     return lines
 
 
+def off_diagonal_mean(gram):
+    """The mean of a Gram matrix's off-diagonal entries: products of different batches."""
+    n = gram.shape[0]
+    return (gram.sum() - np.trace(gram)) / (n * (n - 1))
+
+
+def gradient_moments(framework, hp, streams, vocab, weights, seed, draws, threads,
+                     start=WINDOW_START, batches=BATCHES):
+    """``{tensor: (E|g|^2, its se, |E g|^2, its se)}`` over ``draws`` masks at fixed weights,
+    and the mean loss with its se."""
+    hp = plain_step(hp)
+    window = streams[:, start:start + hp["bptt"] + 1]
+    engine = engine_for(framework, hp, vocab, seed, threads)
+    weights = {name: np.asarray(v, np.float32) for name, v in weights.items()}
+    per = max(draws // batches, 1)
+    means = {name: np.zeros((batches, v.size)) for name, v in weights.items()}
+    squares = {name: [] for name in weights}
+    losses = []
+    for draw in range(per * batches):
+        engine.load_weights(weights)
+        nll, _ = engine.train_step(window[:, :-1], window[:, 1:],
+                                   engine.initial_state(hp["batch_size"]), 1.0, False)
+        losses.append(float(nll))
+        for name, after in engine.weights().items():
+            g = (weights[name] - np.asarray(after, np.float64)).ravel()  # lr 1: -gradient
+            means[name][draw // per] += g / per
+            squares[name].append(float(g @ g))
+    engine.close()
+    moments = {}
+    for name, m in means.items():
+        gram = m @ m.T
+        keep = [np.delete(np.delete(gram, b, 0), b, 1) for b in range(batches)]
+        jack = np.array([off_diagonal_mean(g) for g in keep])
+        sq = np.array(squares[name])
+        moments[name] = (sq.mean(), sq.std(ddof=1) / math.sqrt(sq.size), off_diagonal_mean(gram),
+                         math.sqrt((batches - 1) / batches * np.sum((jack - jack.mean()) ** 2)))
+    loss = np.array(losses)
+    return moments, (loss.mean(), loss.std(ddof=1) / math.sqrt(loss.size))
+
+
+def noise_table(results):
+    """A row per tensor, each framework's E|g|^2 and |E g|^2 with errors; then the losses."""
+    frameworks = list(results)
+    lines = ["| tensor | " + " | ".join(f"{f} E\\|g\\|² | {f} \\|E g\\|²" for f in frameworks)
+             + " |", "|---|" + "---:|" * (2 * len(frameworks))]
+    for name in results[frameworks[0]][0]:
+        cells = [f"{a:.4e} ± {sa:.1e} | {b:.4e} ± {sb:.1e}"
+                 for a, sa, b, sb in (results[f][0][name] for f in frameworks)]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines.append("| loss | " + " | ".join(f"{m:.5f} ± {se:.5f} | " for m, se in
+                                          (results[f][1] for f in frameworks)) + " |")
+    return lines
+
+
 # ------------------------------------------------------------------------------ init
 
 
@@ -423,12 +488,13 @@ def main(argv=None):
                              f"({WINDOW_START})")
     parser.add_argument("--draws", type=int,
                         help="masks: steps per row (200); embedding-masks: draws per "
-                             "framework (2000)")
+                             "framework (2000); gradient-noise: steps per framework (320)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
                         help="folder of PTB's train/valid/test.txt (default ../shared/data/ptb)")
     parser.add_argument("--threads", type=int, default=1, help="threads per engine (1)")
     args = parser.parse_args(argv)
-    if args.probe in ("masks", "gradient") and (args.weights is None or len(args.weights) != 1):
+    one_weights = ("masks", "gradient", "gradient-noise")
+    if args.probe in one_weights and (args.weights is None or len(args.weights) != 1):
         parser.error(f"{args.probe} needs one --weights (fidelity.py --work DIR keeps each "
                      "run's)")
     if args.probe == "validate" and args.weights is None:
@@ -479,6 +545,13 @@ def main(argv=None):
         print("\n".join(embedding_table(stats)))
         return 0
     weights = read_weights(args.weights[0])
+    if args.probe == "gradient-noise":
+        results = {f: gradient_moments(f, hp, streams, vocab, weights, args.seed, draws,
+                                       args.threads, args.start) for f in args.frameworks}
+        print(f"{draws} plain steps at lr 1 a side from the same weights, the window at "
+              f"position {args.start}, zero states; |E g|^2 from {BATCHES} batches' means")
+        print("\n".join(noise_table(results)))
+        return 0
     if args.probe == "gradient":
         checks = {(f, seed): gradient_check(f, hp, streams, vocab, weights, seed, args.lr,
                                             args.threads, args.start)

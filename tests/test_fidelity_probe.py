@@ -1,4 +1,4 @@
-"""benchmarks/fidelity_probe.py's six probes, run on a tiny MoS and synthetic streams.
+"""benchmarks/fidelity_probe.py's seven probes, run on a tiny MoS and synthetic streams.
 
 ``trace``: every framework from the first one's weights, dropout off, agrees
 window by window where rounding has not yet grown (a tiny model at a small
@@ -11,7 +11,9 @@ statistics, and a rate other than the one drawn is told apart. ``init``: every
 framework's initial tensors have the first one's spread, and a doubled
 initialiser range is told apart. ``gradient``: every framework's step follows
 the gradient of its own masks' loss (ratio 1), and the control, the same
-step scored under another seed's masks, is told apart.
+step scored under another seed's masks, is told apart. ``gradient-noise``:
+the mean squared gradient is at least the squared mean, and a planted rate
+is told apart by many standard errors.
 """
 
 import importlib.util
@@ -168,3 +170,21 @@ def test_each_engine_s_step_follows_the_gradient_of_its_own_masks(framework, str
     assert other < 0.9  # the control: the check tells other masks' gradient apart
     table = "\n".join(probe.gradient_table({(framework, 6): check}))
     assert f"| {framework} | 6 |" in table
+
+
+def test_gradient_noise_moments_tell_a_planted_rate_apart(streams):
+    """The statistics are the probe's own (framework-neutral): one engine suffices."""
+    framework = "pytorch" if "pytorch" in available() else available()[0]
+    engine = probe.engine_for(framework, HP, VOCAB, seed=5, threads=1)
+    weights = {name: 4 * values for name, values in engine.weights().items()}
+    engine.close()
+    base, planted = (probe.gradient_moments(framework, hp, streams, VOCAB, weights, 5, 32, 1,
+                                            start=0)
+                     for hp in (HP, {**HP, "dropoutl": 0.9}))
+    for name, (square, square_se, mean, _) in base[0].items():
+        assert square > 0 and mean < square + 3 * square_se, name  # E|g|^2 >= |E g|^2
+    (a, sa, _, _), (b, sb, _, _) = base[0]["latent.w"], planted[0]["latent.w"]
+    print(f"\n{framework}: latent.w E|g|^2 {a:.3e} ± {sa:.1e}, at dropoutl 0.9 {b:.3e} ± {sb:.1e}")
+    assert b - a > 3 * (sa + sb)
+    table = probe.noise_table({framework: base})
+    assert table[2].startswith("| embedding |") and table[-1].startswith("| loss |")
