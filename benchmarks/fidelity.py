@@ -19,7 +19,9 @@ validation perplexity of every seed per side with mean +- std; and each side
 against the first framework (the baseline): the difference of the mean
 per-token validation loss with its 95 % Welch interval (SciPy), a two
 one-sided test of equivalence at ``--margin`` (statsmodels ``ttost_ind``,
-Welch; default log(1.01) nats, 1 % of perplexity) and the verdict in words.
+Welch; default log(1.01) nats, 1 % of perplexity) and the verdict in words;
+then the engines' mean training loss per block of 100 windows over their
+seeds, with each side's difference from the first (where the runs part).
 The runs and the summary are written to ``--results`` (default
 results/fidelity) as CSV and JSON, after every run.
 
