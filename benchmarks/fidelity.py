@@ -498,14 +498,36 @@ def run_reference(seed, code, data_dir, hp, threads, work, logs, log_interval=20
     record = {"side": REFERENCE, "seed": seed, "wall_s": time.monotonic() - start,
               "log": str(log)}
     text = log.read_text(errors="replace")
-    losses = [float(v) for v in re.findall(r"^fidelity: valid loss per token (\S+)$", text, re.M)]
+    losses = [float(v) for v in REFERENCE_VALID.findall(text)]
     if done.returncode or not losses:
         return {**record, "status": f"failed (exit {done.returncode}): {last_line(log)}"}
     params = re.search(r"^Model total parameters: (\d+)", text, re.M)
     steps = [float(v) / 1000 for v in re.findall(r"ms/batch\s+([\d.]+)", text)]
     return {**record, "status": "ok", "valid_loss": min(losses),
             "n_params": int(params.group(1)) if params else None,
-            "step_median_s": float(np.median(steps)) if steps else None}
+            "step_median_s": float(np.median(steps)) if steps else None,
+            "train_intervals": interval_losses(log)}
+
+
+# The reference's log line every log_interval windows: the mean loss of those windows.
+INTERVAL = re.compile(r"^\| epoch\s+1 \|\s+(\d+)/\s*\d+ batches .*\| loss\s+([0-9.]+) \|", re.M)
+REFERENCE_VALID = re.compile(r"^fidelity: valid loss per token (\S+)$", re.M)
+
+
+def interval_losses(log, valid_loss=None):
+    """``[[last window, mean loss of the interval], ...]`` of the reference's first epoch.
+
+    None without such lines or, given ``valid_loss``, when the log is another run's.
+    """
+    try:
+        text = Path(log).read_text(errors="replace")
+    except OSError:
+        return None
+    if valid_loss is not None:
+        losses = [float(v) for v in REFERENCE_VALID.findall(text)]
+        if not losses or abs(min(losses) - valid_loss) > 5e-5:
+            return None
+    return [[int(step), float(loss)] for step, loss in INTERVAL.findall(text)] or None
 
 
 # --- the report ---
@@ -573,25 +595,46 @@ def comparison_table(rows, margin):
     return lines
 
 
+def run_blocks(record, ends, hp, stream_positions):
+    """``{end: mean training loss of the block}`` of one run at the block ``ends``."""
+    if record.get("train_progress"):  # an engine: running means, re-cut at the ends
+        return block_losses([p for p in record["train_progress"] if p[0] in ends],
+                            stream_positions, hp, record["seed"])
+    intervals = dict(record["train_intervals"])  # the reference: equal intervals' means
+    steps, blocks, start = sorted(intervals), {}, 0
+    for end in ends:
+        blocks[end] = float(np.mean([intervals[s] for s in steps if start < s <= end]))
+        start = end
+    return blocks
+
+
 def curve_table(records, sides, hp, stream_positions):
     """Mean training loss per block of windows, averaged over each side's seeds, and each
-    side's difference from the first with the count of seeds below it; [] without curves."""
-    blocks = {side: {} for side in sides}
+    side's difference from the first with the count of seeds below it; [] without curves.
+
+    Blocks end where every run has a figure: every 100 windows for the engines, every
+    200 when the reference (its log's interval means) is in.
+    """
+    runs = {side: {} for side in sides}
     for r in records:
-        if r["status"] == "ok" and r.get("train_progress") and r["side"] in blocks:
-            blocks[r["side"]][r["seed"]] = block_losses(r["train_progress"], stream_positions,
-                                                        hp, r["seed"])
-    if len([side for side in sides if len(blocks[side]) > 1]) < 2:
+        if r["status"] == "ok" and r["side"] in runs and (r.get("train_progress")
+                                                          or r.get("train_intervals")):
+            runs[r["side"]][r["seed"]] = r
+    if len([side for side in sides if len(runs[side]) > 1]) < 2:
         return []
-    base, others = sides[0], [side for side in sides[1:] if blocks[side]]
-    ends = sorted(set.intersection(*(set(b) for side in [base, *others]
-                                     for b in blocks[side].values())))
+    base, others = sides[0], [side for side in sides[1:] if runs[side]]
+    ends = sorted(set.intersection(*(
+        {step for step, _ in (r.get("train_progress") or r["train_intervals"])}
+        for side in [base, *others] for r in runs[side].values())))
+    blocks = {side: {seed: run_blocks(r, ends, hp, stream_positions)
+                     for seed, r in runs[side].items()} for side in [base, *others]}
     lines = ["| windows | " + " | ".join(f"{side} (n = {len(blocks[side])})"
                                          for side in [base, *others]) + " | "
              + " | ".join(f"{side} − {base} (seeds below)" for side in others) + " |",
              "|---|" + "---:|" * (1 + 2 * len(others))]
     start = 1
-    for end in ends:
+    for end in (e for e in ends if all(e in b for side in blocks
+                                       for b in blocks[side].values())):
         means = {side: np.mean([b[end] for b in blocks[side].values()])
                  for side in [base, *others]}
         below = {side: sum(blocks[side][seed][end] < blocks[base][seed][end]
@@ -799,8 +842,11 @@ def run(args, config, seeds, scratch, work, logs):
             if record is not None:
                 print(f"{side} seed {seed}: kept from an earlier invocation "
                       f"({args.results / 'runs'})")
-                if side != REFERENCE and not record.get("train_progress"):
-                    # kept before runs recorded it: from its log, if the log is still its own
+                # kept before runs recorded it: from its log, if the log is still its own
+                if side == REFERENCE and not record.get("train_intervals"):
+                    record["train_intervals"] = interval_losses(record.get("log", ""),
+                                                                record["valid_loss"])
+                elif side != REFERENCE and not record.get("train_progress"):
                     record["train_progress"] = progress_losses(record.get("log", ""),
                                                                record["valid_loss"])
             elif args.report:
@@ -837,10 +883,11 @@ def run(args, config, seeds, scratch, work, logs):
     print()
     for line in comparison_table(rows, args.margin):
         print(line)
-    curves = curve_table(records, [s for s in sides if s != REFERENCE], hp, stream_positions)
+    curves = curve_table(records, sides, hp, stream_positions)
     if curves:
         print("\ntraining loss per block of windows (nats; each run's mean over the block, "
-              "from its progress lines; then the mean over seeds)")
+              "from its progress lines, the reference's from its interval lines; then the "
+              "mean over seeds)")
         for line in curves:
             print(line)
     if positions:

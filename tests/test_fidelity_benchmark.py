@@ -186,3 +186,24 @@ def test_the_curve_table_compares_each_side_block_by_block(tmp_path):
     assert third.startswith("| 7-9 |") and third.endswith("(2/2) |")
     assert float(third.split("|")[4].split()[0]) == pytest.approx(-0.1, abs=5e-3)
     assert fidelity.curve_table(records[:2], ["tensorflow", "pytorch"], HP, 400) == []
+
+
+def test_the_reference_s_interval_losses_join_the_curve_table_at_its_own_blocks(tmp_path):
+    records = []
+    for seed in (1, 2):
+        log = tmp_path / f"tf-{seed}.log"
+        write_log(log, seed, lambda step: 7.0 if step <= 6 else 6.0)
+        records.append({"side": "tensorflow", "seed": seed, "status": "ok",
+                        "train_progress": fidelity.progress_losses(log)})
+        log = tmp_path / f"ref-{seed}.log"
+        log.write_text("".join(f"| epoch   1 |   {step}/  40 batches | lr 20.00 | ms/batch 2.0 "
+                               f"| loss  {loss:.2f} | ppl  99.00\n"
+                               for step, loss in ((6, 7.1), (12, 6.2), (18, 6.0)))
+                       + "fidelity: valid loss per token 6.5\n")
+        assert fidelity.interval_losses(log, valid_loss=6.4) is None  # another run's log
+        records.append({"side": "reference", "seed": seed, "status": "ok",
+                        "train_intervals": fidelity.interval_losses(log, valid_loss=6.5)})
+    lines = fidelity.curve_table(records, ["tensorflow", "reference"], HP, 400)
+    assert [line.split(" |")[0] for line in lines[2:5]] == ["| 1-6", "| 7-12", "| 13-18"]
+    assert "+0.100 (0/2)" in lines[2]  # 7.1 against 7.0, each seed
+    assert float(lines[3].split("|")[4].split()[0]) == pytest.approx(0.2, abs=8e-3)
