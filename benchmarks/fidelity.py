@@ -323,18 +323,26 @@ def progress_losses(log, valid_loss=None):
     restarts at the resume), or, given ``valid_loss``, ends with another run's loss
     (a log the next run of that side and seed wrote over).
     """
+    text = own_log_text(log, valid_loss, LAST_VALID)
+    if text is None or "resuming at epoch" in text:
+        return None
+    found = {int(step): float(loss) for step, loss in PROGRESS.findall(text)}
+    return [[step, found[step]] for step in sorted(found)] or None
+
+
+def own_log_text(log, valid_loss, logged_valid):
+    """A run's log (carriage returns as new lines), or None when it cannot be read or, given
+    ``valid_loss``, when the best validation loss ``logged_valid`` finds in it is another
+    run's (a later run of that side and seed wrote over the log)."""
     try:
         text = Path(log).read_text(errors="replace").replace("\r", "\n")
     except OSError:
         return None
-    if "resuming at epoch" in text:
-        return None
     if valid_loss is not None:
-        ends = LAST_VALID.search(text.rstrip())
-        if ends is None or abs(float(ends.group(1)) - valid_loss) > 5e-5:
+        logged = [float(v) for v in logged_valid.findall(text)]
+        if not logged or abs(min(logged) - valid_loss) > 5e-5:
             return None
-    found = {int(step): float(loss) for step, loss in PROGRESS.findall(text)}
-    return [[step, found[step]] for step in sorted(found)] or None
+    return text
 
 
 def block_losses(progress, stream_positions, hp, seed):
@@ -519,14 +527,9 @@ def interval_losses(log, valid_loss=None):
 
     None without such lines or, given ``valid_loss``, when the log is another run's.
     """
-    try:
-        text = Path(log).read_text(errors="replace")
-    except OSError:
+    text = own_log_text(log, valid_loss, REFERENCE_VALID)
+    if text is None:
         return None
-    if valid_loss is not None:
-        losses = [float(v) for v in REFERENCE_VALID.findall(text)]
-        if not losses or abs(min(losses) - valid_loss) > 5e-5:
-            return None
     return [[int(step), float(loss)] for step, loss in INTERVAL.findall(text)] or None
 
 

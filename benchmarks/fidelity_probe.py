@@ -140,6 +140,16 @@ def without_dropout(hp):
     return {**hp, **dict.fromkeys(STREAMS, 0.0)}
 
 
+def fixed_window(streams, start, bptt):
+    """The ``bptt`` inputs (and their targets) from position ``start``: the window the
+    masks and gradient probes use every time."""
+    window = streams[:, start:start + bptt + 1]
+    if window.shape[1] < bptt + 1:
+        raise SystemExit(f"fidelity_probe: no whole window at position {start} of "
+                         f"{streams.shape[1]}; give a smaller --start")
+    return window
+
+
 def read_weights(path):
     """``{name: array}`` of a ``model.weights.npz`` (canonical names, any engine's)."""
     with np.load(path) as stored:
@@ -211,10 +221,7 @@ def mask_losses(framework, hp, streams, vocab, weights, seed, draws, only, threa
     rates = {s: (hp[s] if s in only else 0.0) for s in STREAMS}
     engine = engine_for(framework, {**hp, **rates}, vocab, seed, threads)
     engine.load_weights(weights)
-    window = streams[:, start:start + hp["bptt"] + 1]
-    if window.shape[1] < hp["bptt"] + 1:
-        raise SystemExit(f"fidelity_probe: no whole window at position {start} of "
-                         f"{streams.shape[1]}; give a smaller --start")
+    window = fixed_window(streams, start, hp["bptt"])
     losses = []
     for _ in range(draws):
         nll, _ = engine.train_step(window[:, :-1], window[:, 1:],
@@ -265,10 +272,7 @@ def gradient_check(framework, hp, streams, vocab, weights, seed, lr, threads,
     """One step's loss change under its own masks and under another seed's, and the
     first-order change ``-|W1 - W|^2 / lr`` that the gradient of its own masks predicts."""
     hp = plain_step(hp)
-    window = streams[:, start:start + hp["bptt"] + 1]
-    if window.shape[1] < hp["bptt"] + 1:
-        raise SystemExit(f"fidelity_probe: no whole window at position {start} of "
-                         f"{streams.shape[1]}; give a smaller --start")
+    window = fixed_window(streams, start, hp["bptt"])
     before, after = first_step(framework, hp, vocab, weights, seed, window, lr, threads)
     moved = {name: after[name] - np.asarray(weights[name], np.float64) for name in after}
 
@@ -304,7 +308,7 @@ def gradient_moments(framework, hp, streams, vocab, weights, seed, draws, thread
     """``{tensor: (E|g|^2, its se, |E g|^2, its se)}`` over ``draws`` masks at fixed weights,
     and the mean loss with its se."""
     hp = plain_step(hp)
-    window = streams[:, start:start + hp["bptt"] + 1]
+    window = fixed_window(streams, start, hp["bptt"])
     engine = engine_for(framework, hp, vocab, seed, threads)
     weights = {name: np.asarray(v, np.float32) for name, v in weights.items()}
     per = max(draws // batches, 1)
