@@ -18,8 +18,9 @@ do not, these probes split the question (issue 24):
   largest difference between engines: equal losses mean the engines'
   evaluations agree, so different perplexities come from the weights, that
   is from training.
-- ``trace``: every framework from the *same* initial weights (the first
-  framework's, drawn with ``--seed``), every dropout off, over the first
+- ``trace``: every framework from the *same* weights (the first framework's
+  initial ones, drawn with ``--seed``, or ``--weights``' trained ones), every
+  dropout off, over the first
   ``--steps`` windows of the PTB epoch (the windows and learning rates the
   procedure draws for that seed). With no randomness left, the engines'
   per-window training losses differ only by floating-point rounding: the table
@@ -159,10 +160,11 @@ def read_weights(path):
 # ------------------------------------------------------------------------------ trace
 
 
-def trace(frameworks, hp, streams, vocab, seed, steps, threads):
-    """``{framework: per-window training losses}``, all from the first framework's weights."""
+def trace(frameworks, hp, streams, vocab, seed, steps, threads, weights=None):
+    """``{framework: per-window training losses}``, all from ``weights`` (trained ones) or
+    else from the first framework's initial weights."""
     hp = without_dropout(hp)
-    initial, losses = None, {}
+    initial, losses = weights, {}
     for framework in frameworks:
         engine = engine_for(framework, hp, vocab, seed, threads)
         if initial is None:
@@ -483,8 +485,8 @@ def main(argv=None):
                         help="gradient: the step's learning rate (0.01)")
     parser.add_argument("--steps", type=int, default=200, help="trace: windows (default 200)")
     parser.add_argument("--weights", type=Path, nargs="+",
-                        help="masks, gradient: trained weights, a model.weights.npz in "
-                             "canonical names; validate: one or more such files")
+                        help="masks, gradient (and trace, optionally): trained weights, a "
+                             "model.weights.npz in canonical names; validate: one or more")
     parser.add_argument("--streams", nargs="+", choices=(*STREAMS, "all"),
                         default=[*STREAMS, "all"], help="masks: which rows (default: each, all)")
     parser.add_argument("--start", type=int, default=WINDOW_START,
@@ -498,7 +500,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=1, help="threads per engine (1)")
     args = parser.parse_args(argv)
     one_weights = ("masks", "gradient", "gradient-noise")
-    if args.probe in one_weights and (args.weights is None or len(args.weights) != 1):
+    if (args.probe in one_weights and args.weights is None) or \
+            (args.weights is not None and len(args.weights) != 1 and args.probe != "validate"):
         parser.error(f"{args.probe} needs one --weights (fidelity.py --work DIR keeps each "
                      "run's)")
     if args.probe == "validate" and args.weights is None:
@@ -519,7 +522,9 @@ def main(argv=None):
         streams, vocab = np.array(batchify(ids, hp["batch_size"])), meta["vocab_size"]
 
     if args.probe == "trace":
-        losses = trace(args.frameworks, hp, streams, vocab, args.seed, args.steps, args.threads)
+        weights = None if args.weights is None else read_weights(args.weights[0])
+        losses = trace(args.frameworks, hp, streams, vocab, args.seed, args.steps, args.threads,
+                       weights)
         print("\n".join(trace_tables(losses)))
         return 0
     if args.probe == "init":

@@ -1,8 +1,8 @@
 """benchmarks/fidelity_probe.py's seven probes, run on a tiny MoS and synthetic streams.
 
-``trace``: every framework from the first one's weights, dropout off, agrees
-window by window where rounding has not yet grown (a tiny model at a small
-learning rate is not chaotic over a few windows). ``masks``: the lr-0 losses
+``trace``: every framework from the first one's weights (or given ones), dropout
+off, agrees window by window where rounding has not yet grown (a tiny model at a
+small learning rate is not chaotic over a few windows). ``masks``: the lr-0 losses
 do not move the weights, repeat for a seed, and tell a planted difference in a
 dropout rate apart by many standard errors. ``validate``: every framework gives
 one weights file the same validation loss, and two files different ones.
@@ -63,6 +63,22 @@ def test_trace_agrees_window_by_window_from_one_set_of_weights(streams):
         assert probe.first_parting(base, losses[name], 1e-4) is None, (name, losses)
     table = "\n".join(probe.trace_tables(losses, block=2))
     assert "| 1-2 |" in table and "| 3-4 |" in table and "never" in table
+
+
+def test_trace_starts_every_framework_from_given_weights(streams):
+    """``--weights``: the trace starts from trained weights (here another seed's), not the
+    seed's own initial ones, in every framework alike."""
+    frameworks = available()
+    engine = probe.engine_for(frameworks[-1], HP, VOCAB, 5, 1)
+    given = {name: value * 10.0 for name, value in engine.weights().items()}
+    engine.close()
+    own = probe.trace(frameworks[:1], HP, streams, VOCAB, seed=3, steps=1, threads=1)
+    losses = probe.trace(frameworks, HP, streams, VOCAB, seed=3, steps=3, threads=1,
+                         weights=given)
+    base = losses[frameworks[0]]
+    assert abs(base[0] - own[frameworks[0]][0]) > 1e-3, (base, own)
+    for name in frameworks[1:]:
+        assert probe.first_parting(base, losses[name], 1e-4) is None, (name, losses)
 
 
 def test_first_parting_names_the_first_window_past_the_threshold():
