@@ -40,6 +40,12 @@ side's runs kept under its code at git revision REV (the commit they were
 trained at), so engines trained at different commits share one table, each
 side's commit printed with it.
 
+``--masks numpy`` (PyTorch and TensorFlow) or ``--masks torch-rand`` (PyTorch)
+trains the engines with their dropout masks drawn from another source
+(``mask_sources/sitecustomize.py``: NumPy, or ``torch.rand`` in place of
+``bernoulli_``), everything else their own; such runs are kept under keys of
+their own. It separates what the masks' draws do from what the rest does.
+
 ``--max-steps N`` makes a smoke run: every training stream is cut to
 ``N * bptt + 1`` positions (the same cut in the reference), so an epoch is
 about N windows, and the perplexities are not a result.
@@ -53,6 +59,7 @@ Usage::
     .venv/bin/python benchmarks/fidelity.py --seeds 3 --no-reference --report  # stored runs
     .venv/bin/python benchmarks/fidelity.py --report --no-reference --seeds 6 \
         --code tensorflow=b809011 --code pytorch=b809011 --code jax=484512b
+    .venv/bin/python benchmarks/fidelity.py --masks numpy --no-reference --seeds 4
 
 Needs statsmodels (``.venv/bin/pip install statsmodels==0.15.0``) and, for
 the reference and the PyTorch engine, torch. Run it alone: on 2 cores anything
@@ -103,6 +110,9 @@ DATASET, MODEL = "ptb", "awd-lstm-mos"
 SCALED = {"emsize": 200, "nhid": 400, "nhidlast": 200, "n_experts": 5,
           "finetune_epochs": 0, "dynamic_eval": None}
 REFERENCE = "reference"
+# --masks: where an engine's dropout masks come from (mask_sources/sitecustomize.py)
+MASK_SOURCES = Path(__file__).resolve().parent / "mask_sources"
+MASKS = {"native": None, "numpy": ("pytorch", "tensorflow"), "torch-rand": ("pytorch",)}
 REFERENCE_URL = "https://github.com/zihangdai/mos"
 
 # What the reference needs to run here, applied to a copy at run time: (file, text there,
@@ -229,14 +239,15 @@ def write_config(work, overrides, threads):
     return path, preset(load_config(path), DATASET, MODEL)
 
 
-def mosbench(work, config_path, *args, log):
-    """``mosbench --config CONFIG ARGS`` in ``work`` (its results/ there), output to ``log``."""
+def mosbench(work, config_path, *args, log, env=None):
+    """``mosbench --config CONFIG ARGS`` in ``work`` (its results/ there), output to ``log``;
+    ``env``: more environment variables."""
     exe = Path(sys.executable).with_name("mosbench")
     command = [str(exe) if exe.exists() else sys.executable, *([] if exe.exists() else
                ["-c", "import sys; from mosbench.cli import main; sys.exit(main())"]),
                "--config", str(config_path), *args]
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{work / 'results' / 'mlflow.db'}",
-           "TF_CPP_MIN_LOG_LEVEL": "2"}
+           "TF_CPP_MIN_LOG_LEVEL": "2", **(env or {})}
     with open(log, "w") as out:
         return subprocess.run(command, cwd=work, env=env, stdout=out, stderr=subprocess.STDOUT)
 
@@ -287,11 +298,26 @@ def window_count(stream_positions, hp, seed, epochs=1, reference=False):
         rng, stream_positions, hp["bptt"], hp["variable_bptt"], hp.get("max_seq_len_delta")))
 
 
-def run_engine(framework, seed, work, config_path, logs):
+def mask_environment(masks, framework, seed):
+    """What makes ``mosbench train`` draw its masks from ``masks`` (mask_sources/)."""
+    if masks == "native":
+        return {}
+    path = os.pathsep.join(p for p in (str(MASK_SOURCES), os.environ.get("PYTHONPATH")) if p)
+    return {"PYTHONPATH": path, "MOSBENCH_MASK_SOURCE": masks,
+            "MOSBENCH_MASK_FRAMEWORK": framework, "MOSBENCH_MASK_SEED": str(seed)}
+
+
+def masked_code(code, masks):
+    """An engine's code key with its mask source: another source, another run (native as
+    before, so runs kept before --masks existed are still found)."""
+    return code if masks == "native" else f"{code}:masks={masks}"
+
+
+def run_engine(framework, seed, work, config_path, logs, masks="native"):
     log = logs / f"{framework}-seed{seed}.log"
     start = time.monotonic()
     done = mosbench(work, config_path, "train", DATASET, MODEL, "--framework", framework,
-                    "--seed", str(seed), log=log)
+                    "--seed", str(seed), log=log, env=mask_environment(masks, framework, seed))
     record = {"side": framework, "seed": seed, "wall_s": time.monotonic() - start,
               "log": str(log)}
     summary_path = (work / "results" / "train" / framework / DATASET / MODEL
@@ -702,6 +728,10 @@ def main(argv=None):
     parser.add_argument("--reference", metavar="DIR",
                         help="a checkout of zihangdai/mos to copy (default: git clone)")
     parser.add_argument("--no-reference", action="store_true", help="engines only")
+    parser.add_argument("--masks", choices=list(MASKS), default="native",
+                        help="the engines' dropout masks: their own (native), drawn by NumPy "
+                             "(numpy: pytorch, tensorflow) or by torch.rand (torch-rand: "
+                             "pytorch); a run of another source is kept under its own key")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
                         help="folder of PTB's train/valid/test.txt (default ../shared/data/ptb)")
     parser.add_argument("--results", type=Path, default=REPO / "results" / "fidelity",
@@ -733,6 +763,14 @@ def main(argv=None):
         args.code = parse_code_revisions(args.code, args.frameworks)
     except ValueError as exc:
         parser.error(str(exc))
+    if args.masks != "native":
+        wrong = [f for f in args.frameworks if f not in MASKS[args.masks]]
+        if wrong:
+            parser.error(f"--masks {args.masks}: not available for {', '.join(wrong)}; "
+                         f"allowed: {', '.join(MASKS[args.masks])}")
+        if not args.no_reference:
+            parser.error(f"--masks {args.masks} changes the engines' masks, not the "
+                         "reference's: add --no-reference")
     if args.code and not args.report:
         parser.error("--code reads runs kept under another commit's code; it needs --report "
                      "(a run trained now runs this checkout's code)")
@@ -778,6 +816,9 @@ def run(args, config, seeds, scratch, work, logs):
     print(f"data: {args.data} (sha256 of the three files checked against the config)")
     print(f"each engine run: mosbench --config {config_path} train {DATASET} {MODEL} "
           f"--framework F --seed S (in {work})")
+    if args.masks != "native":
+        print(f"masks: every engine's dropout masks from {args.masks} "
+              f"({MASK_SOURCES.relative_to(REPO)}/sitecustomize.py), seeded with the run's seed")
     if positions:
         print(f"SMOKE RUN, not a result: every training stream cut to {positions} positions "
               f"(--max-steps {args.max_steps}: about {args.max_steps} windows of the "
@@ -825,7 +866,7 @@ def run(args, config, seeds, scratch, work, logs):
                 "sides": sides, "hparams": hp, "margin": args.margin,
                 "max_steps": args.max_steps, "stream_positions": stream_positions,
                 "machine": machine_lines(args.threads), "reference": reference_note,
-                "smoke": bool(positions)}
+                "smoke": bool(positions), "masks": args.masks}
     codes = {side: code_hash("train", side) for side in args.frameworks}
     for side, revision in args.code.items():
         try:
@@ -840,6 +881,8 @@ def run(args, config, seeds, scratch, work, logs):
     for seed in seeds:
         for side in sides:
             code = reference_code if side == REFERENCE else codes[side]
+            if side != REFERENCE:
+                code = masked_code(code, args.masks)
             key = run_key(side, seed, hp, stream_positions, code)
             record = None if args.fresh else stored_run(args.results, side, seed, key)
             if record is not None:
@@ -861,7 +904,7 @@ def run(args, config, seeds, scratch, work, logs):
                 record["windows"] = window_count(stream_positions, hp, seed, hp["epochs"],
                                                  reference=True)
             else:
-                record = run_engine(side, seed, work, config_path, logs)
+                record = run_engine(side, seed, work, config_path, logs, args.masks)
                 record["windows"] = window_count(stream_positions, hp, seed, hp["epochs"])
             record.setdefault("threads", args.threads)
             records.append(record)

@@ -10,9 +10,12 @@ run found again by the code hash of the commit it was trained at.
 import importlib.util
 import json
 import math
+import os
 import re
 import shutil
 import subprocess
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -207,3 +210,100 @@ def test_the_reference_s_interval_losses_join_the_curve_table_at_its_own_blocks(
     assert [line.split(" |")[0] for line in lines[2:5]] == ["| 1-6", "| 7-12", "| 13-18"]
     assert "+0.100 (0/2)" in lines[2]  # 7.1 against 7.0, each seed
     assert float(lines[3].split("|")[4].split()[0]) == pytest.approx(0.2, abs=8e-3)
+
+
+def test_another_mask_source_is_another_run_and_native_keys_are_unchanged():
+    hp = {"lr": 20.0}
+    native = fidelity.run_key("pytorch", 28, hp, 100, fidelity.masked_code("abc", "native"))
+    assert native == fidelity.run_key("pytorch", 28, hp, 100, "abc")
+    keys = {fidelity.run_key("pytorch", 28, hp, 100, fidelity.masked_code("abc", m))
+            for m in fidelity.MASKS}
+    assert len(keys) == len(fidelity.MASKS)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--masks", "torch-rand", "--frameworks", "tensorflow", "--no-reference"],
+     ["--masks torch-rand", "tensorflow", "allowed: pytorch"]),
+    (["--masks", "numpy", "--frameworks", "pytorch", "jax", "--no-reference"],
+     ["jax", "allowed: pytorch, tensorflow"]),
+    (["--masks", "numpy", "--frameworks", "pytorch"], ["--no-reference"]),
+])
+def test_a_mask_source_an_engine_lacks_is_refused_by_name(argv, words, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        fidelity.main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert all(word in err for word in words), err
+
+
+def test_mask_environment_routes_the_train_process_s_masks_through_numpy(tmp_path):
+    """A process started with the environment ``run_engine`` gives ``mosbench train`` draws
+    PyTorch's masks from NumPy: the values are NumPy's, in call order, for that seed."""
+    pytest.importorskip("torch")
+    script = ("import torch; from mosbench.engines.pytorch.models import masks; "
+              "print([masks.dropout_mask(torch.zeros(1), (2, 5), r).tolist() "
+              "for r in (0.4, 0.5)])")
+    env = {**os.environ, **fidelity.mask_environment("numpy", "pytorch", 28)}
+    done = subprocess.run([sys.executable, "-c", script], env=env,
+                          capture_output=True, text=True, check=True)
+    assert "pytorch's dropout masks from numpy" in done.stderr
+    draw = fidelity_masks().numpy_masks(28)
+    expected = [draw((2, 5), 0.4).tolist(), draw((2, 5), 0.5).tolist()]
+    assert json.loads(done.stdout) == expected
+    plain = subprocess.run([sys.executable, "-c", script], capture_output=True,
+                           text=True, check=True)
+    assert "mask_sources" not in plain.stderr and json.loads(plain.stdout) != expected
+
+
+def fidelity_masks():
+    spec = importlib.util.spec_from_file_location(
+        "mask_sources_sitecustomize", fidelity.MASK_SOURCES / "sitecustomize.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # MOSBENCH_MASK_SOURCE unset here: installs nothing
+    return module
+
+
+def test_torch_rand_masks_keep_the_rate_and_follow_the_engine_s_generator(monkeypatch):
+    torch = pytest.importorskip("torch")
+    from mosbench.engines.pytorch.models import masks
+    monkeypatch.setattr(masks, "dropout_mask", masks.dropout_mask)  # restored afterwards
+    fidelity_masks().install_pytorch("torch-rand", 0)
+
+    def drawn(seed):
+        generator = torch.Generator().manual_seed(seed)
+        with masks.drawn_from(generator, generator):
+            return masks.dropout_mask(torch.zeros(1), (400, 500), 0.4)
+
+    mask = drawn(3)
+    assert mask.unique().tolist() == [0.0, pytest.approx(1 / 0.6)]
+    assert abs((mask > 0).float().mean().item() - 0.6) < 0.005  # sd 0.0007
+    assert torch.equal(mask, drawn(3)) and not torch.equal(mask, drawn(4))
+    uniform = torch.rand((400, 500), generator=torch.Generator().manual_seed(3))
+    assert torch.equal(mask > 0, uniform >= 0.4)
+
+
+def test_numpy_masks_reach_every_keras_mask_site_inside_a_compiled_step(monkeypatch):
+    tf = pytest.importorskip("tensorflow")
+    from mosbench.engines.tensorflow.models import embedding_dropout, locked_dropout
+    from mosbench.engines.tensorflow.models.weight_drop_lstm import WeightDropLSTM
+    for owner, name in ((embedding_dropout, "dropout_mask"), (locked_dropout, "dropout_mask"),
+                        (WeightDropLSTM, "dropped_recurrent_kernel")):
+        monkeypatch.setattr(owner, name, getattr(owner, name))  # restored afterwards
+    module = fidelity_masks()
+    module.install_tensorflow(11)
+
+    @tf.function
+    def step(n):
+        return (locked_dropout.dropout_mask((1, n, 3), 0.5, None),
+                embedding_dropout.dropout_mask((n, 1), 0.1, None))
+
+    got = [m.numpy() for m in step(tf.constant(4))] + [m.numpy() for m in step(tf.constant(4))]
+    layer = types.SimpleNamespace(weight_dropout=0.5, recurrent_kernel=tf.ones((2, 3)))
+    got.append(WeightDropLSTM.dropped_recurrent_kernel(layer, True).numpy())
+    draw = module.numpy_masks(11)
+    expected = [draw((1, 4, 3), 0.5), draw((4, 1), 0.1), draw((1, 4, 3), 0.5), draw((4, 1), 0.1),
+                draw((2, 3), 0.5)]
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(  # evaluation: the raw kernel
+        WeightDropLSTM.dropped_recurrent_kernel(layer, False).numpy(), np.ones((2, 3)))

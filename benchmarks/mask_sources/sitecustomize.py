@@ -1,0 +1,103 @@
+"""``fidelity.py --masks``: an engine's dropout masks from another random source.
+
+Python imports ``sitecustomize`` at start-up from the first folder on the path
+that has one; ``fidelity.py`` puts this folder first on ``PYTHONPATH`` of the
+``mosbench train`` it starts (and of any process that one starts) and sets:
+
+- ``MOSBENCH_MASK_SOURCE``: ``numpy`` (every mask of the engine drawn by one
+  NumPy PCG64 generator seeded with ``[MOSBENCH_MASK_SEED, 4242]``, kept where
+  ``uniform >= rate``, the same rule as the engines' own and as
+  ``tests/test_engines_agree.py``'s shared masks) or ``torch-rand`` (PyTorch's
+  masks from ``torch.rand`` on the engine's own generator instead of
+  ``bernoulli_``, which on Intel CPUs draws through MKL's MCG31);
+- ``MOSBENCH_MASK_FRAMEWORK``: the engine whose seam is replaced, the same
+  seams the step-level equality tests replace (PyTorch's
+  ``masks.dropout_mask``; Keras's locked and embedding dropout's
+  ``dropout_mask`` and weight drop's ``dropped_recurrent_kernel``).
+
+Nothing else changes, so a run differs from the engine's own only in where its
+masks come from. Without ``MOSBENCH_MASK_SOURCE`` this file does nothing.
+"""
+
+import os
+import sys
+
+SOURCE = os.environ.get("MOSBENCH_MASK_SOURCE")
+FRAMEWORK = os.environ.get("MOSBENCH_MASK_FRAMEWORK")
+
+
+def numpy_masks(seed):
+    """A function ``(shape, rate) -> float32 mask of 0 and 1/(1-rate)``, drawn in call order."""
+    import numpy as np
+
+    rng = np.random.default_rng([int(seed), 4242])
+
+    def draw(shape, rate):
+        shape = tuple(int(s) for s in shape)
+        keep = rng.random(shape, dtype=np.float32) >= rate
+        return (keep / np.float32(1.0 - rate)).astype(np.float32)
+
+    return draw
+
+
+def install_pytorch(source, seed):
+    import torch
+
+    from mosbench.engines.pytorch.models import masks
+
+    if source == "numpy":
+        draw = numpy_masks(seed)
+
+        def dropout_mask(like, shape, rate):
+            return torch.from_numpy(draw(shape, rate)).to(like)
+    else:
+        def dropout_mask(like, shape, rate):
+            generator = masks._generators["shared" if masks._sharing else "replica"]
+            uniform = torch.rand(shape, dtype=like.dtype, device=like.device,
+                                 generator=generator)
+            return (uniform >= rate).to(like.dtype).div_(1.0 - rate)
+
+    masks.dropout_mask = dropout_mask
+
+
+def install_tensorflow(seed):
+    import tensorflow as tf
+
+    from mosbench.engines.tensorflow.models import embedding_dropout, locked_dropout
+    from mosbench.engines.tensorflow.models.weight_drop_lstm import WeightDropLSTM
+
+    draw = numpy_masks(seed)
+
+    def dropout_mask(shape, rate, seed_generator=None, dtype="float32"):
+        # shapes may be symbolic inside tf.function: the draw runs on the host, in step order
+        shape = tf.stack([tf.cast(s, tf.int64) for s in shape])
+        mask = tf.numpy_function(lambda s: draw(s, rate), [shape], tf.float32, stateful=True)
+        return tf.cast(tf.reshape(mask, shape), dtype)
+
+    own_kernel = WeightDropLSTM.dropped_recurrent_kernel
+
+    def dropped_recurrent_kernel(self, training):
+        if training and self.weight_dropout > 0:
+            kernel = self.recurrent_kernel
+            return kernel * dropout_mask(tuple(kernel.shape), self.weight_dropout)
+        return own_kernel(self, training)
+
+    embedding_dropout.dropout_mask = dropout_mask
+    locked_dropout.dropout_mask = dropout_mask
+    WeightDropLSTM.dropped_recurrent_kernel = dropped_recurrent_kernel
+
+
+def install(source, framework, seed):
+    if (source, framework) in (("numpy", "pytorch"), ("torch-rand", "pytorch")):
+        install_pytorch(source, seed)
+    elif (source, framework) == ("numpy", "tensorflow"):
+        install_tensorflow(seed)
+    else:
+        raise SystemExit(f"MOSBENCH_MASK_SOURCE={source!r} is not available for "
+                         f"MOSBENCH_MASK_FRAMEWORK={framework!r}: numpy for pytorch or "
+                         "tensorflow, torch-rand for pytorch")
+    print(f"mask_sources: {framework}'s dropout masks from {source}", file=sys.stderr)
+
+
+if SOURCE:
+    install(SOURCE, FRAMEWORK, os.environ.get("MOSBENCH_MASK_SEED", "0"))
