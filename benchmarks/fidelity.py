@@ -71,6 +71,7 @@ import contextlib
 import csv
 import hashlib
 import importlib.metadata
+import importlib.util
 import json
 import math
 import os
@@ -110,9 +111,13 @@ DATASET, MODEL = "ptb", "awd-lstm-mos"
 SCALED = {"emsize": 200, "nhid": 400, "nhidlast": 200, "n_experts": 5,
           "finetune_epochs": 0, "dynamic_eval": None}
 REFERENCE = "reference"
-# --masks: where an engine's dropout masks come from (mask_sources/sitecustomize.py)
+# --masks: where an engine's dropout masks come from (mask_sources/sitecustomize.py, loaded
+# here under another name: it installs nothing unless MOSBENCH_MASK_SOURCE is set)
 MASK_SOURCES = Path(__file__).resolve().parent / "mask_sources"
-MASKS = {"native": None, "numpy": ("pytorch", "tensorflow"), "torch-rand": ("pytorch",)}
+_spec = importlib.util.spec_from_file_location("mask_sources", MASK_SOURCES / "sitecustomize.py")
+mask_sources = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(mask_sources)
+MASKS = {"native": None, **mask_sources.AVAILABLE}
 REFERENCE_URL = "https://github.com/zihangdai/mos"
 
 # What the reference needs to run here, applied to a copy at run time: (file, text there,

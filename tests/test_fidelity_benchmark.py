@@ -247,7 +247,7 @@ def test_mask_environment_routes_the_train_process_s_masks_through_numpy(tmp_pat
     done = subprocess.run([sys.executable, "-c", script], env=env,
                           capture_output=True, text=True, check=True)
     assert "pytorch's dropout masks from numpy" in done.stderr
-    draw = fidelity_masks().numpy_masks(28)
+    draw = fidelity.mask_sources.numpy_masks(28)
     expected = [draw((2, 5), 0.4).tolist(), draw((2, 5), 0.5).tolist()]
     assert json.loads(done.stdout) == expected
     plain = subprocess.run([sys.executable, "-c", script], capture_output=True,
@@ -255,19 +255,11 @@ def test_mask_environment_routes_the_train_process_s_masks_through_numpy(tmp_pat
     assert "mask_sources" not in plain.stderr and json.loads(plain.stdout) != expected
 
 
-def fidelity_masks():
-    spec = importlib.util.spec_from_file_location(
-        "mask_sources_sitecustomize", fidelity.MASK_SOURCES / "sitecustomize.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # MOSBENCH_MASK_SOURCE unset here: installs nothing
-    return module
-
-
 def test_torch_rand_masks_keep_the_rate_and_follow_the_engine_s_generator(monkeypatch):
     torch = pytest.importorskip("torch")
     from mosbench.engines.pytorch.models import masks
     monkeypatch.setattr(masks, "dropout_mask", masks.dropout_mask)  # restored afterwards
-    fidelity_masks().install_pytorch("torch-rand", 0)
+    fidelity.mask_sources.install_pytorch("torch-rand", 0)
 
     def drawn(seed):
         generator = torch.Generator().manual_seed(seed)
@@ -289,7 +281,7 @@ def test_numpy_masks_reach_every_keras_mask_site_inside_a_compiled_step(monkeypa
     for owner, name in ((embedding_dropout, "dropout_mask"), (locked_dropout, "dropout_mask"),
                         (WeightDropLSTM, "dropped_recurrent_kernel")):
         monkeypatch.setattr(owner, name, getattr(owner, name))  # restored afterwards
-    module = fidelity_masks()
+    module = fidelity.mask_sources
     module.install_tensorflow(11)
 
     @tf.function

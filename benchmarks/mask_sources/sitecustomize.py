@@ -24,6 +24,7 @@ import sys
 
 SOURCE = os.environ.get("MOSBENCH_MASK_SOURCE")
 FRAMEWORK = os.environ.get("MOSBENCH_MASK_FRAMEWORK")
+AVAILABLE = {"numpy": ("pytorch", "tensorflow"), "torch-rand": ("pytorch",)}  # source: engines
 
 
 def numpy_masks(seed):
@@ -88,14 +89,14 @@ def install_tensorflow(seed):
 
 
 def install(source, framework, seed):
-    if (source, framework) in (("numpy", "pytorch"), ("torch-rand", "pytorch")):
-        install_pytorch(source, seed)
-    elif (source, framework) == ("numpy", "tensorflow"):
-        install_tensorflow(seed)
-    else:
+    if framework not in AVAILABLE.get(source, ()):
         raise SystemExit(f"MOSBENCH_MASK_SOURCE={source!r} is not available for "
-                         f"MOSBENCH_MASK_FRAMEWORK={framework!r}: numpy for pytorch or "
-                         "tensorflow, torch-rand for pytorch")
+                         f"MOSBENCH_MASK_FRAMEWORK={framework!r}: " + "; ".join(
+                             f"{s} for {', '.join(f)}" for s, f in AVAILABLE.items()))
+    if framework == "pytorch":
+        install_pytorch(source, seed)
+    else:
+        install_tensorflow(seed)
     print(f"mask_sources: {framework}'s dropout masks from {source}", file=sys.stderr)
 
 
