@@ -45,6 +45,9 @@ trains the engines with their dropout masks drawn from another source
 (``mask_sources/sitecustomize.py``: NumPy, or ``torch.rand`` in place of
 ``bernoulli_``), everything else their own; such runs are kept under keys of
 their own. It separates what the masks' draws do from what the rest does.
+``--mask-sites`` (TensorFlow) gives the source only some of the engine's mask
+sites (``weight-drop``, ``locked``, ``embedding``), the rest drawn as the
+engine draws them: which site carries a difference.
 
 ``--max-steps N`` makes a smoke run: every training stream is cut to
 ``N * bptt + 1`` positions (the same cut in the reference), so an epoch is
@@ -60,6 +63,8 @@ Usage::
     .venv/bin/python benchmarks/fidelity.py --report --no-reference --seeds 6 \
         --code tensorflow=b809011 --code pytorch=b809011 --code jax=484512b
     .venv/bin/python benchmarks/fidelity.py --masks numpy --no-reference --seeds 4
+    .venv/bin/python benchmarks/fidelity.py --frameworks tensorflow --masks numpy \
+        --mask-sites weight-drop --no-reference --seeds 4
 
 Needs statsmodels (``.venv/bin/pip install statsmodels==0.15.0``) and, for
 the reference and the PyTorch engine, torch. Run it alone: on 2 cores anything
@@ -118,6 +123,7 @@ _spec = importlib.util.spec_from_file_location("mask_sources", MASK_SOURCES / "s
 mask_sources = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(mask_sources)
 MASKS = {"native": None, **mask_sources.AVAILABLE}
+MASK_SITES = mask_sources.SITES  # engine: its sites that --mask-sites can name
 REFERENCE_URL = "https://github.com/zihangdai/mos"
 
 # What the reference needs to run here, applied to a copy at run time: (file, text there,
@@ -303,26 +309,42 @@ def window_count(stream_positions, hp, seed, epochs=1, reference=False):
         rng, stream_positions, hp["bptt"], hp["variable_bptt"], hp.get("max_seq_len_delta")))
 
 
-def mask_environment(masks, framework, seed):
-    """What makes ``mosbench train`` draw its masks from ``masks`` (mask_sources/)."""
+def mask_environment(masks, framework, seed, sites=None):
+    """What makes ``mosbench train`` draw its masks from ``masks`` (mask_sources/), at
+    ``sites`` only when given."""
     if masks == "native":
         return {}
     path = os.pathsep.join(p for p in (str(MASK_SOURCES), os.environ.get("PYTHONPATH")) if p)
-    return {"PYTHONPATH": path, "MOSBENCH_MASK_SOURCE": masks,
-            "MOSBENCH_MASK_FRAMEWORK": framework, "MOSBENCH_MASK_SEED": str(seed)}
+    env = {"PYTHONPATH": path, "MOSBENCH_MASK_SOURCE": masks,
+           "MOSBENCH_MASK_FRAMEWORK": framework, "MOSBENCH_MASK_SEED": str(seed)}
+    if sites is not None:
+        env["MOSBENCH_MASK_SITES"] = ",".join(sites)
+    return env
 
 
-def masked_code(code, masks):
-    """An engine's code key with its mask source: another source, another run (native as
-    before, so runs kept before --masks existed are still found)."""
-    return code if masks == "native" else f"{code}:masks={masks}"
+def chosen_sites(sites, framework):
+    """``--mask-sites`` in the engine's order; None when it names them all (the same run
+    as no --mask-sites, kept under the same key)."""
+    every = MASK_SITES.get(framework, ())
+    if sites is None or set(every) <= set(sites):
+        return None
+    return tuple(s for s in every if s in sites)
 
 
-def run_engine(framework, seed, work, config_path, logs, masks="native"):
+def masked_code(code, masks, sites=None):
+    """An engine's code key with its mask source and sites: another source, another run
+    (native as before, so runs kept before --masks existed are still found)."""
+    if masks == "native":
+        return code
+    return f"{code}:masks={masks}" + ("" if sites is None else "@" + "+".join(sites))
+
+
+def run_engine(framework, seed, work, config_path, logs, masks="native", sites=None):
     log = logs / f"{framework}-seed{seed}.log"
     start = time.monotonic()
     done = mosbench(work, config_path, "train", DATASET, MODEL, "--framework", framework,
-                    "--seed", str(seed), log=log, env=mask_environment(masks, framework, seed))
+                    "--seed", str(seed), log=log,
+                    env=mask_environment(masks, framework, seed, sites))
     record = {"side": framework, "seed": seed, "wall_s": time.monotonic() - start,
               "log": str(log)}
     summary_path = (work / "results" / "train" / framework / DATASET / MODEL
@@ -737,6 +759,11 @@ def main(argv=None):
                         help="the engines' dropout masks: their own (native), drawn by NumPy "
                              "(numpy: pytorch, tensorflow) or by torch.rand (torch-rand: "
                              "pytorch); a run of another source is kept under its own key")
+    parser.add_argument("--mask-sites", nargs="+", metavar="SITE",
+                        choices=sorted({s for sites in MASK_SITES.values() for s in sites}),
+                        help="with --masks: only these of the engine's mask sites from the "
+                             "source, the rest its own (tensorflow: "
+                             + ", ".join(MASK_SITES["tensorflow"]) + "; default all)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
                         help="folder of PTB's train/valid/test.txt (default ../shared/data/ptb)")
     parser.add_argument("--results", type=Path, default=REPO / "results" / "fidelity",
@@ -776,6 +803,13 @@ def main(argv=None):
         if not args.no_reference:
             parser.error(f"--masks {args.masks} changes the engines' masks, not the "
                          "reference's: add --no-reference")
+    if args.mask_sites is not None:
+        if args.masks == "native":
+            parser.error("--mask-sites names where --masks's source draws: give --masks too")
+        wrong = [f for f in args.frameworks if f not in MASK_SITES]
+        if wrong:
+            parser.error(f"--mask-sites: {', '.join(wrong)} draws every mask through one seam; "
+                         f"allowed for {', '.join(MASK_SITES)} only")
     if args.code and not args.report:
         parser.error("--code reads runs kept under another commit's code; it needs --report "
                      "(a run trained now runs this checkout's code)")
@@ -822,8 +856,10 @@ def run(args, config, seeds, scratch, work, logs):
     print(f"each engine run: mosbench --config {config_path} train {DATASET} {MODEL} "
           f"--framework F --seed S (in {work})")
     if args.masks != "native":
-        print(f"masks: every engine's dropout masks from {args.masks} "
-              f"({MASK_SOURCES.relative_to(REPO)}/sitecustomize.py), seeded with the run's seed")
+        print(f"masks: the engines' dropout masks from {args.masks} "
+              f"({MASK_SOURCES.relative_to(REPO)}/sitecustomize.py), seeded with the run's seed"
+              + ("" if args.mask_sites is None
+                 else f"; at {', '.join(args.mask_sites)} only, the rest the engine's own"))
     if positions:
         print(f"SMOKE RUN, not a result: every training stream cut to {positions} positions "
               f"(--max-steps {args.max_steps}: about {args.max_steps} windows of the "
@@ -871,7 +907,7 @@ def run(args, config, seeds, scratch, work, logs):
                 "sides": sides, "hparams": hp, "margin": args.margin,
                 "max_steps": args.max_steps, "stream_positions": stream_positions,
                 "machine": machine_lines(args.threads), "reference": reference_note,
-                "smoke": bool(positions), "masks": args.masks}
+                "smoke": bool(positions), "masks": args.masks, "mask_sites": args.mask_sites}
     codes = {side: code_hash("train", side) for side in args.frameworks}
     for side, revision in args.code.items():
         try:
@@ -887,7 +923,7 @@ def run(args, config, seeds, scratch, work, logs):
         for side in sides:
             code = reference_code if side == REFERENCE else codes[side]
             if side != REFERENCE:
-                code = masked_code(code, args.masks)
+                code = masked_code(code, args.masks, chosen_sites(args.mask_sites, side))
             key = run_key(side, seed, hp, stream_positions, code)
             record = None if args.fresh else stored_run(args.results, side, seed, key)
             if record is not None:
@@ -909,7 +945,8 @@ def run(args, config, seeds, scratch, work, logs):
                 record["windows"] = window_count(stream_positions, hp, seed, hp["epochs"],
                                                  reference=True)
             else:
-                record = run_engine(side, seed, work, config_path, logs, args.masks)
+                record = run_engine(side, seed, work, config_path, logs, args.masks,
+                                    chosen_sites(args.mask_sites, side))
                 record["windows"] = window_count(stream_positions, hp, seed, hp["epochs"])
             record.setdefault("threads", args.threads)
             records.append(record)

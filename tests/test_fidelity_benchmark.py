@@ -221,12 +221,34 @@ def test_another_mask_source_is_another_run_and_native_keys_are_unchanged():
     assert len(keys) == len(fidelity.MASKS)
 
 
+def test_each_subset_of_mask_sites_is_its_own_run_and_all_sites_is_the_plain_source():
+    every = fidelity.MASK_SITES["tensorflow"]
+    assert fidelity.chosen_sites(None, "tensorflow") is None
+    assert fidelity.chosen_sites(list(reversed(every)), "tensorflow") is None
+    assert fidelity.chosen_sites(["embedding", "locked"], "tensorflow") == ("locked", "embedding")
+    hp = {"lr": 20.0}
+    keys = {fidelity.run_key("tensorflow", 28, hp, 100, fidelity.masked_code(
+        "abc", "numpy", fidelity.chosen_sites(sites, "tensorflow")))
+        for sites in (None, every, ["weight-drop"], ["locked", "embedding"],
+                      ["embedding", "locked"], ["locked"])}
+    assert len(keys) == 4  # all (twice), weight-drop, locked+embedding (twice), locked
+    assert fidelity.mask_environment("numpy", "tensorflow", 28, ("locked", "embedding"))[
+        "MOSBENCH_MASK_SITES"] == "locked,embedding"
+    assert "MOSBENCH_MASK_SITES" not in fidelity.mask_environment("numpy", "tensorflow", 28)
+
+
 @pytest.mark.parametrize("argv, words", [
     (["--masks", "torch-rand", "--frameworks", "tensorflow", "--no-reference"],
      ["--masks torch-rand", "tensorflow", "allowed: pytorch"]),
     (["--masks", "numpy", "--frameworks", "pytorch", "jax", "--no-reference"],
      ["jax", "allowed: pytorch, tensorflow"]),
     (["--masks", "numpy", "--frameworks", "pytorch"], ["--no-reference"]),
+    (["--mask-sites", "locked", "--frameworks", "tensorflow", "--no-reference"],
+     ["--mask-sites", "give --masks"]),
+    (["--masks", "numpy", "--mask-sites", "locked", "--frameworks", "tensorflow", "pytorch",
+      "--no-reference"], ["--mask-sites", "pytorch", "allowed for tensorflow only"]),
+    (["--masks", "numpy", "--mask-sites", "dropconnect", "--no-reference"],
+     ["--mask-sites", "dropconnect", "embedding", "locked", "weight-drop"]),
 ])
 def test_a_mask_source_an_engine_lacks_is_refused_by_name(argv, words, capsys):
     with pytest.raises(SystemExit) as exit_:
@@ -299,3 +321,39 @@ def test_numpy_masks_reach_every_keras_mask_site_inside_a_compiled_step(monkeypa
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(  # evaluation: the raw kernel
         WeightDropLSTM.dropped_recurrent_kernel(layer, False).numpy(), np.ones((2, 3)))
+
+
+@pytest.mark.parametrize("sites", [("weight-drop",), ("locked", "embedding")])
+def test_mask_sites_replace_only_the_named_keras_seams(sites, monkeypatch):
+    tf = pytest.importorskip("tensorflow")
+    from mosbench.engines.tensorflow.models import embedding_dropout, locked_dropout
+    from mosbench.engines.tensorflow.models.weight_drop_lstm import WeightDropLSTM
+    seams = {"embedding": (embedding_dropout, "dropout_mask"),
+             "locked": (locked_dropout, "dropout_mask"),
+             "weight-drop": (WeightDropLSTM, "dropped_recurrent_kernel")}
+    own = {site: getattr(owner, name) for site, (owner, name) in seams.items()}
+    for owner, name in seams.values():
+        monkeypatch.setattr(owner, name, getattr(owner, name))  # restored afterwards
+    fidelity.mask_sources.install("numpy", "tensorflow", 11, list(sites))
+    replaced = {site for site, (owner, name) in seams.items()
+                if getattr(owner, name) is not own[site]}
+    assert replaced == set(sites)
+    draw = fidelity.mask_sources.numpy_masks(11)
+    if "weight-drop" in sites:
+        layer = types.SimpleNamespace(weight_dropout=0.5, recurrent_kernel=tf.ones((2, 3)))
+        got = WeightDropLSTM.dropped_recurrent_kernel(layer, True).numpy()
+        np.testing.assert_array_equal(got, draw((2, 3), 0.5))
+    else:
+        got = locked_dropout.dropout_mask((1, 4, 3), 0.5, None).numpy()
+        np.testing.assert_array_equal(got, draw((1, 4, 3), 0.5))
+
+
+@pytest.mark.parametrize("framework, sites, words", [
+    ("tensorflow", ["dropconnect"], ["dropconnect", "weight-drop, locked, embedding"]),
+    ("tensorflow", [], ["MOSBENCH_MASK_SITES"]),
+    ("pytorch", ["locked"], ["locked", "one seam"]),
+])
+def test_mask_sites_an_engine_lacks_stop_the_process_by_name(framework, sites, words):
+    with pytest.raises(SystemExit) as exit_:
+        fidelity.mask_sources.install("numpy", framework, 11, sites)
+    assert all(word in str(exit_.value) for word in words), exit_.value

@@ -13,7 +13,11 @@ that has one; ``fidelity.py`` puts this folder first on ``PYTHONPATH`` of the
 - ``MOSBENCH_MASK_FRAMEWORK``: the engine whose seam is replaced, the same
   seams the step-level equality tests replace (PyTorch's
   ``masks.dropout_mask``; Keras's locked and embedding dropout's
-  ``dropout_mask`` and weight drop's ``dropped_recurrent_kernel``).
+  ``dropout_mask`` and weight drop's ``dropped_recurrent_kernel``);
+- ``MOSBENCH_MASK_SITES`` (TensorFlow only; default all): a comma-separated
+  subset of ``weight-drop``, ``locked``, ``embedding``, the seams given the
+  source; the others keep the engine's own draws, so each site's part in a
+  difference can be told apart.
 
 Nothing else changes, so a run differs from the engine's own only in where its
 masks come from. Without ``MOSBENCH_MASK_SOURCE`` this file does nothing.
@@ -25,6 +29,8 @@ import sys
 SOURCE = os.environ.get("MOSBENCH_MASK_SOURCE")
 FRAMEWORK = os.environ.get("MOSBENCH_MASK_FRAMEWORK")
 AVAILABLE = {"numpy": ("pytorch", "tensorflow"), "torch-rand": ("pytorch",)}  # source: engines
+# Keras's mask seams, each replaceable alone (PyTorch's sites share one seam)
+SITES = {"tensorflow": ("weight-drop", "locked", "embedding")}
 
 
 def numpy_masks(seed):
@@ -61,7 +67,7 @@ def install_pytorch(source, seed):
     masks.dropout_mask = dropout_mask
 
 
-def install_tensorflow(seed):
+def install_tensorflow(seed, sites=SITES["tensorflow"]):
     import tensorflow as tf
 
     from mosbench.engines.tensorflow.models import embedding_dropout, locked_dropout
@@ -83,22 +89,35 @@ def install_tensorflow(seed):
             return kernel * dropout_mask(tuple(kernel.shape), self.weight_dropout)
         return own_kernel(self, training)
 
-    embedding_dropout.dropout_mask = dropout_mask
-    locked_dropout.dropout_mask = dropout_mask
-    WeightDropLSTM.dropped_recurrent_kernel = dropped_recurrent_kernel
+    if "embedding" in sites:
+        embedding_dropout.dropout_mask = dropout_mask
+    if "locked" in sites:
+        locked_dropout.dropout_mask = dropout_mask
+    if "weight-drop" in sites:
+        WeightDropLSTM.dropped_recurrent_kernel = dropped_recurrent_kernel
 
 
-def install(source, framework, seed):
+def install(source, framework, seed, sites=None):
+    """``sites``: the seams given ``source`` (None: all of the engine's)."""
     if framework not in AVAILABLE.get(source, ()):
         raise SystemExit(f"MOSBENCH_MASK_SOURCE={source!r} is not available for "
                          f"MOSBENCH_MASK_FRAMEWORK={framework!r}: " + "; ".join(
                              f"{s} for {', '.join(f)}" for s, f in AVAILABLE.items()))
+    if sites is not None:
+        allowed = SITES.get(framework, ())
+        wrong = [s for s in sites if s not in allowed]
+        if wrong or not sites:
+            raise SystemExit(f"MOSBENCH_MASK_SITES={','.join(sites)!r}: allowed for "
+                             f"{framework}: {', '.join(allowed) or 'none (one seam for all)'}")
     if framework == "pytorch":
         install_pytorch(source, seed)
     else:
-        install_tensorflow(seed)
-    print(f"mask_sources: {framework}'s dropout masks from {source}", file=sys.stderr)
+        install_tensorflow(seed, *([] if sites is None else [tuple(sites)]))
+    where = "" if sites is None else f" at {', '.join(sites)}"
+    print(f"mask_sources: {framework}'s dropout masks from {source}{where}", file=sys.stderr)
 
 
 if SOURCE:
-    install(SOURCE, FRAMEWORK, os.environ.get("MOSBENCH_MASK_SEED", "0"))
+    _sites = os.environ.get("MOSBENCH_MASK_SITES")
+    install(SOURCE, FRAMEWORK, os.environ.get("MOSBENCH_MASK_SEED", "0"),
+            None if _sites is None else _sites.split(","))
