@@ -357,3 +357,53 @@ def test_mask_sites_an_engine_lacks_stop_the_process_by_name(framework, sites, w
     with pytest.raises(SystemExit) as exit_:
         fidelity.mask_sources.install("numpy", framework, 11, sites)
     assert all(word in str(exit_.value) for word in words), exit_.value
+
+
+def _compare_module():
+    spec = importlib.util.spec_from_file_location(
+        "fidelity_compare", REPO / "benchmarks" / "fidelity_compare.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_arms_from_kept_runs_and_from_perplexities_share_one_table(tmp_path, capsys):
+    compare = _compare_module()
+    kept = tmp_path / "wd"
+    for seed, loss in ((28, 5.85), (29, 5.93), (30, 5.88)):
+        fidelity.store_run(kept, {"side": "tensorflow", "seed": seed, "status": "ok",
+                                  "valid_loss": loss}, f"k{seed}")
+    fidelity.store_run(kept, {"side": "tensorflow", "seed": 31, "status": "failed"}, "k31")
+    own = [379.78, 421.28, 479.99, 428.74]
+    assert compare.main(["--arm", "own=" + ",".join(map(str, own)), "--arm", f"wd={kept}"]) == 0
+    rows = {line.split(" | ")[0].lstrip("| "): line.split(" | ")
+            for line in capsys.readouterr().out.splitlines() if line.startswith("| ")}
+    assert rows["own (baseline)"][1:3] == ["4", f"{np.mean(np.log(own)):.4f}"]
+    wd = rows["wd"]
+    assert wd[1] == "3"  # the failed run left out
+    assert float(wd[4]) == pytest.approx(np.mean([5.85, 5.93, 5.88]) - np.mean(np.log(own)),
+                                         abs=1e-4)
+    assert "lower than own" in wd[8]
+
+
+@pytest.mark.parametrize("arms, words", [
+    (["own=380,abc"], ["--arm own", "neither a folder nor perplexities"]),
+    (["own=0.5,2"], ["--arm own", "above 1"]),
+    (["380,390"], ["NAME=SOURCE"]),
+    (["a=380,390", "a=400,410"], ["each NAME once"]),
+])
+def test_a_malformed_arm_is_refused_by_name(arms, words, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        _compare_module().main([a for arm in arms for a in ("--arm", arm)])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert all(word in err for word in words), err
+
+
+def test_a_folder_of_two_sides_is_not_one_arm(tmp_path, capsys):
+    for side in ("tensorflow", "pytorch"):
+        fidelity.store_run(tmp_path, {"side": side, "seed": 28, "status": "ok",
+                                      "valid_loss": 6.0}, side)
+    with pytest.raises(SystemExit):
+        _compare_module().main(["--arm", f"mixed={tmp_path}", "--arm", "b=380,390"])
+    assert "holds runs of pytorch, tensorflow" in capsys.readouterr().err
