@@ -40,11 +40,13 @@ side's runs kept under its code at git revision REV (the commit they were
 trained at), so engines trained at different commits share one table, each
 side's commit printed with it.
 
-``--masks numpy`` (PyTorch and TensorFlow) or ``--masks torch-rand`` (PyTorch)
-trains the engines with their dropout masks drawn from another source
-(``mask_sources/sitecustomize.py``: NumPy, or ``torch.rand`` in place of
-``bernoulli_``), everything else their own; such runs are kept under keys of
-their own. It separates what the masks' draws do from what the rest does.
+``--masks numpy`` (PyTorch and TensorFlow), ``--masks torch-rand`` (PyTorch)
+or ``--masks tf-stateless`` (TensorFlow) trains the engines with their dropout
+masks drawn from another source (``mask_sources/sitecustomize.py``: NumPy,
+``torch.rand`` in place of ``bernoulli_``, or TensorFlow's own stateless op
+keyed by seeds unrelated to the engine's generators), everything else their
+own; such runs are kept under keys of their own. It separates what the masks'
+draws do from what the rest does.
 ``--mask-sites`` (TensorFlow) gives the source only some of the engine's mask
 sites (``weight-drop``, ``locked``, ``embedding``), the rest drawn as the
 engine draws them: which site carries a difference.
@@ -757,8 +759,10 @@ def main(argv=None):
     parser.add_argument("--no-reference", action="store_true", help="engines only")
     parser.add_argument("--masks", choices=list(MASKS), default="native",
                         help="the engines' dropout masks: their own (native), drawn by NumPy "
-                             "(numpy: pytorch, tensorflow) or by torch.rand (torch-rand: "
-                             "pytorch); a run of another source is kept under its own key")
+                             "(numpy: pytorch, tensorflow), by torch.rand (torch-rand: "
+                             "pytorch) or by tf.random.stateless_uniform from other seeds "
+                             "(tf-stateless: tensorflow); a run of another source is kept "
+                             "under its own key")
     parser.add_argument("--mask-sites", nargs="+", metavar="SITE",
                         choices=sorted({s for sites in MASK_SITES.values() for s in sites}),
                         help="with --masks: only these of the engine's mask sites from the "

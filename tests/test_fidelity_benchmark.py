@@ -238,6 +238,8 @@ def test_each_subset_of_mask_sites_is_its_own_run_and_all_sites_is_the_plain_sou
 
 
 @pytest.mark.parametrize("argv, words", [
+    (["--masks", "tf-stateless", "--frameworks", "pytorch", "--no-reference"],
+     ["--masks tf-stateless", "pytorch", "allowed: tensorflow"]),
     (["--masks", "torch-rand", "--frameworks", "tensorflow", "--no-reference"],
      ["--masks torch-rand", "tensorflow", "allowed: pytorch"]),
     (["--masks", "numpy", "--frameworks", "pytorch", "jax", "--no-reference"],
@@ -407,3 +409,34 @@ def test_a_folder_of_two_sides_is_not_one_arm(tmp_path, capsys):
     with pytest.raises(SystemExit):
         _compare_module().main(["--arm", f"mixed={tmp_path}", "--arm", "b=380,390"])
     assert "holds runs of pytorch, tensorflow" in capsys.readouterr().err
+
+
+def test_tf_stateless_masks_are_drawn_in_the_graph_from_seeds_the_host_counts(monkeypatch):
+    """Inside a compiled step: the rate and scaling kept, a new mask per call, the same
+    sequence for the same seed and another for another seed; at the named sites only."""
+    tf = pytest.importorskip("tensorflow")
+    from mosbench.engines.tensorflow.models import embedding_dropout, locked_dropout
+    from mosbench.engines.tensorflow.models.weight_drop_lstm import WeightDropLSTM
+    own_weight_drop = WeightDropLSTM.dropped_recurrent_kernel
+    for owner, name in ((embedding_dropout, "dropout_mask"), (locked_dropout, "dropout_mask"),
+                        (WeightDropLSTM, "dropped_recurrent_kernel")):
+        monkeypatch.setattr(owner, name, getattr(owner, name))  # restored afterwards
+
+    def masks(seed):
+        fidelity.mask_sources.install("tf-stateless", "tensorflow", seed, ["locked"])
+
+        @tf.function
+        def step(n):
+            return locked_dropout.dropout_mask((n, 1, 300), 0.4, None)
+
+        return [step(tf.constant(200)).numpy() for _ in range(3)]
+
+    first, again, other = masks(5), masks(5), masks(6)
+    assert WeightDropLSTM.dropped_recurrent_kernel is own_weight_drop
+    for mask in first:
+        assert mask.shape == (200, 1, 300)
+        np.testing.assert_allclose(np.unique(mask), [0.0, 1 / 0.6], rtol=1e-6)
+        assert abs(np.mean(mask > 0) - 0.6) < 0.01  # sd 0.0009
+    assert not np.array_equal(first[0], first[1])
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not any(np.array_equal(a, b) for a, b in zip(first, other, strict=True))

@@ -9,7 +9,12 @@ that has one; ``fidelity.py`` puts this folder first on ``PYTHONPATH`` of the
   ``uniform >= rate``, the same rule as the engines' own and as
   ``tests/test_engines_agree.py``'s shared masks) or ``torch-rand`` (PyTorch's
   masks from ``torch.rand`` on the engine's own generator instead of
-  ``bernoulli_``, which on Intel CPUs draws through MKL's MCG31);
+  ``bernoulli_``, which on Intel CPUs draws through MKL's MCG31) or
+  ``tf-stateless`` (TensorFlow's masks from ``tf.random.stateless_uniform``,
+  the engine's own op, drawn in the graph, but keyed by seeds ``[B, n]`` that
+  the host counts, ``B`` drawn by NumPy from ``[MOSBENCH_MASK_SEED, 4242]``,
+  ``n`` the call's number: the engine's own kind of draw from streams
+  unrelated to the engine's generators);
 - ``MOSBENCH_MASK_FRAMEWORK``: the engine whose seam is replaced, the same
   seams the step-level equality tests replace (PyTorch's
   ``masks.dropout_mask``; Keras's locked and embedding dropout's
@@ -28,7 +33,8 @@ import sys
 
 SOURCE = os.environ.get("MOSBENCH_MASK_SOURCE")
 FRAMEWORK = os.environ.get("MOSBENCH_MASK_FRAMEWORK")
-AVAILABLE = {"numpy": ("pytorch", "tensorflow"), "torch-rand": ("pytorch",)}  # source: engines
+AVAILABLE = {"numpy": ("pytorch", "tensorflow"), "torch-rand": ("pytorch",),  # source: engines
+             "tf-stateless": ("tensorflow",)}
 # Keras's mask seams, each replaceable alone (PyTorch's sites share one seam)
 SITES = {"tensorflow": ("weight-drop", "locked", "embedding")}
 
@@ -67,19 +73,50 @@ def install_pytorch(source, seed):
     masks.dropout_mask = dropout_mask
 
 
-def install_tensorflow(seed, sites=SITES["tensorflow"]):
+def tf_stateless_masks(seed):
+    """Like :func:`numpy_masks` (``shape`` may be symbolic), drawn in the graph by
+    ``tf.random.stateless_uniform`` from seeds ``[B, n]`` the host hands out in call order."""
+    import itertools
+
+    import numpy as np
+    import tensorflow as tf
+
+    base = int(np.random.default_rng([int(seed), 4242]).integers(1, 2**31 - 1))
+    calls = itertools.count()
+
+    def next_seed():
+        return np.array([base, next(calls)], np.int64)
+
+    def draw(shape, rate):
+        pair = tf.numpy_function(next_seed, [], tf.int64, stateful=True)
+        pair.set_shape([2])
+        keep = tf.random.stateless_uniform(shape, seed=pair) >= rate
+        return tf.cast(keep, tf.float32) / (1.0 - rate)
+
+    return draw
+
+
+def install_tensorflow(seed, sites=SITES["tensorflow"], source="numpy"):
     import tensorflow as tf
 
     from mosbench.engines.tensorflow.models import embedding_dropout, locked_dropout
     from mosbench.engines.tensorflow.models.weight_drop_lstm import WeightDropLSTM
 
-    draw = numpy_masks(seed)
+    if source == "numpy":
+        draw = numpy_masks(seed)
+
+        def mask_of(shape, rate):
+            # the draw runs on the host, in step order
+            mask = tf.numpy_function(lambda s: draw(s, rate), [shape], tf.float32,
+                                     stateful=True)
+            return tf.reshape(mask, shape)
+    else:
+        mask_of = tf_stateless_masks(seed)
 
     def dropout_mask(shape, rate, seed_generator=None, dtype="float32"):
-        # shapes may be symbolic inside tf.function: the draw runs on the host, in step order
+        # shapes may be symbolic inside tf.function
         shape = tf.stack([tf.cast(s, tf.int64) for s in shape])
-        mask = tf.numpy_function(lambda s: draw(s, rate), [shape], tf.float32, stateful=True)
-        return tf.cast(tf.reshape(mask, shape), dtype)
+        return tf.cast(mask_of(shape, rate), dtype)
 
     own_kernel = WeightDropLSTM.dropped_recurrent_kernel
 
@@ -112,7 +149,7 @@ def install(source, framework, seed, sites=None):
     if framework == "pytorch":
         install_pytorch(source, seed)
     else:
-        install_tensorflow(seed, *([] if sites is None else [tuple(sites)]))
+        install_tensorflow(seed, SITES[framework] if sites is None else tuple(sites), source)
     where = "" if sites is None else f" at {', '.join(sites)}"
     print(f"mask_sources: {framework}'s dropout masks from {source}{where}", file=sys.stderr)
 
