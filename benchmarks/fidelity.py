@@ -922,12 +922,13 @@ def run(args, config, seeds, scratch, work, logs):
         print(f"{side}: runs kept under its code at {commit} (train code hash {codes[side]})")
     settings["codes"] = {side: args.code.get(side, "this checkout") + f" ({code})"
                          for side, code in codes.items()}
+    mask_sites = {side: chosen_sites(args.mask_sites, side) for side in args.frameworks}
     records = []
     for seed in seeds:
         for side in sides:
             code = reference_code if side == REFERENCE else codes[side]
             if side != REFERENCE:
-                code = masked_code(code, args.masks, chosen_sites(args.mask_sites, side))
+                code = masked_code(code, args.masks, mask_sites[side])
             key = run_key(side, seed, hp, stream_positions, code)
             record = None if args.fresh else stored_run(args.results, side, seed, key)
             if record is not None:
@@ -950,7 +951,7 @@ def run(args, config, seeds, scratch, work, logs):
                                                  reference=True)
             else:
                 record = run_engine(side, seed, work, config_path, logs, args.masks,
-                                    chosen_sites(args.mask_sites, side))
+                                    mask_sites[side])
                 record["windows"] = window_count(stream_positions, hp, seed, hp["epochs"])
             record.setdefault("threads", args.threads)
             records.append(record)

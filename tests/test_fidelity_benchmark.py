@@ -298,13 +298,26 @@ def test_torch_rand_masks_keep_the_rate_and_follow_the_engine_s_generator(monkey
     assert torch.equal(mask > 0, uniform >= 0.4)
 
 
-def test_numpy_masks_reach_every_keras_mask_site_inside_a_compiled_step(monkeypatch):
-    tf = pytest.importorskip("tensorflow")
+@pytest.fixture
+def keras_seams(monkeypatch):
+    """``{site: (owner, attribute)}`` of the Keras mask seams the sources replace, each
+    restored after the test."""
+    pytest.importorskip("tensorflow")
     from mosbench.engines.tensorflow.models import embedding_dropout, locked_dropout
     from mosbench.engines.tensorflow.models.weight_drop_lstm import WeightDropLSTM
-    for owner, name in ((embedding_dropout, "dropout_mask"), (locked_dropout, "dropout_mask"),
-                        (WeightDropLSTM, "dropped_recurrent_kernel")):
-        monkeypatch.setattr(owner, name, getattr(owner, name))  # restored afterwards
+    seams = {"embedding": (embedding_dropout, "dropout_mask"),
+             "locked": (locked_dropout, "dropout_mask"),
+             "weight-drop": (WeightDropLSTM, "dropped_recurrent_kernel")}
+    for owner, name in seams.values():
+        monkeypatch.setattr(owner, name, getattr(owner, name))
+    return seams
+
+
+def test_numpy_masks_reach_every_keras_mask_site_inside_a_compiled_step(keras_seams):
+    import tensorflow as tf
+
+    from mosbench.engines.tensorflow.models import embedding_dropout, locked_dropout
+    from mosbench.engines.tensorflow.models.weight_drop_lstm import WeightDropLSTM
     module = fidelity.mask_sources
     module.install_tensorflow(11)
 
@@ -326,16 +339,13 @@ def test_numpy_masks_reach_every_keras_mask_site_inside_a_compiled_step(monkeypa
 
 
 @pytest.mark.parametrize("sites", [("weight-drop",), ("locked", "embedding")])
-def test_mask_sites_replace_only_the_named_keras_seams(sites, monkeypatch):
-    tf = pytest.importorskip("tensorflow")
-    from mosbench.engines.tensorflow.models import embedding_dropout, locked_dropout
+def test_mask_sites_replace_only_the_named_keras_seams(sites, keras_seams):
+    import tensorflow as tf
+
+    from mosbench.engines.tensorflow.models import locked_dropout
     from mosbench.engines.tensorflow.models.weight_drop_lstm import WeightDropLSTM
-    seams = {"embedding": (embedding_dropout, "dropout_mask"),
-             "locked": (locked_dropout, "dropout_mask"),
-             "weight-drop": (WeightDropLSTM, "dropped_recurrent_kernel")}
+    seams = keras_seams
     own = {site: getattr(owner, name) for site, (owner, name) in seams.items()}
-    for owner, name in seams.values():
-        monkeypatch.setattr(owner, name, getattr(owner, name))  # restored afterwards
     fidelity.mask_sources.install("numpy", "tensorflow", 11, list(sites))
     replaced = {site for site, (owner, name) in seams.items()
                 if getattr(owner, name) is not own[site]}
@@ -411,16 +421,14 @@ def test_a_folder_of_two_sides_is_not_one_arm(tmp_path, capsys):
     assert "holds runs of pytorch, tensorflow" in capsys.readouterr().err
 
 
-def test_tf_stateless_masks_are_drawn_in_the_graph_from_seeds_the_host_counts(monkeypatch):
+def test_tf_stateless_masks_are_drawn_in_the_graph_from_seeds_the_host_counts(keras_seams):
     """Inside a compiled step: the rate and scaling kept, a new mask per call, the same
     sequence for the same seed and another for another seed; at the named sites only."""
-    tf = pytest.importorskip("tensorflow")
-    from mosbench.engines.tensorflow.models import embedding_dropout, locked_dropout
+    import tensorflow as tf
+
+    from mosbench.engines.tensorflow.models import locked_dropout
     from mosbench.engines.tensorflow.models.weight_drop_lstm import WeightDropLSTM
     own_weight_drop = WeightDropLSTM.dropped_recurrent_kernel
-    for owner, name in ((embedding_dropout, "dropout_mask"), (locked_dropout, "dropout_mask"),
-                        (WeightDropLSTM, "dropped_recurrent_kernel")):
-        monkeypatch.setattr(owner, name, getattr(owner, name))  # restored afterwards
 
     def masks(seed):
         fidelity.mask_sources.install("tf-stateless", "tensorflow", seed, ["locked"])
