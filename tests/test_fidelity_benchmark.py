@@ -327,7 +327,8 @@ def test_numpy_masks_reach_every_keras_mask_site_inside_a_compiled_step(keras_se
                 embedding_dropout.dropout_mask((n, 1), 0.1, None))
 
     got = [m.numpy() for m in step(tf.constant(4))] + [m.numpy() for m in step(tf.constant(4))]
-    layer = types.SimpleNamespace(weight_dropout=0.5, recurrent_kernel=tf.ones((2, 3)))
+    layer = types.SimpleNamespace(weight_dropout=0.5, recurrent_kernel=tf.ones((2, 3)),
+                                  seed_generator=None)
     got.append(WeightDropLSTM.dropped_recurrent_kernel(layer, True).numpy())
     draw = module.numpy_masks(11)
     expected = [draw((1, 4, 3), 0.5), draw((4, 1), 0.1), draw((1, 4, 3), 0.5), draw((4, 1), 0.1),
@@ -352,7 +353,8 @@ def test_mask_sites_replace_only_the_named_keras_seams(sites, keras_seams):
     assert replaced == set(sites)
     draw = fidelity.mask_sources.numpy_masks(11)
     if "weight-drop" in sites:
-        layer = types.SimpleNamespace(weight_dropout=0.5, recurrent_kernel=tf.ones((2, 3)))
+        layer = types.SimpleNamespace(weight_dropout=0.5, recurrent_kernel=tf.ones((2, 3)),
+                                  seed_generator=None)
         got = WeightDropLSTM.dropped_recurrent_kernel(layer, True).numpy()
         np.testing.assert_array_equal(got, draw((2, 3), 0.5))
     else:

@@ -14,7 +14,13 @@ that has one; ``fidelity.py`` puts this folder first on ``PYTHONPATH`` of the
   the engine's own op, drawn in the graph, but keyed by seeds ``[B, n]`` that
   the host counts, ``B`` drawn by NumPy from ``[MOSBENCH_MASK_SEED, 4242]``,
   ``n`` the call's number: the engine's own kind of draw from streams
-  unrelated to the engine's generators);
+  unrelated to the engine's generators) or ``tf-site-seeds`` (TensorFlow: the
+  engine's own draw and keying, ``[S_i, t]`` with ``t`` from the site's
+  Keras ``SeedGenerator``, but each site's ``S_i`` drawn by NumPy from
+  ``[MOSBENCH_MASK_SEED, 4242]`` in Keras's range in place of the one Keras
+  drew) or ``tf-engine`` (TensorFlow: the engine's own generators and draws
+  passed through the seams, the control that must give the native run back
+  digit for digit);
 - ``MOSBENCH_MASK_FRAMEWORK``: the engine whose seam is replaced, the same
   seams the step-level equality tests replace (PyTorch's
   ``masks.dropout_mask``; Keras's locked and embedding dropout's
@@ -34,7 +40,8 @@ import sys
 SOURCE = os.environ.get("MOSBENCH_MASK_SOURCE")
 FRAMEWORK = os.environ.get("MOSBENCH_MASK_FRAMEWORK")
 AVAILABLE = {"numpy": ("pytorch", "tensorflow"), "torch-rand": ("pytorch",),  # source: engines
-             "tf-stateless": ("tensorflow",)}
+             "tf-stateless": ("tensorflow",), "tf-site-seeds": ("tensorflow",),
+             "tf-engine": ("tensorflow",)}
 # Keras's mask seams, each replaceable alone (PyTorch's sites share one seam)
 SITES = {"tensorflow": ("weight-drop", "locked", "embedding")}
 
@@ -87,12 +94,38 @@ def tf_stateless_masks(seed):
     def next_seed():
         return np.array([base, next(calls)], np.int64)
 
-    def draw(shape, rate):
+    def draw(shape, rate, seed_generator=None):
         pair = tf.numpy_function(next_seed, [], tf.int64, stateful=True)
         pair.set_shape([2])
         keep = tf.random.stateless_uniform(shape, seed=pair) >= rate
         return tf.cast(keep, tf.float32) / (1.0 - rate)
 
+    return draw
+
+
+def tf_site_masks(seed, own_sites=False):
+    """Masks as the engine draws them, ``stateless_uniform`` keyed ``[S_i, t]`` by the site's
+    ``SeedGenerator`` (which still advances ``t``), with ``S_i`` replaced by one NumPy draws
+    from ``[seed, 4242]`` in Keras's range, a site at a time in the order they are first
+    traced; ``own_sites``: the generator's own ``S_i`` kept, the engine's draw exactly (one
+    device: the engine adds nothing for the replica there)."""
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng([int(seed), 4242])
+    site_seeds = {}  # id(generator) -> (generator, its S_i): traced again, the same S_i
+
+    def draw(shape, rate, seed_generator):
+        key = tf.cast(seed_generator.next(), tf.int64)
+        if not own_sites:
+            if id(seed_generator) not in site_seeds:
+                site_seeds[id(seed_generator)] = (seed_generator,
+                                                  int(rng.integers(1, 10**9, endpoint=True)))
+            key = tf.stack([tf.constant(site_seeds[id(seed_generator)][1], tf.int64), key[1]])
+        keep = tf.random.stateless_uniform(shape, seed=key) >= rate
+        return tf.cast(keep, tf.float32) / (1.0 - rate)
+
+    draw.site_seeds = site_seeds
     return draw
 
 
@@ -105,25 +138,28 @@ def install_tensorflow(seed, sites=SITES["tensorflow"], source="numpy"):
     if source == "numpy":
         draw = numpy_masks(seed)
 
-        def mask_of(shape, rate):
+        def mask_of(shape, rate, seed_generator=None):
             # the draw runs on the host, in step order
             mask = tf.numpy_function(lambda s: draw(s, rate), [shape], tf.float32,
                                      stateful=True)
             return tf.reshape(mask, shape)
-    else:
+    elif source == "tf-stateless":
         mask_of = tf_stateless_masks(seed)
+    else:
+        mask_of = tf_site_masks(seed, own_sites=source == "tf-engine")
 
     def dropout_mask(shape, rate, seed_generator=None, dtype="float32"):
         # shapes may be symbolic inside tf.function
         shape = tf.stack([tf.cast(s, tf.int64) for s in shape])
-        return tf.cast(mask_of(shape, rate), dtype)
+        return tf.cast(mask_of(shape, rate, seed_generator), dtype)
 
     own_kernel = WeightDropLSTM.dropped_recurrent_kernel
 
     def dropped_recurrent_kernel(self, training):
         if training and self.weight_dropout > 0:
             kernel = self.recurrent_kernel
-            return kernel * dropout_mask(tuple(kernel.shape), self.weight_dropout)
+            return kernel * dropout_mask(tuple(kernel.shape), self.weight_dropout,
+                                         self.seed_generator)
         return own_kernel(self, training)
 
     if "embedding" in sites:
