@@ -450,3 +450,81 @@ def test_tf_stateless_masks_are_drawn_in_the_graph_from_seeds_the_host_counts(ke
     assert not np.array_equal(first[0], first[1])
     assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
     assert not any(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+
+
+def test_tf_site_seeds_key_each_site_s_generator_steps_with_a_numpy_drawn_site_seed():
+    """``[S_i, t]`` as the engine keys it: ``t`` the site generator's (which advances as the
+    engine's), ``S_i`` NumPy's next draw for a site first seen; ``tf-engine`` keeps Keras's
+    ``S_i`` and gives the engine's own mask."""
+    tf = pytest.importorskip("tensorflow")
+    import keras
+
+    from mosbench.engines.tensorflow.models.replica_dropout import dropout_mask
+    module = fidelity.mask_sources
+    draw = module.tf_site_masks(7)
+    first, second = keras.random.SeedGenerator(101), keras.random.SeedGenerator(202)
+    got = [draw((50, 30), 0.4, g).numpy() for g in (first, second, first)]
+    rng = np.random.default_rng([7, 4242])
+    s1, s2 = (int(s) for s in rng.integers(1, 10**9, size=2, endpoint=True))
+
+    def rule(site_seed, t):
+        keep = tf.random.stateless_uniform((50, 30), seed=tf.constant([site_seed, t], tf.int64))
+        return (tf.cast(keep >= 0.4, tf.float32) / 0.6).numpy()
+
+    for mask, expected in zip(got, [rule(s1, 0), rule(s2, 0), rule(s1, 1)], strict=True):
+        np.testing.assert_array_equal(mask, expected)
+    assert [int(v) for v in first.state.numpy()] == [101, 2]  # advanced as the engine's
+    assert not np.array_equal(got[0], rule(101, 0))
+    own = module.tf_site_masks(7, own_sites=True)
+    mine, twin = keras.random.SeedGenerator(101), keras.random.SeedGenerator(101)
+    for _ in range(2):
+        np.testing.assert_array_equal(own((50, 30), 0.4, mine).numpy(),
+                                      dropout_mask((50, 30), 0.4, twin).numpy())
+
+
+TINY_HP = dict(emsize=8, nhid=12, nhidlast=10, nlayers=3, n_experts=3, init_range=0.1,
+               alpha=2.0, beta=1.0, wdecay=0.0, clip=0.25, lr=1.0, small_batch_size=2,
+               dropouti=0.15, dropouth=0.25, dropout=0.35, dropoute=0.3, dropoutl=0.55,
+               wdrop=0.5)  # the benchmark's weight-drop rate, where x * (keep / (1 - r))
+# and TensorFlow's dropout, where(keep, x / (1 - r), 0), are the same bits
+
+
+def tiny_tensorflow_run(seed, steps=3):
+    """Three real training steps of a tiny TensorFlow AWD-LSTM-MoS: their losses and each
+    mask generator's state ``(S_i, t)`` after them."""
+    import keras
+
+    from mosbench.engines import load_engine
+    engine = load_engine("tensorflow", seed=seed)
+    engine.build("awd-lstm-mos", 50, TINY_HP)
+    engine.prepare_training(TINY_HP, 4)
+    window = np.random.default_rng(1).integers(0, 50, (4, 9)).astype(np.int32)
+    states, losses = engine.initial_state(4), []
+    for _ in range(steps):
+        nll, states = engine.train_step(window[:, :-1], window[:, 1:], states, 1.0, False)
+        losses.append(float(nll))
+    generators = sorted(tuple(int(v) for v in value.state.numpy())
+                        for layer in engine.model._flatten_layers()  # the model too
+                        for value in vars(layer).values()
+                        if isinstance(value, keras.random.SeedGenerator))
+    engine.close()
+    return losses, generators
+
+
+def test_tf_engine_gives_the_native_steps_back_and_tf_site_seeds_only_their_masks(keras_seams):
+    """The control: every mask through the seams from the engine's own generators, the same
+    losses to the last bit; tf-site-seeds: other losses, the generators stepped alike."""
+    pytest.importorskip("tensorflow")
+    native, generators = tiny_tensorflow_run(28)
+    assert len(generators) == 9 and len({s for s, _ in generators}) == 9
+    assert all(t == 6 for _, t in generators)  # 3 steps of 2 chunks
+    fidelity.mask_sources.install("tf-engine", "tensorflow", 28)
+    assert tiny_tensorflow_run(28) == (native, generators)
+    fidelity.mask_sources.install("tf-site-seeds", "tensorflow", 28)
+    keyed, keyed_generators = tiny_tensorflow_run(28)
+    assert keyed_generators == generators
+    assert all(a != b for a, b in zip(native, keyed, strict=True))
+    fidelity.mask_sources.install("tf-site-seeds", "tensorflow", 28)
+    assert tiny_tensorflow_run(28)[0] == keyed  # the same mask seed: the same run
+    fidelity.mask_sources.install("tf-site-seeds", "tensorflow", 29)
+    assert tiny_tensorflow_run(28)[0] != keyed
