@@ -98,6 +98,27 @@ def mlflow_store(tmp_path, monkeypatch):
     mlflow.set_tracking_uri(None)
 
 
+# A tiny TensorFlow AWD-LSTM-MoS (vocabulary 50, three layers) for tests that train a few
+# real steps through the engine's mask seams. Weight drop at the benchmark's rate 0.5, where
+# x * (keep / (1 - r)) and TensorFlow's dropout, where(keep, x / (1 - r), 0), are the same bits.
+TINY_TF_HP = dict(emsize=8, nhid=12, nhidlast=10, nlayers=3, n_experts=3, init_range=0.1,
+                  alpha=2.0, beta=1.0, wdecay=0.0, clip=0.25, lr=1.0, small_batch_size=2,
+                  dropouti=0.15, dropouth=0.25, dropout=0.35, dropoute=0.3, dropoutl=0.55,
+                  wdrop=0.5)
+
+
+def tiny_tensorflow_engine(seed, hp=None, batch=4):
+    """A fresh TensorFlow engine of ``seed`` on :data:`TINY_TF_HP` (updated by ``hp``), its
+    training prepared for ``batch`` rows (two chunks of ``small_batch_size``)."""
+    from mosbench.engines import load_engine
+
+    hp = {**TINY_TF_HP, **(hp or {})}
+    engine = load_engine("tensorflow", seed=seed)
+    engine.build("awd-lstm-mos", 50, hp)
+    engine.prepare_training(hp, batch)
+    return engine
+
+
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")
 
 

@@ -20,7 +20,7 @@ import types
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, tiny_tensorflow_engine
 
 pytest.importorskip("statsmodels", reason="benchmarks/fidelity.py needs statsmodels")
 
@@ -482,22 +482,12 @@ def test_tf_site_seeds_key_each_site_s_generator_steps_with_a_numpy_drawn_site_s
                                       dropout_mask((50, 30), 0.4, twin).numpy())
 
 
-TINY_HP = dict(emsize=8, nhid=12, nhidlast=10, nlayers=3, n_experts=3, init_range=0.1,
-               alpha=2.0, beta=1.0, wdecay=0.0, clip=0.25, lr=1.0, small_batch_size=2,
-               dropouti=0.15, dropouth=0.25, dropout=0.35, dropoute=0.3, dropoutl=0.55,
-               wdrop=0.5)  # the benchmark's weight-drop rate, where x * (keep / (1 - r))
-# and TensorFlow's dropout, where(keep, x / (1 - r), 0), are the same bits
-
-
 def tiny_tensorflow_run(seed, steps=3):
     """Three real training steps of a tiny TensorFlow AWD-LSTM-MoS: their losses and each
     mask generator's state ``(S_i, t)`` after them."""
     import keras
 
-    from mosbench.engines import load_engine
-    engine = load_engine("tensorflow", seed=seed)
-    engine.build("awd-lstm-mos", 50, TINY_HP)
-    engine.prepare_training(TINY_HP, 4)
+    engine = tiny_tensorflow_engine(seed)
     window = np.random.default_rng(1).integers(0, 50, (4, 9)).astype(np.int32)
     states, losses = engine.initial_state(4), []
     for _ in range(steps):
