@@ -46,7 +46,10 @@ masks drawn from another source (``mask_sources/sitecustomize.py``: NumPy,
 ``torch.rand`` in place of ``bernoulli_``, or TensorFlow's own stateless op
 keyed by seeds unrelated to the engine's generators), everything else their
 own; such runs are kept under keys of their own. It separates what the masks'
-draws do from what the rest does.
+draws do from what the rest does. ``--masks tf-site-seeds`` (TensorFlow) keeps
+the engine's draw and keying ``[S_i, t]`` but gives each site another ``S_i``
+(from NumPy); ``--masks tf-engine`` passes the engine's own draws through the
+same seams, the control that must reproduce the native run.
 ``--mask-sites`` (TensorFlow) gives the source only some of the engine's mask
 sites (``weight-drop``, ``locked``, ``embedding``), the rest drawn as the
 engine draws them: which site carries a difference.
@@ -761,8 +764,10 @@ def main(argv=None):
                         help="the engines' dropout masks: their own (native), drawn by NumPy "
                              "(numpy: pytorch, tensorflow), by torch.rand (torch-rand: "
                              "pytorch) or by tf.random.stateless_uniform from other seeds "
-                             "(tf-stateless: tensorflow); a run of another source is kept "
-                             "under its own key")
+                             "(tf-stateless: tensorflow), keyed as the engine's with other "
+                             "site seeds (tf-site-seeds: tensorflow) or the engine's own "
+                             "through the seams (tf-engine: tensorflow, the control); a run "
+                             "of another source is kept under its own key")
     parser.add_argument("--mask-sites", nargs="+", metavar="SITE",
                         choices=sorted({s for sites in MASK_SITES.values() for s in sites}),
                         help="with --masks: only these of the engine's mask sites from the "
