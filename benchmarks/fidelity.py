@@ -48,8 +48,11 @@ keyed by seeds unrelated to the engine's generators), everything else their
 own; such runs are kept under keys of their own. It separates what the masks'
 draws do from what the rest does. ``--masks tf-site-seeds`` (TensorFlow) keeps
 the engine's draw and keying ``[S_i, t]`` but gives each site another ``S_i``
-(from NumPy); ``--masks tf-engine`` passes the engine's own draws through the
-same seams, the control that must reproduce the native run.
+(from NumPy); ``--masks tf-crossed-seeds`` gives each site the ``S_i`` Keras
+drew for it in the run of the next seed, so run S trains on exactly run S+1's
+native masks with its own weights and windows; ``--masks tf-engine`` passes the
+engine's own draws through the same seams, the control that must reproduce the
+native run.
 ``--mask-sites`` (TensorFlow) gives the source only some of the engine's mask
 sites (``weight-drop``, ``locked``, ``embedding``), the rest drawn as the
 engine draws them: which site carries a difference.
@@ -765,9 +768,10 @@ def main(argv=None):
                              "(numpy: pytorch, tensorflow), by torch.rand (torch-rand: "
                              "pytorch) or by tf.random.stateless_uniform from other seeds "
                              "(tf-stateless: tensorflow), keyed as the engine's with other "
-                             "site seeds (tf-site-seeds: tensorflow) or the engine's own "
-                             "through the seams (tf-engine: tensorflow, the control); a run "
-                             "of another source is kept under its own key")
+                             "site seeds (tf-site-seeds: tensorflow) or with those Keras "
+                             "drew in the next seed's run (tf-crossed-seeds: tensorflow), "
+                             "or the engine's own through the seams (tf-engine: tensorflow, "
+                             "the control); a run of another source is kept under its own key")
     parser.add_argument("--mask-sites", nargs="+", metavar="SITE",
                         choices=sorted({s for sites in MASK_SITES.values() for s in sites}),
                         help="with --masks: only these of the engine's mask sites from the "

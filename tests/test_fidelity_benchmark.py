@@ -475,7 +475,7 @@ def test_tf_site_seeds_key_each_site_s_generator_steps_with_a_numpy_drawn_site_s
         np.testing.assert_array_equal(mask, expected)
     assert [int(v) for v in first.state.numpy()] == [101, 2]  # advanced as the engine's
     assert not np.array_equal(got[0], rule(101, 0))
-    own = module.tf_site_masks(7, own_sites=True)
+    own = module.tf_site_masks(7, "own")
     mine, twin = keras.random.SeedGenerator(101), keras.random.SeedGenerator(101)
     for _ in range(2):
         np.testing.assert_array_equal(own((50, 30), 0.4, mine).numpy(),
@@ -518,3 +518,42 @@ def test_tf_engine_gives_the_native_steps_back_and_tf_site_seeds_only_their_mask
     assert tiny_tensorflow_run(28)[0] == keyed  # the same mask seed: the same run
     fidelity.mask_sources.install("tf-site-seeds", "tensorflow", 29)
     assert tiny_tensorflow_run(28)[0] != keyed
+
+
+def mask_generators_in_order(generators):
+    """``generators`` in the order Keras made them (it numbers their names as it does)."""
+    def made(generator):
+        tail = generator.name.rpartition("_")[2]
+        return int(tail) if tail.isdigit() else 0
+
+    return sorted(generators, key=made)
+
+
+def test_tf_crossed_seeds_key_each_site_with_the_seed_keras_gave_it_in_the_next_run(keras_seams):
+    """Run 28 under tf-crossed-seeds keys each site with the ``S_i`` Keras gave the same site
+    in run 29 (run 29's masks), its generators and weights its own; a seed Keras did not
+    draw is refused by name."""
+    pytest.importorskip("tensorflow")
+    import keras
+
+    def site_seeds(seed):
+        engine = tiny_tensorflow_engine(seed)
+        generators = {id(value): value for layer in engine.model._flatten_layers()
+                      for value in vars(layer).values()
+                      if isinstance(value, keras.random.SeedGenerator)}
+        seeds = [int(g.state.numpy()[0]) for g in mask_generators_in_order(generators.values())]
+        engine.close()
+        return seeds
+
+    own, following = site_seeds(28), site_seeds(29)
+    assert len(own) == 9 and len(set(own + following)) == 18
+    native, generators = tiny_tensorflow_run(28)
+    draw = fidelity.mask_sources.install("tf-crossed-seeds", "tensorflow", 28)
+    crossed, crossed_generators = tiny_tensorflow_run(28)
+    traced = mask_generators_in_order(g for g, _ in draw.site_seeds.values())
+    assert [int(g.state.numpy()[0]) for g in traced] == own
+    assert [draw.site_seeds[id(g)][1] for g in traced] == following
+    assert crossed_generators == generators  # stepped alike
+    assert all(a != b for a, b in zip(native, crossed, strict=True))
+    with pytest.raises(SystemExit, match="seed 0 is not among .* seeds Keras draws for seed 28"):
+        fidelity.mask_sources.keras_seed_of_next_run(28)(0)

@@ -18,9 +18,12 @@ that has one; ``fidelity.py`` puts this folder first on ``PYTHONPATH`` of the
   engine's own draw and keying, ``[S_i, t]`` with ``t`` from the site's
   Keras ``SeedGenerator``, but each site's ``S_i`` drawn by NumPy from
   ``[MOSBENCH_MASK_SEED, 4242]`` in Keras's range in place of the one Keras
-  drew) or ``tf-engine`` (TensorFlow: the engine's own generators and draws
-  passed through the seams, the control that must give the native run back
-  digit for digit);
+  drew) or ``tf-crossed-seeds`` (TensorFlow: the same, each site's ``S_i``
+  the one Keras drew for that site in the run of the next seed, so a run's
+  masks are exactly the native masks of run ``seed + 1``, its initial weights
+  and windows its own) or ``tf-engine`` (TensorFlow: the engine's own
+  generators and draws passed through the seams, the control that must give
+  the native run back digit for digit);
 - ``MOSBENCH_MASK_FRAMEWORK``: the engine whose seam is replaced, the same
   seams the step-level equality tests replace (PyTorch's
   ``masks.dropout_mask``; Keras's locked and embedding dropout's
@@ -41,7 +44,7 @@ SOURCE = os.environ.get("MOSBENCH_MASK_SOURCE")
 FRAMEWORK = os.environ.get("MOSBENCH_MASK_FRAMEWORK")
 AVAILABLE = {"numpy": ("pytorch", "tensorflow"), "torch-rand": ("pytorch",),  # source: engines
              "tf-stateless": ("tensorflow",), "tf-site-seeds": ("tensorflow",),
-             "tf-engine": ("tensorflow",)}
+             "tf-crossed-seeds": ("tensorflow",), "tf-engine": ("tensorflow",)}
 # Keras's mask seams, each replaceable alone (PyTorch's sites share one seam)
 SITES = {"tensorflow": ("weight-drop", "locked", "embedding")}
 
@@ -103,29 +106,58 @@ def tf_stateless_masks(seed):
     return draw
 
 
-def tf_site_masks(seed, own_sites=False):
+def keras_seed_of_next_run(seed, draws=10_000):
+    """For a seed Keras drew in the run of ``seed`` (``make_default_seed``: Python's
+    ``randint(1, 1e9)`` after ``keras.utils.set_random_seed(seed)``), the one Keras drew at
+    the same place in the run of ``seed + 1``."""
+    import random
+
+    own, following = random.Random(int(seed)), random.Random(int(seed) + 1)
+    places = {}
+    for _ in range(draws):
+        places.setdefault(own.randint(1, 10**9), following.randint(1, 10**9))
+
+    def of(site_seed):
+        if site_seed not in places:
+            raise SystemExit(f"tf-crossed-seeds: site seed {site_seed} is not among the first "
+                             f"{draws} seeds Keras draws for seed {seed}: the engine no "
+                             "longer seeds its generators through keras.utils.set_random_seed")
+        return places[site_seed]
+
+    return of
+
+
+def tf_site_masks(seed, site_seeds="numpy"):
     """Masks as the engine draws them, ``stateless_uniform`` keyed ``[S_i, t]`` by the site's
-    ``SeedGenerator`` (which still advances ``t``), with ``S_i`` replaced by one NumPy draws
-    from ``[seed, 4242]`` in Keras's range, a site at a time in the order they are first
-    traced; ``own_sites``: the generator's own ``S_i`` kept, the engine's draw exactly (one
-    device: the engine adds nothing for the replica there)."""
+    ``SeedGenerator`` (which still advances ``t``), with ``S_i``, by ``site_seeds``: one NumPy
+    draws from ``[seed, 4242]`` in Keras's range, a site at a time in the order they are
+    first traced (``numpy``); the one Keras drew for the site in the run of ``seed + 1``
+    (``next-run``); the generator's own, the engine's draw exactly (``own``; one device: the
+    engine adds nothing for the replica there)."""
     import numpy as np
     import tensorflow as tf
 
     rng = np.random.default_rng([int(seed), 4242])
-    site_seeds = {}  # id(generator) -> (generator, its S_i): traced again, the same S_i
+    next_run = keras_seed_of_next_run(seed) if site_seeds == "next-run" else None
+    site_seeds_of = {}  # id(generator) -> (generator, its S_i): traced again, the same S_i
+
+    def site_seed(generator):
+        if site_seeds == "numpy":
+            return int(rng.integers(1, 10**9, endpoint=True))
+        with tf.init_scope():  # S_i never changes: read it once, outside any trace
+            return next_run(int(generator.state.numpy()[0]))
 
     def draw(shape, rate, seed_generator):
         key = tf.cast(seed_generator.next(), tf.int64)
-        if not own_sites:
-            if id(seed_generator) not in site_seeds:
-                site_seeds[id(seed_generator)] = (seed_generator,
-                                                  int(rng.integers(1, 10**9, endpoint=True)))
-            key = tf.stack([tf.constant(site_seeds[id(seed_generator)][1], tf.int64), key[1]])
+        if site_seeds != "own":
+            if id(seed_generator) not in site_seeds_of:
+                site_seeds_of[id(seed_generator)] = (seed_generator, site_seed(seed_generator))
+            key = tf.stack([tf.constant(site_seeds_of[id(seed_generator)][1], tf.int64),
+                            key[1]])
         keep = tf.random.stateless_uniform(shape, seed=key) >= rate
         return tf.cast(keep, tf.float32) / (1.0 - rate)
 
-    draw.site_seeds = site_seeds
+    draw.site_seeds = site_seeds_of
     return draw
 
 
@@ -146,7 +178,8 @@ def install_tensorflow(seed, sites=SITES["tensorflow"], source="numpy"):
     elif source == "tf-stateless":
         mask_of = tf_stateless_masks(seed)
     else:
-        mask_of = tf_site_masks(seed, own_sites=source == "tf-engine")
+        mask_of = tf_site_masks(seed, {"tf-site-seeds": "numpy", "tf-crossed-seeds": "next-run",
+                                       "tf-engine": "own"}[source])
 
     def dropout_mask(shape, rate, seed_generator=None, dtype="float32"):
         # shapes may be symbolic inside tf.function
@@ -168,10 +201,12 @@ def install_tensorflow(seed, sites=SITES["tensorflow"], source="numpy"):
         locked_dropout.dropout_mask = dropout_mask
     if "weight-drop" in sites:
         WeightDropLSTM.dropped_recurrent_kernel = dropped_recurrent_kernel
+    return mask_of
 
 
 def install(source, framework, seed, sites=None):
-    """``sites``: the seams given ``source`` (None: all of the engine's)."""
+    """``sites``: the seams given ``source`` (None: all of the engine's). Returns TensorFlow's
+    mask draw (its ``site_seeds``: each generator's ``S_i`` once traced), else None."""
     if framework not in AVAILABLE.get(source, ()):
         raise SystemExit(f"MOSBENCH_MASK_SOURCE={source!r} is not available for "
                          f"MOSBENCH_MASK_FRAMEWORK={framework!r}: " + "; ".join(
@@ -182,12 +217,15 @@ def install(source, framework, seed, sites=None):
         if wrong or not sites:
             raise SystemExit(f"MOSBENCH_MASK_SITES={','.join(sites)!r}: allowed for "
                              f"{framework}: {', '.join(allowed) or 'none (one seam for all)'}")
+    drawn = None
     if framework == "pytorch":
         install_pytorch(source, seed)
     else:
-        install_tensorflow(seed, SITES[framework] if sites is None else tuple(sites), source)
+        drawn = install_tensorflow(seed, SITES[framework] if sites is None else tuple(sites),
+                                   source)
     where = "" if sites is None else f" at {', '.join(sites)}"
     print(f"mask_sources: {framework}'s dropout masks from {source}{where}", file=sys.stderr)
+    return drawn
 
 
 if SOURCE:
