@@ -15,7 +15,9 @@ so that no model's memory counts in another's figures,
   engine's autocast, so in the dtype the steps run in), or for JAX one training
   step at the preset's batch and ``bptt``, whose compiled program must hold
   jaxlib's cuDNN RNN custom calls, forward and backward, for every layer and
-  chunk (``JaxEngine.cudnn_calls``);
+  chunk (``JaxEngine.cudnn_calls``); before that the JAX engine refuses a GPU
+  whose cuDNN LSTM parts from its scan (``recurrence.assert_cudnn_agrees``),
+  and the row then says "failed" with the engine's words, as does the probe;
 * a few evaluation windows at the preset's ``eval_batch_size``, timed.
 
 JAX's processes run with ``XLA_PYTHON_CLIENT_PREALLOCATE=false``, so that its
@@ -156,8 +158,16 @@ def run_model(job):
         errors.append(f"probe: {type(exc).__name__}: {exc}")
     write_json(out, {**record, "error": "; ".join(errors) or None})
 
-    engine = load_engine(framework, gpus=gpus, threads=threads, seed=job["seed"],
-                         precision=hp["matmul_precision"])
+    from mosbench.errors import MosbenchError
+
+    try:  # a JAX GPU engine first checks that cuDNN's LSTM is the scan's, and may refuse
+        engine = load_engine(framework, gpus=gpus, threads=threads, seed=job["seed"],
+                             precision=hp["matmul_precision"])
+    except MosbenchError as exc:
+        record["cudnn"] = {"status": "failed", "detail": str(exc)}
+        errors.append(f"cuDNN: {exc}")
+        write_json(out, {**record, "error": "; ".join(errors)})
+        return 1
     try:
         valid, meta = load_split(job["data"], "valid")
         if not gpus:
@@ -165,8 +175,6 @@ def run_model(job):
                                "device only, so there is nothing to assert"}
             engine.build(model, meta["vocab_size"], hp)
         elif framework == "jax":
-            from mosbench.errors import MosbenchError
-
             engine.build(model, meta["vocab_size"], hp)
             try:
                 record["cudnn"] = {"status": "passed", "detail": _jax_cudnn(engine, hp)}

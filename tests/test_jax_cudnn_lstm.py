@@ -5,7 +5,14 @@ On the CPU cuDNN's call cannot run, nor even be traced, so the layer's own code
 ``jax.experimental.rnn.lstm_ref``, JAX's scan of cuDNN's recurrence, in the
 kernel's place, fed the flat vector as JAX unpacks it. Where JAX sees a GPU,
 the last tests run the real kernel against the scan and check the training
-step's compiled program.
+step's compiled program. On the one GPU they have met (an H200, jax 0.11.2,
+cuDNN 9.19), the kernel parted from the scan after the first step
+(benchmarks/README.md, "The prepared GPU checks on an H200"); the two tests
+before it there say which side parts: the kernel from JAX's own reference
+with no code of ours around it, or our layer around the kernel.
+Run them where only a GPU machine's packages are (no mlflow, so no conftest)::
+
+    pytest --noconftest -p no:cacheprovider tests/test_jax_cudnn_lstm.py -k on_a_gpu
 """
 
 import types
@@ -18,7 +25,7 @@ import jax.numpy as jnp  # noqa: E402
 from jax.experimental import rnn  # noqa: E402
 
 from mosbench.engines import load_engine  # noqa: E402
-from mosbench.engines.jax.models import build_model, cudnn_lstm, masks, scan_lstm  # noqa: E402
+from mosbench.engines.jax.models import build_model, cudnn_lstm, masks, recurrence, scan_lstm  # noqa: E402
 from mosbench.engines.jax.models.recurrence import choose_cudnn  # noqa: E402
 from mosbench.errors import MosbenchError  # noqa: E402
 
@@ -63,6 +70,19 @@ def reference_kernel(monkeypatch):
     """The cuDNN layer with JAX's reference recurrence in the kernel's place."""
     monkeypatch.setattr(cudnn_lstm, "rnn", types.SimpleNamespace(
         lstm=reference_lstm, get_num_params_in_lstm=rnn.get_num_params_in_lstm))
+
+
+def _parting(mine, theirs, tol=1e-5):
+    """Where two time-major ``(time, batch, ...)`` arrays first differ by more than ``tol``:
+    a sentence naming the first ``(time, batch)`` and the largest difference, or None."""
+    gap = np.abs(np.asarray(mine, np.float64) - np.asarray(theirs, np.float64))
+    gap = gap.reshape(gap.shape[0], gap.shape[1], -1).max(axis=-1)
+    far = np.argwhere(gap > tol)
+    if not len(far):
+        return None
+    steps = sorted({int(t) for t, _ in far})
+    return (f"parted first at (time, batch) {tuple(int(i) for i in far[0])}, at steps "
+            f"{steps} of {gap.shape[0]}, by up to {gap.max():.3g}")
 
 
 def _largest_relative(a, b):
@@ -145,6 +165,42 @@ def test_models_on_the_cudnn_layer_compute_what_they_compute_on_the_scan(referen
         assert _largest_relative(grads_a[key], grads_b[key]) < 1e-4, key
 
 
+def _read_as_time_major(x, h_0, c_0, weights, seq_lengths, **sizes):
+    """A kernel that reads the batch-major input buffer as time-major: a wrong LSTM that
+    agrees with the right one on the first step of the first row only."""
+    batch, time, inputs = x.shape
+    return reference_lstm(x.reshape(time, batch, inputs).swapaxes(0, 1), h_0, c_0, weights,
+                          seq_lengths, **sizes)
+
+
+def test_the_agreement_check_passes_the_lstm_and_refuses_another(reference_kernel,
+                                                                 monkeypatch):
+    """``assert_cudnn_agrees`` with JAX's reference in the kernel's place passes (and
+    remembers the device); with a kernel that scrambles its input it refuses, naming
+    where the outputs part and how far; and a GPU engine makes the check before anything."""
+    monkeypatch.setattr(recurrence, "_AGREED", set())
+    cpu = jax.devices("cpu")[0]
+    largest, parted = recurrence.cudnn_agreement(cpu)
+    assert largest < 1e-5 and parted is None
+    recurrence.assert_cudnn_agrees(cpu)
+    assert recurrence._AGREED == {cpu}
+    engine_module = "mosbench.engines.jax.engine"
+    monkeypatch.setattr(f"{engine_module}.choose_cudnn", lambda use, platform: True)
+    assert load_engine("jax", seed=0).cudnn is True  # checked (remembered) and kept
+
+    monkeypatch.setattr(recurrence, "_AGREED", set())
+    monkeypatch.setattr(cudnn_lstm, "rnn", types.SimpleNamespace(
+        lstm=_read_as_time_major, get_num_params_in_lstm=rnn.get_num_params_in_lstm))
+    largest, parted = recurrence.cudnn_agreement(cpu)
+    assert largest > 0.1 and parted == (0, 1)
+    with pytest.raises(MosbenchError) as refused:
+        load_engine("jax", seed=0)
+    message = str(refused.value)
+    assert "does not compute the LSTM the engine's scan computes" in message
+    assert "part first at (time, batch) (0, 1)" in message and "use_cudnn=False" in message
+    assert recurrence._AGREED == set()
+
+
 HLO_WITH_CUDNN = """
   %custom-call.1 = (f32[3,7,4]{2,1,0}, f32[1,3,4]{2,1,0}) custom-call(%p0, %p1), custom_call_target="cudnn_rnn_ffi", api_version=API_VERSION_TYPED_FFI
   %custom-call.2 = (f32[3,7,4]{2,1,0}, f32[1,3,4]{2,1,0}) custom-call(%p0, %p1), custom_call_target="cudnn_rnn_ffi", api_version=API_VERSION_TYPED_FFI
@@ -204,6 +260,52 @@ def test_use_cudnn_chooses_the_layer_and_refuses_cudnn_without_a_gpu(monkeypatch
 
 
 @needs_gpu
+def test_on_a_gpu_jaxs_kernel_matches_jaxs_reference_at_the_layers_sizes():
+    """jaxlib's kernel against ``lstm_ref`` with no code of ours around it: batch-first
+    input made before the call (no transpose in the program), no weight drop, the sizes
+    of the test below. Failing here, the kernel (jaxlib or cuDNN) computes another LSTM."""
+    x, (h0, c0), w_ih, w_hh, b_ih, b_hh, _ = _tensors(inputs=33, hidden=64)
+    batch_first = jnp.asarray(np.ascontiguousarray(np.asarray(x).swapaxes(0, 1)))
+    flat = cudnn_lstm.pack_weights(w_ih, w_hh, b_ih, b_hh)
+    lengths = jnp.full((BATCH,), TIME, jnp.int32)
+    sizes = {"input_size": 33, "hidden_size": 64, "num_layers": 1, "dropout": 0.0,
+             "bidirectional": False}
+    with jax.default_matmul_precision("highest"):
+        kernel = jax.jit(lambda *a: rnn.lstm(*a, **sizes))(batch_first, h0[None], c0[None],
+                                                            flat, lengths)
+        reference = jax.jit(lambda *a: reference_lstm(*a, **sizes))(
+            batch_first, h0[None], c0[None], flat, lengths)
+    y, y_ref = (np.asarray(out[0]).swapaxes(0, 1) for out in (kernel, reference))
+    assert _parting(y, y_ref) is None, _parting(y, y_ref)
+    for mine, theirs in zip(kernel[1:], reference[1:], strict=True):
+        assert float(jnp.max(jnp.abs(mine - theirs))) < 1e-5
+
+
+@needs_gpu
+def test_on_a_gpu_the_cudnn_layer_matches_itself_on_jaxs_reference(monkeypatch):
+    """Our layer (packing, transposes, weight drop, jit) with the real kernel, then with
+    ``lstm_ref`` in its place: the same outputs and states. Failing here and passing
+    above, the kernel is right and our use of it is not."""
+    x, state, w_ih, w_hh, b_ih, b_hh, key = _tensors(inputs=33, hidden=64)
+
+    def run():
+        def forward(x, state, w_ih, w_hh, b_ih, b_hh):
+            return cudnn_lstm.cudnn_lstm_layer(x, state, w_ih, masks.weight_drop(w_hh, key, 0.5),
+                                               b_ih, b_hh)
+
+        with jax.default_matmul_precision("highest"):
+            return jax.jit(forward)(x, state, w_ih, w_hh, b_ih, b_hh)
+
+    y, (h, c) = run()
+    monkeypatch.setattr(cudnn_lstm, "rnn", types.SimpleNamespace(
+        lstm=reference_lstm, get_num_params_in_lstm=rnn.get_num_params_in_lstm))
+    y_ref, (h_ref, c_ref) = run()
+    assert _parting(y, y_ref) is None, _parting(y, y_ref)
+    for mine, theirs in ((h, h_ref), (c, c_ref)):
+        assert float(jnp.max(jnp.abs(mine - theirs))) < 1e-5
+
+
+@needs_gpu
 def test_on_a_gpu_the_cudnn_layer_matches_the_scan():
     """The real kernel against the scan, float32 without TF32 (``highest``): outputs and
     states to 1e-5, gradients to 1e-4 relative, weight drop on, full and padded windows."""
@@ -227,6 +329,7 @@ def test_on_a_gpu_the_cudnn_layer_matches_the_scan():
         (_, ours), our_grads = run(cudnn_lstm.cudnn_lstm_layer)
         (_, scans), scan_grads = run(lambda x, s, a, b, c, d, n: scan_lstm.lstm_layer(
             x, s, a, b, c + d, n))
+        assert _parting(ours[0], scans[0]) is None, (length, _parting(ours[0], scans[0]))
         for mine, theirs in zip(ours, scans, strict=True):
             assert float(jnp.max(jnp.abs(mine - theirs))) < 1e-5, length
         for mine, theirs in zip(jax.tree.leaves(our_grads), jax.tree.leaves(scan_grads),

@@ -19,7 +19,9 @@ mesh, replicated.
 LSTMs: on GPUs the models run cuDNN's (``models/cudnn_lstm.py``), elsewhere a
 ``lax.scan`` (``use_cudnn``: ``models/recurrence.py``). On cuDNN every new
 training-step program is checked, before it first runs, to hold the cuDNN
-custom calls, forward and backward, of every layer and chunk.
+custom calls, forward and backward, of every layer and chunk, and before that
+the engine checks once that the kernel computes the scan's LSTM
+(``recurrence.assert_cudnn_agrees``).
 """
 
 import contextlib
@@ -41,7 +43,7 @@ from mosbench.engines.jax.averaging import IterateAverage
 from mosbench.engines.jax.compiled import Compiled, CompileLedger
 from mosbench.engines.jax.models import build_model
 from mosbench.engines.jax.models.cudnn_lstm import assert_cudnn_lstm
-from mosbench.engines.jax.models.recurrence import choose_cudnn
+from mosbench.engines.jax.models.recurrence import assert_cudnn_agrees, choose_cudnn
 from mosbench.engines.jax.runtime import configure, placement
 from mosbench.engines.replicas import replica_rows
 from mosbench.errors import MosbenchError
@@ -119,6 +121,8 @@ class JaxEngine(Engine):
         self.devices = placement(gpus, devices)
         self.device = self.devices[0]
         self.cudnn = choose_cudnn(use_cudnn, self.device.platform)
+        if self.cudnn:  # before any job's time is spent on a kernel that parts from the scan
+            assert_cudnn_agrees(self.device)
         log.info("JAX LSTM layers: %s", "cuDNN (jax.experimental.rnn.lstm)" if self.cudnn
                  else "lax.scan")
         if len(self.devices) > 1:

@@ -10,8 +10,17 @@ It is a keyword of the engine (``JaxEngine(use_cudnn=...)``), not a config key
 under ``engines.jax``: the study runs every framework's fused kernel on a GPU
 and its own recurrence on the CPU, so there is nothing for a study to choose;
 tests and benchmarks pass ``False`` to time or compare the scan on a GPU.
+
+A GPU engine that chose cuDNN first runs one small layer through both and
+refuses the job where they part (:func:`assert_cudnn_agrees`): on the one GPU
+this has met (an H200, jax 0.11.2, cuDNN 9.19) the kernel's outputs parted
+from the scan's after the first step, and a job on it would train another
+model than the other engines while timing as if it trained the same one.
 """
 
+import jax
+import jax.numpy as jnp
+import numpy as np
 from jax.experimental import rnn
 
 from mosbench.engines.jax.models import scan_lstm
@@ -56,3 +65,54 @@ def lstm_layer(x, state, w_ih, w_hh, b_ih, b_hh=None, length=None, *, cudnn=Fals
         return cudnn_lstm_layer(x, state, w_ih, w_hh, b_ih, b_hh, length)
     bias = b_ih if b_hh is None else b_ih + b_hh
     return scan_lstm.lstm_layer(x, state, w_ih, w_hh, bias, length)
+
+
+# The agreement check's layer: odd sizes, a few steps, an initial state that is not zero.
+CHECK_SIZES = {"time": 7, "batch": 3, "inputs": 33, "hidden": 64}
+CHECK_TOLERANCE = 1e-4  # float32 over 7 steps parts by ~1e-6; a wrong LSTM by ~1
+_AGREED = set()  # devices whose kernel was checked in this process
+
+
+def cudnn_agreement(device):
+    """Run the check layer through cuDNN and the scan on ``device``, float32 at
+    ``highest``: ``(largest difference of outputs and state, where the outputs first
+    part as (time, batch) or None)``."""
+    t, b, i, h = (CHECK_SIZES[k] for k in ("time", "batch", "inputs", "hidden"))
+    keys = jax.random.split(jax.random.PRNGKey(0), 7)
+    shapes = [(t, b, i), (b, h), (b, h), (4 * h, i), (4 * h, h), (4 * h,), (4 * h,)]
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh = (
+        jax.device_put(jax.random.normal(k, s, jnp.float32) * 0.5, device)
+        for k, s in zip(keys, shapes, strict=True))
+    with jax.default_matmul_precision("highest"):
+        kernel = jax.jit(lambda *a: lstm_layer(*a, cudnn=True))(x, (h0, c0), w_ih, w_hh,
+                                                                  b_ih, b_hh)
+        scan = jax.jit(lambda *a: lstm_layer(*a, cudnn=False))(x, (h0, c0), w_ih, w_hh,
+                                                                 b_ih, b_hh)
+    (y, state), (y_scan, state_scan) = jax.device_get((kernel, scan))
+    gaps = [np.abs(np.asarray(m, np.float64) - np.asarray(s, np.float64))
+            for m, s in zip((y, *state), (y_scan, *state_scan), strict=True)]
+    far = np.argwhere(gaps[0].max(axis=-1) > CHECK_TOLERANCE)
+    return max(float(g.max()) for g in gaps), (tuple(int(k) for k in far[0]) if len(far)
+                                                else None)
+
+
+def assert_cudnn_agrees(device):
+    """Raise MosbenchError unless cuDNN's LSTM on ``device`` computes the scan's LSTM.
+
+    Once per device and process; two compiles of a small layer (seconds).
+    """
+    if device in _AGREED:
+        return
+    largest, parted = cudnn_agreement(device)
+    if largest > CHECK_TOLERANCE:
+        where = f"; the outputs part first at (time, batch) {parted}" if parted else ""
+        raise MosbenchError(
+            f"cuDNN's LSTM on {device} (jax {jax.__version__}) does not compute the LSTM "
+            f"the engine's scan computes: on a {CHECK_SIZES['time']}-step test layer they "
+            f"differ by up to {largest:.3g} (tolerance {CHECK_TOLERANCE:g}){where}. A JAX "
+            "GPU job here would train another model than the other engines. "
+            "`pytest --noconftest tests/test_jax_cudnn_lstm.py -k on_a_gpu` says whether "
+            "the kernel itself or the layer around it parts; another jaxlib or cuDNN may "
+            "agree; JaxEngine(use_cudnn=False) runs the scan on the GPU, for comparisons "
+            "by hand")
+    _AGREED.add(device)
