@@ -6,7 +6,7 @@ On the CPU cuDNN's call cannot run, nor even be traced, so the layer's own code
 kernel's place, fed the flat vector as JAX unpacks it. Where JAX sees a GPU,
 the last tests run the real kernel against the scan and check the training
 step's compiled program. On the one GPU they have met (an H200, jax 0.11.2,
-cuDNN 9.19), the kernel parted from the scan after the first step
+cuDNN 9.19), the kernel parted from the scan after its first output row
 (benchmarks/README.md, "The prepared GPU checks on an H200"); the two tests
 before it there say which side parts: the kernel from JAX's own reference
 with no code of ours around it, or our layer around the kernel.

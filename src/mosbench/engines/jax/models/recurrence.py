@@ -14,7 +14,7 @@ tests and benchmarks pass ``False`` to time or compare the scan on a GPU.
 A GPU engine that chose cuDNN first runs one small layer through both and
 refuses the job where they part (:func:`assert_cudnn_agrees`): on the one GPU
 this has met (an H200, jax 0.11.2, cuDNN 9.19) the kernel's outputs parted
-from the scan's after the first step, and a job on it would train another
+from the scan's after their first row, and a job on it would train another
 model than the other engines while timing as if it trained the same one.
 """
 
