@@ -7,9 +7,12 @@ kernel's place, fed the flat vector as JAX unpacks it. Where JAX sees a GPU,
 the last tests run the real kernel against the scan and check the training
 step's compiled program. On the one GPU they have met (an H200, jax 0.11.2,
 cuDNN 9.19), the kernel parted from the scan after its first output row
-(benchmarks/README.md, "The prepared GPU checks on an H200"); the two tests
-before it there say which side parts: the kernel from JAX's own reference
-with no code of ours around it, or our layer around the kernel.
+(benchmarks/README.md, "The prepared GPU checks on an H200"), by exactly what
+JAX's reference gives when fed the layer's time-major buffer as its
+batch-major input (tested here): XLA left the transpose as a layout bitcast,
+which jaxlib's layout-less custom call let it do. The engine now pins the
+call's layouts (tested here on a stand-in); the two GPU tests before the
+scan's say, where a GPU runs them, which side parts if one still does.
 Run them where only a GPU machine's packages are (no mlflow, so no conftest)::
 
     pytest --noconftest -p no:cacheprovider tests/test_jax_cudnn_lstm.py -k on_a_gpu
@@ -23,6 +26,9 @@ import pytest
 jax = pytest.importorskip("jax")
 import jax.numpy as jnp  # noqa: E402
 from jax.experimental import rnn  # noqa: E402
+from jax.extend.mlir import ir  # noqa: E402
+from jax.extend.mlir.dialects import stablehlo as hlo  # noqa: E402
+from jax.interpreters import mlir  # noqa: E402
 
 from mosbench.engines import load_engine  # noqa: E402
 from mosbench.engines.jax.models import build_model, cudnn_lstm, masks, recurrence, scan_lstm  # noqa: E402
@@ -165,12 +171,68 @@ def test_models_on_the_cudnn_layer_compute_what_they_compute_on_the_scan(referen
         assert _largest_relative(grads_a[key], grads_b[key]) < 1e-4, key
 
 
-def _read_as_time_major(x, h_0, c_0, weights, seq_lengths, **sizes):
-    """A kernel that reads the batch-major input buffer as time-major: a wrong LSTM that
-    agrees with the right one on the first step of the first row only."""
+def _fed_the_time_major_buffer(x, h_0, c_0, weights, seq_lengths, **sizes):
+    """JAX's reference fed what a kernel reads when XLA hands it the layer's time-major
+    buffer as its batch-major input (the transpose left as a bitcast): a wrong LSTM that
+    agrees with the right one on the first output row only."""
     batch, time, inputs = x.shape
-    return reference_lstm(x.reshape(time, batch, inputs).swapaxes(0, 1), h_0, c_0, weights,
+    return reference_lstm(x.swapaxes(0, 1).reshape(batch, time, inputs), h_0, c_0, weights,
                           seq_lengths, **sizes)
+
+
+def test_a_kernel_fed_the_transposed_buffer_parts_as_the_h200s_did(monkeypatch):
+    """The diagnosis of the H200's failure (jax 0.11.2): the GPU test's layer, with JAX's
+    reference reading the time-major buffer as batch-major in the kernel's place, parts
+    from the scan by the figure the H200 printed, 1.584834, and its last output row is the
+    H200's (-0.137457, 0.856422, 0.517657), while the scan's is the H200's scan's."""
+    x, state, w_ih, w_hh, b_ih, b_hh, key = _tensors(inputs=33, hidden=64)
+    monkeypatch.setattr(cudnn_lstm, "rnn", types.SimpleNamespace(
+        lstm=_fed_the_time_major_buffer, get_num_params_in_lstm=rnn.get_num_params_in_lstm))
+
+    def run(layer):
+        with jax.default_matmul_precision("highest"):
+            return jax.jit(lambda x, s, a, b, c, d: layer(
+                x, s, a, masks.weight_drop(b, key, 0.5), c, d))(x, state, w_ih, w_hh, b_ih,
+                                                                 b_hh)
+
+    scrambled, _ = run(cudnn_lstm.cudnn_lstm_layer)
+    scan, _ = run(lambda x, s, a, b, c, d: scan_lstm.lstm_layer(x, s, a, b, c + d))
+    assert abs(float(jnp.max(jnp.abs(scrambled - scan))) - 1.584834) < 1e-5
+    np.testing.assert_allclose(scrambled[-1, -1, -3:], [-0.137457, 0.856422, 0.517657],
+                               atol=1e-5)
+    np.testing.assert_allclose(scan[0, 0, :3], [-0.480534, -0.056848, -0.004948], atol=1e-5)
+    np.testing.assert_allclose(scan[-1, -1, -3:], [0.153677, 0.037257, 0.633801], atol=1e-5)
+    assert _parting(scrambled, scan).startswith("parted first at (time, batch) (0, 1)")
+
+
+def test_the_kernels_lowerings_pin_row_major_layouts():
+    """jaxlib's cuDNN custom calls name no layouts; the engine registers them again with
+    row-major ones on every operand and result. cuDNN's rule cannot lower on the CPU, so
+    a stand-in custom call lowered through the same wrapper shows what it adds: the
+    transposed input is then materialised, not handed over as a bitcast."""
+    assert cudnn_lstm.KERNEL_LAYOUTS_PINNED  # both rules found and registered for cuda
+
+    def stand_in(wrap):
+        primitive = jax.extend.core.Primitive(f"stand_in_kernel_{wrap}")
+        primitive.multiple_results = True
+        primitive.def_abstract_eval(lambda x, w: (jax.core.ShapedArray(x.shape, x.dtype),
+                                                  jax.core.ShapedArray(w.shape, w.dtype)))
+
+        def rule(ctx, x, w):  # built as jaxlib builds the RNN call: no layouts named
+            return hlo.CustomCallOp([x.type, w.type], [x, w],
+                                    call_target_name=ir.StringAttr.get("stand_in")).results
+
+        mlir.register_lowering(primitive, cudnn_lstm.with_row_major_layouts(rule) if wrap
+                               else rule, platform="cpu")
+        program = jax.jit(lambda x, w: primitive.bind(x.swapaxes(0, 1), w)).lower(
+            jnp.zeros((TIME, BATCH, INPUTS)), jnp.zeros(4)).as_text()
+        [call] = [line for line in program.splitlines() if "stablehlo.custom_call" in line]
+        return call
+
+    assert "layouts" not in stand_in(False)
+    pinned = "[dense<[2, 1, 0]> : tensor<3xindex>, dense<0> : tensor<1xindex>]"
+    call = stand_in(True)
+    assert f"operand_layouts = {pinned}" in call and f"result_layouts = {pinned}" in call
 
 
 def test_the_agreement_check_passes_the_lstm_and_refuses_another(reference_kernel,
@@ -190,7 +252,7 @@ def test_the_agreement_check_passes_the_lstm_and_refuses_another(reference_kerne
 
     monkeypatch.setattr(recurrence, "_AGREED", set())
     monkeypatch.setattr(cudnn_lstm, "rnn", types.SimpleNamespace(
-        lstm=_read_as_time_major, get_num_params_in_lstm=rnn.get_num_params_in_lstm))
+        lstm=_fed_the_time_major_buffer, get_num_params_in_lstm=rnn.get_num_params_in_lstm))
     largest, parted = recurrence.cudnn_agreement(cpu)
     assert largest > 0.1 and parted == (0, 1)
     with pytest.raises(MosbenchError) as refused:

@@ -19,7 +19,18 @@ jaxlib's kernel copies ``seq_lengths`` to the host and waits for the stream
 before every forward and every backward call (``jaxlib/gpu/rnn_kernels.cc``:
 cuDNN's data descriptor takes host lengths), so the host cannot queue work
 past an LSTM layer: 2 x layers x chunks waits per training step. Not measured
-here (no GPU).
+here.
+
+jaxlib lowers the call to a custom call that names no operand or result
+layouts (``jaxlib/gpu_rnn.py`` builds the op without ``operand_layouts``), so
+XLA is free to give its input the layout that turns the transpose before it
+into a bitcast, while the kernel reads every buffer as row-major. That fits
+what an H200 (jax 0.11.2) did: the layer parted from the scan by 1.584834
+after its first row, and reading the batch-major input as the time-major
+buffer reproduces that figure and the last output row on the CPU exactly
+(``tests/test_jax_cudnn_lstm.py``). :func:`pin_kernel_layouts` registers
+jaxlib's own lowerings again, with every operand and result of the custom
+call pinned to the row-major layout, so XLA materialises the transposes.
 """
 
 import re
@@ -27,7 +38,10 @@ from collections import Counter
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.experimental import rnn
+from jax.extend.mlir import ir
+from jax.interpreters import mlir
 
 from mosbench.errors import MosbenchError
 
@@ -38,6 +52,42 @@ BACKWARD_TARGET = "cudnn_rnn_bwd_ffi"
 # HLO text writes custom_call_target="name"; StableHLO (a lowered, uncompiled program)
 # writes stablehlo.custom_call @name(
 _TARGET = re.compile(r'custom_call_target="([^"]+)"|custom_call @([\w.$-]+)\(')
+
+
+def with_row_major_layouts(lowering):
+    """``lowering`` (a rule that emits one custom call) with every operand and result of
+    that call pinned to the row-major layout, the one the kernel reads and writes."""
+
+    def lower(ctx, *args, **params):
+        results = lowering(ctx, *args, **params)
+        call = results[0].owner
+        call = getattr(call, "operation", call)
+        for name, values in (("operand_layouts", call.operands), ("result_layouts",
+                                                                  call.results)):
+            call.attributes[name] = ir.ArrayAttr.get([
+                ir.DenseIntElementsAttr.get(np.arange(rank - 1, -1, -1, dtype=np.int64),
+                                            type=ir.IndexType.get())
+                for rank in (ir.ShapedType(value.type).rank for value in values)])
+        return results
+
+    return lower
+
+
+def pin_kernel_layouts():
+    """Register jaxlib's cuDNN RNN lowerings, forward and backward, with row-major
+    layouts (:func:`with_row_major_layouts`); False where this jaxlib has none."""
+    gpu_rnn = getattr(rnn, "gpu_rnn", None)
+    rules = [getattr(gpu_rnn, name, None) for name in ("cudnn_rnn_lowering",
+                                                       "cudnn_rnn_bwd_lowering")]
+    primitives = [getattr(rnn, name, None) for name in ("rnn_fwd_p", "rnn_bwd_p")]
+    if None in rules or None in primitives:
+        return False
+    for primitive, rule in zip(primitives, rules, strict=True):
+        mlir.register_lowering(primitive, with_row_major_layouts(rule), platform="cuda")
+    return True
+
+
+KERNEL_LAYOUTS_PINNED = pin_kernel_layouts()
 
 
 def pack_weights(w_ih, w_hh, b_ih, b_hh):

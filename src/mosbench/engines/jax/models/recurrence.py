@@ -16,6 +16,9 @@ refuses the job where they part (:func:`assert_cudnn_agrees`): on the one GPU
 this has met (an H200, jax 0.11.2, cuDNN 9.19) the kernel's outputs parted
 from the scan's after their first row, and a job on it would train another
 model than the other engines while timing as if it trained the same one.
+The likely cause, XLA handing the kernel a transposed buffer, is fixed in
+``cudnn_lstm.pin_kernel_layouts``, which no GPU has run yet: the check stays
+as the guard.
 """
 
 import jax
