@@ -74,8 +74,13 @@ def reference_lstm(x, h_0, c_0, weights, seq_lengths, *, input_size, hidden_size
 @pytest.fixture
 def reference_kernel(monkeypatch):
     """The cuDNN layer with JAX's reference recurrence in the kernel's place."""
+    _in_the_kernels_place(monkeypatch, reference_lstm)
+
+
+def _in_the_kernels_place(monkeypatch, lstm):
+    """Make the cuDNN layer call ``lstm`` (``rnn.lstm``'s contract) instead of the kernel."""
     monkeypatch.setattr(cudnn_lstm, "rnn", types.SimpleNamespace(
-        lstm=reference_lstm, get_num_params_in_lstm=rnn.get_num_params_in_lstm))
+        lstm=lstm, get_num_params_in_lstm=rnn.get_num_params_in_lstm))
 
 
 def _parting(mine, theirs, tol=1e-5):
@@ -186,8 +191,7 @@ def test_a_kernel_fed_the_transposed_buffer_parts_as_the_h200s_did(monkeypatch):
     from the scan by the figure the H200 printed, 1.584834, and its last output row is the
     H200's (-0.137457, 0.856422, 0.517657), while the scan's is the H200's scan's."""
     x, state, w_ih, w_hh, b_ih, b_hh, key = _tensors(inputs=33, hidden=64)
-    monkeypatch.setattr(cudnn_lstm, "rnn", types.SimpleNamespace(
-        lstm=_fed_the_time_major_buffer, get_num_params_in_lstm=rnn.get_num_params_in_lstm))
+    _in_the_kernels_place(monkeypatch, _fed_the_time_major_buffer)
 
     def run(layer):
         with jax.default_matmul_precision("highest"):
@@ -251,8 +255,7 @@ def test_the_agreement_check_passes_the_lstm_and_refuses_another(reference_kerne
     assert load_engine("jax", seed=0).cudnn is True  # checked (remembered) and kept
 
     monkeypatch.setattr(recurrence, "_AGREED", set())
-    monkeypatch.setattr(cudnn_lstm, "rnn", types.SimpleNamespace(
-        lstm=_fed_the_time_major_buffer, get_num_params_in_lstm=rnn.get_num_params_in_lstm))
+    _in_the_kernels_place(monkeypatch, _fed_the_time_major_buffer)
     largest, parted = recurrence.cudnn_agreement(cpu)
     assert largest > 0.1 and parted == (0, 1)
     with pytest.raises(MosbenchError) as refused:
@@ -359,8 +362,7 @@ def test_on_a_gpu_the_cudnn_layer_matches_itself_on_jaxs_reference(monkeypatch):
             return jax.jit(forward)(x, state, w_ih, w_hh, b_ih, b_hh)
 
     y, (h, c) = run()
-    monkeypatch.setattr(cudnn_lstm, "rnn", types.SimpleNamespace(
-        lstm=reference_lstm, get_num_params_in_lstm=rnn.get_num_params_in_lstm))
+    _in_the_kernels_place(monkeypatch, reference_lstm)
     y_ref, (h_ref, c_ref) = run()
     assert _parting(y, y_ref) is None, _parting(y, y_ref)
     for mine, theirs in ((h, h_ref), (c, c_ref)):
