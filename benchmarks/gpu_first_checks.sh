@@ -3,8 +3,11 @@
 #   1. the GPU tests of the cuDNN paths (JAX's layer against JAX's reference and against
 #      the scan, JAX's training step's custom calls, PyTorch's fused LSTM), without the
 #      suite's conftest, which needs mlflow;
-#   2. gpu_check.py for JAX, then for PyTorch, at float32 (benchmarks/README.md, "The
-#      prepared GPU checks on an H200", for the last figures).
+#   2. the compiled program of the JAX engine's agreement-check layer, whose custom calls
+#      show the layouts XLA gave the cuDNN kernel (cudnn_layer_hlo.txt);
+#   3. gpu_check.py for each framework:precision of $CHECKS (default JAX, then PyTorch,
+#      at float32; benchmarks/README.md, "The prepared GPU checks on an H200", for the
+#      last figures), each within $BUDGET_S seconds (default 200).
 # Outputs (logs and JSON) go to $OUT, or results/gpu-first-checks without it. Where the
 # machine lacks jsonschema, carry its wheels in .whl/ (benchmarks/README.md says which).
 set -u
@@ -20,11 +23,24 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$out/gpu.
 "$py" -m pytest --noconftest -p no:cacheprovider -q -rA tests/test_jax_cudnn_lstm.py \
     tests/test_pytorch_engine.py -k "on_a_gpu or passes_on_cuda" >"$out/gpu_tests.log" 2>&1
 echo "GPU tests: exit $?"
-"$py" benchmarks/gpu_check.py --framework jax --budget-s 200 \
-    --out "$out/gpu_check_jax.json" >"$out/gpu_check_jax.log" 2>&1
-echo "gpu_check.py --framework jax: exit $?"
-"$py" benchmarks/gpu_check.py --budget-s 120 \
-    --out "$out/gpu_check_pytorch.json" >"$out/gpu_check_pytorch.log" 2>&1
-echo "gpu_check.py (PyTorch): exit $?"
+"$py" - >"$out/cudnn_layer_hlo.txt" 2>&1 <<'PY'
+import jax
+from mosbench.engines.jax.models import cudnn_lstm, recurrence
+print("layouts pinned:", cudnn_lstm.KERNEL_LAYOUTS_PINNED)
+print("agreement (largest difference, first parting):", recurrence.cudnn_agreement(jax.devices()[0]))
+t, b, i, h = (recurrence.CHECK_SIZES[k] for k in ("time", "batch", "inputs", "hidden"))
+z = jax.numpy.zeros
+args = (z((t, b, i)), (z((b, h)), z((b, h))), z((4 * h, i)), z((4 * h, h)), z((4 * h,)), z((4 * h,)))
+print(jax.jit(lambda *a: recurrence.lstm_layer(*a, cudnn=True)).lower(*args).compile().as_text())
+PY
+echo "cuDNN layer program: exit $?"
+for check in ${CHECKS:-jax:float32 pytorch:float32}; do
+    framework=${check%%:*} precision=${check#*:}
+    "$py" benchmarks/gpu_check.py --framework "$framework" --precision "$precision" \
+        --budget-s "${BUDGET_S:-200}" --out "$out/gpu_check_${framework}_$precision.json" \
+        >"$out/gpu_check_${framework}_$precision.log" 2>&1
+    echo "gpu_check.py --framework $framework --precision $precision: exit $?"
+done
 grep -E "passed|failed|PASSED|FAILED|Error" "$out/gpu_tests.log" | tail -n 12
-grep -E "^\| " "$out/gpu_check_jax.log" "$out/gpu_check_pytorch.log"
+grep -m2 -E "^(layouts|agreement)" "$out/cudnn_layer_hlo.txt"
+grep -hE "^\| " "$out"/gpu_check_*.log
