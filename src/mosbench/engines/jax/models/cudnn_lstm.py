@@ -30,7 +30,10 @@ after its first row, and reading the batch-major input as the time-major
 buffer reproduces that figure and the last output row on the CPU exactly
 (``tests/test_jax_cudnn_lstm.py``). :func:`pin_kernel_layouts` registers
 jaxlib's own lowerings again, with every operand and result of the custom
-call pinned to the row-major layout, so XLA materialises the transposes.
+call pinned to the row-major layout, so XLA materialises the transposes. On
+the H200 (jax 0.11.2, cuDNN 9.19) the compiled layer then feeds the call a
+transpose under ``operand_layout_constraints``, and the layer agrees with the
+scan to 8e-7 (``benchmarks/README.md``, "JAX's cuDNN layer fixed").
 """
 
 import re

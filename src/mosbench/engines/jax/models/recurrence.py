@@ -12,13 +12,15 @@ and its own recurrence on the CPU, so there is nothing for a study to choose;
 tests and benchmarks pass ``False`` to time or compare the scan on a GPU.
 
 A GPU engine that chose cuDNN first runs one small layer through both and
-refuses the job where they part (:func:`assert_cudnn_agrees`): on the one GPU
-this has met (an H200, jax 0.11.2, cuDNN 9.19) the kernel's outputs parted
-from the scan's after their first row, and a job on it would train another
-model than the other engines while timing as if it trained the same one.
-The likely cause, XLA handing the kernel a transposed buffer, is fixed in
-``cudnn_lstm.pin_kernel_layouts``, which no GPU has run yet: the check stays
-as the guard.
+refuses the job where they part (:func:`assert_cudnn_agrees`): on an H200
+(jax 0.11.2, cuDNN 9.19) the kernel's outputs once parted from the scan's
+after their first row, and a job there would have trained another model than
+the other engines while timing as if it trained the same one. The cause, XLA
+handing the kernel a transposed buffer, is fixed in
+``cudnn_lstm.pin_kernel_layouts`` (on the same GPU the two then agreed to
+8e-7). The check stays: it costs seconds a job, and a jaxlib whose lowering
+moved (``pin_kernel_layouts`` then pins nothing) or whose kernel reads
+another layout would otherwise time a wrong LSTM silently.
 """
 
 import jax
