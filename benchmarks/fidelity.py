@@ -6,13 +6,13 @@ finetune, no dynamic evaluation, on the real PTB (``../shared/data/ptb``), for
 N seeds, in every framework of ``mosbench.engines.FRAMEWORKS`` and in the
 reference code (zihangdai/mos). An engine's run is the pipeline's own:
 ``mosbench --config <work>/config.yaml train ptb awd-lstm-mos --framework F
---seed S`` in a scratch folder, where config.yaml is the project's with that
-preset changed and the data went through ``mosbench tokenise``. The reference
-is cloned into the scratch folder (or copied there from ``--reference DIR``),
-patched there as :data:`REFERENCE_PATCHES` says, and run with the same
-hyperparameters and seed; when no copy can be had it is skipped in one line.
-Runs are interleaved (seed by seed, every side in turn), each in its own
-process.
+--seed S --gpus N`` in a scratch folder (N 0, the CPU, unless ``--gpus``), where
+config.yaml is the project's with that preset changed and the data went through
+``mosbench tokenise``. The reference is cloned into the scratch folder (or copied
+there from ``--reference DIR``), patched there as :data:`REFERENCE_PATCHES` says,
+and run on the CPU with the same hyperparameters and seed; when no copy can be
+had it is skipped in one line. Runs are interleaved (seed by seed, every side in
+turn), each in its own process, one at a time unless ``--parallel`` (below).
 
 Printed: the machine, the versions and the command; each run as it ends; the
 validation perplexity of every seed per side with mean +- std; and each side
@@ -39,6 +39,42 @@ never replaces one of earlier code. ``--report --code SIDE=REV`` reads a
 side's runs kept under its code at git revision REV (the commit they were
 trained at), so engines trained at different commits share one table, each
 side's commit printed with it.
+
+``--gpus N`` trains each engine's run on N GPUs: ``mosbench train ... --gpus N``,
+its summary read from ``seed<S>-gpus<N>``. Such a run is kept under a key that
+holds the GPU count (a CPU run's key is what it was before the option), so a GPU
+run is never reused for a CPU run nor mixed with one; every run records its
+``gpus`` as it does its ``threads``, a GPU run also its ``device`` (and its log
+is ``<side>-seed<S>-gpus<N>.log``), and the machine lines name the GPU (from
+NVML). The reference stays on the CPU (its CUDA
+path is neither patched nor checked here), so ``--gpus`` needs ``--no-reference``.
+On a GPU the JAX runs share one persistent compilation cache (config key
+``engines.jax.compilation_cache``, a folder in the scratch folder, so ``--work``
+keeps it for later invocations): each of an epoch's ~50 window lengths is a
+compile, and a run loads what an earlier or concurrent run has compiled (an
+entry still being written reads as damaged: JAX warns and compiles). It
+changes no arithmetic: a program is cached under a hash of its HLO, compile
+options, device kind and JAX version, so a run that loads one runs the program a
+fresh compile would give, the only possible difference being which kernel XLA's
+GPU autotuner timed fastest, a pick that may differ between any two compiles.
+CPU runs get no cache: they run exactly as before the option.
+
+``--parallel K`` runs up to K runs at once, each in its own process with
+``--threads`` threads (default: the usable cores over K), e.g. four engine runs
+on one H200. They share the machine, so with K > 1 the step times (and the smoke
+run's estimate) say nothing about speed: only the losses are results. The
+records and tables keep the order of the runs (seed by seed, side by side)
+whatever order they end in; each run is printed and kept as it ends, after the
+kept runs of earlier invocations. Concurrent runs in
+one scratch folder are safe: each writes its own
+``train/<framework>/ptb/awd-lstm-mos/seed<S>-gpus<N>`` folder, the data is
+tokenised once before any starts, and the MLflow SQLite store they share is
+created under a lock by mosbench, its "database is locked" retried. With K > 1
+on GPUs the engines start with ``XLA_PYTHON_CLIENT_PREALLOCATE=false`` (unless set):
+JAX's default takes 75 % of a GPU's memory at start, and the next process would
+find too little. That setting chooses the allocator, not the arithmetic. Every
+run takes the first N GPUs it sees (``CUDA_VISIBLE_DEVICES``): K runs share them,
+they are not spread over a larger machine's GPUs.
 
 ``--masks numpy`` (PyTorch and TensorFlow), ``--masks torch-rand`` (PyTorch)
 or ``--masks tf-stateless`` (TensorFlow) trains the engines with their dropout
@@ -73,6 +109,8 @@ Usage::
     .venv/bin/python benchmarks/fidelity.py --masks numpy --no-reference --seeds 4
     .venv/bin/python benchmarks/fidelity.py --frameworks tensorflow --masks numpy \
         --mask-sites weight-drop --no-reference --seeds 4
+    .venv/bin/python benchmarks/fidelity.py --frameworks pytorch jax --seeds 4 \
+        --no-reference --gpus 1 --parallel 4 --work /tmp/fid-gpu   # one GPU, 4 runs at once
 
 Needs statsmodels (``.venv/bin/pip install statsmodels==0.15.0``) and, for
 the reference and the PyTorch engine, torch. Run it alone: on 2 cores anything
@@ -82,6 +120,7 @@ else busy slows it (the perplexities do not depend on it).
 import argparse
 import contextlib
 import csv
+import functools
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -96,6 +135,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import numpy as np
@@ -219,7 +259,17 @@ verdict = loss_verdict
 
 # --- the machine, the data and the engines' runs ---
 
-def machine_lines(threads):
+def gpu_label(gpus):
+    """The model of the first ``gpus`` GPUs as NVML names it, or "GPU (name unknown)"
+    (no nvidia-ml-py, no driver); None for the CPU (``gpus`` 0)."""
+    if not gpus:
+        return None
+    from mosbench.measurement.provenance import gpu_description
+
+    return gpu_description(gpus)[1] or "GPU (name unknown)"
+
+
+def machine_lines(threads, gpus=0, parallel=1):
     sys.path.insert(0, str(REPO / "benchmarks"))
     from throughput import cpu_description
 
@@ -228,8 +278,15 @@ def machine_lines(threads):
                     "statsmodels"):
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions.append(f"{package} {importlib.metadata.version(package)}")
-    return [f"cpu: {cpu_description()}; {threads} threads per run",
-            "versions: " + ", ".join(versions)]
+    lines = [f"cpu: {cpu_description()}; {threads} threads per run"]
+    if gpus:
+        lines.append(f"gpu: {gpus} x {gpu_label(gpus)} per engine run (mosbench train --gpus "
+                     f"{gpus}); the reference is not run")
+    if parallel > 1:
+        lines.append(f"parallel: up to {parallel} runs at once on this machine"
+                     + (" and its GPUs" if gpus else "")
+                     + ": their step times say nothing about speed")
+    return lines + ["versions: " + ", ".join(versions)]
 
 
 def check_ptb(data_dir, config):
@@ -246,12 +303,19 @@ def check_ptb(data_dir, config):
                              f"{members[split]['sha256']} (sources.ptb.members.{split})")
 
 
-def write_config(work, overrides, threads):
-    """The project's config with the scaled preset; return (its path, the preset)."""
+def write_config(work, overrides, threads, jax_cache=None):
+    """The project's config with the scaled preset; return (its path, the preset).
+
+    ``jax_cache``: a folder for the JAX engine's persistent compilation cache
+    (``engines.jax.compilation_cache``), shared by the runs that read this config.
+    """
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text(encoding="utf-8"))
     presets = config["presets"][DATASET]
     presets[MODEL] = {**presets[MODEL], **overrides}
     config["threads"] = threads
+    if jax_cache is not None:
+        config.setdefault("engines", {}).setdefault("jax", {})["compilation_cache"] = str(
+            Path(jax_cache).resolve())
     config["mlflow"]["experiment"] = "mosbench-fidelity"
     path = work / "config.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
@@ -347,22 +411,49 @@ def masked_code(code, masks, sites=None):
     return f"{code}:masks={masks}" + ("" if sites is None else "@" + "+".join(sites))
 
 
-def run_engine(framework, seed, work, config_path, logs, masks="native", sites=None):
-    log = logs / f"{framework}-seed{seed}.log"
+def engine_arguments(framework, seed, gpus=0):
+    """``mosbench train``'s arguments for one engine run."""
+    return ["train", DATASET, MODEL, "--framework", framework, "--seed", str(seed),
+            "--gpus", str(gpus)]
+
+
+def summary_path(work, framework, seed, gpus=0):
+    """Where ``mosbench train`` in ``work`` writes that run's summary (paths.TRAIN)."""
+    return (work / "results" / "train" / framework / DATASET / MODEL / f"seed{seed}-gpus{gpus}"
+            / "train.json")
+
+
+def engine_log(logs, framework, seed, gpus=0):
+    """A run's log; a GPU run's named apart, so it never overwrites the CPU run's."""
+    return logs / (f"{framework}-seed{seed}.log" if not gpus
+                   else f"{framework}-seed{seed}-gpus{gpus}.log")
+
+
+def engine_environment(gpus, parallel):
+    """What every engine process gets besides the mask source: with several runs on GPUs,
+    JAX's allocator takes what it needs instead of 75 % of the GPU at start (the next
+    process would find too little); the arithmetic is the same either way."""
+    if gpus and parallel > 1 and "XLA_PYTHON_CLIENT_PREALLOCATE" not in os.environ:
+        return {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    return {}
+
+
+def run_engine(framework, seed, work, config_path, logs, masks="native", sites=None, gpus=0,
+               env=None):
+    """One ``mosbench train`` run on ``gpus`` GPUs (0: the CPU); ``env``: more variables."""
+    log = engine_log(logs, framework, seed, gpus)
     start = time.monotonic()
-    done = mosbench(work, config_path, "train", DATASET, MODEL, "--framework", framework,
-                    "--seed", str(seed), log=log,
-                    env=mask_environment(masks, framework, seed, sites))
+    done = mosbench(work, config_path, *engine_arguments(framework, seed, gpus), log=log,
+                    env={**(env or {}), **mask_environment(masks, framework, seed, sites)})
     record = {"side": framework, "seed": seed, "wall_s": time.monotonic() - start,
-              "log": str(log)}
-    summary_path = (work / "results" / "train" / framework / DATASET / MODEL
-                    / f"seed{seed}-gpus0" / "train.json")
+              "log": str(log), "gpus": gpus}
+    summary_file = summary_path(work, framework, seed, gpus)
     if done.returncode == PAUSED_EXIT_CODE:  # SIGTERM: a checkpoint to resume from
         return {**record, "status": f"paused: {last_line(log)}; the same command with "
                                     f"--work {work.parent} --resume continues it"}
-    if done.returncode or not summary_path.exists():
+    if done.returncode or not summary_file.exists():
         return {**record, "status": f"failed (exit {done.returncode}): {last_line(log)}"}
-    summary = json.loads(summary_path.read_text())
+    summary = json.loads(summary_file.read_text())
     if summary["outcome"] != "finished":
         return {**record, "status": f"{summary['outcome']}: {summary.get('reason')}"}
     last = summary["history"][-1]
@@ -426,10 +517,16 @@ def block_losses(progress, stream_positions, hp, seed):
     return blocks
 
 
-def run_key(side, seed, hp, stream_positions, code):
-    """A digest of what makes a stored run the same run as the one asked for."""
+def run_key(side, seed, hp, stream_positions, code, gpus=0):
+    """A digest of what makes a stored run the same run as the one asked for.
+
+    ``gpus`` enters only when above 0: a GPU run is another run than a CPU run,
+    and a CPU run's key is the one it had before runs could be on GPUs.
+    """
     what = {"side": side, "seed": seed, "hparams": hp, "stream_positions": stream_positions,
             "code": code}
+    if gpus:
+        what["gpus"] = gpus
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -487,6 +584,29 @@ def code_hash_at(revision, side, scratch, repo=REPO):
                                  capture_output=True, check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
     return commit, code_hash("train", side, root=tree / "src" / "mosbench")
+
+
+def run_all(jobs, parallel, finished):
+    """Call each of ``jobs`` (``{position: job}``, a job a callable returning a record), up
+    to ``parallel`` at once, and ``finished(position, record)`` in this thread as each ends.
+
+    One at a time they run here, in the order given. Otherwise each in a thread of a pool,
+    started in that order: a job waits on a process of its own, so threads suffice.
+    """
+    if parallel <= 1:
+        for position, job in jobs.items():
+            finished(position, job())
+        return
+    pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="fidelity-run")
+    try:
+        running = {pool.submit(job): position for position, job in jobs.items()}
+        while running:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in sorted(done, key=running.get):
+                finished(running.pop(future), future.result())
+    finally:
+        # after an error or ^C nothing more starts; the runs under way end (^C reached them)
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def last_text(text):
@@ -735,7 +855,8 @@ def estimate_lines(records, sides, hp, full_windows, seeds):
 def write_results(folder, settings, records, rows):
     folder.mkdir(parents=True, exist_ok=True)
     fields = ["side", "seed", "status", "valid_loss", "valid_ppl", "train_loss", "n_params",
-              "windows", "threads", "step_median_s", "train_s", "wall_s", "log"]
+              "windows", "threads", "gpus", "device", "step_median_s", "train_s", "wall_s",
+              "log"]
     with open(folder / "fidelity.csv", "w", newline="") as out:
         writer = csv.DictWriter(out, fields, extrasaction="ignore")
         writer.writeheader()
@@ -782,8 +903,16 @@ def main(argv=None):
     parser.add_argument("--results", type=Path, default=REPO / "results" / "fidelity",
                         help="folder for fidelity.csv, fidelity.json and the runs' logs "
                              "(default results/fidelity)")
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
-                        help="threads per run (default: the usable cores)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads per run (default: the usable cores over --parallel)")
+    parser.add_argument("--gpus", type=int, default=0, metavar="N",
+                        help="train each engine run on N GPUs (mosbench train --gpus N), kept "
+                             "under keys apart from CPU runs; needs --no-reference, the "
+                             "reference runs on the CPU only (default 0: the CPU)")
+    parser.add_argument("--parallel", type=int, default=1, metavar="K",
+                        help="up to K runs at once, each its own process with --threads "
+                             "threads, e.g. 4 on one big GPU; with K > 1 the step times say "
+                             "nothing about speed, only the losses count (default 1)")
     parser.add_argument("--fresh", action="store_true",
                         help="train every run, reusing none kept in --results/runs")
     parser.add_argument("--report", action="store_true",
@@ -802,6 +931,14 @@ def main(argv=None):
         parser.error("--resume needs the --work folder of the paused run")
     if args.seeds < 1 or args.epochs < 1 or (args.max_steps is not None and args.max_steps < 1):
         parser.error("--seeds, --epochs and --max-steps must be at least 1")
+    if args.parallel < 1 or (args.threads is not None and args.threads < 1) or args.gpus < 0:
+        parser.error("--parallel and --threads must be at least 1, --gpus at least 0")
+    if args.gpus and not args.no_reference:
+        parser.error(f"--gpus {args.gpus} trains the engines on GPUs, but the reference runs on "
+                     "the CPU only (its GPU path is neither patched nor checked): add "
+                     "--no-reference")
+    if args.threads is None:
+        args.threads = max(1, len(os.sched_getaffinity(0)) // args.parallel)
     if args.fresh and args.report:
         parser.error("--fresh trains every run and --report none: give one of them")
     try:
@@ -852,7 +989,10 @@ def main(argv=None):
 
 def run(args, config, seeds, scratch, work, logs):
     overrides = {**SCALED, "epochs": args.epochs}
-    config_path, hp = write_config(work, overrides, args.threads)
+    # On a GPU every window length is a long compile: JAX's runs share them (module docstring).
+    jax_cache = (scratch / "jax-compilation-cache" if args.gpus and "jax" in args.frameworks
+                 else None)
+    config_path, hp = write_config(work, overrides, args.threads, jax_cache)
     full_positions = len(read_tokens(args.data / "train.txt")) // hp["batch_size"]
     positions = args.max_steps * hp["bptt"] + 1 if args.max_steps else None
     if positions and positions >= full_positions:
@@ -863,11 +1003,14 @@ def run(args, config, seeds, scratch, work, logs):
           + ", ".join(f"{k} {v}" for k, v in overrides.items()) + f"; seeds {seeds[0]}-"
           f"{seeds[-1]}; baseline {sides[0]}")
     print("command: " + shlex.join([sys.executable, *sys.argv]))
-    for line in machine_lines(args.threads):
+    machine = machine_lines(args.threads, args.gpus, args.parallel)
+    for line in machine:
         print(line)
     print(f"data: {args.data} (sha256 of the three files checked against the config)")
     print(f"each engine run: mosbench --config {config_path} train {DATASET} {MODEL} "
-          f"--framework F --seed S (in {work})")
+          f"--framework F --seed S --gpus {args.gpus} (in {work})")
+    if jax_cache is not None:
+        print(f"jax: its runs share one persistent compilation cache, {jax_cache}")
     if args.masks != "native":
         print(f"masks: the engines' dropout masks from {args.masks} "
               f"({MASK_SOURCES.relative_to(REPO)}/sitecustomize.py), seeded with the run's seed"
@@ -919,8 +1062,10 @@ def run(args, config, seeds, scratch, work, logs):
     settings = {"command": shlex.join([sys.executable, *sys.argv]), "seeds": seeds,
                 "sides": sides, "hparams": hp, "margin": args.margin,
                 "max_steps": args.max_steps, "stream_positions": stream_positions,
-                "machine": machine_lines(args.threads), "reference": reference_note,
-                "smoke": bool(positions), "masks": args.masks, "mask_sites": args.mask_sites}
+                "machine": machine, "reference": reference_note,
+                "smoke": bool(positions), "masks": args.masks, "mask_sites": args.mask_sites,
+                "gpus": args.gpus, "parallel": args.parallel,
+                "jax_compilation_cache": None if jax_cache is None else str(jax_cache)}
     codes = {side: code_hash("train", side) for side in args.frameworks}
     for side, revision in args.code.items():
         try:
@@ -932,13 +1077,56 @@ def run(args, config, seeds, scratch, work, logs):
     settings["codes"] = {side: args.code.get(side, "this checkout") + f" ({code})"
                          for side, code in codes.items()}
     mask_sites = {side: chosen_sites(args.mask_sites, side) for side in args.frameworks}
-    records = []
+    device = gpu_label(args.gpus)
+    engine_env = engine_environment(args.gpus, args.parallel)
+    plan, ended, jobs = [], {}, {}  # the runs in the table's order; position -> record, job
+
+    def in_order():
+        return [ended[position] for position in sorted(ended)]
+
+    def finished(position, record):
+        side, seed, key = plan[position]
+        record.setdefault("threads", args.threads)
+        record.setdefault("gpus", 0 if side == REFERENCE else args.gpus)
+        if record["gpus"]:
+            record.setdefault("device", device)
+        ended[position] = record
+        if record["status"] == "ok":
+            store_run(args.results, record, key)
+            step = record.get("step_median_s")
+            params = record.get("n_params")
+            print(f"{side} seed {seed}: valid ppl {perplexity(record['valid_loss']):.2f} "
+                  f"(loss {record['valid_loss']:.5f}), "
+                  f"{'?' if params is None else f'{params:,}'} parameters, median step "
+                  f"{'-' if step is None else f'{step:.3f} s'}, {record['wall_s']:.0f} s "
+                  f"in all, {record['threads']} threads"
+                  + (f", {record['gpus']} x {record['device']}" if record["gpus"] else ""),
+                  flush=True)
+        else:
+            print(f"{side} seed {seed}: {record['status']}", flush=True)
+        write_results(args.results, settings, in_order(),
+                      summarise(in_order(), sides, args.margin))
+
+    def train(side, seed):
+        if side == REFERENCE:
+            record = run_reference(seed, scratch / "reference-code", args.data, hp,
+                                   args.threads, scratch, logs, log_interval)
+            record["windows"] = window_count(stream_positions, hp, seed, hp["epochs"],
+                                             reference=True)
+        else:
+            record = run_engine(side, seed, work, config_path, logs, args.masks,
+                                mask_sites[side], args.gpus, engine_env)
+            record["windows"] = window_count(stream_positions, hp, seed, hp["epochs"])
+        return record
+
     for seed in seeds:
         for side in sides:
             code = reference_code if side == REFERENCE else codes[side]
             if side != REFERENCE:
                 code = masked_code(code, args.masks, mask_sites[side])
-            key = run_key(side, seed, hp, stream_positions, code)
+            key = run_key(side, seed, hp, stream_positions, code,
+                          0 if side == REFERENCE else args.gpus)
+            plan.append((side, seed, key))
             record = None if args.fresh else stored_run(args.results, side, seed, key)
             if record is not None:
                 print(f"{side} seed {seed}: kept from an earlier invocation "
@@ -950,34 +1138,14 @@ def run(args, config, seeds, scratch, work, logs):
                 elif side != REFERENCE and not record.get("train_progress"):
                     record["train_progress"] = progress_losses(record.get("log", ""),
                                                                record["valid_loss"])
+                finished(len(plan) - 1, record)
             elif args.report:
                 print(f"{side} seed {seed}: no kept run (--report trains nothing)")
-                continue
-            elif side == REFERENCE:
-                record = run_reference(seed, scratch / "reference-code", args.data, hp,
-                                       args.threads, scratch, logs, log_interval)
-                record["windows"] = window_count(stream_positions, hp, seed, hp["epochs"],
-                                                 reference=True)
             else:
-                record = run_engine(side, seed, work, config_path, logs, args.masks,
-                                    mask_sites[side])
-                record["windows"] = window_count(stream_positions, hp, seed, hp["epochs"])
-            record.setdefault("threads", args.threads)
-            records.append(record)
-            if record["status"] == "ok":
-                store_run(args.results, record, key)
-                step = record.get("step_median_s")
-                params = record.get("n_params")
-                print(f"{side} seed {seed}: valid ppl {perplexity(record['valid_loss']):.2f} "
-                      f"(loss {record['valid_loss']:.5f}), "
-                      f"{'?' if params is None else f'{params:,}'} parameters, median step "
-                      f"{'-' if step is None else f'{step:.3f} s'}, {record['wall_s']:.0f} s "
-                      f"in all, {record['threads']} threads", flush=True)
-            else:
-                print(f"{side} seed {seed}: {record['status']}", flush=True)
-            write_results(args.results, settings, records, summarise(records, sides,
-                                                                     args.margin))
+                jobs[len(plan) - 1] = functools.partial(train, side, seed)
+    run_all(jobs, args.parallel, finished)
 
+    records = in_order()
     rows = summarise(records, sides, args.margin)
     print("\nvalidation perplexity" + (" (SMOKE RUN, not a result)" if positions else ""))
     for line in seed_table(records, sides, seeds):
@@ -994,6 +1162,9 @@ def run(args, config, seeds, scratch, work, logs):
             print(line)
     if positions:
         print()
+        if args.parallel > 1:
+            print(f"(the runs shared the machine, up to {args.parallel} at once: their step "
+                  "times, and so this estimate, are not a speed)")
         for line in estimate_lines(records, sides, hp,
                                    window_count(full_positions, hp, seeds[0]), len(seeds)):
             print(line)

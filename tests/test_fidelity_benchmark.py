@@ -1,26 +1,35 @@
-"""benchmarks/fidelity.py without training: its verdicts and its kept runs.
+"""benchmarks/fidelity.py: its verdicts, its kept runs, its runs on GPUs and at once.
 
 The verdicts on planted numbers (a difference, none, too few runs): per-seed
 validation losses of two sides, compared with Welch's interval and the two
 one-sided tests at the default margin of 1 % of perplexity. The kept runs:
 one file per code key, so runs of two commits live side by side, and a kept
-run found again by the code hash of the commit it was trained at.
+run found again by the code hash of the commit it was trained at. ``--gpus`` and
+``--parallel``: a CPU run's key unchanged and a GPU run's its own, the refusals,
+the arguments `mosbench train` gets, and one test that trains: tiny PyTorch runs
+two at a time through fidelity's own engine path in one work folder (about 40 s
+on a busy 2-core machine).
 """
 
+import contextlib
+import functools
 import importlib.util
 import json
 import math
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
+import time
 import types
 
 import numpy as np
 import pytest
+import yaml
 
-from conftest import REPO, tiny_tensorflow_engine
+from conftest import REPO, TINY_CONFIG, tiny_tensorflow_engine
 
 pytest.importorskip("statsmodels", reason="benchmarks/fidelity.py needs statsmodels")
 
@@ -557,3 +566,135 @@ def test_tf_crossed_seeds_key_each_site_with_the_seed_keras_gave_it_in_the_next_
     assert all(a != b for a, b in zip(native, crossed, strict=True))
     with pytest.raises(SystemExit, match="seed 0 is not among .* seeds Keras draws for seed 28"):
         fidelity.mask_sources.keras_seed_of_next_run(28)(0)
+
+
+# --- on GPUs, several runs at once ---
+
+def test_a_cpu_run_keeps_its_key_and_a_gpu_run_has_its_own():
+    hp = {"lr": 20.0, "bptt": 70, "emsize": 200}
+    # computed by run_key before --gpus existed: the runs kept since are still found
+    assert fidelity.run_key("pytorch", 28, hp, 4646, "abc123") == "cd920d87f62f2a6f"
+    assert fidelity.run_key("pytorch", 28, hp, 4646, "abc123", gpus=0) == "cd920d87f62f2a6f"
+    keys = {fidelity.run_key("pytorch", 28, hp, 4646, "abc123", gpus=g) for g in (0, 1, 2)}
+    assert len(keys) == 3
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--gpus", "1", "--frameworks", "pytorch"], ["--gpus 1", "CPU only", "--no-reference"]),
+    (["--parallel", "0", "--no-reference"], ["--parallel", "at least 1"]),
+    (["--gpus", "-1", "--no-reference"], ["--gpus at least 0"]),
+])
+def test_gpus_with_the_reference_and_bad_counts_are_refused_in_one_line(argv, words, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        fidelity.main(argv)
+    assert exit_.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "error:" in last and all(word in last for word in words), last
+
+
+def test_an_engine_run_passes_its_gpus_to_mosbench_train_and_reads_that_run_s_summary(tmp_path):
+    """The arguments go through `mosbench`'s own parser, the folder through its layout."""
+    from mosbench import cli, paths
+
+    parser = cli.build_parser()
+    for gpus in (0, 1, 4):
+        argv = fidelity.engine_arguments("jax", 30, gpus)
+        assert argv[argv.index("--gpus") + 1] == str(gpus)
+        args = parser.parse_args(["--config", str(REPO / "config" / "config.yaml"), *argv])
+        assert (args.command, args.framework, args.seed, args.gpus) == ("train", "jax", 30, gpus)
+        folder = paths.TRAIN.format(framework=args.framework, dataset=args.dataset,
+                                    model=args.model, seed=args.seed, gpus=args.gpus)
+        assert fidelity.summary_path(tmp_path, "jax", 30, gpus) == (tmp_path / folder
+                                                                     / paths.SUMMARY)
+    assert fidelity.engine_log(tmp_path, "jax", 30).name == "jax-seed30.log"  # as before
+    assert fidelity.engine_log(tmp_path, "jax", 30, 1).name == "jax-seed30-gpus1.log"
+
+
+def test_on_a_gpu_jax_runs_share_a_compilation_cache_that_leaves_the_preset_alone(tmp_path):
+    """The config written for the runs passes the project's schema either way."""
+    plain_path, plain = fidelity.write_config(tmp_path, fidelity.SCALED, 2)
+    plain_engines = yaml.safe_load(plain_path.read_text()).get("engines")
+    cache = tmp_path / "jax-cache"
+    cached_path, cached = fidelity.write_config(tmp_path, fidelity.SCALED, 2, jax_cache=cache)
+    engines = yaml.safe_load(cached_path.read_text())["engines"]
+    assert engines["jax"]["compilation_cache"] == str(cache.resolve())
+    assert "compilation_cache" not in ((plain_engines or {}).get("jax") or {})
+    assert cached == plain  # the preset, and so every run's key, is the same
+
+
+def test_several_runs_on_a_gpu_leave_jax_its_memory_to_share(monkeypatch):
+    monkeypatch.delenv("XLA_PYTHON_CLIENT_PREALLOCATE", raising=False)
+    assert fidelity.engine_environment(1, 4) == {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    assert fidelity.engine_environment(1, 1) == {}  # alone on its GPU: JAX's default
+    assert fidelity.engine_environment(0, 4) == {}  # the CPU
+    monkeypatch.setenv("XLA_PYTHON_CLIENT_PREALLOCATE", "true")
+    assert fidelity.engine_environment(1, 4) == {}  # the user's choice stands
+
+
+def test_the_machine_lines_name_the_gpu_and_say_parallel_runs_time_nothing():
+    from mosbench.measurement.provenance import gpu_description
+
+    assert not any(line.startswith(("gpu:", "parallel:"))
+                   for line in fidelity.machine_lines(2))
+    lines = fidelity.machine_lines(2, gpus=1, parallel=4)
+    name = gpu_description(1)[1] or "GPU (name unknown)"
+    assert f"gpu: 1 x {name} per engine run (mosbench train --gpus 1)" in lines[1]
+    assert lines[2].startswith("parallel: up to 4 runs at once")
+    assert "say nothing about speed" in lines[2]
+
+
+def test_two_engine_runs_at_once_share_one_work_folder_and_keep_the_table_s_order(
+        tmp_path, tiny_data):
+    """Real `mosbench train` processes, two at a time (``run_all`` with 2), on the tiny
+    corpus under fidelity's data set and model names: two PyTorch CPU runs that share one
+    new SQLite MLflow store, and between them a run asking for one GPU more than the machine
+    has, which `mosbench train` refuses (so its `--gpus` reached it)."""
+    torch = pytest.importorskip("torch")
+    tiny = yaml.safe_load(TINY_CONFIG.read_text())
+    preset = {**tiny["presets"]["tiny"]["awd-lstm-mos"], "epochs": 1, "dynamic_eval": None}
+    config = {**tiny, "run": {**tiny["run"], "frameworks": ["pytorch"], "datasets": ["ptb"],
+                              "models": ["awd-lstm-mos"]},
+              "reference": {}, "datasets": {"ptb": {"source": "tiny"}},
+              "presets": {"ptb": {"awd-lstm-mos": preset}}}
+    work, logs = tmp_path / "work", tmp_path / "logs"
+    shutil.copytree(tiny_data, work / "results" / "data" / "ptb")
+    logs.mkdir()
+    config_path = work / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    too_many = torch.cuda.device_count() + 1
+    runs = [(1, 0), (3, too_many), (2, 0)]  # (seed, gpus) in the table's order
+    spans, ended = {}, []
+
+    def job(position, seed, gpus):
+        start = time.monotonic()
+        record = fidelity.run_engine("pytorch", seed, work, config_path, logs, gpus=gpus)
+        spans[position] = (start, time.monotonic())
+        return record
+
+    records = {}
+
+    def finished(position, record):
+        ended.append(position)
+        records[position] = record
+
+    jobs = {i: functools.partial(job, i, seed, gpus) for i, (seed, gpus) in enumerate(runs)}
+    fidelity.run_all(jobs, 2, finished)
+
+    assert sorted(ended) == [0, 1, 2]
+    most = max(sum(a <= t < b for a, b in spans.values()) for t, _ in spans.values())
+    assert most == 2  # two at once, never three
+    first, refused, second = (records[i] for i in range(3))
+    for record, seed in ((first, 1), (second, 2)):
+        assert record["status"] == "ok", record["status"]
+        assert (record["seed"], record["gpus"]) == (seed, 0)
+        assert record["log"] == str(logs / f"pytorch-seed{seed}.log")
+        assert fidelity.summary_path(work, "pytorch", seed).exists()
+        assert math.isfinite(record["valid_loss"])
+    assert first["valid_loss"] != second["valid_loss"]  # each its own seed
+    assert refused["status"].startswith("failed (exit 2)")
+    assert f"gpus={too_many} was asked for" in refused["status"]
+    assert (refused["gpus"], refused["log"]) == (too_many,
+                                                 str(logs / f"pytorch-seed3-gpus{too_many}.log"))
+    with contextlib.closing(sqlite3.connect(work / "results" / "mlflow.db")) as db:
+        stored = sorted(db.execute("SELECT name, status FROM runs").fetchall())
+    assert stored == [(f"pytorch-ptb-awd-lstm-mos-seed{s}-gpus0", "FINISHED") for s in (1, 2)]
