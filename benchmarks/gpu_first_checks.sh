@@ -15,9 +15,12 @@ py=${PYTHON:-python3}  # the device image's python3 holds torch and jax
 out=${OUT:-results/gpu-first-checks}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
-if compgen -G ".whl/*.whl" >/dev/null; then
+# jsonschema's four wheels only: the rest of the kit (benchmarks/device_wheels.sh) would put
+# its fallbacks (protobuf, typing-extensions, ...) ahead of the image's own
+schema_wheels=$(compgen -G ".whl/*.whl" | grep -E "/(jsonschema|referencing|rpds_py)[-_]")
+if [ -n "$schema_wheels" ]; then
     "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-        --target /tmp/site .whl/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+        --target /tmp/site $schema_wheels && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$out/gpu.txt" 2>&1
 "$py" -m pytest --noconftest -p no:cacheprovider -q -rA tests/test_jax_cudnn_lstm.py \
