@@ -240,16 +240,22 @@ def test_the_kernels_lowerings_pin_row_major_layouts():
 
 
 def test_the_agreement_check_passes_the_lstm_and_refuses_another(reference_kernel,
-                                                                 monkeypatch):
+                                                                 monkeypatch, capsys):
     """``assert_cudnn_agrees`` with JAX's reference in the kernel's place passes (and
-    remembers the device); with a kernel that scrambles its input it refuses, naming
-    where the outputs part and how far; and a GPU engine makes the check before anything."""
+    remembers the device, and prints the figure for the job's log); with a kernel that
+    scrambles its input it refuses, naming where the outputs part and how far; and a GPU
+    engine makes the check before anything."""
     monkeypatch.setattr(recurrence, "_AGREED", set())
     cpu = jax.devices("cpu")[0]
     largest, parted = recurrence.cudnn_agreement(cpu)
     assert largest < 1e-5 and parted is None
+    capsys.readouterr()
     recurrence.assert_cudnn_agrees(cpu)
     assert recurrence._AGREED == {cpu}
+    agreed = [line for line in capsys.readouterr().out.splitlines() if "agrees" in line]
+    assert len(agreed) == 1 and "agrees with the scan: largest difference" in agreed[0]
+    assert float(agreed[0].split("largest difference ")[1].split()[0]) == pytest.approx(
+        largest, rel=0.05)
     engine_module = "mosbench.engines.jax.engine"
     monkeypatch.setattr(f"{engine_module}.choose_cudnn", lambda use, platform: True)
     assert load_engine("jax", seed=0).cudnn is True  # checked (remembered) and kept

@@ -120,4 +120,8 @@ def assert_cudnn_agrees(device):
             "the kernel itself or the layer around it parts; another jaxlib or cuDNN may "
             "agree; JaxEngine(use_cudnn=False) runs the scan on the GPU, for comparisons "
             "by hand")
+    # printed, as the job's other one-line notes are: its log then says the kernel was checked
+    print(f"cuDNN's LSTM on {device} agrees with the scan: largest difference {largest:.2g} "
+          f"on the {CHECK_SIZES['time']}-step check layer (tolerance {CHECK_TOLERANCE:g})",
+          flush=True)
     _AGREED.add(device)
