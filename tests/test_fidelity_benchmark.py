@@ -643,7 +643,7 @@ def test_the_machine_lines_name_the_gpu_and_say_parallel_runs_time_nothing():
     assert "say nothing about speed" in lines[2]
 
 
-def test_two_engine_runs_at_once_share_one_work_folder_and_keep_the_table_s_order(
+def test_two_engine_runs_at_once_share_one_work_folder_each_ending_in_its_place(
         tmp_path, tiny_data):
     """Real `mosbench train` processes, two at a time (``run_all`` with 2), on the tiny
     corpus under fidelity's data set and model names: two PyTorch CPU runs that share one
