@@ -9,7 +9,12 @@ the first arm the baseline.
 
 Each ``--arm NAME=SOURCE``: SOURCE is a ``--results`` folder of fidelity.py
 (every kept run in its ``runs/``, which must all be one side) or the per-seed
-validation perplexities, comma-separated, as the README's tables give them.
+validation perplexities, comma-separated, as the README's tables give them,
+the first at ``--first-seed`` and the rest at the seeds after it.
+
+``--all-pairs`` adds every pair of arms (not only each against the first):
+the paired difference over the seeds both arms have, Welch's p-value with
+Holm's correction over the pairs, Tukey's HSD, and a one-way ANOVA of all arms.
 
 Usage::
 
@@ -19,16 +24,22 @@ Usage::
 """
 
 import argparse
+import itertools
 import json
 import math
 import sys
 from pathlib import Path
 
+import numpy as np
+from scipy import stats
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fidelity import comparison_table, margin_type, summarise  # noqa: E402
 
+from mosbench.reporting.statistics import ALPHA, PRIMARY_METHOD, adjust, welch_test  # noqa: E402
 
-def arm_records(name, source):
+
+def arm_records(name, source, first_seed=28):
     """fidelity.py's run records of one arm, its side renamed ``name``."""
     folder = Path(source)
     if folder.is_dir():
@@ -48,8 +59,74 @@ def arm_records(name, source):
                          "separated by commas") from None
     if any(v <= 1 for v in values):
         raise ValueError(f"--arm {name}: perplexities are above 1, got {source!r}")
-    return [{"side": name, "seed": i, "status": "ok", "valid_loss": math.log(v)}
+    return [{"side": name, "seed": first_seed + i, "status": "ok", "valid_loss": math.log(v)}
             for i, v in enumerate(values)]
+
+
+def seed_span(seeds):
+    """``28-39`` for consecutive seeds, else the seeds one by one."""
+    seeds = sorted(seeds)
+    if len(seeds) > 2 and seeds == list(range(seeds[0], seeds[-1] + 1)):
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ", ".join(map(str, seeds))
+
+
+def pair_rows(records, names):
+    """Every pair of arms: paired over their common seeds, Welch with Holm, Tukey's HSD.
+
+    Differences are the first arm's mean validation loss less the second's, in nats.
+    """
+    losses = {n: {r["seed"]: r["valid_loss"] for r in records if r["side"] == n} for n in names}
+    samples = [np.array(list(losses[n].values())) for n in names]
+    tukey = stats.tukey_hsd(*samples)
+    tukey_ci = tukey.confidence_interval(confidence_level=1 - ALPHA)
+    rows = []
+    for i, j in itertools.combinations(range(len(names)), 2):
+        a, b = names[i], names[j]
+        common = sorted(losses[a].keys() & losses[b].keys())
+        row = {"a": a, "b": b, "seeds": common, "paired": None,
+               "welch": welch_test(samples[i], samples[j]),
+               "tukey": (float(tukey.statistic[i, j]), float(tukey_ci.low[i, j]),
+                         float(tukey_ci.high[i, j]), float(tukey.pvalue[i, j]))}
+        d = np.array([losses[a][s] - losses[b][s] for s in common])
+        if len(d) > 1 and np.ptp(d) > 0:
+            test = stats.ttest_1samp(d, 0.0)
+            ci = test.confidence_interval(confidence_level=1 - ALPHA)
+            row["paired"] = (float(d.mean()), float(ci.low), float(ci.high),
+                             float(test.pvalue), int((d < 0).sum()))
+        rows.append(row)
+    welch_p = [r["welch"].p_value if r["welch"] else float("nan") for r in rows]
+    for row, q in zip(rows, adjust(welch_p, PRIMARY_METHOD), strict=True):
+        row["holm"] = float(q)
+    return rows
+
+
+def pairs_table(records, names):
+    rows = pair_rows(records, names)
+    lines = ["| pair (a - b) | seeds paired | paired diff (nats) [95 % CI] | paired p "
+             "| a lower in | Welch p | Holm | Tukey HSD diff [95 % CI] | Tukey p |",
+             "|---|---|---|---:|---:|---:|---:|---|---:|"]
+    for r in rows:
+        if r["paired"] is None:
+            paired = [f"{len(r['seeds'])} in common", "-", "-"]
+        else:
+            diff, low, high, p, lower = r["paired"]
+            paired = [f"{diff:+.3f} [{low:+.3f}, {high:+.3f}]", f"{p:.3f}",
+                      f"{lower} of {len(r['seeds'])}"]
+        welch = ["-", "-"] if r["welch"] is None else [f"{r['welch'].p_value:.3f}",
+                                                       f"{r['holm']:.3f}"]
+        diff, low, high, p = r["tukey"]
+        lines.append(f"| {r['a']} - {r['b']} | {seed_span(r['seeds']) or '-'} | "
+                     + " | ".join(paired + welch)
+                     + f" | {diff:+.3f} [{low:+.3f}, {high:+.3f}] | {p:.3f} |")
+    groups = [[r["valid_loss"] for r in records if r["side"] == n] for n in names]
+    anova = stats.f_oneway(*groups)
+    counts = ", ".join(str(len(g)) for g in groups)
+    lines.append(f"one-way ANOVA of the {len(names)} arms (n {counts}): "
+                 f"F {anova.statistic:.2f}, p {anova.pvalue:.3f}; paired: scipy.stats.ttest_1samp "
+                 "of the per-seed differences; Welch: scipy.stats.ttest_ind(equal_var=False), "
+                 "Holm over the pairs (statsmodels multipletests); Tukey: scipy.stats.tukey_hsd")
+    return lines
 
 
 def main(argv=None):
@@ -59,6 +136,12 @@ def main(argv=None):
                              "v1,v2,...; the first is the baseline")
     parser.add_argument("--margin", type=margin_type, default=math.log(1.01),
                         help="equivalence margin, as fidelity.py's (default 1%%)")
+    parser.add_argument("--first-seed", type=int, default=28,
+                        help="the seed of a perplexity list's first value (default 28, "
+                             "fidelity.py's)")
+    parser.add_argument("--all-pairs", action="store_true",
+                        help="also compare every pair of arms (paired by seed, Welch with "
+                             "Holm, Tukey's HSD) and all arms at once (ANOVA)")
     args = parser.parse_args(argv)
     records, names = [], []
     for arm in args.arm:
@@ -66,11 +149,16 @@ def main(argv=None):
         if not sep or not name or name in names:
             parser.error(f"--arm {arm!r}: give NAME=SOURCE, each NAME once")
         try:
-            records += arm_records(name, source)
+            records += arm_records(name, source, args.first_seed)
         except ValueError as exc:
             parser.error(str(exc))
         names.append(name)
     print("\n".join(comparison_table(summarise(records, names, args.margin), args.margin)))
+    if args.all_pairs:
+        if len(names) < 2 or any(sum(r["side"] == n for r in records) < 2 for n in names):
+            parser.error("--all-pairs needs two arms or more, each of two seeds or more")
+        print()
+        print("\n".join(pairs_table(records, names)))
     return 0
 
 

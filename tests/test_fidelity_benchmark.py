@@ -432,6 +432,60 @@ def test_a_folder_of_two_sides_is_not_one_arm(tmp_path, capsys):
     assert "holds runs of pytorch, tensorflow" in capsys.readouterr().err
 
 
+def test_all_pairs_pair_by_seed_and_agree_with_statsmodels(tmp_path, capsys):
+    """A list arm from --first-seed and a folder arm at other seeds: paired over the
+    two seeds they share; Welch with Holm, Tukey (checked against statsmodels' own
+    implementation) and the ANOVA over the three arms."""
+    import scipy.stats as st
+    from statsmodels.stats.multicomp import pairwise_tukeyhsd
+    from statsmodels.stats.multitest import multipletests
+
+    kept = tmp_path / "b"
+    b = {30: 5.95, 31: 6.02, 32: 5.88, 33: 6.05}
+    for seed, loss in b.items():
+        fidelity.store_run(kept, {"side": "pytorch", "seed": seed, "status": "ok",
+                                  "valid_loss": loss}, f"k{seed}")
+    a = dict(zip(range(28, 32), np.log([379.78, 421.28, 479.99, 428.74]), strict=True))
+    c = dict(zip(range(28, 33), np.log([350.5, 360.1, 371.9, 349.0, 366.6]), strict=True))
+    assert _compare_module().main([
+        "--all-pairs", "--first-seed", "28", "--arm", "a=379.78,421.28,479.99,428.74",
+        "--arm", f"b={kept}", "--arm", "c=350.5,360.1,371.9,349.0,366.6"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split(" | ")[0].lstrip("| "): line.rstrip(" |").split(" | ")
+            for line in out.splitlines()
+            if " - " in line.split(" | ")[0] and not line.startswith("| pair")}
+    assert list(rows) == ["a - b", "a - c", "b - c"]
+
+    d = np.array([a[s] - b[s] for s in (30, 31)])
+    assert rows["a - b"][1] == "30, 31"
+    paired = st.ttest_1samp(d, 0.0)
+    assert rows["a - b"][2].startswith(f"{d.mean():+.3f} [")
+    assert rows["a - b"][3] == f"{paired.pvalue:.3f}"
+    assert rows["a - b"][4] == f"{(d < 0).sum()} of 2"
+    assert rows["a - c"][1] == "28-31" and rows["b - c"][1] == "30-32"
+
+    samples = {"a": list(a.values()), "b": list(b.values()), "c": list(c.values())}
+    pairs = [("a", "b"), ("a", "c"), ("b", "c")]
+    welch = [st.ttest_ind(samples[x], samples[y], equal_var=False).pvalue for x, y in pairs]
+    holm = multipletests(welch, method="holm")[1]
+    hsd = pairwise_tukeyhsd(np.concatenate(list(samples.values())),
+                            np.repeat(list(samples), [len(v) for v in samples.values()]))
+    for k, (x, y) in enumerate(pairs):  # statsmodels: group2 - group1, pairs in this order
+        assert rows[f"{x} - {y}"][5:7] == [f"{welch[k]:.3f}", f"{holm[k]:.3f}"]
+        low, high = -hsd.confint[k][::-1]
+        assert rows[f"{x} - {y}"][7] == f"{-hsd.meandiffs[k]:+.3f} [{low:+.3f}, {high:+.3f}]"
+        assert rows[f"{x} - {y}"][8] == f"{hsd.pvalues[k]:.3f}"
+    anova = st.f_oneway(*samples.values())
+    assert f"(n 4, 4, 5): F {anova.statistic:.2f}, p {anova.pvalue:.3f}" in out
+
+
+def test_all_pairs_needs_two_arms_of_two_seeds(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        _compare_module().main(["--all-pairs", "--arm", "a=380,390", "--arm", "b=400"])
+    assert exit_.value.code == 2
+    assert "--all-pairs needs two arms or more" in capsys.readouterr().err
+
+
 def test_tf_stateless_masks_are_drawn_in_the_graph_from_seeds_the_host_counts(keras_seams):
     """Inside a compiled step: the rate and scaling kept, a new mask per call, the same
     sequence for the same seed and another for another seed; at the named sites only."""
