@@ -14,7 +14,10 @@ the first at ``--first-seed`` and the rest at the seeds after it.
 
 ``--all-pairs`` adds every pair of arms (not only each against the first):
 the paired difference over the seeds both arms have, Welch's p-value with
-Holm's correction over the pairs, Tukey's HSD, and a one-way ANOVA of all arms.
+Holm's correction over the pairs, Tukey's HSD, and a one-way ANOVA of all arms;
+and whether the arms spread alike over seeds (Brown-Forsythe: Levene's test
+about the median, per pair with Holm's correction and over all arms), since a
+random stream a seed does not reach narrows an engine's spread.
 
 Usage::
 
@@ -72,7 +75,8 @@ def seed_span(seeds):
 
 
 def pair_rows(records, names):
-    """Every pair of arms: paired over their common seeds, Welch with Holm, Tukey's HSD.
+    """Every pair of arms: paired over their common seeds, Welch with Holm, Tukey's HSD,
+    and Brown-Forsythe's test of equal spread with Holm.
 
     Differences are the first arm's mean validation loss less the second's, in nats.
     """
@@ -94,18 +98,22 @@ def pair_rows(records, names):
             ci = test.confidence_interval(confidence_level=1 - ALPHA)
             row["paired"] = (float(d.mean()), float(ci.low), float(ci.high),
                              float(test.pvalue), int((d < 0).sum()))
+        row["spread_p"] = float(stats.levene(samples[i], samples[j], center="median").pvalue)
         rows.append(row)
     welch_p = [r["welch"].p_value if r["welch"] else float("nan") for r in rows]
     for row, q in zip(rows, adjust(welch_p, PRIMARY_METHOD), strict=True):
         row["holm"] = float(q)
+    for row, q in zip(rows, adjust([r["spread_p"] for r in rows], PRIMARY_METHOD), strict=True):
+        row["spread_holm"] = float(q)
     return rows
 
 
 def pairs_table(records, names):
     rows = pair_rows(records, names)
     lines = ["| pair (a - b) | seeds paired | paired diff (nats) [95 % CI] | paired p "
-             "| a lower in | Welch p | Holm | Tukey HSD diff [95 % CI] | Tukey p |",
-             "|---|---|---|---:|---:|---:|---:|---|---:|"]
+             "| a lower in | Welch p | Holm | Tukey HSD diff [95 % CI] | Tukey p "
+             "| sd a / sd b | spread p | Holm |",
+             "|---|---|---|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
     for r in rows:
         if r["paired"] is None:
             paired = [f"{len(r['seeds'])} in common", "-", "-"]
@@ -116,16 +124,24 @@ def pairs_table(records, names):
         welch = ["-", "-"] if r["welch"] is None else [f"{r['welch'].p_value:.3f}",
                                                        f"{r['holm']:.3f}"]
         diff, low, high, p = r["tukey"]
+        sd = {n: np.std([x["valid_loss"] for x in records if x["side"] == n], ddof=1)
+              for n in (r["a"], r["b"])}
         lines.append(f"| {r['a']} - {r['b']} | {seed_span(r['seeds']) or '-'} | "
                      + " | ".join(paired + welch)
-                     + f" | {diff:+.3f} [{low:+.3f}, {high:+.3f}] | {p:.3f} |")
+                     + f" | {diff:+.3f} [{low:+.3f}, {high:+.3f}] | {p:.3f} "
+                     f"| {sd[r['a']] / sd[r['b']]:.2f} | {r['spread_p']:.3f} "
+                     f"| {r['spread_holm']:.3f} |")
     groups = [[r["valid_loss"] for r in records if r["side"] == n] for n in names]
     anova = stats.f_oneway(*groups)
+    spread = stats.levene(*groups, center="median")
     counts = ", ".join(str(len(g)) for g in groups)
     lines.append(f"one-way ANOVA of the {len(names)} arms (n {counts}): "
-                 f"F {anova.statistic:.2f}, p {anova.pvalue:.3f}; paired: scipy.stats.ttest_1samp "
-                 "of the per-seed differences; Welch: scipy.stats.ttest_ind(equal_var=False), "
-                 "Holm over the pairs (statsmodels multipletests); Tukey: scipy.stats.tukey_hsd")
+                 f"F {anova.statistic:.2f}, p {anova.pvalue:.3f}; their spreads alike "
+                 f"(Brown-Forsythe): W {spread.statistic:.2f}, p {spread.pvalue:.3f}; paired: "
+                 "scipy.stats.ttest_1samp of the per-seed differences; Welch: "
+                 "scipy.stats.ttest_ind(equal_var=False), Holm over the pairs (statsmodels "
+                 "multipletests); Tukey: scipy.stats.tukey_hsd; spread: "
+                 "scipy.stats.levene(center='median') of the losses")
     return lines
 
 

@@ -435,7 +435,7 @@ def test_a_folder_of_two_sides_is_not_one_arm(tmp_path, capsys):
 def test_all_pairs_pair_by_seed_and_agree_with_statsmodels(tmp_path, capsys):
     """A list arm from --first-seed and a folder arm at other seeds: paired over the
     two seeds they share; Welch with Holm, Tukey (checked against statsmodels' own
-    implementation) and the ANOVA over the three arms."""
+    implementation), the spreads' test with Holm, and the ANOVA over the three arms."""
     import scipy.stats as st
     from statsmodels.stats.multicomp import pairwise_tukeyhsd
     from statsmodels.stats.multitest import multipletests
@@ -475,8 +475,36 @@ def test_all_pairs_pair_by_seed_and_agree_with_statsmodels(tmp_path, capsys):
         low, high = -hsd.confint[k][::-1]
         assert rows[f"{x} - {y}"][7] == f"{-hsd.meandiffs[k]:+.3f} [{low:+.3f}, {high:+.3f}]"
         assert rows[f"{x} - {y}"][8] == f"{hsd.pvalues[k]:.3f}"
+    spread = [st.levene(samples[x], samples[y], center="median").pvalue for x, y in pairs]
+    spread_holm = multipletests(spread, method="holm")[1]
+    for k, (x, y) in enumerate(pairs):
+        ratio = np.std(samples[x], ddof=1) / np.std(samples[y], ddof=1)
+        assert rows[f"{x} - {y}"][9:12] == [f"{ratio:.2f}", f"{spread[k]:.3f}",
+                                            f"{spread_holm[k]:.3f}"]
     anova = st.f_oneway(*samples.values())
     assert f"(n 4, 4, 5): F {anova.statistic:.2f}, p {anova.pvalue:.3f}" in out
+    alike = st.levene(*samples.values(), center="median")
+    assert f"(Brown-Forsythe): W {alike.statistic:.2f}, p {alike.pvalue:.3f}" in out
+
+
+def test_all_pairs_tells_a_narrow_arm_from_a_wide_one(capsys):
+    """A planted spread: the same draws, one arm at a tenth of the other's scale (a seed
+    that reaches fewer streams would narrow an arm so); two arms of one scale are not told
+    apart."""
+    z = np.array([0.3, -1.2, 0.8, -0.1, 1.5, -0.7, 0.2, -1.6, 1.1, -0.4, 0.6, -0.9])
+    arm = {"wide": 400 * np.exp(0.08 * z), "also wide": 400 * np.exp(0.08 * z[::-1]),
+           "narrow": 400 * np.exp(0.008 * z)}
+    _compare_module().main(["--all-pairs"] + [a for name, v in arm.items()
+                                              for a in ("--arm", f"{name}=" + ",".join(
+                                                  f"{x:.4f}" for x in v))])
+    rows = {line.split(" | ")[0].lstrip("| "): line.rstrip(" |").split(" | ")
+            for line in capsys.readouterr().out.splitlines() if line.startswith("| wide - ")
+            or line.startswith("| also wide - ")}
+    assert float(rows["wide - narrow"][9]) == pytest.approx(10, rel=0.01)
+    assert float(rows["wide - narrow"][11]) < 0.05
+    assert float(rows["also wide - narrow"][11]) < 0.05
+    assert float(rows["wide - also wide"][9]) == pytest.approx(1, rel=0.01)
+    assert float(rows["wide - also wide"][10]) > 0.5
 
 
 def test_all_pairs_needs_two_arms_of_two_seeds(capsys):
