@@ -74,25 +74,25 @@ def seed_span(seeds):
     return ", ".join(map(str, seeds))
 
 
-def pair_rows(records, names):
+def pair_rows(names, samples, by_seed):
     """Every pair of arms: paired over their common seeds, Welch with Holm, Tukey's HSD,
     and Brown-Forsythe's test of equal spread with Holm.
 
+    ``samples``: each arm's validation losses; ``by_seed``: the same by seed, for pairing.
     Differences are the first arm's mean validation loss less the second's, in nats.
     """
-    losses = {n: {r["seed"]: r["valid_loss"] for r in records if r["side"] == n} for n in names}
-    samples = [np.array(list(losses[n].values())) for n in names]
     tukey = stats.tukey_hsd(*samples)
     tukey_ci = tukey.confidence_interval(confidence_level=1 - ALPHA)
     rows = []
     for i, j in itertools.combinations(range(len(names)), 2):
         a, b = names[i], names[j]
-        common = sorted(losses[a].keys() & losses[b].keys())
+        common = sorted(by_seed[i].keys() & by_seed[j].keys())
         row = {"a": a, "b": b, "seeds": common, "paired": None,
+               "sd_ratio": float(np.std(samples[i], ddof=1) / np.std(samples[j], ddof=1)),
                "welch": welch_test(samples[i], samples[j]),
                "tukey": (float(tukey.statistic[i, j]), float(tukey_ci.low[i, j]),
                          float(tukey_ci.high[i, j]), float(tukey.pvalue[i, j]))}
-        d = np.array([losses[a][s] - losses[b][s] for s in common])
+        d = np.array([by_seed[i][s] - by_seed[j][s] for s in common])
         if len(d) > 1 and np.ptp(d) > 0:
             test = stats.ttest_1samp(d, 0.0)
             ci = test.confidence_interval(confidence_level=1 - ALPHA)
@@ -109,7 +109,9 @@ def pair_rows(records, names):
 
 
 def pairs_table(records, names):
-    rows = pair_rows(records, names)
+    samples = [np.array([r["valid_loss"] for r in records if r["side"] == n]) for n in names]
+    by_seed = [{r["seed"]: r["valid_loss"] for r in records if r["side"] == n} for n in names]
+    rows = pair_rows(names, samples, by_seed)
     lines = ["| pair (a - b) | seeds paired | paired diff (nats) [95 % CI] | paired p "
              "| a lower in | Welch p | Holm | Tukey HSD diff [95 % CI] | Tukey p "
              "| sd a / sd b | spread p | Holm |",
@@ -124,17 +126,14 @@ def pairs_table(records, names):
         welch = ["-", "-"] if r["welch"] is None else [f"{r['welch'].p_value:.3f}",
                                                        f"{r['holm']:.3f}"]
         diff, low, high, p = r["tukey"]
-        sd = {n: np.std([x["valid_loss"] for x in records if x["side"] == n], ddof=1)
-              for n in (r["a"], r["b"])}
         lines.append(f"| {r['a']} - {r['b']} | {seed_span(r['seeds']) or '-'} | "
                      + " | ".join(paired + welch)
                      + f" | {diff:+.3f} [{low:+.3f}, {high:+.3f}] | {p:.3f} "
-                     f"| {sd[r['a']] / sd[r['b']]:.2f} | {r['spread_p']:.3f} "
+                     f"| {r['sd_ratio']:.2f} | {r['spread_p']:.3f} "
                      f"| {r['spread_holm']:.3f} |")
-    groups = [[r["valid_loss"] for r in records if r["side"] == n] for n in names]
-    anova = stats.f_oneway(*groups)
-    spread = stats.levene(*groups, center="median")
-    counts = ", ".join(str(len(g)) for g in groups)
+    anova = stats.f_oneway(*samples)
+    spread = stats.levene(*samples, center="median")
+    counts = ", ".join(str(len(x)) for x in samples)
     lines.append(f"one-way ANOVA of the {len(names)} arms (n {counts}): "
                  f"F {anova.statistic:.2f}, p {anova.pvalue:.3f}; their spreads alike "
                  f"(Brown-Forsythe): W {spread.statistic:.2f}, p {spread.pvalue:.3f}; paired: "
@@ -157,7 +156,8 @@ def main(argv=None):
                              "fidelity.py's)")
     parser.add_argument("--all-pairs", action="store_true",
                         help="also compare every pair of arms (paired by seed, Welch with "
-                             "Holm, Tukey's HSD) and all arms at once (ANOVA)")
+                             "Holm, Tukey's HSD, equal spread) and all arms at once (ANOVA, "
+                             "equal spread)")
     args = parser.parse_args(argv)
     records, names = [], []
     for arm in args.arm:
