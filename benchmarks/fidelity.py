@@ -40,6 +40,13 @@ side's runs kept under its code at git revision REV (the commit they were
 trained at), so engines trained at different commits share one table, each
 side's commit printed with it.
 
+A setting that changes which kernels the libraries pick, set in the
+environment (``throughput.KERNEL_CHOICE_ENV``: ``TF_ENABLE_ONEDNN_OPTS=0``,
+``ONEDNN_MAX_CPU_ISA=AVX2``, ``MKL_ENABLE_INSTRUCTIONS``, ``XLA_FLAGS`` ...),
+reaches every run, is printed and recorded with it, and enters its key: such
+a run rounds otherwise, so it is never reused for the plain run of its seed,
+whose key is unchanged (``--report`` under the same settings finds it).
+
 ``--gpus N`` trains each engine's run on N GPUs: ``mosbench train ... --gpus N``,
 its summary read from ``seed<S>-gpus<N>``. Such a run is kept under a key that
 holds the GPU count (a CPU run's key is what it was before the option), so a GPU
@@ -267,6 +274,16 @@ def gpu_label(gpus):
     from mosbench.measurement.provenance import gpu_description
 
     return gpu_description(gpus)[1] or "GPU (name unknown)"
+
+
+def kernel_env():
+    """The settings of this process's environment that change which kernels the libraries
+    pick (``throughput.KERNEL_CHOICE_ENV``, e.g. ``TF_ENABLE_ONEDNN_OPTS=0``): every run
+    inherits them."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from throughput import kernel_settings
+
+    return kernel_settings()
 
 
 def machine_lines(threads, gpus=0, parallel=1):
@@ -517,16 +534,21 @@ def block_losses(progress, stream_positions, hp, seed):
     return blocks
 
 
-def run_key(side, seed, hp, stream_positions, code, gpus=0):
+def run_key(side, seed, hp, stream_positions, code, gpus=0, kernels=None):
     """A digest of what makes a stored run the same run as the one asked for.
 
     ``gpus`` enters only when above 0: a GPU run is another run than a CPU run,
     and a CPU run's key is the one it had before runs could be on GPUs.
+    ``kernels`` (:func:`kernel_env`) enters only when some are set: a run with
+    oneDNN's rewrites off or its ISA capped rounds otherwise, so it is another
+    run, never reused for (nor mixed with) the plain one, whose key is unchanged.
     """
     what = {"side": side, "seed": seed, "hparams": hp, "stream_positions": stream_positions,
             "code": code}
     if gpus:
         what["gpus"] = gpus
+    if kernels:
+        what["kernels"] = dict(sorted(kernels.items()))
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -1006,6 +1028,10 @@ def run(args, config, seeds, scratch, work, logs):
     machine = machine_lines(args.threads, args.gpus, args.parallel)
     for line in machine:
         print(line)
+    kernels = kernel_env()
+    if kernels:
+        print("kernels: every run with " + " ".join(f"{k}={v}" for k, v in kernels.items())
+              + ", kept under keys of their own (the plain runs are not reused)")
     print(f"data: {args.data} (sha256 of the three files checked against the config)")
     print(f"each engine run: mosbench --config {config_path} train {DATASET} {MODEL} "
           f"--framework F --seed S --gpus {args.gpus} (in {work})")
@@ -1065,7 +1091,8 @@ def run(args, config, seeds, scratch, work, logs):
                 "machine": machine, "reference": reference_note,
                 "smoke": bool(positions), "masks": args.masks, "mask_sites": args.mask_sites,
                 "gpus": args.gpus, "parallel": args.parallel,
-                "jax_compilation_cache": None if jax_cache is None else str(jax_cache)}
+                "jax_compilation_cache": None if jax_cache is None else str(jax_cache),
+                "kernels": kernels}
     codes = {side: code_hash("train", side) for side in args.frameworks}
     for side, revision in args.code.items():
         try:
@@ -1088,6 +1115,8 @@ def run(args, config, seeds, scratch, work, logs):
         side, seed, key = plan[position]
         record.setdefault("threads", args.threads)
         record.setdefault("gpus", 0 if side == REFERENCE else args.gpus)
+        if kernels:
+            record.setdefault("kernels", kernels)
         if record["gpus"]:
             record.setdefault("device", device)
         ended[position] = record
@@ -1125,7 +1154,7 @@ def run(args, config, seeds, scratch, work, logs):
             if side != REFERENCE:
                 code = masked_code(code, args.masks, mask_sites[side])
             key = run_key(side, seed, hp, stream_positions, code,
-                          0 if side == REFERENCE else args.gpus)
+                          0 if side == REFERENCE else args.gpus, kernels)
             plan.append((side, seed, key))
             record = None if args.fresh else stored_run(args.results, side, seed, key)
             if record is not None:

@@ -207,6 +207,19 @@ def jax_gemm(n=2048, repeats=10):
 GEMM = {"tensorflow": tensorflow_gemm, "pytorch": pytorch_gemm, "jax": jax_gemm}
 
 
+# Settings that change which kernels the libraries pick, so how they round: a run under
+# one of them is another run of the same seed (fidelity.py keeps it under a key of its own).
+KERNEL_CHOICE_ENV = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ONEDNN_DEFAULT_FPMATH_MODE",
+                     "DNNL_DEFAULT_FPMATH_MODE", "TF_ENABLE_ONEDNN_OPTS",
+                     "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR", "LD_PRELOAD", "XLA_FLAGS")
+
+
+def kernel_settings(environ=None):
+    """The :data:`KERNEL_CHOICE_ENV` variables set (non-empty) in ``environ`` (os.environ)."""
+    environ = os.environ if environ is None else environ
+    return {name: environ[name] for name in KERNEL_CHOICE_ENV if environ.get(name)}
+
+
 def cpu_description():
     """The CPU and what decides which kernels the libraries pick on it."""
     info = {}
@@ -216,13 +229,18 @@ def cpu_description():
             info.setdefault(key.strip(), value.strip())
     flags = set(info.get("flags", "").split())
     isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    # one model name covers several generations ("AMD EPYC": Zen 3 and Zen 4 VMs alike)
+    family = (f", family {info['cpu family']} model {info['model']}"
+              if "cpu family" in info and "model" in info else "")
     parts = [f"{info.get('model name', platform.processor() or 'unknown')} "
-             f"({info.get('vendor_id', '?')}), {len(os.sched_getaffinity(0))} usable cores",
+             f"({info.get('vendor_id', '?')}{family}), "
+             f"{len(os.sched_getaffinity(0))} usable cores",
              "ISA " + (" ".join(isa) or "none of avx2/avx512f/avx512_bf16/amx_bf16")]
-    # Settings that change kernel choice; printed so a run says what it ran with.
+    # Printed so a run says what it ran with.
+    parts += [f"{name}={value}" for name, value in kernel_settings().items()]
     parts += [f"{name}={os.environ[name]}" for name in
-              ("ONEDNN_MAX_CPU_ISA", "LD_PRELOAD", "OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS",
-               "TF_NUM_INTEROP_THREADS", "TF_ENABLE_ONEDNN_OPTS") if os.environ.get(name)]
+              ("OMP_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+              if os.environ.get(name)]
     if info.get("vendor_id") == "AuthenticAMD" and "LD_PRELOAD" not in os.environ:
         parts.append("MKL (PyTorch's CPU GEMM) takes its non-Intel path on this vendor")
     return "; ".join(parts)

@@ -780,3 +780,24 @@ def test_two_engine_runs_at_once_share_one_work_folder_each_ending_in_its_place(
     with contextlib.closing(sqlite3.connect(work / "results" / "mlflow.db")) as db:
         stored = sorted(db.execute("SELECT name, status FROM runs").fetchall())
     assert stored == [(f"pytorch-ptb-awd-lstm-mos-seed{s}-gpus0", "FINISHED") for s in (1, 2)]
+
+
+# --- runs under settings that change the kernels ---
+
+def test_a_run_with_the_kernels_changed_is_another_run_and_plain_keys_are_unchanged(
+        monkeypatch):
+    hp = {"lr": 20.0, "bptt": 70, "emsize": 200}
+    for name in fidelity.kernel_env():
+        monkeypatch.delenv(name)
+    assert fidelity.kernel_env() == {}
+    plain = fidelity.run_key("tensorflow", 30, hp, 4646, "abc123", kernels=fidelity.kernel_env())
+    assert plain == fidelity.run_key("tensorflow", 30, hp, 4646, "abc123")
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # a thread count: recorded, not in the key
+    assert fidelity.kernel_env() == {"TF_ENABLE_ONEDNN_OPTS": "0"}
+    off = fidelity.run_key("tensorflow", 30, hp, 4646, "abc123", kernels=fidelity.kernel_env())
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    capped = fidelity.run_key("tensorflow", 30, hp, 4646, "abc123",
+                              kernels=fidelity.kernel_env())
+    assert len({plain, off, capped}) == 3
+    assert "ONEDNN_MAX_CPU_ISA=AVX2" in fidelity.machine_lines(1)[0]
