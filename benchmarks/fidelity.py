@@ -548,7 +548,7 @@ def run_key(side, seed, hp, stream_positions, code, gpus=0, kernels=None):
     if gpus:
         what["gpus"] = gpus
     if kernels:
-        what["kernels"] = dict(sorted(kernels.items()))
+        what["kernels"] = kernels  # json.dumps below sorts its names
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 

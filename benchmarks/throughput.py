@@ -214,10 +214,9 @@ KERNEL_CHOICE_ENV = ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA", "ONEDNN_DEFAULT_F
                      "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR", "LD_PRELOAD", "XLA_FLAGS")
 
 
-def kernel_settings(environ=None):
-    """The :data:`KERNEL_CHOICE_ENV` variables set (non-empty) in ``environ`` (os.environ)."""
-    environ = os.environ if environ is None else environ
-    return {name: environ[name] for name in KERNEL_CHOICE_ENV if environ.get(name)}
+def kernel_settings():
+    """The :data:`KERNEL_CHOICE_ENV` variables set (non-empty) in this process's environment."""
+    return {name: os.environ[name] for name in KERNEL_CHOICE_ENV if os.environ.get(name)}
 
 
 def cpu_description():
