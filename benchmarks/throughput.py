@@ -38,7 +38,6 @@ import argparse
 import contextlib
 import multiprocessing as mp
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -221,6 +220,9 @@ def kernel_settings():
 
 def cpu_description():
     """The CPU and what decides which kernels the libraries pick on it."""
+    sys.path.insert(0, str(REPO / "src"))
+    from mosbench.measurement.provenance import cpu_model
+
     info = {}
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -228,11 +230,8 @@ def cpu_description():
             info.setdefault(key.strip(), value.strip())
     flags = set(info.get("flags", "").split())
     isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
-    # one model name covers several generations ("AMD EPYC": Zen 3 and Zen 4 VMs alike)
-    family = (f", family {info['cpu family']} model {info['model']}"
-              if "cpu family" in info and "model" in info else "")
-    parts = [f"{info.get('model name', platform.processor() or 'unknown')} "
-             f"({info.get('vendor_id', '?')}{family}), "
+    # the name with family and model: one name covers several generations ("AMD EPYC")
+    parts = [f"{cpu_model() or 'unknown'}, {info.get('vendor_id', '?')}, "
              f"{len(os.sched_getaffinity(0))} usable cores",
              "ISA " + (" ".join(isa) or "none of avx2/avx512f/avx512_bf16/amx_bf16")]
     # Printed so a run says what it ran with.

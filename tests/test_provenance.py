@@ -48,6 +48,14 @@ def test_the_cpu_model_is_read_from_cpuinfo(tmp_path):
     cpuinfo.write_text("processor\t: 0\nvendor_id\t: GenuineIntel\n"
                        "model name\t: Intel(R) Xeon(R) Gold 6338 CPU @ 2.00GHz\n")
     assert prov.cpu_model(cpuinfo) == "Intel(R) Xeon(R) Gold 6338 CPU @ 2.00GHz"
+    # a VM's bare name covers two generations: family and model tell them apart
+    block = "processor\t: {}\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: {}\n" \
+            "model name\t: AMD EPYC\n\n"
+    cpuinfo.write_text(block.format(0, 1) + block.format(1, 1))
+    zen3 = prov.cpu_model(cpuinfo)
+    cpuinfo.write_text(block.format(0, 17) + block.format(1, 17))
+    assert (zen3, prov.cpu_model(cpuinfo)) == ("AMD EPYC (family 25 model 1)",
+                                               "AMD EPYC (family 25 model 17)")
     # no such file (macOS, Windows): the platform's own description
     assert prov.cpu_model(tmp_path / "missing") == (platform.processor() or platform.machine())
 

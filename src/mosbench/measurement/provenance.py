@@ -93,15 +93,30 @@ def gpu_description(gpus):
 
 
 def cpu_model(cpuinfo=Path("/proc/cpuinfo")):
-    """The CPU's model name: /proc/cpuinfo's ``model name`` (Linux), else the platform's."""
+    """The CPU's model name, and on x86 its family and model numbers.
+
+    The name is /proc/cpuinfo's ``model name`` (Linux), else the platform's.
+    A virtual machine may show a bare name that covers several generations
+    ("AMD EPYC" on a Zen 3 and on a Zen 4), whose kernels and speeds differ,
+    so the first processor's ``cpu family`` and ``model`` follow it:
+    ``"AMD EPYC (family 25 model 17)"``.
+    """
+    info = {}
     try:
         for line in cpuinfo.read_text(errors="replace").splitlines():
+            if not line.strip() and info:
+                break  # the first processor's block is enough
             key, _, value = line.partition(":")
-            if key.strip() in ("model name", "Model", "cpu model") and value.strip():
-                return value.strip()
+            info.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine() or None
+    name = next((info[key] for key in ("model name", "Model", "cpu model") if info.get(key)),
+                None)
+    if name is None:
+        return platform.processor() or platform.machine() or None
+    if info.get("cpu family") and info.get("model"):
+        name += f" (family {info['cpu family']} model {info['model']})"
+    return name
 
 
 def git_state():
